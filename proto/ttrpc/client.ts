@@ -1,0 +1,237 @@
+// A ttrpc client: many calls multiplexed on one connection by odd stream ids. With a dialer it
+// reconnects on the next call after the connection drops (an agent that restarted, a shim that
+// came back), and calls in flight on the dead connection fail with Unavailable.
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { Channel } from './channel.js';
+import { type Frame, type FrameHeader, FrameType, DEFAULT_MAX_MESSAGE_SIZE } from './frame.js';
+import { type Metadata, decodeResponse, encodeRequest } from './envelope.js';
+import { Code, TtrpcError } from './status.js';
+import { silentLogger } from './log.js';
+
+export type Dialer = () => Promise<Duplex> | Duplex;
+
+export interface ClientOptions {
+  maxMessageSize?: number;
+  logger?: Logger;
+}
+
+export interface CallOptions {
+  /** Sent as timeout_nano and enforced locally: the call fails with DeadlineExceeded when it passes. */
+  timeoutMs?: number;
+  metadata?: Metadata | Record<string, string | string[]>;
+  signal?: AbortSignal;
+}
+
+interface Pending {
+  name: string;
+  resolve: (payload: Buffer) => void;
+  reject: (e: Error) => void;
+  cleanup: () => void;
+}
+
+const MAX_STREAM_ID = 0xffffffff;
+
+export class Client {
+  private channel: Channel | undefined;
+  private connecting: Promise<Channel> | undefined;
+  private readonly pending = new Map<number, Pending>();
+  private nextStreamId = 1;
+  private userClosed = false;
+  readonly maxMessageSize: number;
+  private readonly log: Logger;
+  private readonly closeWaiters: Array<() => void> = [];
+
+  /** From a connected stream (no reconnect) or a dialer (reconnects on demand). */
+  constructor(
+    source: Duplex | Dialer,
+    opts: ClientOptions = {},
+  ) {
+    this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
+    this.log = opts.logger ?? silentLogger;
+    if (typeof source === 'function') this.dialer = source;
+    else this.channel = this.attach(source);
+  }
+
+  private readonly dialer: Dialer | undefined;
+
+  /** Dials a unix socket and resolves once connected. */
+  static async connect(path: string, opts: ClientOptions = {}): Promise<Client> {
+    const c = new Client(() => dialUnix(path), opts);
+    await c.ensureChannel();
+    return c;
+  }
+
+  get connected(): boolean {
+    return this.channel !== undefined && !this.channel.closed;
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  async call(service: string, method: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
+    const name = `${service}/${method}`;
+    if (this.userClosed) throw new TtrpcError(Code.Unavailable, `${name}: client is closed`);
+    if (opts.signal?.aborted) throw new TtrpcError(Code.Canceled, `${name}: canceled before it was sent`);
+    const timeoutNano = opts.timeoutMs !== undefined && opts.timeoutMs > 0 ? Math.round(opts.timeoutMs * 1e6) : 0;
+    const msg = encodeRequest({ service, method, payload, timeoutNano, metadata: toMetadata(opts.metadata) });
+    if (msg.length > this.maxMessageSize) {
+      throw new TtrpcError(
+        Code.ResourceExhausted,
+        `${name}: request of ${msg.length} bytes exceeds maximum message size of ${this.maxMessageSize}`,
+      );
+    }
+    const ch = this.channel && !this.channel.closed ? this.channel : await this.ensureChannel();
+    const streamId = this.allocStreamId();
+    return new Promise<Buffer>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = () => {
+        this.settle(streamId, new TtrpcError(Code.Canceled, `${name}: canceled`));
+      };
+      const p: Pending = {
+        name,
+        resolve,
+        reject,
+        cleanup: () => {
+          if (timer) clearTimeout(timer);
+          opts.signal?.removeEventListener('abort', onAbort);
+        },
+      };
+      this.pending.set(streamId, p);
+      if (timeoutNano > 0) {
+        timer = setTimeout(
+          () => this.settle(streamId, new TtrpcError(Code.DeadlineExceeded, `${name}: deadline exceeded after ${opts.timeoutMs} ms`)),
+          Math.min(Math.ceil(opts.timeoutMs!), 2 ** 31 - 1),
+        );
+      }
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      ch.send(streamId, FrameType.Request, 0, msg);
+    });
+  }
+
+  /** Closes the connection; calls in flight fail with Unavailable. */
+  close(): Promise<void> {
+    this.userClosed = true;
+    const ch = this.channel;
+    if (!ch || ch.closed) {
+      this.failAll(new TtrpcError(Code.Unavailable, 'ttrpc: client closed'));
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.closeWaiters.push(resolve);
+      ch.end();
+    });
+  }
+
+  private allocStreamId(): number {
+    const id = this.nextStreamId;
+    this.nextStreamId += 2;
+    // Wrap before the u32 runs out; ids in use are long gone by then.
+    if (this.nextStreamId > MAX_STREAM_ID) this.nextStreamId = 1;
+    return id;
+  }
+
+  private async ensureChannel(): Promise<Channel> {
+    if (this.channel && !this.channel.closed) return this.channel;
+    if (!this.dialer) throw new TtrpcError(Code.Unavailable, 'ttrpc: connection closed');
+    if (!this.connecting) {
+      const dial = this.dialer;
+      this.connecting = (async () => {
+        try {
+          const stream = await dial();
+          this.nextStreamId = 1;
+          this.channel = this.attach(stream);
+          return this.channel;
+        } catch (e) {
+          throw new TtrpcError(Code.Unavailable, `ttrpc: dial failed: ${(e as Error).message}`);
+        } finally {
+          this.connecting = undefined;
+        }
+      })();
+    }
+    return this.connecting;
+  }
+
+  private attach(stream: Duplex): Channel {
+    const ch: Channel = new Channel(
+      stream,
+      {
+        frame: (f) => this.onFrame(f),
+        oversized: (h) => this.onOversized(h),
+        closed: (err) => {
+          if (this.channel === ch) this.channel = undefined;
+          this.failAll(new TtrpcError(Code.Unavailable, `ttrpc: connection closed${err ? `: ${err.message}` : ''}`));
+          for (const w of this.closeWaiters.splice(0)) w();
+        },
+      },
+      this.maxMessageSize,
+    );
+    return ch;
+  }
+
+  private onFrame(f: Frame): void {
+    if (f.type !== FrameType.Response) {
+      this.log.debug({ type: f.type, streamId: f.streamId }, 'ttrpc client: ignoring non-response frame');
+      return;
+    }
+    const p = this.pending.get(f.streamId);
+    if (!p) return; // late answer to a call that already timed out or was canceled
+    let res;
+    try {
+      res = decodeResponse(f.payload);
+    } catch (e) {
+      this.settle(f.streamId, new TtrpcError(Code.Internal, `${p.name}: malformed response: ${(e as Error).message}`));
+      return;
+    }
+    if (res.status && res.status.code !== Code.OK) {
+      this.settle(f.streamId, new TtrpcError(res.status.code, res.status.message, res.status.details));
+      return;
+    }
+    this.settle(f.streamId, undefined, Buffer.from(res.payload.buffer, res.payload.byteOffset, res.payload.length));
+  }
+
+  private onOversized(h: FrameHeader): void {
+    const p = this.pending.get(h.streamId);
+    if (!p) return;
+    this.settle(
+      h.streamId,
+      new TtrpcError(Code.ResourceExhausted, `${p.name}: response of ${h.length} bytes exceeds maximum message size of ${this.maxMessageSize}`),
+    );
+  }
+
+  private settle(streamId: number, err: Error | undefined, payload?: Buffer): void {
+    const p = this.pending.get(streamId);
+    if (!p) return;
+    this.pending.delete(streamId);
+    p.cleanup();
+    if (err) p.reject(err);
+    else p.resolve(payload!);
+  }
+
+  private failAll(err: TtrpcError): void {
+    for (const [id, p] of [...this.pending]) {
+      this.settle(id, new TtrpcError(err.code, `${p.name}: ${err.message}`));
+    }
+  }
+}
+
+function toMetadata(md: CallOptions['metadata']): Metadata {
+  if (!md) return new Map();
+  if (md instanceof Map) return md;
+  const out: Metadata = new Map();
+  for (const [k, v] of Object.entries(md)) out.set(k, Array.isArray(v) ? v : [v]);
+  return out;
+}
+
+export function dialUnix(path: string): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(path);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', reject);
+  });
+}

@@ -1,0 +1,310 @@
+// A ttrpc server: unary methods over any duplex byte stream (unix socket, virtio-serial port,
+// hybrid vsock). Bad input costs the sender one error response or its own connection, never the
+// process or another client.
+import net from 'node:net';
+import fs from 'node:fs';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { Channel } from './channel.js';
+import { type Frame, type FrameHeader, FrameFlag, FrameType, DEFAULT_MAX_MESSAGE_SIZE } from './frame.js';
+import { type Metadata, decodeRequest, encodeResponse } from './envelope.js';
+import { Code, TtrpcError, toStatus } from './status.js';
+import { silentLogger } from './log.js';
+
+export interface CallContext {
+  readonly service: string;
+  readonly method: string;
+  readonly metadata: Metadata;
+  /** Absolute deadline in ms since the epoch, when the caller sent timeout_nano. */
+  readonly deadline: number | undefined;
+  /** Aborted when the deadline passes or the connection goes away. */
+  readonly signal: AbortSignal;
+  readonly streamId: number;
+}
+
+export type RawHandler = (payload: Uint8Array, ctx: CallContext) => Promise<Uint8Array> | Uint8Array;
+
+/** Runs before every handler (the agent's policy check hooks in here); throwing denies the call. */
+export type Interceptor = (ctx: CallContext, payload: Uint8Array) => Promise<void> | void;
+
+export interface ServerOptions {
+  maxMessageSize?: number;
+  /** Calls in flight on one connection beyond which new ones are refused with ResourceExhausted. */
+  maxConcurrentCalls?: number;
+  logger?: Logger;
+  interceptor?: Interceptor;
+}
+
+interface ActiveCall {
+  name: string;
+  abort: AbortController;
+  timer: NodeJS.Timeout | undefined;
+  done: boolean;
+}
+
+export class Server {
+  private readonly methods = new Map<string, Map<string, RawHandler>>();
+  private readonly connections = new Set<ServerConnection>();
+  private readonly listeners = new Set<net.Server>();
+  readonly maxMessageSize: number;
+  readonly maxConcurrentCalls: number;
+  readonly log: Logger;
+  interceptor: Interceptor | undefined;
+  private closing = false;
+
+  constructor(opts: ServerOptions = {}) {
+    this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
+    this.maxConcurrentCalls = opts.maxConcurrentCalls ?? 1024;
+    this.log = opts.logger ?? silentLogger;
+    this.interceptor = opts.interceptor;
+  }
+
+  /** Registers raw handlers (payload bytes in, bytes out) for one service. */
+  registerRaw(service: string, handlers: Record<string, RawHandler>): void {
+    let m = this.methods.get(service);
+    if (!m) this.methods.set(service, (m = new Map()));
+    for (const [name, h] of Object.entries(handlers)) m.set(name, h);
+  }
+
+  lookup(service: string, method: string): RawHandler | TtrpcError {
+    const m = this.methods.get(service);
+    if (!m) return new TtrpcError(Code.Unimplemented, `unknown service ${service} (method ${method})`);
+    const h = m.get(method);
+    if (!h) return new TtrpcError(Code.Unimplemented, `unknown method ${service}/${method}`);
+    return h;
+  }
+
+  get services(): string[] {
+    return [...this.methods.keys()];
+  }
+
+  /** Serves one already-connected stream, e.g. a virtio-serial port opened as a file. */
+  serve(stream: Duplex): ServerConnection {
+    const c = new ServerConnection(this, stream, () => this.connections.delete(c));
+    this.connections.add(c);
+    if (this.closing) c.close();
+    return c;
+  }
+
+  /** Listens on a unix socket path (a stale socket file from a dead process is replaced). */
+  async listen(path: string): Promise<net.Server> {
+    try {
+      fs.unlinkSync(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    const srv = net.createServer((sock) => this.serve(sock));
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(path, () => {
+        srv.off('error', reject);
+        resolve();
+      });
+    });
+    srv.on('error', (e) => this.log.error({ err: e, path }, 'ttrpc listener error'));
+    this.listeners.add(srv);
+    return srv;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Stops listening and closes connections. Graceful (default) lets calls in flight finish and
+   * send their responses first, up to `graceMs`.
+   */
+  async close(opts: { graceful?: boolean; graceMs?: number } = {}): Promise<void> {
+    this.closing = true;
+    const graceful = opts.graceful ?? true;
+    // net.Server.close() reports only once every connection is gone, so stop accepting first
+    // and wait for it last.
+    const stopped = [...this.listeners].map((l) => new Promise<void>((resolve) => l.close(() => resolve())));
+    this.listeners.clear();
+    const conns = [...this.connections];
+    if (graceful) {
+      const deadline = Date.now() + (opts.graceMs ?? 5000);
+      await Promise.all(conns.map((c) => c.drain(deadline)));
+    }
+    for (const c of conns) c.close(graceful);
+    await Promise.all(stopped);
+  }
+}
+
+export class ServerConnection {
+  private readonly channel: Channel;
+  private readonly active = new Map<number, ActiveCall>();
+  private drained: (() => void) | undefined;
+
+  constructor(
+    private readonly server: Server,
+    stream: Duplex,
+    private readonly onClosed: () => void,
+  ) {
+    this.channel = new Channel(
+      stream,
+      {
+        frame: (f) => this.onFrame(f),
+        oversized: (h) => this.onOversized(h),
+        closed: (err) => this.onChannelClosed(err),
+      },
+      server.maxMessageSize,
+    );
+  }
+
+  get activeCalls(): number {
+    return this.active.size;
+  }
+
+  close(graceful = true): void {
+    if (graceful) this.channel.end();
+    else this.channel.destroy();
+  }
+
+  drain(deadline: number): Promise<void> {
+    if (this.active.size === 0 || this.channel.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+      this.drained = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private fail(streamId: number, code: number, message: string): void {
+    this.channel.send(
+      streamId,
+      FrameType.Response,
+      0,
+      encodeResponse({ status: { code, message, details: [] }, payload: new Uint8Array(0) }),
+    );
+  }
+
+  private onOversized(h: FrameHeader): void {
+    this.server.log.warn({ streamId: h.streamId, length: h.length }, 'ttrpc: oversized message refused');
+    this.fail(
+      h.streamId,
+      Code.ResourceExhausted,
+      `message length ${h.length} exceeds maximum message size of ${this.server.maxMessageSize}`,
+    );
+  }
+
+  private onFrame(f: Frame): void {
+    if (f.type === FrameType.Data) {
+      // Streaming (ttrpc >= 1.2) is not offered by any of our services: refuse the stream.
+      this.fail(f.streamId, Code.Unimplemented, `stream ${f.streamId}: ttrpc data frames are not supported by this server`);
+      return;
+    }
+    if (f.type !== FrameType.Request) {
+      // Unknown frame types are skipped, as Go's ttrpc does, so newer peers keep working.
+      this.server.log.debug({ type: f.type, streamId: f.streamId }, 'ttrpc: ignoring unknown frame type');
+      return;
+    }
+    if (f.streamId % 2 !== 1) {
+      this.fail(f.streamId, Code.InvalidArgument, `stream id ${f.streamId} must be odd for client-initiated streams`);
+      return;
+    }
+    if (this.active.has(f.streamId)) {
+      this.fail(f.streamId, Code.InvalidArgument, `stream id ${f.streamId} is already in use`);
+      return;
+    }
+    let req;
+    try {
+      req = decodeRequest(f.payload);
+    } catch (e) {
+      this.fail(f.streamId, Code.InvalidArgument, `unmarshal request error: ${(e as Error).message}`);
+      return;
+    }
+    if (f.flags & FrameFlag.RemoteOpen) {
+      this.fail(f.streamId, Code.Unimplemented, `${req.service}/${req.method}: streaming calls are not supported`);
+      return;
+    }
+    if (this.active.size >= this.server.maxConcurrentCalls) {
+      this.fail(
+        f.streamId,
+        Code.ResourceExhausted,
+        `${req.service}/${req.method}: too many calls in flight on this connection (limit ${this.server.maxConcurrentCalls})`,
+      );
+      return;
+    }
+    const handler = this.server.lookup(req.service, req.method);
+    if (handler instanceof TtrpcError) {
+      this.fail(f.streamId, handler.code, handler.message);
+      return;
+    }
+
+    const abort = new AbortController();
+    const call: ActiveCall = { name: `${req.service}/${req.method}`, abort, timer: undefined, done: false };
+    this.active.set(f.streamId, call);
+    let deadline: number | undefined;
+    if (req.timeoutNano > 0) {
+      const ms = req.timeoutNano / 1e6;
+      deadline = Date.now() + ms;
+      call.timer = setTimeout(() => {
+        const err = new TtrpcError(Code.DeadlineExceeded, `${req.service}/${req.method}: deadline exceeded`);
+        abort.abort(err);
+        this.complete(f.streamId, call, err, undefined);
+      }, Math.min(Math.ceil(ms), 2 ** 31 - 1));
+    }
+    const ctx: CallContext = {
+      service: req.service,
+      method: req.method,
+      metadata: req.metadata,
+      deadline,
+      signal: abort.signal,
+      streamId: f.streamId,
+    };
+    const payload = req.payload;
+    const interceptor = this.server.interceptor;
+    const run = interceptor
+      ? Promise.resolve(interceptor(ctx, payload)).then(() => handler(payload, ctx))
+      : new Promise<Uint8Array>((resolve) => resolve(handler(payload, ctx)));
+    run.then(
+      (out) => this.complete(f.streamId, call, undefined, out),
+      (err: unknown) => this.complete(f.streamId, call, err, undefined),
+    );
+  }
+
+  private complete(streamId: number, call: ActiveCall, err: unknown, out: Uint8Array | undefined): void {
+    if (call.done) return;
+    call.done = true;
+    if (call.timer) clearTimeout(call.timer);
+    this.active.delete(streamId);
+    if (err !== undefined) {
+      const st = toStatus(err);
+      if (st.code === Code.Unknown || st.code === Code.Internal) {
+        this.server.log.warn({ streamId, method: call.name, err }, 'ttrpc handler failed');
+      }
+      this.channel.send(streamId, FrameType.Response, 0, encodeResponse({ status: st, payload: new Uint8Array(0) }));
+    } else {
+      const msg = encodeResponse({ status: null, payload: out ?? new Uint8Array(0) });
+      if (msg.length > this.server.maxMessageSize) {
+        this.fail(
+          streamId,
+          Code.ResourceExhausted,
+          `${call.name}: response of ${msg.length} bytes exceeds maximum message size of ${this.server.maxMessageSize}`,
+        );
+      } else {
+        this.channel.send(streamId, FrameType.Response, 0, msg);
+      }
+    }
+    if (this.active.size === 0 && this.drained) {
+      const d = this.drained;
+      this.drained = undefined;
+      d();
+    }
+  }
+
+  private onChannelClosed(err: Error | undefined): void {
+    if (err) this.server.log.debug({ err }, 'ttrpc connection closed with error');
+    for (const call of this.active.values()) {
+      call.done = true;
+      if (call.timer) clearTimeout(call.timer);
+      call.abort.abort(new TtrpcError(Code.Canceled, 'connection closed'));
+    }
+    this.active.clear();
+    if (this.drained) this.drained();
+    this.onClosed();
+  }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what katats needs on a fresh Debian 12 machine: npm dependencies and Debian packages.
+# Idempotent and quiet when everything is already present; safe to run before every test or demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages by purpose. Each feature adds its own line; the union is installed once.
+DEB_PACKAGES=(
+  # ttrpc interop: a Go peer built from Debian's own ttrpc sources
+  golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt_opts=(-o DPkg::Lock::Timeout=600 -qq)
+  # A fresh machine has no package lists yet; refresh them once before the first install.
+  if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/katats-apt.log 2>&1; then
+    apt-get "${apt_opts[@]}" update >>/tmp/katats-apt.log 2>&1
+    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >>/tmp/katats-apt.log 2>&1 \
+      || { cat /tmp/katats-apt.log >&2; exit 1; }
+  fi
+fi
+
+# npm dependencies: install only when the lock file changed since the last install.
+stamp=node_modules/.katats-lock-sha
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund --loglevel=error >/tmp/katats-npm.log 2>&1 || { cat /tmp/katats-npm.log >&2; exit 1; }
+  echo "$want" >"$stamp"
+fi
