@@ -37,7 +37,9 @@ export interface ServerOptions {
 
 interface ActiveCall {
   name: string;
-  abort: AbortController;
+  // Created on first use of ctx.signal: most handlers never look, and it costs a few µs per call.
+  abort: AbortController | undefined;
+  abortReason: unknown;
   timer: NodeJS.Timeout | undefined;
   done: boolean;
 }
@@ -234,8 +236,7 @@ export class ServerConnection {
       return;
     }
 
-    const abort = new AbortController();
-    const call: ActiveCall = { name: `${req.service}/${req.method}`, abort, timer: undefined, done: false };
+    const call: ActiveCall = { name: `${req.service}/${req.method}`, abort: undefined, abortReason: undefined, timer: undefined, done: false };
     this.active.set(f.streamId, call);
     let deadline: number | undefined;
     if (req.timeoutNano > 0) {
@@ -243,7 +244,7 @@ export class ServerConnection {
       deadline = Date.now() + ms;
       call.timer = setTimeout(() => {
         const err = new TtrpcError(Code.DeadlineExceeded, `${req.service}/${req.method}: deadline exceeded`);
-        abort.abort(err);
+        abortCall(call, err);
         this.complete(f.streamId, call, err, undefined);
       }, Math.min(Math.ceil(ms), 2 ** 31 - 1));
     }
@@ -252,7 +253,13 @@ export class ServerConnection {
       method: req.method,
       metadata: req.metadata,
       deadline,
-      signal: abort.signal,
+      get signal(): AbortSignal {
+        if (!call.abort) {
+          call.abort = new AbortController();
+          if (call.abortReason !== undefined) call.abort.abort(call.abortReason);
+        }
+        return call.abort.signal;
+      },
       streamId: f.streamId,
     };
     const payload = req.payload;
@@ -301,10 +308,16 @@ export class ServerConnection {
     for (const call of this.active.values()) {
       call.done = true;
       if (call.timer) clearTimeout(call.timer);
-      call.abort.abort(new TtrpcError(Code.Canceled, 'connection closed'));
+      abortCall(call, new TtrpcError(Code.Canceled, 'connection closed'));
     }
     this.active.clear();
     if (this.drained) this.drained();
     this.onClosed();
   }
+}
+
+function abortCall(call: ActiveCall, reason: unknown): void {
+  if (call.abortReason !== undefined) return;
+  call.abortReason = reason;
+  call.abort?.abort(reason);
 }
