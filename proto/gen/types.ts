@@ -587,6 +587,14 @@ export namespace containerd {
     }
   }
 }
+export namespace runtimeoptions {
+  export namespace v1 {
+    export interface Options {
+      type_url: string;
+      config_path: string;
+    }
+  }
+}
 export namespace google {
   export namespace protobuf {
     export interface Timestamp {
@@ -1445,6 +1453,7 @@ export interface Messages {
   'io.containerd.cgroups.v2.PSIStats': io.containerd.cgroups.v2.PSIStats;
   'io.containerd.cgroups.v2.RdmaEntry': io.containerd.cgroups.v2.RdmaEntry;
   'io.containerd.cgroups.v2.RdmaStat': io.containerd.cgroups.v2.RdmaStat;
+  'runtimeoptions.v1.Options': runtimeoptions.v1.Options;
   'ttrpc.KeyValue': ttrpc.KeyValue;
   'ttrpc.Request': ttrpc.Request;
   'ttrpc.Response': ttrpc.Response;
