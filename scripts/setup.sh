@@ -6,8 +6,14 @@ cd "$(dirname "$0")/.."
 
 # Debian packages by purpose. Each feature adds its own line; the union is installed once.
 DEB_PACKAGES=(
+  # agent (local mode and its tests): crun as the OCI runtime, gcc to build the katats-runner
+  # helper statically, busybox for test rootfs, e2fsprogs for block storage tests, socat to stand
+  # in for QEMU's virtio-serial chardev
+  crun gcc libc6-dev busybox-static e2fsprogs socat
   # ttrpc interop: a Go peer built from Debian's own ttrpc sources
   golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
+  # integration harness and macro benchmark: a private containerd with runc; busybox for the test image
+  containerd runc busybox-static
 )
 
 missing=()

@@ -280,7 +280,7 @@ export class ServerConnection {
     this.active.delete(streamId);
     if (err !== undefined) {
       const st = toStatus(err);
-      if (st.code === Code.Unknown || st.code === Code.Internal) {
+      if (st.code === Code.Unknown) {
         this.server.log.warn({ streamId, method: call.name, err }, 'ttrpc handler failed');
       }
       this.channel.send(streamId, FrameType.Response, 0, encodeResponse({ status: st, payload: new Uint8Array(0) }));

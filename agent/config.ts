@@ -1,0 +1,35 @@
+// What an agent instance needs to know about its machine. Guest mode and local mode differ
+// only in these values (see main.ts).
+import type { Logger } from './log.js';
+import type { CgroupLayout } from './cgroups.js';
+import type { PolicyEngine } from './policy-hook.js';
+
+export interface AgentConfig {
+  /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
+  stateDir: string;
+  /** CopyFile writes only below this directory */
+  copyRoot: string;
+  /** the katats-runner helper */
+  runner: string;
+  /** the crun binary */
+  crun: string;
+  /** crun --root; crun's default (/run/crun) when unset */
+  crunRoot?: string;
+  /** sysfs for devices, CPUs and memory blocks (a fake tree in tests) */
+  sysfsRoot: string;
+  cgroups: CgroupLayout;
+  /** where containers without a usable cgroupsPath go, e.g. /katats */
+  cgroupParent: string;
+  /** sha256 (hex) of the launch data: SetPolicy accepts only a policy with this digest */
+  launchDigest?: string;
+  policyEngine?: PolicyEngine;
+  /** SetGuestDateTime changes the clock (guest) or only validates (local mode) */
+  setClock: boolean;
+  /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
+  pciRescan: boolean;
+  /** bytes buffered per output stream before the agent stops reading the pipe */
+  outputBufferBytes: number;
+  log: Logger;
+}
+
+export const DEFAULT_OUTPUT_BUFFER = 1 << 20;

@@ -1,0 +1,100 @@
+// The agent's entry point.
+//   local mode: tsx agent/main.ts --listen /path/agent.sock --state-dir DIR
+//   guest mode: node /agent/agent.js (channel from KATATS_AGENT_CHANNEL or --channel,
+//               launch-data digest from KATATS_HOST_DATA or --host-data)
+// Logs go to stderr (or --log-file), never to the channel.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createLogger } from './log.js';
+import { createAgent } from './server.js';
+import { detectCgroups } from './cgroups.js';
+import { findRunner } from './runtime/runner.js';
+import { readLaunchDigest } from './policy-hook.js';
+import { openChannel } from './channel.js';
+import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
+
+const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
+             [--host-data FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
+             [--sysfs DIR] [--cgroup-parent PATH] [--log-level LEVEL] [--log-file FILE]`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      listen: { type: 'string' },
+      channel: { type: 'string' },
+      'state-dir': { type: 'string' },
+      'copy-root': { type: 'string' },
+      'host-data': { type: 'string' },
+      runner: { type: 'string' },
+      crun: { type: 'string' },
+      'crun-root': { type: 'string' },
+      sysfs: { type: 'string' },
+      'cgroup-parent': { type: 'string' },
+      'log-level': { type: 'string' },
+      'log-file': { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(usage + '\n');
+    return;
+  }
+  const channel = values.channel ?? process.env.KATATS_AGENT_CHANNEL;
+  const local = !!values.listen;
+  if (!local && !channel) throw new Error(`neither --listen nor --channel/KATATS_AGENT_CHANNEL given\n${usage}`);
+  const log = createLogger({ level: values['log-level'], file: values['log-file'] });
+  const stateDir = path.resolve(values['state-dir'] ?? '/run/kata-containers');
+  fs.mkdirSync(stateDir, { recursive: true });
+  const hostData = values['host-data'] ?? process.env.KATATS_HOST_DATA;
+  const config: AgentConfig = {
+    stateDir,
+    copyRoot: path.resolve(values['copy-root'] ?? stateDir),
+    runner: findRunner(values.runner),
+    crun: values.crun ?? 'crun',
+    crunRoot: values['crun-root'],
+    sysfsRoot: values.sysfs ?? '/sys',
+    cgroups: detectCgroups(),
+    cgroupParent: values['cgroup-parent'] ?? '/katats',
+    launchDigest: hostData ? readLaunchDigest(hostData) : undefined,
+    setClock: !local,
+    pciRescan: !local,
+    outputBufferBytes: DEFAULT_OUTPUT_BUFFER,
+    log,
+  };
+  const agent = createAgent(config);
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, policy_digest: config.launchDigest }, 'agent starting');
+  if (values.listen) await agent.server.listen(values.listen);
+  if (channel) {
+    // Serve the port; when the host side goes away, open it again for the next connection.
+    const serveChannel = () => {
+      const stream = openChannel(channel);
+      const conn = agent.server.serve(stream);
+      void conn;
+      stream.once('close', () => {
+        if (!stopping) setTimeout(serveChannel, 100);
+      });
+    };
+    serveChannel();
+  }
+  log.info({ listen: values.listen, channel }, 'agent serving');
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig }, 'agent stopping');
+    agent.shutdown().finally(() => {
+      log.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+// Channel reads block a thread-pool thread each; keep room for file system work.
+process.env.UV_THREADPOOL_SIZE ??= '8';
+main().catch((e) => {
+  process.stderr.write(`katats-agent: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

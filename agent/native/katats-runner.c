@@ -1,0 +1,494 @@
+/*
+ * katats-runner: the small native helper of the katats agent.
+ *
+ * Node cannot become a child subreaper, receive a file descriptor over SCM_RIGHTS, create an
+ * eventfd, call ioctl(TIOCSWINSZ), settimeofday(2) or unshare(2). Everything the agent needs
+ * of those lives here, one mode per job:
+ *
+ *   run     [--hide-unified] [--pipe-size N] --io DIR --pid-file FILE [--tty --console-socket SOCK] -- crun ARGS
+ *           Monitors one container process (a container's init from `crun create`, or an exec
+ *           from `crun exec --detach`). It is a child subreaper, so the process that crun leaves
+ *           behind becomes its child and its wait status is known. Stdio goes through three FIFOs
+ *           in DIR (stdin, stdout, stderr) that the agent opens with O_NONBLOCK. With --tty the
+ *           pty master arrives from crun over the console socket and is relayed to the FIFOs.
+ *           fd 3 (status, to the agent): "ready", "pid N", "exit RAWSTATUS", "error TEXT".
+ *           fd 4 (control, from the agent): "go", "kill SIG", "resize ROWS COLS".
+ *           EOF on fd 4 means the agent is gone: the process is killed.
+ *   exec    [--hide-unified] -- PROG ARGS   one-shot command (crun kill/delete/...), same mount trick
+ *   oom-v1  MEMCG_DIR                       cgroup v1 OOM notifications (eventfd on memory.oom_control);
+ *                                           prints "oom" per event, exits when the cgroup goes away
+ *   ns      DIR HOSTNAME                    persistent IPC and UTS namespaces bind-mounted at DIR/ipc and
+ *                                           DIR/uts, the UTS one carrying HOSTNAME
+ *   settime SEC USEC                        settimeofday(2)
+ *
+ * --hide-unified: on a cgroup "hybrid" host (v1 controllers plus a cgroup2 mount at
+ * /sys/fs/cgroup/unified that holds a controller) crun refuses to run. The command then runs in
+ * a private mount namespace without that mount, where crun sees plain cgroup v1.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STATUS_FD 3
+#define CTL_FD 4
+#define BUF_SIZE 65536
+
+static void status(const char *fmt, ...) {
+  char line[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if (n > (int)sizeof line - 2) n = sizeof line - 2;
+  line[n++] = '\n';
+  const char *p = line;
+  while (n > 0) {
+    ssize_t w = write(STATUS_FD, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    p += w;
+    n -= w;
+  }
+}
+
+static void die(const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  status("error %s", msg);
+  fprintf(stderr, "katats-runner: %s\n", msg);
+  exit(1);
+}
+
+static void hide_unified(void) {
+  if (unshare(CLONE_NEWNS) < 0) die("unshare(CLONE_NEWNS): %s", strerror(errno));
+  if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) die("make / rslave: %s", strerror(errno));
+  if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT)
+    die("umount /sys/fs/cgroup/unified: %s", strerror(errno));
+}
+
+static int set_blocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+static int set_nonblocking(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* ---------------------------------------------------------------- exec */
+
+static int mode_exec(int argc, char **argv) {
+  int i = 0, hide = 0;
+  for (; i < argc; i++) {
+    if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--")) { i++; break; }
+    else { fprintf(stderr, "katats-runner exec: unknown option %s\n", argv[i]); return 2; }
+  }
+  if (i >= argc) { fprintf(stderr, "katats-runner exec: no command\n"); return 2; }
+  if (hide) {
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
+      fprintf(stderr, "katats-runner exec: private mount namespace: %s\n", strerror(errno));
+      return 125;
+    }
+    if (umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0 && errno != EINVAL && errno != ENOENT) {
+      fprintf(stderr, "katats-runner exec: umount unified: %s\n", strerror(errno));
+      return 125;
+    }
+  }
+  execvp(argv[i], argv + i);
+  fprintf(stderr, "katats-runner exec: %s: %s\n", argv[i], strerror(errno));
+  return 127;
+}
+
+/* ---------------------------------------------------------------- run */
+
+struct reaped { pid_t pid; int status; };
+static struct reaped early[64];
+static int nearly;
+
+struct buf { char data[BUF_SIZE]; size_t off, len; };
+
+static int recv_fd(int sock) {
+  char dummy[256];
+  struct iovec iov = { dummy, sizeof dummy };
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg = { 0 };
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = cbuf;
+  msg.msg_controllen = sizeof cbuf;
+  ssize_t n;
+  do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+  if (n < 0) return -1;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c), sizeof fd);
+      return fd;
+    }
+  }
+  errno = EBADMSG;
+  return -1;
+}
+
+/* Reads one line; *eof is set when the stream ended before any byte of it. */
+static ssize_t read_line_eof(int fd, char *out, size_t cap, int *eof) {
+  size_t n = 0;
+  *eof = 0;
+  while (n + 1 < cap) {
+    char ch;
+    ssize_t r = read(fd, &ch, 1);
+    if (r < 0) { if (errno == EINTR) continue; return -1; }
+    if (r == 0) { if (n == 0) *eof = 1; break; }
+    if (ch == '\n') break;
+    out[n++] = ch;
+  }
+  out[n] = 0;
+  return (ssize_t)n;
+}
+
+static int mode_run(int argc, char **argv) {
+  const char *io = NULL, *pidfile = NULL, *csock = NULL;
+  int tty = 0, hide = 0, i = 0, pipe_size = 0;
+  for (; i < argc; i++) {
+    if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--tty")) tty = 1;
+    else if (!strcmp(argv[i], "--pipe-size") && i + 1 < argc) pipe_size = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--io") && i + 1 < argc) io = argv[++i];
+    else if (!strcmp(argv[i], "--pid-file") && i + 1 < argc) pidfile = argv[++i];
+    else if (!strcmp(argv[i], "--console-socket") && i + 1 < argc) csock = argv[++i];
+    else if (!strcmp(argv[i], "--")) { i++; break; }
+    else die("run: unknown option %s", argv[i]);
+  }
+  if (!io || !pidfile || i >= argc) die("run: need --io, --pid-file and a command");
+  if (tty && !csock) die("run: --tty needs --console-socket");
+  char **cmd = argv + i;
+
+  fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC);
+  fcntl(CTL_FD, F_SETFD, FD_CLOEXEC);
+  signal(SIGPIPE, SIG_IGN);
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) die("signalfd: %s", strerror(errno));
+
+  /* FIFOs first; the agent opens its ends (non-blocking) once it reads "ready". */
+  char p_in[4096], p_out[4096], p_err[4096];
+  snprintf(p_in, sizeof p_in, "%s/stdin", io);
+  snprintf(p_out, sizeof p_out, "%s/stdout", io);
+  snprintf(p_err, sizeof p_err, "%s/stderr", io);
+  if (mkfifo(p_in, 0600) < 0 && errno != EEXIST) die("mkfifo %s: %s", p_in, strerror(errno));
+  if (mkfifo(p_out, 0600) < 0 && errno != EEXIST) die("mkfifo %s: %s", p_out, strerror(errno));
+  if (mkfifo(p_err, 0600) < 0 && errno != EEXIST) die("mkfifo %s: %s", p_err, strerror(errno));
+  status("ready");
+  char line[256];
+  int eof0 = 0;
+  if (read_line_eof(CTL_FD, line, sizeof line, &eof0) <= 0 || strcmp(line, "go") != 0) die("run: agent did not say go");
+
+  int fin = open(p_in, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fin < 0) die("open %s: %s", p_in, strerror(errno));
+  int fout = open(p_out, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fout < 0) die("open %s: %s", p_out, strerror(errno));
+  int ferr = open(p_err, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+  if (ferr < 0) die("open %s: %s", p_err, strerror(errno));
+  if (pipe_size > 0) {
+    /* Bigger pipes mean fewer wake-ups per megabyte for a fast writer (upstream's
+       container_pipe_size); the kernel may refuse above /proc/sys/fs/pipe-max-size. */
+    fcntl(fout, F_SETPIPE_SZ, pipe_size);
+    fcntl(ferr, F_SETPIPE_SZ, pipe_size);
+    fcntl(fin, F_SETPIPE_SZ, pipe_size);
+  }
+
+  int lsock = -1;
+  if (tty) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(csock) >= sizeof sa.sun_path) die("console socket path too long: %s", csock);
+    strcpy(sa.sun_path, csock);
+    unlink(csock);
+    lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (lsock < 0 || bind(lsock, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(lsock, 1) < 0)
+      die("console socket %s: %s", csock, strerror(errno));
+  }
+
+  int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+  pid_t crun = fork();
+  if (crun < 0) die("fork: %s", strerror(errno));
+  if (crun == 0) {
+    sigprocmask(SIG_UNBLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    if (hide) hide_unified();
+    if (tty) {
+      dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
+    } else {
+      set_blocking(fin); set_blocking(fout); set_blocking(ferr);
+      dup2(fin, 0); dup2(fout, 1); dup2(ferr, 2);
+    }
+    execvp(cmd[0], cmd);
+    _exit(127);
+  }
+  close(nul);
+  if (!tty) {
+    /* The container holds the FIFOs now; our copies would only delay EOF. */
+    close(fin); close(fout); close(ferr);
+    fin = fout = ferr = -1;
+  } else {
+    close(ferr);
+    ferr = -1;
+  }
+
+  int master = -1, crun_status = -1, crun_done = 0;
+  pid_t pid = 0;
+  int exited = 0, exit_status = 0;
+
+  /* Phase 1: until crun exits (and, with a tty, the master has arrived). */
+  while (!crun_done || (tty && master < 0)) {
+    struct pollfd pf[2] = { { sfd, POLLIN, 0 }, { lsock, POLLIN, 0 } };
+    int n = poll(pf, tty && master < 0 ? 2 : 1, -1);
+    if (n < 0) { if (errno == EINTR) continue; die("poll: %s", strerror(errno)); }
+    if (pf[0].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0) {}
+      int st;
+      pid_t r;
+      while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (r == crun) { crun_done = 1; crun_status = st; }
+        else if (nearly < (int)(sizeof early / sizeof early[0])) { early[nearly].pid = r; early[nearly].status = st; nearly++; }
+      }
+    }
+    if (tty && master < 0 && (pf[1].revents & POLLIN)) {
+      int c = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+      if (c >= 0) {
+        master = recv_fd(c);
+        close(c);
+      }
+    }
+    if (crun_done && (!WIFEXITED(crun_status) || WEXITSTATUS(crun_status) != 0)) break;
+    if (crun_done && tty && master < 0) {
+      /* crun succeeded but sent no console: give the socket one last look. */
+      struct pollfd lp = { lsock, POLLIN, 0 };
+      if (poll(&lp, 1, 1000) > 0) {
+        int c = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) { master = recv_fd(c); close(c); }
+      }
+      if (master < 0) die("crun sent no console on %s", csock);
+    }
+  }
+  if (lsock >= 0) { close(lsock); unlink(csock); }
+  if (!WIFEXITED(crun_status) || WEXITSTATUS(crun_status) != 0) {
+    status("error crun %s %d", WIFEXITED(crun_status) ? "exited with status" : "killed by signal",
+           WIFEXITED(crun_status) ? WEXITSTATUS(crun_status) : WTERMSIG(crun_status));
+    return 1;
+  }
+
+  FILE *pf = fopen(pidfile, "r");
+  if (!pf || fscanf(pf, "%d", &pid) != 1 || pid <= 0) die("cannot read pid from %s", pidfile);
+  fclose(pf);
+  status("pid %d", pid);
+  for (int k = 0; k < nearly; k++)
+    if (early[k].pid == pid) { exited = 1; exit_status = early[k].status; }
+  if (exited) status("exit %d", exit_status);
+
+  /* Phase 2: relay (tty), control, reaping. */
+  struct buf *out = calloc(1, sizeof *out), *in = calloc(1, sizeof *in);
+  if (tty) { set_nonblocking(master); set_nonblocking(fin); set_nonblocking(fout); }
+  int ctl_open = 1, in_open = tty, master_open = tty;
+  struct timespec exit_time = { 0, 0 };
+  if (exited) clock_gettime(CLOCK_MONOTONIC, &exit_time);
+
+  for (;;) {
+    if (exited && !tty) break;
+    if (exited && tty && (!master_open || fout < 0) && out->len == 0) break;
+    struct pollfd fds[6];
+    int nf = 0, i_sig = -1, i_ctl = -1, i_mr = -1, i_fo = -1, i_fi = -1, i_mw = -1;
+    fds[nf] = (struct pollfd){ sfd, POLLIN, 0 }; i_sig = nf++;
+    if (ctl_open) { fds[nf] = (struct pollfd){ CTL_FD, POLLIN, 0 }; i_ctl = nf++; }
+    if (tty) {
+      if (master_open && out->len == 0) { fds[nf] = (struct pollfd){ master, POLLIN, 0 }; i_mr = nf++; }
+      if (out->len > 0 && fout >= 0) { fds[nf] = (struct pollfd){ fout, POLLOUT, 0 }; i_fo = nf++; }
+      if (in_open && in->len == 0) { fds[nf] = (struct pollfd){ fin, POLLIN, 0 }; i_fi = nf++; }
+      if (in->len > 0 && master_open) { fds[nf] = (struct pollfd){ master, POLLOUT, 0 }; i_mw = nf++; }
+    }
+    int timeout = -1;
+    if (exited && tty) timeout = 200; /* drain what the pty still holds, then finish */
+    int n = poll(fds, nf, timeout);
+    if (n < 0) { if (errno == EINTR) continue; die("poll: %s", strerror(errno)); }
+    if (n == 0 && exited) {
+      if (out->len == 0) break;
+      continue;
+    }
+    if (fds[i_sig].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sfd, &si, sizeof si) > 0) {}
+      int st;
+      pid_t r;
+      while ((r = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (r == pid && !exited) {
+          exited = 1;
+          exit_status = st;
+          status("exit %d", st);
+          clock_gettime(CLOCK_MONOTONIC, &exit_time);
+        }
+      }
+    }
+    if (i_ctl >= 0 && (fds[i_ctl].revents & (POLLIN | POLLHUP | POLLERR))) {
+      char l[256];
+      int eof = 0;
+      ssize_t r = read_line_eof(CTL_FD, l, sizeof l, &eof);
+      if (r < 0 || eof) {
+        /* The agent went away: nobody is left to wait for this process. */
+        ctl_open = 0;
+        if (!exited) kill(pid, SIGKILL);
+      } else {
+        int a, b;
+        if (sscanf(l, "kill %d", &a) == 1) {
+          if (!exited && kill(pid, a) < 0 && errno != ESRCH) status("error kill %d: %s", a, strerror(errno));
+        } else if (sscanf(l, "resize %d %d", &a, &b) == 2) {
+          if (master >= 0) {
+            struct winsize ws = { .ws_row = (unsigned short)a, .ws_col = (unsigned short)b };
+            if (ioctl(master, TIOCSWINSZ, &ws) < 0) status("error resize: %s", strerror(errno));
+          }
+        }
+      }
+    }
+    if (i_mr >= 0 && (fds[i_mr].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t r = read(master, out->data, sizeof out->data);
+      if (r > 0) { out->off = 0; out->len = (size_t)r; }
+      else if (r == 0 || (errno != EAGAIN && errno != EINTR)) master_open = 0; /* EIO: every slave closed */
+    }
+    if (i_fo >= 0 && (fds[i_fo].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      ssize_t w = write(fout, out->data + out->off, out->len);
+      if (w > 0) { out->off += (size_t)w; out->len -= (size_t)w; }
+      else if (w < 0 && errno != EAGAIN && errno != EINTR) { close(fout); fout = -1; out->len = 0; }
+    }
+    if (i_fi >= 0 && (fds[i_fi].revents & (POLLIN | POLLHUP | POLLERR))) {
+      ssize_t r = read(fin, in->data, sizeof in->data);
+      if (r > 0) { in->off = 0; in->len = (size_t)r; }
+      else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+        /* stdin closed by the agent: a terminal's end of input is its EOF character */
+        in_open = 0;
+        close(fin);
+        fin = -1;
+        struct termios t;
+        char eof = 4;
+        if (master_open && tcgetattr(master, &t) == 0 && t.c_cc[VEOF]) eof = (char)t.c_cc[VEOF];
+        if (master_open) { in->data[0] = eof; in->off = 0; in->len = 1; }
+      }
+    }
+    if (i_mw >= 0 && (fds[i_mw].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      ssize_t w = write(master, in->data + in->off, in->len);
+      if (w > 0) { in->off += (size_t)w; in->len -= (size_t)w; }
+      else if (w < 0 && errno != EAGAIN && errno != EINTR) in->len = 0;
+    }
+  }
+  if (fout >= 0) close(fout);
+  (void)exit_time;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- oom-v1 */
+
+static int mode_oom_v1(int argc, char **argv) {
+  if (argc < 1) { fprintf(stderr, "usage: katats-runner oom-v1 MEMCG_DIR\n"); return 2; }
+  char p_ctl[4096], p_oom[4096];
+  snprintf(p_oom, sizeof p_oom, "%s/memory.oom_control", argv[0]);
+  snprintf(p_ctl, sizeof p_ctl, "%s/cgroup.event_control", argv[0]);
+  int efd = eventfd(0, EFD_CLOEXEC);
+  int ofd = open(p_oom, O_RDONLY | O_CLOEXEC);
+  int cfd = open(p_ctl, O_WRONLY | O_CLOEXEC);
+  if (efd < 0 || ofd < 0 || cfd < 0) { fprintf(stderr, "oom-v1: %s: %s\n", argv[0], strerror(errno)); return 1; }
+  char reg[64];
+  int n = snprintf(reg, sizeof reg, "%d %d", efd, ofd);
+  if (write(cfd, reg, (size_t)n) < 0) { fprintf(stderr, "oom-v1: register: %s\n", strerror(errno)); return 1; }
+  close(cfd);
+  setvbuf(stdout, NULL, _IONBF, 0);
+  printf("armed\n");
+  for (;;) {
+    uint64_t v;
+    ssize_t r = read(efd, &v, sizeof v);
+    if (r < 0) { if (errno == EINTR) continue; return 1; }
+    /* The eventfd also fires when the cgroup is removed. */
+    if (access(p_ctl, F_OK) < 0) return 0;
+    for (uint64_t k = 0; k < v; k++) printf("oom\n");
+  }
+}
+
+/* ---------------------------------------------------------------- ns */
+
+static int mode_ns(int argc, char **argv) {
+  if (argc < 2) { fprintf(stderr, "usage: katats-runner ns DIR HOSTNAME\n"); return 2; }
+  const char *dir = argv[0], *host = argv[1];
+  char p_ipc[4096], p_uts[4096];
+  snprintf(p_ipc, sizeof p_ipc, "%s/ipc", dir);
+  snprintf(p_uts, sizeof p_uts, "%s/uts", dir);
+  for (int k = 0; k < 2; k++) {
+    const char *p = k ? p_uts : p_ipc;
+    int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) { fprintf(stderr, "ns: create %s: %s\n", p, strerror(errno)); return 1; }
+    close(fd);
+  }
+  if (unshare(CLONE_NEWIPC | CLONE_NEWUTS) < 0) { fprintf(stderr, "ns: unshare: %s\n", strerror(errno)); return 1; }
+  if (host[0] && sethostname(host, strlen(host)) < 0) { fprintf(stderr, "ns: sethostname: %s\n", strerror(errno)); return 1; }
+  if (mount("/proc/self/ns/ipc", p_ipc, NULL, MS_BIND, NULL) < 0) { fprintf(stderr, "ns: bind ipc: %s\n", strerror(errno)); return 1; }
+  if (mount("/proc/self/ns/uts", p_uts, NULL, MS_BIND, NULL) < 0) {
+    fprintf(stderr, "ns: bind uts: %s\n", strerror(errno));
+    umount2(p_ipc, MNT_DETACH);
+    return 1;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- settime */
+
+static int mode_settime(int argc, char **argv) {
+  if (argc < 2) { fprintf(stderr, "usage: katats-runner settime SEC USEC\n"); return 2; }
+  struct timeval tv = { .tv_sec = strtoll(argv[0], NULL, 10), .tv_usec = strtol(argv[1], NULL, 10) };
+  if (settimeofday(&tv, NULL) < 0) { fprintf(stderr, "settimeofday: %s\n", strerror(errno)); return 1; }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime ...\n");
+    return 2;
+  }
+  if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "exec")) return mode_exec(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "oom-v1")) return mode_oom_v1(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "ns")) return mode_ns(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "settime")) return mode_settime(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "--version")) { printf("katats-runner 1\n"); return 0; }
+  fprintf(stderr, "katats-runner: unknown mode %s\n", argv[1]);
+  return 2;
+}

@@ -1,0 +1,190 @@
+// The sandbox: everything the agent keeps between requests. Containers, the storages they
+// share (counted per mount point), the pod's shared namespaces, guest hooks, DNS, the OOM event
+// queue and the policy.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { grpc } from '../proto/gen/types.js';
+import type { AgentConfig } from './config.js';
+import type { Logger } from './log.js';
+import type { Container } from './container.js';
+import { Crun } from './runtime/crun.js';
+import { PolicyState } from './policy-hook.js';
+import { addStorage, removeStorage, type StorageHandle } from './storage.js';
+import { internal, notFound, TtrpcError, Code } from './errors.js';
+import { umount, isMounted } from './mount.js';
+import type { OciHook } from './spec.js';
+
+interface SharedStorage {
+  handle: StorageHandle;
+  refs: number;
+}
+
+export class Sandbox {
+  id = '';
+  hostname = '';
+  running = false;
+  readonly containers = new Map<string, Container>();
+  /** ids being created right now, so that a concurrent duplicate fails fast */
+  readonly creating = new Set<string>();
+  private readonly storages = new Map<string, SharedStorage>();
+  sandboxMounts: string[] = [];
+  guestHooks: { prestart: OciHook[]; poststart: OciHook[]; poststop: OciHook[] } | undefined;
+  /** /proc/PID/ns/pid of the first container: containers asking for sandbox_pidns join it */
+  pidnsPath: string | undefined;
+  sharedNsDir: string | undefined;
+  private oomQueue: string[] = [];
+  private oomWaiters: Array<{ resolve: (cid: string) => void; reject: (e: Error) => void }> = [];
+  readonly crun: Crun;
+  readonly policy: PolicyState;
+  log: Logger;
+
+  constructor(readonly config: AgentConfig) {
+    this.log = config.log;
+    this.crun = new Crun({ crun: config.crun, runner: config.runner, root: config.crunRoot, hideUnified: config.cgroups.hideUnified });
+    this.policy = new PolicyState(config.launchDigest, config.policyEngine, config.log);
+  }
+
+  get sandboxDir(): string {
+    return path.join(this.config.stateDir, 'sandbox');
+  }
+
+  container(cid: string): Container {
+    const c = this.containers.get(cid);
+    if (!c) throw notFound(`container ${cid}`);
+    return c;
+  }
+
+  /** Mounts storages (sharing ones already mounted at the same point); returns their mount points. */
+  async addStorages(list: grpc.Storage[]): Promise<string[]> {
+    const done: string[] = [];
+    try {
+      for (const s of list) {
+        const have = this.storages.get(s.mount_point);
+        if (have) {
+          have.refs++;
+          done.push(s.mount_point);
+          continue;
+        }
+        const handle = await addStorage(s, { log: this.log, sysfsRoot: this.config.sysfsRoot, pciRescan: this.config.pciRescan });
+        this.storages.set(s.mount_point, { handle, refs: 1 });
+        done.push(s.mount_point);
+      }
+    } catch (e) {
+      await this.releaseStorages(done);
+      throw e;
+    }
+    return done;
+  }
+
+  async releaseStorages(mountPoints: string[]): Promise<void> {
+    for (const m of [...mountPoints].reverse()) {
+      const s = this.storages.get(m);
+      if (!s) continue;
+      if (--s.refs > 0) continue;
+      this.storages.delete(m);
+      await removeStorage(s.handle, this.log).catch((e) => this.log.warn({ err: e, mount_point: m }, 'storage cleanup failed'));
+    }
+  }
+
+  get storageCount(): number {
+    return this.storages.size;
+  }
+
+  /** Persistent IPC and UTS namespaces for the pod (upstream's setup_shared_namespaces). */
+  async setupSharedNamespaces(): Promise<void> {
+    const dir = path.join(this.sandboxDir, 'ns');
+    fs.mkdirSync(dir, { recursive: true });
+    await new Promise<void>((resolve, reject) =>
+      execFile(this.config.runner, ['ns', dir, this.hostname], (err, _o, stderr) =>
+        err ? reject(internal(`shared namespaces: ${(stderr || err.message).trim()}`)) : resolve(),
+      ),
+    );
+    this.sharedNsDir = dir;
+  }
+
+  /** Guest hooks from guest_hook_path/{prestart,poststart,poststop}/: every executable file. */
+  loadGuestHooks(dir: string): void {
+    const read = (kind: string): OciHook[] => {
+      const d = path.join(dir, kind);
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(d).sort();
+      } catch {
+        return [];
+      }
+      return names
+        .map((n) => path.join(d, n))
+        .filter((p) => {
+          try {
+            const st = fs.statSync(p);
+            return st.isFile() && (st.mode & 0o111) !== 0;
+          } catch {
+            return false;
+          }
+        })
+        .map((p) => ({ path: p, args: [p, kind] }));
+    };
+    this.guestHooks = { prestart: read('prestart'), poststart: read('poststart'), poststop: read('poststop') };
+    this.log.info({ dir, hooks: this.guestHooks }, 'guest hooks loaded');
+  }
+
+  writeDns(dns: string[]): void {
+    fs.mkdirSync(this.sandboxDir, { recursive: true });
+    fs.writeFileSync(path.join(this.sandboxDir, 'resolv.conf'), dns.length ? dns.join('\n') + '\n' : '');
+  }
+
+  pushOom(cid: string): void {
+    this.log.warn({ container_id: cid }, 'OOM event');
+    const w = this.oomWaiters.shift();
+    if (w) w.resolve(cid);
+    else this.oomQueue.push(cid);
+  }
+
+  /** GetOOMEvent: the next OOM'd container id, waiting for one. */
+  nextOom(signal: AbortSignal): Promise<string> {
+    const q = this.oomQueue.shift();
+    if (q !== undefined) return Promise.resolve(q);
+    return new Promise((resolve, reject) => {
+      const entry = {
+        resolve: (cid: string) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(cid);
+        },
+        reject: (e: Error) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      };
+      const onAbort = () => {
+        const i = this.oomWaiters.indexOf(entry);
+        if (i >= 0) this.oomWaiters.splice(i, 1);
+        reject(signal.reason instanceof Error ? signal.reason : new TtrpcError(Code.Canceled, 'GetOOMEvent canceled'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.oomWaiters.push(entry);
+    });
+  }
+
+  failOomWaiters(why: string): void {
+    for (const w of this.oomWaiters.splice(0)) w.reject(new TtrpcError(Code.Unavailable, why));
+  }
+
+  /** Releases sandbox-level resources (containers are removed by the caller first). */
+  async teardown(): Promise<void> {
+    await this.releaseStorages(this.sandboxMounts);
+    this.sandboxMounts = [];
+    if (this.sharedNsDir) {
+      for (const n of ['ipc', 'uts']) {
+        const p = path.join(this.sharedNsDir, n);
+        if (isMounted(p)) await umount(p).catch(() => umount(p, true));
+      }
+      this.sharedNsDir = undefined;
+    }
+    fs.rmSync(this.sandboxDir, { recursive: true, force: true });
+    this.pidnsPath = undefined;
+    this.guestHooks = undefined;
+    this.running = false;
+    this.failOomWaiters('sandbox destroyed');
+  }
+}

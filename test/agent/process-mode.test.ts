@@ -1,0 +1,136 @@
+// The agent as its own process: `tsx agent/main.ts --listen` (local mode), the esbuild bundle
+// with its runner beside it, and guest mode on a character-device channel (a pty that socat
+// joins to a unix socket, as QEMU joins a virtio-serial port to its chardev socket).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client, Code } from '../../proto/ttrpc/index.js';
+import { serviceClient } from '../../proto/rpc.js';
+import { buildAgent } from '../../agent/build.js';
+import { busyboxRootfs, containerSpec, crunContainers, readAll, runnerProcesses, sleep, type TestAgent } from './helpers.js';
+
+const repo = path.resolve(import.meta.dirname, '..', '..');
+
+async function waitFor(file: string, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fs.existsSync(file)) {
+    if (Date.now() > end) throw new Error(`${file} did not appear`);
+    await sleep(50);
+  }
+}
+
+function stop(p: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) return resolve();
+    p.once('exit', () => resolve());
+    p.kill('SIGTERM');
+  });
+}
+
+async function smoke(client: Client, rootfs: string, cid: string): Promise<void> {
+  const svc = serviceClient(client, 'grpc.AgentService');
+  const health = serviceClient(client, 'grpc.Health');
+  expect((await health.Check({})).status).toBe(1);
+  await svc.CreateContainer({ container_id: cid, OCI: containerSpec(rootfs, ['sh', '-c', 'echo from $0; exit 7', cid]) });
+  await svc.StartContainer({ container_id: cid });
+  const out = await readAll({ svc } as TestAgent, cid);
+  expect(out.toString()).toBe(`from ${cid}\n`);
+  expect((await svc.WaitProcess({ container_id: cid, exec_id: '' })).status).toBe(7);
+  await svc.RemoveContainer({ container_id: cid });
+  const e = await svc.StartContainer({ container_id: cid }).catch((x) => x);
+  expect(e.code).toBe(Code.NotFound);
+}
+
+describe('agent as a process', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-agentp-'));
+  const rootfs = busyboxRootfs(dir);
+  const procs: ChildProcess[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map(stop));
+    fs.rmSync(dir, { recursive: true, force: true });
+    expect(crunContainers('pm-')).toEqual([]);
+    expect(runnerProcesses(dir)).toEqual([]);
+  });
+
+  it('local mode: tsx agent/main.ts --listen SOCK --state-dir DIR', async () => {
+    const sock = path.join(dir, 'tsx.sock');
+    const p = spawn(path.join(repo, 'node_modules/.bin/tsx'), [path.join(repo, 'agent/main.ts'), '--listen', sock, '--state-dir', path.join(dir, 'state-tsx'), '--log-file', path.join(dir, 'tsx.log')], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    procs.push(p);
+    await waitFor(sock);
+    const c = await Client.connect(sock);
+    await smoke(c, rootfs, 'pm-tsx');
+    await c.close();
+    await stop(p);
+    const log = fs.readFileSync(path.join(dir, 'tsx.log'), 'utf8');
+    expect(log).toContain('"container_id":"pm-tsx"');
+    expect(log).toContain('agent stopping');
+  }, 60_000);
+
+  describe('the bundle', () => {
+    let out = '';
+    beforeAll(async () => {
+      out = path.join(dir, 'dist');
+      await buildAgent(out);
+    }, 60_000);
+
+    it('builds one agent.js with the runner beside it, and serves on a socket', async () => {
+      expect(fs.existsSync(path.join(out, 'agent.js'))).toBe(true);
+      expect(fs.statSync(path.join(out, 'katats-runner')).mode & 0o111).not.toBe(0);
+      const text = fs.readFileSync(path.join(out, 'agent.js'), 'utf8');
+      expect(text).not.toMatch(/require\(["'](pino|protobufjs)["']\)/);
+      const sock = path.join(dir, 'bundle.sock');
+      const p = spawn(process.execPath, [path.join(out, 'agent.js'), '--listen', sock, '--state-dir', path.join(dir, 'state-bundle')], { stdio: ['ignore', 'ignore', 'ignore'] });
+      procs.push(p);
+      await waitFor(sock);
+      const c = await Client.connect(sock);
+      await smoke(c, rootfs, 'pm-bundle');
+      await c.close();
+      await stop(p);
+    }, 60_000);
+
+    it('guest mode: serves the channel device from KATATS_AGENT_CHANNEL and checks SetPolicy against KATATS_HOST_DATA', async () => {
+      const port = path.join(dir, 'vport0p1');
+      const hostSock = path.join(dir, 'chardev.sock');
+      // socat stands in for QEMU: a character device on the guest side, a unix socket on the host side.
+      const socat = spawn('socat', [`UNIX-LISTEN:${hostSock},fork`, `PTY,link=${port},raw,echo=0`], { stdio: 'ignore' });
+      procs.push(socat);
+      await waitFor(hostSock);
+      const policy = 'package agent_policy\n';
+      const hostData = path.join(dir, 'host_data');
+      fs.writeFileSync(hostData, createHash('sha256').update(policy).digest());
+      // The pty exists once a host side connects; the agent opens it then.
+      const raw = net.connect(hostSock);
+      await new Promise((r) => raw.once('connect', r));
+      await waitFor(port);
+      const p = spawn(process.execPath, [path.join(out, 'agent.js'), '--state-dir', path.join(dir, 'state-guest')], {
+        stdio: ['ignore', 'ignore', 'ignore'],
+        env: { ...process.env, KATATS_AGENT_CHANNEL: port, KATATS_HOST_DATA: hostData },
+      });
+      procs.push(p);
+      const c = new Client(raw);
+      const health = serviceClient(c, 'grpc.Health');
+      for (let i = 0; ; i++) {
+        try {
+          expect((await health.Check({}, { timeoutMs: 500 })).status).toBe(1);
+          break;
+        } catch (e) {
+          if (i > 40) throw e;
+        }
+      }
+      const svc = serviceClient(c, 'grpc.AgentService');
+      const bad = await svc.SetPolicy({ policy: policy + 'x' }).catch((e) => e);
+      expect(bad.code).toBe(Code.PermissionDenied);
+      await svc.SetPolicy({ policy });
+      await smoke(c, rootfs, 'pm-guest');
+      await c.close();
+      await stop(p);
+      await stop(socat);
+    }, 60_000);
+  });
+});
