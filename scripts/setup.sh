@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages by purpose. Each feature adds its own line; the union is installed once.
 DEB_PACKAGES=(
+  # guest image builder (guest/) and QEMU driver (vmm/): QEMU + firmware (qboot, pvh.bin from
+  # qemu-system-data), erofs/ext4 image makers, depmod, xz for the PVH vmlinux
+  qemu-system-x86 qemu-system-data erofs-utils e2fsprogs kmod xz-utils
   # agent (local mode and its tests): crun as the OCI runtime, gcc to build the katats-runner
   # helper statically, busybox for test rootfs, e2fsprogs for block storage tests, socat to stand
   # in for QEMU's virtio-serial chardev
