@@ -18,7 +18,9 @@ export async function buildAgent(outDir: string): Promise<{ bundle: string; runn
     outfile: bundle,
     bundle: true,
     platform: 'node',
-    target: 'node20',
+    // The guest's node is Debian bookworm's 18.x (the host's node 20 comes from a repository
+    // the guest image builder cannot use).
+    target: 'node18',
     format: 'cjs',
     minify: false,
     sourcemap: false,

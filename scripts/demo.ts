@@ -1,41 +1,70 @@
-// The demo shows what katats does today, end to end with real peers. Today: our ttrpc speaking
-// to Go's containerd/ttrpc (built from Debian's sources) in both directions, and how fast.
+// The demo (README's main command): one private containerd with runc, gVisor and katats
+// registered runs `uname -r` in a container of each, side by side: runc shows the host's kernel,
+// gVisor its own 4.4.0, katats the guest VM's kernel. Everything it starts, it stops.
 import os from 'node:os';
-import path from 'node:path';
-import fs from 'node:fs';
-import { Client } from '../proto/ttrpc/index.js';
-import { buildGoPeer, goCall, startGoServer } from '../test/interop/go-peer.js';
-import { PEER_SERVICE, bytesValue, fromBytesValue, peerServer } from '../test/interop/ts-peer.js';
-import { runTtrpcBench, ttrpcTable } from '../bench/ttrpc.js';
+import { startContainerd, type Containerd, type RuntimeRegistration } from '../test/harness/containerd.js';
+import { prepareRunsc, runscRuntime, cleanupRunsc } from '../test/harness/runsc.js';
+import { busyboxImage, BUSYBOX_INDEX } from '../test/images/busybox.js';
+import { katatsEnv, type KatatsEnv } from '../test/shim/katats-env.js';
 
-const say = (s: string) => console.log(s);
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-demo-'));
+const say = (s: string) => process.stdout.write(s + '\n');
+const progress = (s: string) => process.stderr.write(`  … ${s}\n`);
+
+interface Row {
+  runtime: string;
+  kernel: string;
+  seconds: number | undefined;
+  note: string;
+}
+
+async function runOne(c: Containerd, name: string, image: string, note: string): Promise<Row> {
+  const t0 = performance.now();
+  const r = await c.ctr(['run', '--rm', ...c.runtimeArgs(name), image, `demo-${name}`, 'uname', '-r'], { timeoutMs: 300_000 });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.code !== 0) return { runtime: name, kernel: '-', seconds: undefined, note: `failed: ${(r.stderr || r.stdout).trim().split('\n').pop()}` };
+  return { runtime: name, kernel: r.stdout.trim(), seconds, note };
+}
+
+say(`katats demo on ${os.hostname()} (host kernel ${os.release()}, ${os.cpus().length} cores)`);
+say('preparing: host binaries, guest image, runsc, busybox image, a private containerd');
+let env: KatatsEnv | undefined;
+let c: Containerd | undefined;
+const rows: Row[] = [];
 try {
-  say('katats demo: ttrpc wire compatibility with containerd\'s Go ttrpc 1.1.1');
-  const bin = await buildGoPeer();
+  env = await katatsEnv({ onProgress: progress });
+  const runtimes: RuntimeRegistration[] = [env.runtime];
+  let runscNote = 'gVisor: user-space kernel';
+  try {
+    runtimes.push(runscRuntime(await prepareRunsc({ onProgress: progress })));
+  } catch (e) {
+    runscNote = `unavailable: ${(e as Error).message}`;
+  }
+  c = await startContainerd({ runtimes, onProgress: progress });
+  const img = await busyboxImage({ onProgress: progress });
+  await c.importImage(img.archive, BUSYBOX_INDEX);
+  say(`containerd ${c.binaries.version}, image ${img.name}\n`);
 
-  const tsSock = path.join(dir, 'ts.sock');
-  const server = peerServer();
-  await server.listen(tsSock);
-  const res = await goCall(bin, tsSock, PEER_SERVICE, 'Metadata', {
-    payload: Buffer.from('containerd-namespace'),
-    metadata: { 'containerd-namespace': ['k8s.io'] },
-  });
-  say(`  Go client -> TS server: Metadata(containerd-namespace) = ${res.ok ? res.payload.toString() : `error ${res.code}`}`);
-  const late = await goCall(bin, tsSock, PEER_SERVICE, 'Sleep', { payload: Buffer.from('2000'), timeoutMs: 100 });
-  say(`  Go client -> TS server: Sleep(2 s) with a 100 ms deadline = ${late.ok ? 'ok' : `error code ${late.code} (${late.message})`}`);
-  await server.close();
+  rows.push(await runOne(c, 'runc', img.name, 'host kernel, namespaces'));
+  if (c.runtimes.has('runsc')) {
+    const row = await runOne(c, 'runsc', img.name, runscNote);
+    await cleanupRunsc(c, 'demo-runsc');
+    rows.push(row);
+  } else rows.push({ runtime: 'runsc', kernel: '-', seconds: undefined, note: runscNote });
+  rows.push(await runOne(c, 'katats', img.name, `VM on ${env.accel.toUpperCase()}: guest kernel ${env.image.manifest.kernel.release}`));
 
-  const goSock = path.join(dir, 'go.sock');
-  const go = await startGoServer(bin, goSock);
-  const client = await Client.connect(goSock);
-  const echoed = fromBytesValue(await client.call(PEER_SERVICE, 'Echo', bytesValue(Buffer.alloc(3 << 20, 7))));
-  say(`  TS client -> Go server: Echo(3 MiB) returned ${echoed.length} bytes`);
-  await client.close();
-  await go.close();
-
-  say('\nround trips per second (quick run; ratios against Go->Go from this run):');
-  say(ttrpcTable(await runTtrpcBench({ quick: true, log: () => {} })));
+  const w = [8, 20, 9];
+  say(`${'runtime'.padEnd(w[0]!)} ${'uname -r'.padEnd(w[1]!)} ${'time'.padStart(w[2]!)}  note`);
+  for (const r of rows) {
+    const t = r.seconds === undefined ? '-' : `${r.seconds.toFixed(2)} s`;
+    say(`${r.runtime.padEnd(w[0]!)} ${r.kernel.padEnd(w[1]!)} ${t.padStart(w[2]!)}  ${r.note}`);
+  }
+  const runc = rows[0]?.seconds;
+  const kat = rows[2]?.seconds;
+  if (runc && kat) say(`\nkatats/runc: ${(kat / runc).toFixed(1)}x for a cold pod (VM boot included, ${env.accel.toUpperCase()}).`);
 } finally {
-  fs.rmSync(dir, { recursive: true, force: true });
+  if (c) {
+    const rep = await c.stop();
+    if (rep.killed.length || rep.unmounted.length) progress(`cleanup had to kill ${rep.killed.length} processes and unmount ${rep.unmounted.length} mounts`);
+  }
+  env?.cleanup();
 }

@@ -104,6 +104,7 @@ export async function runMacroBench(opts: MacroOptions = {}): Promise<MacroRepor
     const report = await cd.stop(failed && opts.logsDir ? { keepLogsIn: opts.logsDir } : {});
     cleanup = { killed: report.killed.length, unmounted: report.unmounted.length };
     if (cleanup.killed || cleanup.unmounted) log(`macro: clean-up had to kill ${cleanup.killed} processes and unmount ${cleanup.unmounted} mounts`);
+    for (const c of candidates) c.cleanup?.();
   }
   env.loadavgEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
   return { quick: !!opts.quick, settings, environment: env, runtimes: candidates, results: ctx.results, cleanup, durationS: round((performance.now() - t0) / 1000, 1) };

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { run, which } from '../../test/harness/exec.js';
 import { RUNC_V2, type RuntimeRegistration } from '../../test/harness/containerd.js';
 import { prepareRunsc, runscRuntime } from '../../test/harness/runsc.js';
+import { katatsEnv } from '../../test/shim/katats-env.js';
 
 export const KATATS_RUNTIME = 'io.containerd.katats.v2';
 export const KATATS_SHIM = 'containerd-shim-katats-v2';
@@ -20,6 +21,8 @@ export interface RuntimeCandidate {
   virtualization: string;
   /** Set when the runtime cannot run here. */
   unavailable?: string;
+  /** Removes what preparing the runtime made (katats: its private config and image links). */
+  cleanup?: () => void;
 }
 
 async function firstLine(cmd: string, args: string[]): Promise<string | undefined> {
@@ -64,18 +67,24 @@ export async function findRuntimes(log: (s: string) => void): Promise<RuntimeCan
       name: 'katats',
       label: `katats (${KATATS_RUNTIME}, ${shim})`,
       registration: { name: 'katats', runtimeType: KATATS_RUNTIME, shimBinary: shim },
-      version: await firstLine(shim, ['--version']),
-      virtualization: process.env.KATATS_VIRT ?? 'not reported by the shim',
+      version: await firstLine(shim, ['-v']),
+      virtualization: process.env.KATATS_VIRT ?? 'as configured for the installed shim',
     });
   } else {
-    out.push({
-      name: 'katats',
-      label: `katats (${KATATS_RUNTIME})`,
-      virtualization: 'n/a (not available)',
-      unavailable: fromEnv
-        ? `KATATS_SHIM=${fromEnv} does not exist`
-        : `${KATATS_SHIM} is not on PATH and KATATS_SHIM is not set (the shim does not exist yet)`,
-    });
+    // No installed shim: build this checkout's (host binaries, guest image, private config).
+    try {
+      const env = await katatsEnv({ onProgress: log });
+      out.push({
+        name: 'katats',
+        label: `katats (${KATATS_RUNTIME}, this checkout; guest ${env.image.manifest.kernel.release}, measurement ${env.image.manifest.measurement.slice(0, 12)})`,
+        registration: env.runtime,
+        version: await firstLine(env.shimWrapper, ['-v']).then(() => 'katats 0.1.0'),
+        virtualization: env.accel.toUpperCase(),
+        cleanup: env.cleanup,
+      });
+    } catch (err) {
+      out.push({ name: 'katats', label: `katats (${KATATS_RUNTIME})`, virtualization: 'n/a (not available)', unavailable: `could not prepare katats: ${(err as Error).message}` });
+    }
   }
   return out;
 }

@@ -1,0 +1,59 @@
+// katats: the operator's command line.
+//   katats doctor  [--address SOCK]   what works on this host and what is missing
+//   katats env                         the effective configuration, as TOML sections
+//   katats install [--prefix DIR] [--containerd-config FILE]   wire katats into containerd
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify as toToml } from 'smol-toml';
+import { loadConfig } from '../config.js';
+import { doctor } from './doctor.js';
+import { install } from './install.js';
+
+function flag(args: string[], name: string, def: string): string {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] ? args[i + 1]! : def;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...args] = argv;
+  const cfg = loadConfig(flag(args, '--config', '') || undefined);
+  switch (cmd) {
+    case 'doctor': {
+      const checks = await doctor(cfg, { containerdSocket: flag(args, '--address', '/run/containerd/containerd.sock') });
+      for (const c of checks) {
+        console.log(`${c.ok ? 'ok  ' : 'FAIL'} ${c.name}: ${c.detail}${!c.ok && c.fix ? `\n     fix: ${c.fix}` : ''}`);
+      }
+      return checks.every((c) => c.ok) ? 0 : 1;
+    }
+    case 'env': {
+      const { source, ...rest } = cfg;
+      console.log(`# configuration from ${source}\n${toToml(rest)}`);
+      return 0;
+    }
+    case 'install': {
+      const here = path.dirname(fileURLToPath(import.meta.url));
+      install(
+        {
+          binDir: flag(args, '--bin-dir', path.basename(here) === 'cli' ? path.resolve(here, '../../dist/bin') : path.join(here, 'bin')),
+          pathDir: flag(args, '--prefix', '/usr/local/bin'),
+          containerdConfig: flag(args, '--containerd-config', '/etc/containerd/config.toml'),
+          dropInDir: flag(args, '--drop-in-dir', '/etc/containerd/conf.d'),
+          katatsConfig: flag(args, '--katats-config', '/etc/katats/configuration.toml'),
+        },
+        (s) => console.log(s),
+      );
+      return 0;
+    }
+    default:
+      console.error('usage: katats doctor|env|install [options]');
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    console.error(`katats: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  },
+);

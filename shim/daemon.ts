@@ -1,0 +1,74 @@
+// The shim daemon: one per pod. Serves containerd.task.v2.Task on its socket, publishes events
+// back to containerd, and exits after Shutdown once no container is left.
+import fs from 'node:fs';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { Server } from '../proto/ttrpc/index.js';
+import { registerService } from '../proto/rpc.js';
+import type { ShimArgs } from './args.js';
+import { loadConfig } from './config.js';
+import { EventPublisher } from './events.js';
+import { TaskService } from './task-service.js';
+import { sandboxDir, writeRecord } from './layout.js';
+import { launchQemuSandbox } from './vm.js';
+
+function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
+  const streams: pino.StreamEntry[] = [];
+  fs.mkdirSync(logDir, { recursive: true });
+  streams.push({ stream: pino.destination({ dest: path.join(logDir, `${sandboxId}.log`), sync: false, mkdir: true }) });
+  // containerd reads a FIFO named "log" in the bundle and folds it into its own log.
+  const fifo = path.join(bundle, 'log');
+  try {
+    const fd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    streams.push({ stream: fs.createWriteStream('', { fd }) });
+  } catch {
+    // No reader (or no FIFO): the file is enough.
+  }
+  return pino({ level: debug ? 'debug' : 'info', base: { sandbox: sandboxId, pid: process.pid } }, pino.multistream(streams));
+}
+
+export async function serveShim(args: ShimArgs): Promise<void> {
+  if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
+  const cfg = loadConfig();
+  const sandboxId = args.id;
+  const log = shimLogger(cfg.runtime.log_dir, sandboxId, args.bundle, args.debug || cfg.runtime.enable_debug);
+  const ttrpcAddress = process.env.TTRPC_ADDRESS ?? `${args.address.replace(/^unix:\/\//, '')}.ttrpc`;
+  const events = new EventPublisher({ address: ttrpcAddress, namespace: args.namespace, logger: log });
+
+  const server = new Server({ logger: log });
+  let stopping = false;
+  const stop = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    await service.forceCleanup().catch((err) => log.error({ err }, 'cleanup failed'));
+    await server.close({ graceMs: 2000 });
+    await events.close();
+    fs.rmSync(args.socket, { force: true });
+    fs.rmSync(sandboxDir(cfg.runtime.state_dir, sandboxId), { recursive: true, force: true });
+    log.info('shim exiting');
+    log.flush();
+    setTimeout(() => process.exit(code), 50);
+  };
+  const service: TaskService = new TaskService({
+    sandboxId,
+    namespace: args.namespace,
+    config: cfg,
+    launcher: async (req) => {
+      const guest = await launchQemuSandbox(req);
+      writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, vmmPid: guest.vmmPid, sharedDir: guest.sharedDir, socket: args.socket });
+      return guest;
+    },
+    events,
+    stateDir: cfg.runtime.state_dir,
+    log,
+    // Answer the Shutdown call before going away.
+    onShutdown: () => setImmediate(() => void stop(0)),
+  });
+  registerService(server, 'containerd.task.v2.Task', service.impl);
+  await server.listen(args.socket);
+  writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket });
+  process.on('SIGTERM', () => void stop(0));
+  process.on('SIGINT', () => void stop(0));
+  log.info({ socket: args.socket, config: cfg.source }, 'shim serving');
+  process.stdout.write('ready\n');
+}

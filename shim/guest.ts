@@ -1,0 +1,43 @@
+// What the Task service needs from a running sandbox VM: an agent to call, a host directory the
+// guest sees as its shared filesystem, and word when the VMM dies. shim/vm.ts makes one with
+// QEMU; the Task service does not care how.
+import type { Logger } from 'pino';
+import type { ServiceClient } from '../proto/rpc.js';
+import type { KatatsConfig } from './config.js';
+
+/** Where the guest mounts the shared filesystem, as Kata lays it out. */
+export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
+/** The 9p mount tag QEMU exports the shared directory under. */
+export const SHARED_FS_TAG = 'kataShared';
+
+export interface VmExit {
+  code: number | null;
+  signal: string | null;
+  /** A human reason: "powered off", "killed by SIGKILL", with the last console lines when it crashed. */
+  reason: string;
+}
+
+export interface GuestHandle {
+  agent: ServiceClient<'grpc.AgentService'>;
+  health: ServiceClient<'grpc.Health'>;
+  /** Host directory exported to the guest (mounted there at GUEST_SHARED_DIR). */
+  sharedDir: string;
+  accel: 'kvm' | 'tcg';
+  /** The VMM's pid, recorded so `shim delete` can clean up after a dead shim. */
+  vmmPid: number;
+  /** Settles when the VMM process ends, for whatever reason. */
+  exited: Promise<VmExit>;
+  /** Powers the VM off (gracefully, then by force) and removes what it made on the host. */
+  stop(): Promise<void>;
+}
+
+export interface LaunchRequest {
+  sandboxId: string;
+  config: KatatsConfig;
+  /** 32 bytes bound to the VM at launch (the policy digest; zeros when there is no policy). */
+  launchData: Buffer;
+  stateDir: string;
+  log: Logger;
+}
+
+export type GuestLauncher = (req: LaunchRequest) => Promise<GuestHandle>;

@@ -1,0 +1,56 @@
+// Where a shim keeps things on the host, derived from ids alone so that `start`, the daemon and
+// `delete` (which may run after the daemon died) agree without talking to each other.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const GROUP_ANNOTATIONS = ['io.kubernetes.cri.sandbox-id', 'io.containerd.runc.v2.group'];
+
+/** The pod a container belongs to: the CRI sandbox id annotation, else the container itself. */
+export function groupingId(bundle: string, id: string): string {
+  try {
+    const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as { annotations?: Record<string, string> };
+    for (const k of GROUP_ANNOTATIONS) {
+      const v = spec.annotations?.[k];
+      if (v) return v;
+    }
+  } catch {
+    // No readable spec: the container is its own group.
+  }
+  return id;
+}
+
+export function socketPath(stateDir: string, containerdAddress: string, namespace: string, grouping: string): string {
+  const h = crypto.createHash('sha256').update(path.join(containerdAddress, namespace, grouping)).digest('hex');
+  return path.join(stateDir, 's', h.slice(0, 32));
+}
+
+export function sandboxDir(stateDir: string, sandboxId: string): string {
+  return path.join(stateDir, 'sandboxes', sandboxId);
+}
+
+/** What `shim delete` needs to clean up after a daemon that died. */
+export interface SandboxRecord {
+  sandboxId: string;
+  namespace: string;
+  shimPid: number;
+  vmmPid?: number;
+  sharedDir?: string;
+  socket: string;
+}
+
+export function writeRecord(stateDir: string, rec: SandboxRecord): void {
+  const dir = sandboxDir(stateDir, rec.sandboxId);
+  fs.mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, '.shim.json');
+  fs.writeFileSync(tmp, JSON.stringify(rec));
+  fs.renameSync(tmp, path.join(dir, 'shim.json'));
+}
+
+export function readRecord(stateDir: string, sandboxId: string): SandboxRecord | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(sandboxDir(stateDir, sandboxId), 'shim.json'), 'utf8')) as SandboxRecord;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,69 @@
+// Host mounts the shim makes for a container (its rootfs, shared bind sources), done with
+// util-linux's mount(8): Node has no mount(2), and mount(8) handles overlay's long option strings.
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export interface MountSpec {
+  type: string;
+  source: string;
+  options: string[];
+}
+
+export async function mount(m: MountSpec, target: string): Promise<void> {
+  fs.mkdirSync(target, { recursive: true });
+  const args = ['-t', m.type || 'none'];
+  const opts = m.options.filter((o) => o.length > 0);
+  if (opts.length) args.push('-o', opts.join(','));
+  args.push(m.source || 'none', target);
+  try {
+    await run('mount', args);
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`mount ${m.type} ${m.source} on ${target}: ${(err.stderr || err.message).trim()}`);
+  }
+}
+
+export async function bindMount(source: string, target: string, readonly = false): Promise<void> {
+  if (fs.statSync(source).isDirectory()) fs.mkdirSync(target, { recursive: true });
+  else {
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    if (!fs.existsSync(target)) fs.writeFileSync(target, '');
+  }
+  await mount({ type: 'none', source, options: ['bind'] }, target);
+  if (readonly) await mount({ type: 'none', source: 'none', options: ['remount', 'bind', 'ro'] }, target);
+}
+
+/** Whether something is mounted exactly at `target` (per /proc/self/mountinfo). */
+export function isMountPoint(target: string): boolean {
+  const want = fs.existsSync(target) ? fs.realpathSync(target) : target;
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => unescapeMountPath(l.split(' ')[4] ?? '') === want);
+}
+
+function unescapeMountPath(p: string): string {
+  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Unmounts everything at and below `root`, deepest first; lazily when busy, so cleanup never hangs. */
+export async function unmountAll(root: string): Promise<void> {
+  const real = fs.existsSync(root) ? fs.realpathSync(root) : root;
+  const targets = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => unescapeMountPath(l.split(' ')[4] ?? ''))
+    .filter((t) => t === real || t.startsWith(real + '/'))
+    .sort((a, b) => b.length - a.length);
+  for (const t of targets) {
+    try {
+      await run('umount', [t]);
+    } catch {
+      await run('umount', ['-l', t]).catch(() => undefined);
+    }
+  }
+}

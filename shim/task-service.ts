@@ -1,0 +1,430 @@
+// containerd.task.v2.Task for katats: containerd's view of tasks, mapped onto one sandbox VM per
+// shim (one per pod) and the agent inside it. The first container created is the sandbox: its
+// Create boots the VM; its Delete (after every other container is gone) powers it off.
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import type { Logger } from 'pino';
+import type { CallContext } from '../proto/ttrpc/index.js';
+import { Code, TtrpcError } from '../proto/ttrpc/index.js';
+import type { ServiceImpl } from '../proto/rpc.js';
+import type { containerd, grpc } from '../proto/gen/types.js';
+import { ociToGrpcProcess, ociToGrpcResources, ociToGrpcSpec, OciSpecError } from '../proto/oci.js';
+import { applyAnnotations, ConfigError, loadConfig, type KatatsConfig } from './config.js';
+import { decode } from '../proto/registry.js';
+import type { EventPublisher } from './events.js';
+import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
+import { ShimProcess, type ExitInfo } from './process.js';
+import { bindMount, mount, unmountAll } from './mounts.js';
+import { metricsAny } from './metrics.js';
+
+const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
+const SANDBOX_ID_ANNOTATIONS = ['io.kubernetes.cri.sandbox-id', 'io.containerd.runc.v2.group'];
+const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
+/** Exit status reported for processes whose VM died under them. */
+export const VM_DIED_EXIT = 255;
+
+interface ShimContainer {
+  id: string;
+  bundle: string;
+  spec: grpc.Spec;
+  init: ShimProcess;
+  execs: Map<string, ShimProcess>;
+  /** Exec specs between Exec and Start (the process object exists already, in state 'created'). */
+  pendingExecs: Map<string, grpc.Process>;
+  /** Host dir of this container inside the shared directory. */
+  sharedDir: string;
+  paused: boolean;
+}
+
+export interface TaskServiceOptions {
+  /** The grouping id: the pod's sandbox id, or the container id for a lone container. */
+  sandboxId: string;
+  namespace: string;
+  config: KatatsConfig;
+  launcher: GuestLauncher;
+  events: EventPublisher;
+  stateDir: string;
+  log: Logger;
+  /** Called when containerd asks the shim to go away and nothing is left to serve. */
+  onShutdown: () => void;
+}
+
+function ts(d: Date) {
+  return { seconds: Math.floor(d.getTime() / 1000), nanos: (d.getTime() % 1000) * 1e6 };
+}
+
+export class TaskService {
+  private guest: GuestHandle | undefined;
+  private readonly containers = new Map<string, ShimContainer>();
+  private readonly log: Logger;
+  private vmDead = false;
+
+  constructor(private readonly o: TaskServiceOptions) {
+    this.log = o.log;
+  }
+
+  get accel(): string | undefined {
+    return this.guest?.accel;
+  }
+
+  get vmmPid(): number | undefined {
+    return this.guest?.vmmPid;
+  }
+
+  private container(id: string): ShimContainer {
+    const c = this.containers.get(id);
+    if (!c) throw new TtrpcError(Code.NotFound, `container ${id} not found`);
+    return c;
+  }
+
+  private proc(id: string, execId: string): ShimProcess {
+    const c = this.container(id);
+    if (!execId) return c.init;
+    const p = c.execs.get(execId);
+    if (!p) throw new TtrpcError(Code.NotFound, `exec ${execId} in container ${id} not found`);
+    return p;
+  }
+
+  private agent() {
+    if (!this.guest || this.vmDead) throw new TtrpcError(Code.Unavailable, `sandbox ${this.o.sandboxId}: the VM is not running`);
+    return this.guest.agent;
+  }
+
+  private async bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined): Promise<GuestHandle> {
+    let cfg: KatatsConfig;
+    try {
+      // containerd's CRI passes the runtime's ConfigPath option here (runtimeoptions.v1.Options).
+      let base = this.o.config;
+      if (options?.type_url.endsWith('runtimeoptions.v1.Options')) {
+        const opts = decode('runtimeoptions.v1.Options', options.value);
+        if (opts.config_path) base = loadConfig(opts.config_path);
+      }
+      cfg = applyAnnotations(base, spec.Annotations ?? {});
+    } catch (e) {
+      if (e instanceof ConfigError) throw new TtrpcError(Code.InvalidArgument, e.message);
+      throw e;
+    }
+    const guest = await this.o.launcher({
+      sandboxId: this.o.sandboxId,
+      config: cfg,
+      launchData: Buffer.alloc(32),
+      stateDir: path.join(this.o.stateDir, 'sandboxes', this.o.sandboxId),
+      log: this.log,
+    });
+    this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
+    void guest.exited.then((exit) => this.onVmExit(exit.reason));
+    await guest.agent.CreateSandbox({
+      hostname: spec.Hostname,
+      sandbox_id: this.o.sandboxId,
+      storages: [
+        {
+          driver: '9p',
+          source: SHARED_FS_TAG,
+          fstype: '9p',
+          options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'],
+          mount_point: GUEST_SHARED_DIR,
+        },
+      ],
+    });
+    return guest;
+  }
+
+  /** The VM went away under us: every live process exits with an error status, and events say so. */
+  private onVmExit(reason: string): void {
+    if (this.vmDead) return;
+    this.vmDead = true;
+    const live = [...this.containers.values()].flatMap((c) => [c.init, ...c.execs.values()]).filter((p) => !p.exit && p.status !== 'created');
+    if (live.length) this.log.error({ reason }, 'sandbox VM died under running containers');
+    for (const p of live) {
+      const e = p.setExited(VM_DIED_EXIT);
+      this.publishExit(p, e);
+    }
+  }
+
+  private publishExit(p: ShimProcess, e: ExitInfo): void {
+    this.o.events.publish('TaskExit', {
+      container_id: p.containerId,
+      id: p.execId || p.containerId,
+      pid: p.pid,
+      exit_status: e.status,
+      exited_at: ts(e.at),
+    });
+  }
+
+  private readSpec(bundle: string): { json: Record<string, unknown>; spec: grpc.Spec } {
+    let json: Record<string, unknown>;
+    try {
+      json = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as Record<string, unknown>;
+    } catch (e) {
+      throw new TtrpcError(Code.InvalidArgument, `bundle ${bundle}: cannot read config.json: ${(e as Error).message}`);
+    }
+    try {
+      return { json, spec: ociToGrpcSpec(json) };
+    } catch (e) {
+      if (e instanceof OciSpecError) throw new TtrpcError(Code.InvalidArgument, `bundle ${bundle}: ${e.message}`);
+      throw e;
+    }
+  }
+
+  /**
+   * Makes the container's rootfs and bind-mount sources visible in the shared directory and
+   * rewrites the spec to the guest's paths.
+   */
+  private async shareContainerFiles(id: string, bundle: string, rootfs: containerd.types.Mount[], spec: grpc.Spec, sharedRoot: string): Promise<string> {
+    const dir = path.join(sharedRoot, id);
+    const target = path.join(dir, 'rootfs');
+    fs.mkdirSync(target, { recursive: true });
+    if (rootfs.length > 0) {
+      for (const m of rootfs) await mount({ type: m.type, source: m.source, options: m.options }, target);
+    } else {
+      const root = spec.Root?.Path ?? 'rootfs';
+      await bindMount(path.resolve(bundle, root), target);
+    }
+    const guestDir = `${GUEST_SHARED_DIR}/${id}`;
+    spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
+    for (const m of spec.Mounts ?? []) {
+      const isBind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
+      if (!isBind || !m.source.startsWith('/')) continue;
+      if (m.source.startsWith('/dev') || m.source.startsWith('/proc') || m.source.startsWith('/sys')) continue;
+      if (!fs.existsSync(m.source)) throw new TtrpcError(Code.InvalidArgument, `container ${id}: bind mount source ${m.source} does not exist`);
+      const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
+      await bindMount(m.source, path.join(dir, 'mounts', name), m.options.includes('ro'));
+      m.source = `${guestDir}/mounts/${name}`;
+    }
+    // The guest has its own network stack: a host network namespace path means nothing there.
+    if (spec.Linux) spec.Linux.Namespaces = spec.Linux.Namespaces.filter((n) => n.Type !== 'network');
+    return dir;
+  }
+
+  readonly impl: Partial<ServiceImpl<'containerd.task.v2.Task'>> = {
+    Create: async (req) => {
+      if (this.containers.has(req.id)) throw new TtrpcError(Code.AlreadyExists, `container ${req.id} already exists`);
+      if (req.checkpoint) throw new TtrpcError(Code.Unimplemented, 'katats cannot restore from a checkpoint');
+      const log = this.log.child({ container: req.id });
+      const { spec } = this.readSpec(req.bundle);
+      const isSandbox = this.containers.size === 0;
+      if (isSandbox && !this.guest) {
+        this.guest = await this.bootSandbox(spec, req.options);
+      }
+      const guest = this.guest!;
+      const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest.sharedDir).catch(async (e) => {
+        await unmountAll(path.join(guest.sharedDir, req.id));
+        throw e;
+      });
+      const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+      if (spec.Process) spec.Process.Terminal = req.terminal;
+      const init = new ShimProcess(req.id, '', stdio, guest.agent, log, this.o.namespace);
+      try {
+        await this.agent().CreateContainer({ container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [] });
+      } catch (e) {
+        await unmountAll(sharedDir);
+        fs.rmSync(sharedDir, { recursive: true, force: true });
+        throw e;
+      }
+      this.containers.set(req.id, { id: req.id, bundle: req.bundle, spec, init, execs: new Map(), pendingExecs: new Map(), sharedDir, paused: false });
+      this.o.events.publish('TaskCreate', {
+        container_id: req.id,
+        bundle: req.bundle,
+        rootfs: req.rootfs,
+        io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+        pid: init.pid,
+      });
+      log.info({ sandbox: isSandbox, type: spec.Annotations?.[CONTAINER_TYPE_ANNOTATION] }, 'container created');
+      return { pid: init.pid };
+    },
+
+    Start: async (req) => {
+      const c = this.container(req.id);
+      if (!req.exec_id) {
+        if (c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is ${c.init.status}, not created`);
+        await this.agent().StartContainer({ container_id: req.id });
+        c.init.status = 'running';
+        await c.init.attachStdio();
+        this.o.events.publish('TaskStart', { container_id: req.id, pid: c.init.pid });
+        void c.init.watch().then((e) => this.publishExit(c.init, e));
+        return { pid: c.init.pid };
+      }
+      const p = this.proc(req.id, req.exec_id);
+      const spec = c.pendingExecs.get(req.exec_id);
+      if (!spec) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is ${p.status}, not created`);
+      c.pendingExecs.delete(req.exec_id);
+      try {
+        await this.agent().ExecProcess({ container_id: req.id, exec_id: req.exec_id, process: spec });
+      } catch (e) {
+        this.publishExit(p, p.setExited(VM_DIED_EXIT));
+        throw e;
+      }
+      p.status = 'running';
+      await p.attachStdio();
+      this.o.events.publish('TaskExecStarted', { container_id: req.id, exec_id: req.exec_id, pid: p.pid });
+      void p.watch().then((e) => this.publishExit(p, e));
+      return { pid: p.pid };
+    },
+
+    Exec: async (req) => {
+      const c = this.container(req.id);
+      if (c.execs.has(req.exec_id)) throw new TtrpcError(Code.AlreadyExists, `exec ${req.exec_id} already exists in container ${req.id}`);
+      if (c.init.status !== 'running') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is not running`);
+      let process: grpc.Process;
+      try {
+        process = ociToGrpcProcess(JSON.parse(Buffer.from(req.spec?.value ?? []).toString('utf8')));
+      } catch (e) {
+        throw new TtrpcError(Code.InvalidArgument, `exec ${req.exec_id}: bad process spec: ${(e as Error).message}`);
+      }
+      process.Terminal = req.terminal;
+      const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+      c.execs.set(req.exec_id, new ShimProcess(req.id, req.exec_id, stdio, this.agent(), c.init.log.child({ exec: req.exec_id }), this.o.namespace));
+      c.pendingExecs.set(req.exec_id, process);
+      this.o.events.publish('TaskExecAdded', { container_id: req.id, exec_id: req.exec_id });
+      return {};
+    },
+
+    State: async (req) => {
+      const c = this.container(req.id);
+      const p = this.proc(req.id, req.exec_id);
+      const status = p.exit ? Status.STOPPED : c.paused && p.isInit ? Status.PAUSED : p.status === 'created' ? Status.CREATED : Status.RUNNING;
+      return {
+        id: req.id,
+        exec_id: req.exec_id,
+        bundle: c.bundle,
+        pid: p.pid,
+        status,
+        stdin: p.stdio.stdin,
+        stdout: p.stdio.stdout,
+        stderr: p.stdio.stderr,
+        terminal: p.stdio.terminal,
+        exit_status: p.exit?.status ?? 0,
+        exited_at: p.exit ? ts(p.exit.at) : null,
+      };
+    },
+
+    Kill: async (req) => {
+      const p = this.proc(req.id, req.exec_id);
+      if (p.exit) throw new TtrpcError(Code.NotFound, `process ${req.exec_id || req.id} already exited`);
+      if (p.status === 'created' && p.isInit) {
+        // Never started: there is nothing in the guest to signal; the task simply ends.
+        this.publishExit(p, p.setExited(128 + req.signal));
+        return {};
+      }
+      // An empty exec id with all=true reaches every process of the container, as crun kill --all does.
+      await this.agent().SignalProcess({ container_id: req.id, exec_id: req.all ? '' : req.exec_id, signal: req.signal });
+      return {};
+    },
+
+    Wait: async (req, ctx: CallContext) => {
+      const p = this.proc(req.id, req.exec_id);
+      const e = await Promise.race([
+        p.wait(),
+        new Promise<never>((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason))),
+      ]);
+      return { exit_status: e.status, exited_at: ts(e.at) };
+    },
+
+    Delete: async (req) => {
+      const c = this.container(req.id);
+      if (req.exec_id) {
+        const p = this.proc(req.id, req.exec_id);
+        if (c.pendingExecs.delete(req.exec_id)) {
+          c.execs.delete(req.exec_id);
+          return { pid: p.pid, exit_status: 0 };
+        }
+        if (!p.exit) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is still running`);
+        c.execs.delete(req.exec_id);
+        return { pid: p.pid, exit_status: p.exit.status, exited_at: ts(p.exit.at) };
+      }
+      if (!c.init.exit && c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is still running`);
+      const exit = c.init.exit ?? c.init.setExited(0);
+      if (!this.vmDead) {
+        await this.agent()
+          .RemoveContainer({ container_id: req.id, timeout: 10 })
+          .catch((err) => this.log.warn({ err, container: req.id }, 'RemoveContainer failed'));
+      }
+      await unmountAll(c.sharedDir);
+      fs.rmSync(c.sharedDir, { recursive: true, force: true });
+      this.containers.delete(req.id);
+      this.o.events.publish('TaskDelete', { container_id: req.id, pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at), id: req.id });
+      if (this.containers.size === 0) await this.stopSandbox();
+      return { pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at) };
+    },
+
+    Pids: async (req) => {
+      const c = this.container(req.id);
+      const procs = [c.init, ...c.execs.values()].filter((p) => !p.exit);
+      return { processes: procs.length ? [{ pid: c.init.pid }] : [] };
+    },
+
+    Pause: async (req) => {
+      const c = this.container(req.id);
+      await this.agent().PauseContainer({ container_id: req.id });
+      c.paused = true;
+      this.o.events.publish('TaskPaused', { container_id: req.id });
+      return {};
+    },
+
+    Resume: async (req) => {
+      const c = this.container(req.id);
+      await this.agent().ResumeContainer({ container_id: req.id });
+      c.paused = false;
+      this.o.events.publish('TaskResumed', { container_id: req.id });
+      return {};
+    },
+
+    ResizePty: async (req) => {
+      this.proc(req.id, req.exec_id);
+      await this.agent().TtyWinResize({ container_id: req.id, exec_id: req.exec_id, row: req.height, column: req.width });
+      return {};
+    },
+
+    CloseIO: async (req) => {
+      const p = this.proc(req.id, req.exec_id);
+      if (req.stdin) await p.closeIO();
+      return {};
+    },
+
+    Update: async (req) => {
+      this.container(req.id);
+      let resources: grpc.LinuxResources;
+      try {
+        resources = ociToGrpcResources(JSON.parse(Buffer.from(req.resources?.value ?? []).toString('utf8')));
+      } catch (e) {
+        throw new TtrpcError(Code.InvalidArgument, `update ${req.id}: bad resources: ${(e as Error).message}`);
+      }
+      await this.agent().UpdateContainer({ container_id: req.id, resources });
+      return {};
+    },
+
+    Stats: async (req) => {
+      this.container(req.id);
+      return { stats: metricsAny(await this.agent().StatsContainer({ container_id: req.id })) };
+    },
+
+    Connect: async () => ({ shim_pid: process.pid, task_pid: process.pid, version: '2' }),
+
+    Shutdown: async () => {
+      if (this.containers.size > 0) return {};
+      await this.stopSandbox();
+      this.o.onShutdown();
+      return {};
+    },
+  };
+
+  private async stopSandbox(): Promise<void> {
+    const g = this.guest;
+    if (!g) return;
+    this.guest = undefined;
+    this.vmDead = true;
+    await g.agent.DestroySandbox({}).catch(() => undefined);
+    await g.stop();
+    this.log.info('sandbox VM stopped');
+  }
+
+  /** For the daemon's exit path: tear everything down without containerd's help. */
+  async forceCleanup(): Promise<void> {
+    for (const c of this.containers.values()) {
+      await unmountAll(c.sharedDir).catch(() => undefined);
+    }
+    this.containers.clear();
+    await this.stopSandbox().catch(() => undefined);
+  }
+}

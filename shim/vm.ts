@@ -1,0 +1,128 @@
+// Boots a sandbox VM with QEMU (vmm/) from the configured guest image and waits until the agent
+// inside answers grpc.Health/Check on the agent channel.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Client } from '../proto/ttrpc/index.js';
+import { serviceClient } from '../proto/rpc.js';
+import { QemuVm } from '../vmm/vm.js';
+import type { VmConfig } from '../vmm/config.js';
+import type { GuestManifest } from '../guest/manifest.js';
+import type { QemuConfig } from './config.js';
+import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
+import { unmountAll } from './mounts.js';
+
+export interface GuestFiles {
+  kernel: string;
+  initrd: string;
+  rootfs: string;
+  cmdline: string;
+  measurement: string | undefined;
+}
+
+/** Kernel, initrd and rootfs from explicit keys, else from the guest image manifest. */
+export function resolveGuestFiles(q: QemuConfig): GuestFiles {
+  let manifest: GuestManifest | undefined;
+  const dir = path.dirname(q.guest_manifest);
+  if (q.guest_manifest && fs.existsSync(q.guest_manifest)) manifest = JSON.parse(fs.readFileSync(q.guest_manifest, 'utf8')) as GuestManifest;
+  const pick = (explicit: string, fromManifest: string | undefined, key: string): string => {
+    const p = explicit || (fromManifest ? path.join(dir, fromManifest) : '');
+    if (!p) throw new Error(`hypervisor.qemu.${key} is not set and no guest image manifest was found at ${q.guest_manifest} (build one: npx tsx guest/cli.ts build)`);
+    if (!fs.existsSync(p)) throw new Error(`hypervisor.qemu.${key}: ${p} does not exist`);
+    return p;
+  };
+  return {
+    kernel: pick(q.kernel, manifest?.kernel.file, 'kernel'),
+    initrd: pick(q.initrd, manifest?.initrd.file, 'initrd'),
+    rootfs: pick(q.image, manifest?.rootfs.file, 'image'),
+    cmdline: manifest?.cmdline ?? '',
+    measurement: manifest?.measurement,
+  };
+}
+
+async function waitForAgent(socket: string, signal: AbortSignal): Promise<Client> {
+  // QEMU owns the socket (server=on): it exists once QEMU runs; the agent answers once the
+  // guest has booted and opened its end of the port, so keep asking.
+  for (;;) {
+    if (signal.aborted) throw signal.reason;
+    let client: Client | undefined;
+    try {
+      client = await Client.connect(socket);
+      await serviceClient(client, 'grpc.Health').Check({ service: '' }, { timeoutMs: 1000 });
+      return client;
+    } catch {
+      await client?.close();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle> {
+  const q = req.config.hypervisor.qemu;
+  const files = resolveGuestFiles(q);
+  fs.mkdirSync(req.stateDir, { recursive: true });
+  fs.mkdirSync(req.config.runtime.log_dir, { recursive: true });
+  const sharedDir = path.join(req.stateDir, 'shared');
+  fs.mkdirSync(sharedDir, { recursive: true });
+  const launchDataFile = path.join(req.stateDir, 'host_data');
+  fs.writeFileSync(launchDataFile, req.launchData);
+  const agentSocket = path.join(req.stateDir, 'agent.sock');
+  const kernelParams = q.kernel_params.split(/\s+/).filter(Boolean);
+  if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
+  if (req.config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
+  const vmId = `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`;
+  const cfg: VmConfig = {
+    id: vmId,
+    vcpus: q.default_vcpus,
+    memoryMiB: q.default_memory,
+    kernel: files.kernel,
+    initrd: files.initrd,
+    rootfs: files.rootfs,
+    baseCmdline: files.cmdline,
+    kernelParams,
+    agentSocket,
+    // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
+    agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
+    sharedDir: { path: sharedDir, tag: SHARED_FS_TAG },
+    launchDataFile,
+    accel: q.accel,
+    machine: q.machine_type as VmConfig['machine'],
+    runDir: path.join(req.stateDir, 'vm'),
+    qemuBinary: q.path,
+  };
+  const vm = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
+  let client: Client | undefined;
+  try {
+    await vm.waitReady(async (signal) => {
+      client = await waitForAgent(agentSocket, signal);
+    }, req.config.agent.katats.dial_timeout * 1000);
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+  const agentClient = client!;
+  async function cleanup(): Promise<void> {
+    await unmountAll(sharedDir).catch(() => undefined);
+    try {
+      fs.copyFileSync(vm.consoleLogPath, path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`));
+    } catch {
+      // No console output: nothing to keep.
+    }
+    fs.rmSync(req.stateDir, { recursive: true, force: true });
+  }
+  return {
+    agent: serviceClient(agentClient, 'grpc.AgentService'),
+    health: serviceClient(agentClient, 'grpc.Health'),
+    sharedDir,
+    accel: vm.accel,
+    vmmPid: vm.pid ?? 0,
+    exited: vm.exited.then((x) => ({ code: x.code, signal: x.signal, reason: `${x.reason}${x.lastConsoleLines.length && x.reason !== 'shutdown' && x.reason !== 'quit' && x.reason !== 'killed' ? `: ${x.lastConsoleLines.slice(-3).join(' | ')}` : ''}` })),
+    stop: async () => {
+      await agentClient.close();
+      if (vm.running) {
+        // The guest has nothing to save: powering off gracefully only costs boot-scale time on TCG.
+        await vm.quit().catch(() => vm.kill());
+      }
+      await cleanup();
+    },
+  };
+}

@@ -1,0 +1,80 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { applyAnnotations, ConfigError, loadConfig, parseConfig } from '../../shim/config.js';
+import { parseShimArgs } from '../../shim/args.js';
+import { groupingId, socketPath } from '../../shim/layout.js';
+import { tempDir } from '../support/tmp.js';
+
+describe('shim configuration', () => {
+  it('reads Kata-style keys over the defaults', () => {
+    const cfg = parseConfig(`
+[hypervisor.qemu]
+path = "/opt/qemu"
+kernel = "/k"
+kernel_params = "agent.log=debug"
+default_vcpus = 2
+default_memory = 1024
+shared_fs = "virtio-9p"
+[agent.katats]
+dial_timeout = 30
+[runtime]
+enable_debug = true
+sandbox_cgroup_only = true
+`);
+    expect(cfg.hypervisor.qemu).toMatchObject({ path: '/opt/qemu', kernel: '/k', default_vcpus: 2, default_memory: 1024, machine_type: 'q35' });
+    expect(cfg.agent.katats.dial_timeout).toBe(30);
+    expect(cfg.runtime).toMatchObject({ enable_debug: true, sandbox_cgroup_only: true });
+  });
+
+  it('names unknown keys, wrong types and bad values', () => {
+    expect(() => parseConfig('[hypervisor.qemu]\ndefault_vcpu = 2')).toThrow(/unknown key "default_vcpu"/);
+    expect(() => parseConfig('[hypervisor.qemu]\ndefault_vcpus = "2"')).toThrow(/default_vcpus: expected a number/);
+    expect(() => parseConfig('[hypervisor.qemu]\nshared_fs = "nfs"')).toThrow(/shared_fs/);
+    expect(() => parseConfig('[hypervisor.qemu\n')).toThrow(ConfigError);
+  });
+
+  it('finds the file through KATATS_CONF_FILE and refuses a missing explicit path', () => {
+    const t = tempDir();
+    const p = path.join(t.dir, 'c.toml');
+    fs.writeFileSync(p, '[hypervisor.qemu]\ndefault_memory = 768\n');
+    expect(loadConfig(undefined, { KATATS_CONF_FILE: p }).hypervisor.qemu.default_memory).toBe(768);
+    expect(() => loadConfig(path.join(t.dir, 'nope.toml'), {})).toThrow(/does not exist/);
+    t.cleanup();
+  });
+
+  it('applies only the annotations the config allows', () => {
+    const cfg = parseConfig('');
+    const out = applyAnnotations(cfg, {
+      'io.katacontainers.config.hypervisor.default_vcpus': '2',
+      'io.kubernetes.cri.sandbox-id': 'x',
+    });
+    expect(out.hypervisor.qemu.default_vcpus).toBe(2);
+    expect(cfg.hypervisor.qemu.default_vcpus).toBe(1);
+    expect(() => applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.kernel': '/evil' })).toThrow(/not allowed/);
+    expect(() => applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.default_memory': 'lots' })).toThrow(/positive integer/);
+  });
+});
+
+describe('shim command line', () => {
+  it('parses the flags containerd passes, in Go flag syntax', () => {
+    const a = parseShimArgs(['-namespace', 'k8s.io', '-address', '/run/containerd/containerd.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'abc', '-debug', 'start'], '/bundle');
+    expect(a).toMatchObject({ namespace: 'k8s.io', id: 'abc', address: '/run/containerd/containerd.sock', debug: true, action: 'start', bundle: '/bundle' });
+    expect(parseShimArgs(['--namespace=n', '-id=i', '-bundle', '/b', 'delete']).action).toBe('delete');
+    expect(parseShimArgs(['-v']).version).toBe(true);
+    expect(() => parseShimArgs(['-namespace', 'n', '-id', 'i', '-nope', 'start'])).toThrow(/not defined: -nope/);
+    expect(() => parseShimArgs(['-id', 'i', 'start'])).toThrow(/namespace cannot be empty/);
+    expect(() => parseShimArgs(['-namespace', 'n', '-id', 'i', 'explode'])).toThrow(/unknown action/);
+  });
+
+  it('groups a pod container with its sandbox through the CRI annotation', () => {
+    const t = tempDir();
+    fs.writeFileSync(path.join(t.dir, 'config.json'), JSON.stringify({ annotations: { 'io.kubernetes.cri.sandbox-id': 'pod1' } }));
+    expect(groupingId(t.dir, 'c2')).toBe('pod1');
+    fs.writeFileSync(path.join(t.dir, 'config.json'), JSON.stringify({}));
+    expect(groupingId(t.dir, 'c3')).toBe('c3');
+    expect(socketPath('/run/katats', '/run/containerd/containerd.sock', 'k8s.io', 'pod1')).toBe(socketPath('/run/katats', '/run/containerd/containerd.sock', 'k8s.io', 'pod1'));
+    expect(socketPath('/run/katats', 'a', 'k8s.io', 'pod1')).not.toBe(socketPath('/run/katats', 'a', 'default', 'pod1'));
+    t.cleanup();
+  });
+});

@@ -1,0 +1,187 @@
+// katats through Debian's containerd, unmodified: ctr drives the shim, the shim boots a QEMU guest
+// (TCG unless a probe proved KVM), the agent inside runs the container with crun.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startContainerd, type Containerd } from '../harness/containerd.js';
+import { listProcs } from '../harness/procs.js';
+import { busyboxImage } from '../images/busybox.js';
+import { katatsEnv, type KatatsEnv } from './katats-env.js';
+
+const INDEX = 'katats.local/busybox:index';
+let env: KatatsEnv;
+let c: Containerd;
+let image: string;
+
+function qemuProcs(sandbox?: string): number[] {
+  return listProcs()
+    .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(env.stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
+    .map((p) => p.pid);
+}
+
+/** The shim's and the agent's log of one sandbox, for failure messages. */
+function logsOf(sandbox: string): string {
+  const read = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-15).join('\n') : '(none)');
+  return `--- shim log ---\n${read(path.join(env.logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(env.logDir, `${sandbox}-agent.log`))}`;
+}
+
+function shimProcs(): number[] {
+  return listProcs()
+    .filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(c.address))
+    .map((p) => p.pid);
+}
+
+async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function startEvents(): { child: ChildProcess; lines: string[] } {
+  const child = c.ctrSpawn(['events']);
+  const lines: string[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop()!;
+    lines.push(...parts.filter(Boolean));
+  });
+  return { child, lines };
+}
+
+beforeAll(async () => {
+  env = await katatsEnv();
+  c = await startContainerd({ runtimes: [env.runtime] });
+  const img = await busyboxImage();
+  await c.importImage(img.archive, INDEX);
+  image = img.name;
+}, 600_000);
+
+afterAll(async () => {
+  const report = await c?.stop();
+  const leftQemu = env ? qemuProcs() : [];
+  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
+  env?.cleanup();
+  expect(report?.killed ?? []).toEqual([]);
+  expect(leftQemu).toEqual([]);
+}, 120_000);
+
+describe('ctr run with io.containerd.katats.v2', () => {
+  it('runs the container in a VM with its own kernel, and passes the exit code', async () => {
+    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'uname1', 'uname', '-r'], { timeoutMs: 300_000 });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(env.image.manifest.kernel.release);
+    expect(r.stdout.trim()).not.toBe(os.release());
+    const e = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'exit3', 'sh', '-c', 'echo out; echo err >&2; exit 3'], { timeoutMs: 300_000 });
+    expect(e.code).toBe(3);
+    expect(e.stdout).toBe('out\n');
+    expect(e.stderr).toContain('err');
+    expect(qemuProcs()).toEqual([]);
+  }, 600_000);
+
+  it('copies stdin into the container', async () => {
+    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'stdin1', 'sh', '-c', 'tr a-z A-Z; echo done'], { timeoutMs: 180_000, input: 'hello katats\n' });
+    expect(r.code, logsOf('stdin1')).toBe(0);
+    expect(r.stdout).toBe('HELLO KATATS\ndone\n');
+  }, 600_000);
+
+  it('exec, ps, pause/resume, metrics, kill and delete on a running task, with events in order', async () => {
+    const ev = startEvents();
+    try {
+      await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'long1', 'sh', '-c', 'i=0; while true; do i=$((i+1)); sleep 0.2; done'], { timeoutMs: 300_000 });
+      const ex = await c.ctr(['task', 'exec', '--exec-id', 'e1', 'long1', 'sh', '-c', 'echo from-exec; exit 7']);
+      expect(ex.stdout).toBe('from-exec\n');
+      expect(ex.code).toBe(7);
+      const ps = await c.ctrOk(['task', 'ps', 'long1']);
+      expect(ps.stdout).toMatch(/PID/);
+      await c.ctrOk(['task', 'pause', 'long1']);
+      expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/long1\s+\d+\s+PAUSED/);
+      await c.ctrOk(['task', 'resume', 'long1']);
+      expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/long1\s+\d+\s+RUNNING/);
+      const m = await c.ctrOk(['task', 'metrics', 'long1']);
+      expect(m.stdout).toMatch(/memory\.usage_in_bytes|memory/);
+      await c.ctrOk(['task', 'kill', '-s', 'SIGKILL', 'long1']);
+      const st = await until(() => c.ctr(['task', 'ls']), (r) => /long1\s+\d+\s+STOPPED/.test(r.stdout));
+      expect(st.stdout).toMatch(/long1\s+\d+\s+STOPPED/);
+      await c.ctrOk(['task', 'rm', 'long1']);
+      await c.ctrOk(['container', 'rm', 'long1']);
+      await until(() => ev.lines.filter((l) => l.includes('long1')).length, (n) => n >= 9, 10_000);
+      const topics = ev.lines.filter((l) => l.includes('long1')).map((l) => /\s(\/tasks\/[a-z-]+)\s/.exec(l)?.[1] ?? '');
+      const order = ['/tasks/create', '/tasks/start', '/tasks/exec-added', '/tasks/exec-started', '/tasks/paused', '/tasks/resumed', '/tasks/exit', '/tasks/delete'];
+      for (const t of order) expect(topics, `event ${t}`).toContain(t);
+      // create < start < exec-added < exec-started, paused < resumed, exit(init) before delete.
+      const at = (t: string) => topics.indexOf(t);
+      expect(at('/tasks/create')).toBeLessThan(at('/tasks/start'));
+      expect(at('/tasks/start')).toBeLessThan(at('/tasks/exec-added'));
+      expect(at('/tasks/exec-added')).toBeLessThan(at('/tasks/exec-started'));
+      expect(at('/tasks/paused')).toBeLessThan(at('/tasks/resumed'));
+      expect(topics.lastIndexOf('/tasks/exit')).toBeLessThan(at('/tasks/delete'));
+    } finally {
+      ev.child.kill();
+    }
+    await until(() => qemuProcs(), (p) => p.length === 0, 30_000);
+    expect(qemuProcs()).toEqual([]);
+  }, 600_000);
+
+  it('QEMU killed under a running container: the task exits with an error status and events say so', async () => {
+    const ev = startEvents();
+    try {
+      await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'victim', 'sleep', '1000'], { timeoutMs: 300_000 });
+      const [vm] = qemuProcs('victim');
+      expect(vm).toBeDefined();
+      process.kill(vm!, 'SIGKILL');
+      const st = await until(() => c.ctr(['task', 'ls']), (r) => /victim\s+\d+\s+STOPPED/.test(r.stdout), 30_000);
+      expect(st.stdout, logsOf('victim')).toMatch(/victim\s+\d+\s+STOPPED/);
+      await until(() => ev.lines.some((l) => l.includes('/tasks/exit') && l.includes('victim')), Boolean, 10_000);
+      expect(ev.lines.some((l) => l.includes('/tasks/exit') && l.includes('victim'))).toBe(true);
+      await c.ctrOk(['task', 'rm', 'victim']);
+      await c.ctrOk(['container', 'rm', 'victim']);
+    } finally {
+      ev.child.kill();
+    }
+    await until(() => shimProcs(), (p) => p.length === 0, 30_000);
+    expect(shimProcs()).toEqual([]);
+  }, 600_000);
+
+  it('kill -9 of the shim: containerd cleans up through `shim delete`, leaving no QEMU, mount or socket', async () => {
+    await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'orphan', 'sleep', '1000'], { timeoutMs: 300_000 });
+    const shims = listProcs().filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes('-id orphan')).map((p) => p.pid);
+    expect(shims.length).toBe(1);
+    expect(qemuProcs('orphan').length).toBe(1);
+    process.kill(shims[0]!, 'SIGKILL');
+    // containerd notices the dead shim, runs `shim delete` and marks the task stopped.
+    await until(() => qemuProcs(), (p) => p.length === 0, 60_000);
+    expect(qemuProcs()).toEqual([]);
+    await c.ctr(['task', 'rm', '-f', 'orphan']);
+    await c.ctrOk(['container', 'rm', 'orphan']);
+    const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(env.stateDir));
+    expect(mounts).toEqual([]);
+    const sockets = fs.existsSync(path.join(env.stateDir, 's')) ? fs.readdirSync(path.join(env.stateDir, 's')) : [];
+    expect(sockets).toEqual([]);
+  }, 600_000);
+
+  it('a bad spec is refused with a clear error and the shim serves the next container', async () => {
+    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), '--env', 'X=1', '--cwd', 'relative/dir', image, 'badcwd', 'true'], { timeoutMs: 300_000 });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/cwd|relative|absolute/i);
+    await c.ctr(['container', 'rm', 'badcwd']);
+    const ok = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'after-bad', 'echo', 'fine'], { timeoutMs: 300_000 });
+    expect(ok.stdout).toBe('fine\n');
+  }, 600_000);
+});
+
+describe('cleanliness', () => {
+  it('leaves no process, mount or socket of katats behind', () => {
+    expect(qemuProcs()).toEqual([]);
+    expect(shimProcs()).toEqual([]);
+    const mounts = execFileSync('sh', ['-c', `grep -c ${env.stateDir} /proc/self/mountinfo || true`]).toString().trim();
+    expect(mounts).toBe('0');
+  });
+});

@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { validateConfig, type VmConfig } from '../../vmm/config.js';
+import { buildQemuArgs, qemuEscape } from '../../vmm/qemu-args.js';
+
+const base: VmConfig = {
+  id: 'sb1',
+  vcpus: 2,
+  memoryMiB: 512,
+  kernel: '/img/vmlinux',
+  initrd: '/img/initrd.img',
+  rootfs: '/img/rootfs.erofs',
+  baseCmdline: 'console=ttyS0 quiet',
+  kernelParams: ['agent.log=debug'],
+  agentSocket: '/run/sb1/agent.sock',
+  agentLogFile: '/run/sb1/agent.log',
+  launchDataFile: '/run/sb1/host_data',
+  sharedDir: { path: '/srv/a,b', tag: 'kataShared', readonly: true },
+  disks: [{ id: 'layer0', path: '/x/layer0.img', readonly: true, serial: 'l0' }],
+  accel: 'tcg',
+  runDir: '/run/sb1',
+};
+
+function opt(argv: string[], flag: string): string[] {
+  return argv.flatMap((a, i) => (a === flag ? [argv[i + 1]!] : []));
+}
+
+describe('VmConfig -> QEMU argv', () => {
+  it('builds a minimal q35 TCG command line with the agent channel, log port, fw_cfg and disks', () => {
+    const { argv, layout } = buildQemuArgs(base, 'tcg');
+    expect(argv).toEqual(expect.arrayContaining(['-nodefaults', '-no-user-config', '-nographic']));
+    expect(opt(argv, '-machine')[0]).toMatch(/^q35,/);
+    expect(opt(argv, '-accel')).toEqual(['tcg,thread=multi']);
+    expect(opt(argv, '-smp')).toEqual(['2']);
+    expect(opt(argv, '-m')).toEqual(['512M']);
+    expect(opt(argv, '-append')).toEqual(['console=ttyS0 quiet agent.log=debug']);
+    expect(layout.cmdline).toBe('console=ttyS0 quiet agent.log=debug');
+    const devices = opt(argv, '-device');
+    expect(devices.some((d) => d.startsWith('virtio-blk-pci,drive=rootfs-blk') && d.includes('serial=katats-root'))).toBe(true);
+    expect(devices).toContain('virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0');
+    expect(devices).toContain('virtserialport,bus=vser0.0,chardev=agentlog,name=agent.log.0');
+    expect(devices.some((d) => d.startsWith('virtio-9p-pci,fsdev=shared,mount_tag=kataShared'))).toBe(true);
+    expect(devices).toContain('virtio-blk-pci,drive=layer0-blk,id=layer0,serial=l0,bus=bd0');
+    expect(devices.some((d) => d.startsWith('pcie-root-port,id=bd0,bus=pcie.0'))).toBe(true);
+    expect(devices.filter((d) => d.startsWith('pcie-root-port,id=hp'))).toHaveLength(4);
+    expect(opt(argv, '-chardev')).toContain('socket,id=agent,path=/run/sb1/agent.sock,server=on,wait=off');
+    expect(opt(argv, '-fsdev')[0]).toContain('path=/srv/a,,b');
+    expect(opt(argv, '-fw_cfg')).toEqual(['name=opt/katats/host_data,file=/run/sb1/host_data']);
+    expect(opt(argv, '-qmp')).toEqual(['unix:/run/sb1/qmp.sock,server=on,wait=off']);
+    const rootBlockdev = JSON.parse(opt(argv, '-blockdev')[0]!);
+    expect(rootBlockdev).toMatchObject({ driver: 'raw', 'node-name': 'rootfs-blk', 'read-only': true, file: { filename: '/img/rootfs.erofs' } });
+    expect(layout.hotplugBuses).toEqual(['hp0', 'hp1', 'hp2', 'hp3']);
+  });
+
+  it('uses single-threaded TCG for one vCPU, kvm when told, pc hotplug on pci.0', () => {
+    expect(opt(buildQemuArgs({ ...base, vcpus: 1 }, 'tcg').argv, '-accel')).toEqual(['tcg']);
+    expect(opt(buildQemuArgs(base, 'kvm').argv, '-accel')).toEqual(['kvm']);
+    const pc = buildQemuArgs({ ...base, machine: 'pc', hotplugSlots: 2 }, 'tcg');
+    expect(pc.layout.hotplugBuses).toEqual(['pci.0', 'pci.0']);
+    expect(opt(pc.argv, '-device').filter((d) => d.startsWith('pcie-root-port'))).toHaveLength(0);
+  });
+
+  it('rejects bad configs', () => {
+    expect(() => validateConfig({ ...base, vcpus: 0 })).toThrow(/vcpus/);
+    expect(() => validateConfig({ ...base, disks: [{ id: 'bad id', path: '/x' }] })).toThrow(/disk id/);
+    expect(() => validateConfig({ ...base, accel: 'hvf' as never })).toThrow(/accel/);
+    expect(() => validateConfig({ ...base, kernelParams: ['a b'] })).toThrow(/whitespace/);
+    expect(() => validateConfig(base)).not.toThrow();
+    expect(qemuEscape('a,b')).toBe('a,,b');
+  });
+});

@@ -1,0 +1,78 @@
+// A plain VM description, independent of QEMU's argv syntax.
+
+export type Accel = 'kvm' | 'tcg';
+export type AccelChoice = Accel | 'auto';
+export type MachineType = 'q35' | 'pc' | 'microvm';
+
+export interface DiskConfig {
+  /** QEMU device id (also the block node name prefix); [A-Za-z][A-Za-z0-9_-]* */
+  id: string;
+  path: string;
+  readonly?: boolean;
+  format?: 'raw' | 'qcow2';
+  /** virtio-blk serial, visible in the guest as /sys/block/vdX/serial */
+  serial?: string;
+}
+
+export interface SharedDirConfig {
+  /** host directory exported over 9p (QEMU's own server) */
+  path: string;
+  /** mount tag the guest uses */
+  tag: string;
+  readonly?: boolean;
+}
+
+export interface VmConfig {
+  /** sandbox id: names the log lines and files */
+  id: string;
+  vcpus: number;
+  memoryMiB: number;
+  kernel: string;
+  initrd: string;
+  /** the read-only rootfs image, attached as the first virtio-blk disk (serial katats-root) */
+  rootfs: string;
+  /** the guest image's measured base command line (manifest.cmdline) */
+  baseCmdline: string;
+  /** extra kernel parameters, e.g. agent.log=debug */
+  kernelParams?: string[];
+  /** disks present from boot on */
+  disks?: DiskConfig[];
+  /** host unix socket QEMU listens on for the agent channel (virtio-serial port agent.channel.0) */
+  agentSocket: string;
+  /** file receiving the agent's log (virtio-serial port agent.log.0); none: the agent logs to the console */
+  agentLogFile?: string;
+  sharedDir?: SharedDirConfig;
+  /** file with the launch data (32-byte policy digest) exposed as fw_cfg opt/katats/host_data */
+  launchDataFile?: string;
+  accel: AccelChoice;
+  machine?: MachineType;
+  /** directory for this VM's QMP socket, console log and QEMU stderr (created if missing) */
+  runDir: string;
+  /** CPU model; default 'max' under TCG, KVM_CPU under KVM */
+  cpu?: string;
+  /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
+  hotplugSlots?: number;
+  qemuBinary?: string;
+}
+
+export const DEFAULT_MACHINE: MachineType = 'q35';
+
+const ID_RE = /^[A-Za-z][A-Za-z0-9_-]{0,30}$/;
+
+export function validateConfig(c: VmConfig): void {
+  const errs: string[] = [];
+  if (!c.id) errs.push('id is empty');
+  if (!Number.isInteger(c.vcpus) || c.vcpus < 1 || c.vcpus > 64) errs.push(`vcpus ${c.vcpus} out of range 1..64`);
+  if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 64) errs.push(`memoryMiB ${c.memoryMiB} < 64`);
+  for (const k of ['kernel', 'initrd', 'rootfs', 'agentSocket', 'runDir'] as const) if (!c[k]) errs.push(`${k} is empty`);
+  for (const d of c.disks ?? []) if (!ID_RE.test(d.id)) errs.push(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
+  if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
+  if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
+  if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
+  for (const p of [c.kernelParams ?? []].flat()) if (/\s/.test(p)) errs.push(`kernel param ${JSON.stringify(p)} contains whitespace`);
+  if (errs.length) throw new Error(`invalid VM config: ${errs.join('; ')}`);
+}
+
+export function isValidId(id: string): boolean {
+  return ID_RE.test(id);
+}

@@ -1,0 +1,120 @@
+// VmConfig -> qemu-system-x86_64 argv.
+import path from 'node:path';
+import { KVM_CPU } from './accel.js';
+import { type Accel, type DiskConfig, DEFAULT_MACHINE, type VmConfig } from './config.js';
+
+/** QEMU's key=value option syntax doubles commas inside values. */
+export function qemuEscape(v: string): string {
+  return v.replace(/,/g, ',,');
+}
+
+export interface QemuLayout {
+  qmpSocket: string;
+  /** where to put hotplugged disks: a bus (pcie-root-port id or pci.0) per free slot */
+  hotplugBuses: string[];
+  machine: string;
+  accel: Accel;
+  cmdline: string;
+}
+
+/** CPU model under TCG (see vmm/README.md for the measurement). */
+export const TCG_CPU = 'max';
+
+/** Firmware for PVH boot: qboot is much smaller and faster than SeaBIOS under TCG. */
+export const QBOOT_ROM = '/usr/share/qemu/qboot.rom';
+
+function blockdev(nodeName: string, file: string, readonly: boolean, format: string): string {
+  return JSON.stringify({
+    driver: format,
+    'node-name': nodeName,
+    'read-only': readonly,
+    file: { driver: 'file', filename: file, 'read-only': readonly },
+  });
+}
+
+export function diskNodeName(id: string): string {
+  return `${id}-blk`;
+}
+
+export function kernelCmdline(c: VmConfig, machine: string): string {
+  const words = [c.baseCmdline, ...(c.kernelParams ?? [])];
+  // microvm has no PIT/HPET to calibrate the TSC against under TCG; tell the kernel its rate.
+  if (machine === 'microvm' && !words.some((w) => w.includes('tsc_early_khz='))) words.push('tsc_early_khz=2000000');
+  return words.join(' ').trim();
+}
+
+export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: string | null } = {}): { argv: string[]; layout: QemuLayout } {
+  const machine = c.machine ?? DEFAULT_MACHINE;
+  const qmpSocket = path.join(c.runDir, 'qmp.sock');
+  const cmdline = kernelCmdline(c, machine);
+  const a: string[] = [
+    '-name', `katats-${qemuEscape(c.id)}`,
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+  ];
+  const machineOpts: Record<string, string> = { q35: 'q35,vmport=off,sata=off,smbus=off', pc: 'pc,vmport=off', microvm: 'microvm,pcie=on,rtc=on' };
+  a.push('-machine', machineOpts[machine]!);
+  a.push('-accel', accel === 'kvm' ? 'kvm' : c.vcpus > 1 ? 'tcg,thread=multi' : 'tcg');
+  a.push('-cpu', c.cpu ?? (accel === 'kvm' ? KVM_CPU : TCG_CPU));
+  a.push('-m', `${c.memoryMiB}M`, '-smp', String(c.vcpus));
+  const firmware = opts.firmware === undefined ? (machine === 'microvm' ? null : QBOOT_ROM) : opts.firmware;
+  if (firmware) a.push('-bios', firmware);
+  a.push('-kernel', c.kernel, '-initrd', c.initrd, '-append', cmdline);
+  // Console: the guest's ttyS0 on QEMU's stdout (the driver reads and logs it).
+  a.push('-serial', 'stdio');
+  // A guest panic (pvpanic) makes QEMU report GUEST_PANICKED and exit with a failure status.
+  a.push('-action', 'panic=exit-failure');
+  a.push('-qmp', `unix:${qemuEscape(qmpSocket)},server=on,wait=off`);
+
+  // PCI layout: rootfs disk first so it probes first; then the channels; then boot disks.
+  const rootBus = machine === 'pc' ? 'pci.0' : 'pcie.0';
+  let addr = 2;
+  const slot = () => `bus=${rootBus},addr=0x${(addr++).toString(16)}`;
+  a.push('-blockdev', blockdev('rootfs-blk', c.rootfs, true, 'raw'));
+  a.push('-device', `virtio-blk-pci,drive=rootfs-blk,id=rootfs,serial=katats-root,${slot()}`);
+  a.push('-device', `virtio-serial-pci,id=vser0,${slot()}`);
+  a.push('-chardev', `socket,id=agent,path=${qemuEscape(c.agentSocket)},server=on,wait=off`);
+  a.push('-device', 'virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0');
+  if (c.agentLogFile) {
+    a.push('-chardev', `file,id=agentlog,path=${qemuEscape(c.agentLogFile)}`);
+    a.push('-device', 'virtserialport,bus=vser0.0,chardev=agentlog,name=agent.log.0');
+  }
+  if (c.sharedDir) {
+    const ro = c.sharedDir.readonly ? ',readonly=on' : '';
+    a.push('-fsdev', `local,id=shared,path=${qemuEscape(c.sharedDir.path)},security_model=none,multidevs=remap${ro}`);
+    a.push('-device', `virtio-9p-pci,fsdev=shared,mount_tag=${qemuEscape(c.sharedDir.tag)},${slot()}`);
+  }
+  // Boot-time disks sit where they can be unplugged later: their own PCIe root port on q35
+  // (devices on the root complex itself are not hot-removable), a hotplug-capable slot otherwise.
+  (c.disks ?? []).forEach((d, i) => {
+    if (machine === 'q35') {
+      const port = `bd${i}`;
+      a.push('-device', `pcie-root-port,id=${port},bus=pcie.0,chassis=${100 + i},slot=${100 + i},${slot().replace(/^bus=pcie\.0,/, '')}`);
+      a.push(...diskArgs(d, `bus=${port}`));
+    } else a.push(...diskArgs(d, slot()));
+  });
+  if (machine !== 'microvm') a.push('-device', `pvpanic-pci,${slot()}`);
+  if (c.launchDataFile) a.push('-fw_cfg', `name=opt/katats/host_data,file=${qemuEscape(c.launchDataFile)}`);
+
+  // Hotplug: q35 needs a PCIe root port per hotpluggable device; pc hotplugs into pci.0 (ACPI).
+  const hotplugBuses: string[] = [];
+  const slots = c.hotplugSlots ?? 4;
+  if (machine === 'q35') {
+    for (let i = 0; i < slots; i++) {
+      const id = `hp${i}`;
+      a.push('-device', `pcie-root-port,id=${id},bus=pcie.0,chassis=${i + 1},slot=${i + 1},${slot().replace(/^bus=pcie\.0,/, '')}`);
+      hotplugBuses.push(id);
+    }
+  } else if (machine === 'pc') {
+    for (let i = 0; i < slots; i++) hotplugBuses.push('pci.0');
+  }
+  return { argv: a, layout: { qmpSocket, hotplugBuses, machine, accel, cmdline } };
+}
+
+function diskArgs(d: DiskConfig, where: string): string[] {
+  const node = diskNodeName(d.id);
+  const serial = d.serial ? `,serial=${qemuEscape(d.serial)}` : '';
+  return [
+    '-blockdev', blockdev(node, d.path, d.readonly ?? false, d.format ?? 'raw'),
+    '-device', `virtio-blk-pci,drive=${node},id=${d.id}${serial},${where}`,
+  ];
+}

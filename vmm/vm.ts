@@ -1,0 +1,431 @@
+// QemuVm: spawns and supervises one QEMU process: console and stderr into a per-sandbox log,
+// QMP for control and events, exit noticed at once, boot deadline with the last console lines.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { createWriteStream, rmSync, type WriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino, { type Logger } from 'pino';
+import { resolveAccel, type KvmProbeResult } from './accel.js';
+import { type Accel, type DiskConfig, isValidId, validateConfig, type VmConfig } from './config.js';
+import { buildQemuArgs, diskNodeName, type QemuLayout } from './qemu-args.js';
+import { QmpClient, type QmpEvent } from './qmp.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const DEFAULT_VMM_CACHE_DIR = path.resolve(HERE, '..', '.cache', 'vmm');
+
+export type ExitReason = 'shutdown' | 'reset' | 'panic' | 'quit' | 'killed' | 'crashed' | 'boot-timeout';
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  reason: ExitReason;
+  /** the QMP SHUTDOWN event's data, when one came */
+  shutdown?: Record<string, unknown>;
+  accel: Accel;
+  lastConsoleLines: string[];
+  /** ms since spawn */
+  atMs: number;
+}
+
+export class VmError extends Error {
+  constructor(
+    message: string,
+    readonly vmId: string,
+    readonly accel: Accel,
+    readonly lastConsoleLines: string[],
+    readonly exit?: VmExit,
+  ) {
+    const tail = lastConsoleLines.length ? `\n--- last console lines ---\n${lastConsoleLines.join('\n')}` : '';
+    super(`${message} [vm ${vmId}, accel ${accel}]${tail}`);
+    this.name = 'VmError';
+  }
+}
+
+export interface StartOptions {
+  logger?: Logger;
+  /** vmm cache dir (KVM probe answer); default .cache/vmm */
+  cacheDir?: string;
+  /** how long the KVM probe may take (ms) */
+  kvmProbeTimeoutMs?: number;
+  /** how long QEMU may take to offer QMP (ms) */
+  qmpTimeoutMs?: number;
+  /** lines of console kept for error reports */
+  consoleTail?: number;
+  /** extra argv appended verbatim (experiments) */
+  extraArgs?: string[];
+  /** firmware for pc/q35 (default qboot); null: QEMU's default (SeaBIOS) */
+  firmware?: string | null;
+}
+
+export interface BootTimeline {
+  spawnAt: number;
+  /** ms from spawn */
+  qmpReadyMs?: number;
+  firstConsoleMs?: number;
+  readyMs?: number;
+}
+
+export interface ConsoleLine {
+  line: string;
+  /** ms since spawn */
+  t: number;
+}
+
+export class QemuVm extends EventEmitter {
+  readonly id: string;
+  readonly accel: Accel;
+  readonly layout: QemuLayout;
+  readonly argv: string[];
+  readonly consoleLogPath: string;
+  readonly log: Logger;
+  readonly timeline: BootTimeline;
+  readonly kvmProbe: KvmProbeResult | undefined;
+  /** resolves once QEMU has exited, whatever the cause */
+  readonly exited: Promise<VmExit>;
+
+  private child: ChildProcess;
+  private qmp: QmpClient | undefined;
+  private tail: string[] = [];
+  private tailMax: number;
+  private consoleBuf = '';
+  private logStream: WriteStream;
+  private killedByUs: ExitReason | undefined;
+  private shutdownEvent: Record<string, unknown> | undefined;
+  private panicked = false;
+  private exitInfo: VmExit | undefined;
+  private usedBuses = new Map<string, string>();
+
+  private constructor(
+    readonly config: VmConfig,
+    args: { accel: Accel; layout: QemuLayout; argv: string[]; log: Logger; probe?: KvmProbeResult; tailMax: number },
+  ) {
+    super();
+    this.id = config.id;
+    this.accel = args.accel;
+    this.layout = args.layout;
+    this.argv = args.argv;
+    this.log = args.log;
+    this.kvmProbe = args.probe;
+    this.tailMax = args.tailMax;
+    this.consoleLogPath = path.join(config.runDir, 'console.log');
+    this.logStream = createWriteStream(this.consoleLogPath, { flags: 'a' });
+    this.timeline = { spawnAt: Date.now() };
+    const bin = config.qemuBinary ?? 'qemu-system-x86_64';
+    this.child = spawn(bin, this.argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.exited = new Promise<VmExit>((resolve) => {
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.exitInfo) return; // 'error' and 'exit' can both report one failed spawn
+        this.flushConsole();
+        const reason: ExitReason =
+          this.killedByUs ??
+          (this.panicked
+            ? 'panic'
+            : this.shutdownEvent
+              ? String(this.shutdownEvent.reason ?? '').includes('reset')
+                ? this.tail.some((l) => /Kernel panic/.test(l))
+                  ? 'panic'
+                  : 'reset'
+                : 'shutdown'
+              : 'crashed');
+        this.exitInfo = {
+          code,
+          signal,
+          reason,
+          ...(this.shutdownEvent ? { shutdown: this.shutdownEvent } : {}),
+          accel: this.accel,
+          lastConsoleLines: [...this.tail],
+          atMs: this.elapsed(),
+        };
+        const lvl = reason === 'shutdown' || reason === 'killed' || reason === 'quit' ? 'info' : 'warn';
+        this.log[lvl]({ code, signal, reason, atMs: this.exitInfo.atMs }, 'qemu exited');
+        this.qmp?.close();
+        this.logStream.end();
+        this.cleanupSockets();
+        this.emit('exit', this.exitInfo);
+        resolve(this.exitInfo);
+      };
+      this.child.once('exit', onExit);
+      this.child.once('error', (e) => {
+        this.log.error({ err: e.message }, 'cannot run qemu');
+        this.appendLog(`[vmm] cannot run ${bin}: ${e.message}\n`);
+        if (this.child.exitCode === null) onExit(null, null);
+      });
+    });
+    this.child.stdout!.on('data', (d: Buffer) => this.onConsole(d));
+    this.child.stderr!.on('data', (d: Buffer) => {
+      const text = d.toString();
+      this.appendLog(text.replace(/^(?=.)/gm, '[qemu] '));
+      for (const l of text.split('\n').filter(Boolean)) {
+        this.pushTail(`[qemu] ${l}`);
+        this.log.warn({ stderr: l }, 'qemu stderr');
+      }
+    });
+  }
+
+  /**
+   * Resolves the accelerator (KVM only when the probe proved it), spawns QEMU and connects QMP.
+   * Rejects (with the console tail) when QEMU exits or QMP does not come up in time.
+   */
+  static async start(config: VmConfig, opts: StartOptions = {}): Promise<QemuVm> {
+    validateConfig(config);
+    const base = opts.logger ?? pino({ level: process.env.KATATS_LOG_LEVEL ?? 'info' }, pino.destination(2));
+    const cacheDir = opts.cacheDir ?? DEFAULT_VMM_CACHE_DIR;
+    const { accel, probe } = await resolveAccel(config.accel, {
+      cacheDir,
+      timeoutMs: opts.kvmProbeTimeoutMs,
+      kernel: config.kernel,
+      qemuBinary: config.qemuBinary,
+    }).catch((e: Error) => {
+      base.child({ sandbox: config.id, accel: config.accel }).error({ err: e.message }, 'accelerator unavailable');
+      throw e;
+    });
+    await mkdir(config.runDir, { recursive: true });
+    const built = buildQemuArgs(config, accel, { firmware: opts.firmware });
+    const argv = [...built.argv, ...(opts.extraArgs ?? [])];
+    const log = base.child({ sandbox: config.id, accel, machine: built.layout.machine });
+    if (probe) log.info({ kvmUsable: probe.usable, reason: probe.reason, cached: (probe as { cached?: boolean }).cached }, 'kvm probe');
+    await rm(built.layout.qmpSocket, { force: true });
+    await rm(config.agentSocket, { force: true });
+    log.info({ vcpus: config.vcpus, memoryMiB: config.memoryMiB, cmdline: built.layout.cmdline }, 'starting qemu');
+    log.debug({ argv }, 'qemu argv');
+    const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40 });
+    const abort = new AbortController();
+    void vm.exited.then(() => abort.abort(new Error('qemu exited')));
+    try {
+      vm.qmp = await QmpClient.connect(built.layout.qmpSocket, { timeoutMs: opts.qmpTimeoutMs ?? 10_000, abort: abort.signal });
+    } catch (e) {
+      if (!vm.exitInfo) await vm.kill('crashed');
+      const exit = await vm.exited;
+      throw new VmError(`QEMU did not offer QMP: ${(e as Error).message}; exit ${exit.signal ?? exit.code}`, vm.id, accel, exit.lastConsoleLines, exit);
+    }
+    vm.timeline.qmpReadyMs = vm.elapsed();
+    vm.qmp.on('event', (ev: QmpEvent) => vm.onEvent(ev));
+    log.info({ qmpReadyMs: vm.timeline.qmpReadyMs }, 'qmp ready');
+    return vm;
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return this.exitInfo === undefined;
+  }
+
+  /** ms since spawn */
+  elapsed(): number {
+    return Date.now() - this.timeline.spawnAt;
+  }
+
+  lastConsoleLines(): string[] {
+    return [...this.tail];
+  }
+
+  private appendLog(text: string): void {
+    if (!this.logStream.writableEnded) this.logStream.write(text);
+  }
+
+  private pushTail(l: string): void {
+    this.tail.push(l);
+    if (this.tail.length > this.tailMax) this.tail.shift();
+  }
+
+  private onConsole(d: Buffer): void {
+    const text = d.toString('utf8');
+    this.appendLog(text);
+    if (this.timeline.firstConsoleMs === undefined) this.timeline.firstConsoleMs = this.elapsed();
+    this.consoleBuf += text;
+    let i: number;
+    while ((i = this.consoleBuf.indexOf('\n')) >= 0) {
+      this.emitLine(this.consoleBuf.slice(0, i));
+      this.consoleBuf = this.consoleBuf.slice(i + 1);
+    }
+  }
+
+  private flushConsole(): void {
+    if (this.consoleBuf) this.emitLine(this.consoleBuf);
+    this.consoleBuf = '';
+  }
+
+  private emitLine(raw: string): void {
+    // Strip terminal control sequences firmware likes to print.
+    const line = raw.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1bc|\r/g, '');
+    if (!line.trim()) return;
+    this.pushTail(line);
+    const ev: ConsoleLine = { line, t: this.elapsed() };
+    this.emit('console', ev);
+  }
+
+  private onEvent(ev: QmpEvent): void {
+    this.emit('qmp-event', ev);
+    switch (ev.event) {
+      case 'SHUTDOWN':
+        this.shutdownEvent = ev.data ?? {};
+        this.log.info({ data: ev.data }, 'guest shutdown');
+        break;
+      case 'GUEST_PANICKED':
+        this.panicked = true;
+        this.log.error({ data: ev.data, lastConsoleLines: this.tail.slice(-10) }, 'guest panicked');
+        break;
+      case 'DEVICE_DELETED':
+        this.log.debug({ data: ev.data }, 'device deleted');
+        break;
+      default:
+        this.log.debug({ event: ev.event, data: ev.data }, 'qmp event');
+    }
+  }
+
+  /** QEMU leaves its listening sockets behind; they go before anyone hears of the exit. */
+  private cleanupSockets(): void {
+    for (const p of [this.layout.qmpSocket, this.config.agentSocket]) {
+      try {
+        rmSync(p, { force: true });
+      } catch {
+        /* already gone */
+      }
+    }
+  }
+
+  private requireQmp(): QmpClient {
+    if (!this.qmp || this.qmp.closed || !this.running) {
+      throw new VmError('QEMU is not running', this.id, this.accel, this.tail, this.exitInfo);
+    }
+    return this.qmp;
+  }
+
+  /** Raw QMP access for callers that need a command this class does not wrap. */
+  qmpExecute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return this.requireQmp().execute<T>(command, args);
+  }
+
+  async queryStatus(): Promise<{ status: string; running: boolean }> {
+    return this.requireQmp().execute('query-status');
+  }
+
+  /**
+   * Waits until `probe` resolves (e.g. the agent answered on its channel). If QEMU exits first
+   * the VmError carries the exit; past the deadline QEMU is killed and the error says so, with
+   * the last console lines either way.
+   */
+  async waitReady(probe: (signal: AbortSignal) => Promise<void>, deadlineMs: number): Promise<number> {
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const probing = probe(ac.signal).then(
+        () => 'ready' as const,
+        (e: unknown) => ({ failed: e instanceof Error ? e : new Error(String(e)) }),
+      );
+      const outcome = await Promise.race([
+        probing,
+        this.exited.then(() => 'exited' as const),
+        new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), deadlineMs))),
+      ]);
+      if (outcome === 'ready') {
+        this.timeline.readyMs = this.elapsed();
+        this.log.info({ readyMs: this.timeline.readyMs, timeline: this.timeline }, 'guest ready');
+        return this.timeline.readyMs;
+      }
+      if (typeof outcome === 'object') {
+        if (!this.running) {
+          const exit = await this.exited;
+          throw new VmError(`QEMU exited before the guest was ready (${exit.reason}, ${exit.signal ?? `code ${exit.code}`})`, this.id, this.accel, exit.lastConsoleLines, exit);
+        }
+        throw new VmError(`readiness probe failed: ${outcome.failed.message}`, this.id, this.accel, this.lastConsoleLines());
+      }
+      if (outcome === 'exited') {
+        const exit = await this.exited;
+        throw new VmError(`QEMU exited before the guest was ready (${exit.reason}, ${exit.signal ?? `code ${exit.code}`})`, this.id, this.accel, exit.lastConsoleLines, exit);
+      }
+      this.log.error({ deadlineMs, lastConsoleLines: this.tail.slice(-10) }, 'boot deadline passed; killing qemu');
+      const exit = await this.kill('boot-timeout');
+      throw new VmError(`guest not ready within ${deadlineMs} ms; QEMU killed`, this.id, this.accel, exit.lastConsoleLines, exit);
+    } finally {
+      ac.abort();
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  /** Adds a disk at run time: blockdev-add + device_add on a free hotplug slot. */
+  async hotplugDisk(d: DiskConfig): Promise<void> {
+    if (!isValidId(d.id)) throw new Error(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
+    const qmp = this.requireQmp();
+    const bus = this.layout.hotplugBuses.find((b) => b === 'pci.0' || ![...this.usedBuses.values()].includes(b));
+    if (!bus) throw new VmError(`no free hotplug slot for disk ${d.id} (machine ${this.layout.machine})`, this.id, this.accel, []);
+    const node = diskNodeName(d.id);
+    const ro = d.readonly ?? false;
+    await qmp.execute('blockdev-add', {
+      driver: d.format ?? 'raw',
+      'node-name': node,
+      'read-only': ro,
+      file: { driver: 'file', filename: d.path, 'read-only': ro },
+    });
+    try {
+      await qmp.execute('device_add', {
+        driver: 'virtio-blk-pci',
+        id: d.id,
+        drive: node,
+        bus,
+        ...(d.serial ? { serial: d.serial } : {}),
+      });
+    } catch (e) {
+      await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => {});
+      throw e;
+    }
+    this.usedBuses.set(d.id, bus);
+    this.log.info({ disk: d.id, path: d.path, bus, readonly: ro }, 'disk hotplugged');
+  }
+
+  /** Removes a hotplugged disk: device_del, wait for DEVICE_DELETED (guest released it), blockdev-del. */
+  async unplugDisk(id: string, timeoutMs = 30_000): Promise<void> {
+    const qmp = this.requireQmp();
+    const deleted = qmp.waitEvent('DEVICE_DELETED', (e) => e.data?.device === id, timeoutMs);
+    deleted.catch(() => {});
+    await qmp.execute('device_del', { id });
+    await deleted;
+    await qmp.execute('blockdev-del', { 'node-name': diskNodeName(id) });
+    this.usedBuses.delete(id);
+    this.log.info({ disk: id }, 'disk unplugged');
+  }
+
+  /** ACPI power button; resolves when QEMU has exited (or rejects after timeoutMs, QEMU left running). */
+  async powerdown(timeoutMs = 30_000): Promise<VmExit> {
+    await this.requireQmp().execute('system_powerdown');
+    let t: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        this.exited,
+        new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`guest did not power off within ${timeoutMs} ms`)), timeoutMs))),
+      ]);
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
+  /** QMP quit: QEMU exits at once. Falls back to kill when QMP is gone. */
+  async quit(): Promise<VmExit> {
+    if (!this.running) return this.exited;
+    this.killedByUs ??= 'quit';
+    try {
+      await this.requireQmp().execute('quit');
+    } catch {
+      return this.kill();
+    }
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
+  /** SIGKILL; resolves with the exit. */
+  async kill(reason: ExitReason = 'killed'): Promise<VmExit> {
+    if (this.running) {
+      this.killedByUs ??= reason;
+      this.child.kill('SIGKILL');
+    }
+    return this.exited;
+  }
+}
