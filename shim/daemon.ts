@@ -9,7 +9,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
-import { sandboxDir, writeRecord } from './layout.js';
+import { readRecord, sandboxDir, writeRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
@@ -27,6 +27,15 @@ function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: bo
   return pino({ level: debug ? 'debug' : 'info', base: { sandbox: sandboxId, pid: process.pid } }, pino.multistream(streams));
 }
 
+/** The pid is still our QEMU (not a recycled pid): its command line names this sandbox's state dir. */
+function isOurVmm(pid: number, dir: string): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir);
+  } catch {
+    return false;
+  }
+}
+
 export async function serveShim(args: ShimArgs): Promise<void> {
   if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
   const cfg = loadConfig();
@@ -41,6 +50,16 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     if (stopping) return;
     stopping = true;
     await service.forceCleanup().catch((err) => log.error({ err }, 'cleanup failed'));
+    // Last line of defence: no VMM may outlive its shim, whatever state the service was in.
+    const vmmPid = readRecord(cfg.runtime.state_dir, sandboxId)?.vmmPid;
+    if (vmmPid && isOurVmm(vmmPid, sandboxDir(cfg.runtime.state_dir, sandboxId))) {
+      try {
+        process.kill(vmmPid, 'SIGKILL');
+        log.warn({ vmmPid }, 'killed a VMM the cleanup had not stopped');
+      } catch {
+        // Already gone, as it should be.
+      }
+    }
     await server.close({ graceMs: 2000 });
     await events.close();
     fs.rmSync(args.socket, { force: true });

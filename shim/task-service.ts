@@ -21,6 +21,8 @@ import { metricsAny } from './metrics.js';
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
 const SANDBOX_ID_ANNOTATIONS = ['io.kubernetes.cri.sandbox-id', 'io.containerd.runc.v2.group'];
 const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
+/** Agent calls that set things up get a deadline: a wedged guest must fail the request, not hang it. */
+const AGENT_SETUP_TIMEOUT_MS = 120_000;
 /** Exit status reported for processes whose VM died under them. */
 export const VM_DIED_EXIT = 255;
 
@@ -113,6 +115,8 @@ export class TaskService {
       log: this.log,
     });
     this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
+    // Tracked from here on: whatever fails next, the shim's cleanup must find this VM to stop it.
+    this.guest = guest;
     void guest.exited.then((exit) => this.onVmExit(exit.reason));
     await guest.agent.CreateSandbox({
       hostname: spec.Hostname,
@@ -126,7 +130,8 @@ export class TaskService {
           mount_point: GUEST_SHARED_DIR,
         },
       ],
-    });
+    }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
+    this.log.info('sandbox created in the guest');
     return guest;
   }
 
@@ -205,18 +210,24 @@ export class TaskService {
       const { spec } = this.readSpec(req.bundle);
       const isSandbox = this.containers.size === 0;
       if (isSandbox && !this.guest) {
-        this.guest = await this.bootSandbox(spec, req.options);
+        try {
+          await this.bootSandbox(spec, req.options);
+        } catch (e) {
+          await this.stopSandbox().catch(() => undefined);
+          throw e;
+        }
       }
       const guest = this.guest!;
       const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest.sharedDir).catch(async (e) => {
         await unmountAll(path.join(guest.sharedDir, req.id));
         throw e;
       });
+      log.debug({ rootfs: spec.Root?.Path }, 'rootfs shared with the guest');
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       if (spec.Process) spec.Process.Terminal = req.terminal;
       const init = new ShimProcess(req.id, '', stdio, guest.agent, log, this.o.namespace);
       try {
-        await this.agent().CreateContainer({ container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [] });
+        await this.agent().CreateContainer({ container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [] }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
       } catch (e) {
         await unmountAll(sharedDir);
         fs.rmSync(sharedDir, { recursive: true, force: true });
@@ -238,7 +249,7 @@ export class TaskService {
       const c = this.container(req.id);
       if (!req.exec_id) {
         if (c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is ${c.init.status}, not created`);
-        await this.agent().StartContainer({ container_id: req.id });
+        await this.agent().StartContainer({ container_id: req.id }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
         c.init.status = 'running';
         await c.init.attachStdio();
         this.o.events.publish('TaskStart', { container_id: req.id, pid: c.init.pid });
@@ -414,7 +425,7 @@ export class TaskService {
     if (!g) return;
     this.guest = undefined;
     this.vmDead = true;
-    await g.agent.DestroySandbox({}).catch(() => undefined);
+    await g.agent.DestroySandbox({}, { timeoutMs: 10_000 }).catch(() => undefined);
     await g.stop();
     this.log.info('sandbox VM stopped');
   }

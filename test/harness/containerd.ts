@@ -158,7 +158,7 @@ export class Containerd {
     readonly namespace: string,
     readonly logDir: string,
     private readonly log: FileLogger,
-    private readonly proc: ChildProcess,
+    private proc: ChildProcess,
     runtimes: RuntimeRegistration[],
   ) {
     this.logger = log.logger;
@@ -266,6 +266,31 @@ export class Containerd {
    * Removes remaining tasks and containers, stops containerd, kills what is left of its namespace,
    * unmounts, removes its dirs. Logs kept inside the instance dir are copied to keepLogsIn first.
    */
+  /**
+   * Restarts containerd alone (SIGTERM, wait, spawn again with the same config and environment):
+   * shims and their tasks keep running, as on a node whose containerd is upgraded.
+   */
+  async restart(timeoutMs = 30_000): Promise<void> {
+    if (this.containerdAlive()) {
+      const exited = new Promise<void>((r) => this.proc.once('exit', () => r()));
+      this.proc.kill('SIGTERM');
+      await exited;
+    }
+    const out = fs.openSync(this.logFile, 'a');
+    this.proc = spawn(this.binaries.containerd, ['--config', this.configFile], { stdio: ['ignore', out, out], env: this.spawnEnv });
+    fs.closeSync(out);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await this.ctr(['version'], { timeoutMs: 5_000 });
+      if (r.code === 0) return;
+      if (Date.now() > deadline || this.proc.exitCode !== null) throw new Error(`containerd did not come back after restart: ${r.stderr.trim()}`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+  }
+
+  /** The environment containerd was started with (set by startContainerd, reused by restart). */
+  spawnEnv: NodeJS.ProcessEnv = process.env;
+
   async stop(opts: { keepLogsIn?: string } = {}): Promise<StopReport> {
     const report: StopReport = { killed: [], unmounted: [], tasksRemoved: [] };
     if (this.stopped) return report;
@@ -517,12 +542,11 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   };
   fs.writeFileSync(path.join(dir, 'config.toml'), containerdConfig(cfg));
   const out = fs.openSync(path.join(logDir, 'containerd.log'), 'a');
-  const proc = spawn(binaries.containerd, ['--config', path.join(dir, 'config.toml')], {
-    stdio: ['ignore', out, out],
-    env: { ...process.env, PATH: `${binDir}:${binaries.binDir}:${process.env.PATH ?? ''}:${SYSTEM_PATH}` },
-  });
+  const spawnEnv = { ...process.env, PATH: `${binDir}:${binaries.binDir}:${process.env.PATH ?? ''}:${SYSTEM_PATH}` };
+  const proc = spawn(binaries.containerd, ['--config', path.join(dir, 'config.toml')], { stdio: ['ignore', out, out], env: spawnEnv });
   fs.closeSync(out);
   const cd = new Containerd(dir, binaries, namespace, logDir, log, proc, runtimes);
+  cd.spawnEnv = spawnEnv;
   logger.info({ dir, namespace, version: binaries.version, flavor: binaries.flavor, runtimes }, 'starting containerd');
   // Wait until it answers (or dies).
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);

@@ -167,6 +167,23 @@ describe('ctr run with io.containerd.katats.v2', () => {
     expect(sockets).toEqual([]);
   }, 600_000);
 
+  it('containerd restarted while a katats container runs: it reconnects and the container survives', async () => {
+    await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'survivor', 'sh', '-c', 'while true; do sleep 0.5; done'], { timeoutMs: 300_000 });
+    const vmBefore = qemuProcs('survivor');
+    expect(vmBefore.length).toBe(1);
+    await c.restart();
+    expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/survivor\s+\d+\s+RUNNING/);
+    const ex = await c.ctr(['task', 'exec', '--exec-id', 'after-restart', 'survivor', 'echo', 'still here']);
+    expect(ex.stdout, logsOf('survivor')).toBe('still here\n');
+    expect(qemuProcs('survivor')).toEqual(vmBefore);
+    await c.ctrOk(['task', 'kill', '-s', 'SIGKILL', 'survivor']);
+    await until(() => c.ctr(['task', 'ls']), (r) => /survivor\s+\d+\s+STOPPED/.test(r.stdout));
+    await c.ctrOk(['task', 'rm', 'survivor']);
+    await c.ctrOk(['container', 'rm', 'survivor']);
+    await until(() => qemuProcs('survivor'), (p) => p.length === 0, 30_000);
+    expect(qemuProcs('survivor')).toEqual([]);
+  }, 600_000);
+
   it('a bad spec is refused with a clear error and the shim serves the next container', async () => {
     const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), '--env', 'X=1', '--cwd', 'relative/dir', image, 'badcwd', 'true'], { timeoutMs: 300_000 });
     expect(r.code).not.toBe(0);
@@ -175,6 +192,22 @@ describe('ctr run with io.containerd.katats.v2', () => {
     const ok = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'after-bad', 'echo', 'fine'], { timeoutMs: 300_000 });
     expect(ok.stdout).toBe('fine\n');
   }, 600_000);
+});
+
+describe('20 create/delete cycles', () => {
+  it('each pod boots, runs and goes away, and nothing piles up', async () => {
+    const before = { mounts: fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length };
+    for (let i = 0; i < 20; i++) {
+      const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, `cycle${i}`, 'echo', `cycle ${i}`], { timeoutMs: 300_000 });
+      expect(r.stdout, logsOf(`cycle${i}`)).toBe(`cycle ${i}\n`);
+    }
+    await until(() => qemuProcs().length + shimProcs().length, (n) => n === 0, 30_000);
+    expect(qemuProcs()).toEqual([]);
+    expect(shimProcs()).toEqual([]);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').length).toBe(before.mounts);
+    expect(fs.existsSync(path.join(env.stateDir, 'sandboxes')) ? fs.readdirSync(path.join(env.stateDir, 'sandboxes')) : []).toEqual([]);
+    expect(fs.existsSync(path.join(env.stateDir, 's')) ? fs.readdirSync(path.join(env.stateDir, 's')) : []).toEqual([]);
+  }, 1_800_000);
 });
 
 describe('cleanliness', () => {
