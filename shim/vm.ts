@@ -2,7 +2,7 @@
 // inside answers grpc.Health/Check on the agent channel.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Client } from '../proto/ttrpc/index.js';
+import { Client, dialUnix } from '../proto/ttrpc/index.js';
 import { serviceClient } from '../proto/rpc.js';
 import { QemuVm } from '../vmm/vm.js';
 import type { VmConfig } from '../vmm/config.js';
@@ -39,18 +39,26 @@ export function resolveGuestFiles(q: QemuConfig): GuestFiles {
   };
 }
 
+/**
+ * One client for the VM's whole life, polling Health on it until the agent answers. The agent
+ * channel is a single byte stream into the guest whatever the host does with its socket:
+ * requests written while the guest was still booting are delivered later. A fresh client per
+ * attempt would restart stream ids at 1, and the agent would then see stale requests under the
+ * ids of live ones; one client never reuses an id, and late answers to abandoned polls are
+ * simply dropped.
+ */
 async function waitForAgent(socket: string, signal: AbortSignal): Promise<Client> {
-  // QEMU owns the socket (server=on): it exists once QEMU runs; the agent answers once the
-  // guest has booted and opened its end of the port, so keep asking.
+  const client = new Client(() => dialUnix(socket));
+  const health = serviceClient(client, 'grpc.Health');
   for (;;) {
-    if (signal.aborted) throw signal.reason;
-    let client: Client | undefined;
+    if (signal.aborted) {
+      await client.close();
+      throw signal.reason;
+    }
     try {
-      client = await Client.connect(socket);
-      await serviceClient(client, 'grpc.Health').Check({ service: '' }, { timeoutMs: 1000 });
+      await health.Check({ service: '' }, { timeoutMs: 1000 });
       return client;
     } catch {
-      await client?.close();
       await new Promise((r) => setTimeout(r, 100));
     }
   }

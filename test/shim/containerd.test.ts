@@ -74,9 +74,9 @@ afterAll(async () => {
 
 describe('ctr run with io.containerd.katats.v2', () => {
   it('runs the container in a VM with its own kernel, and passes the exit code', async () => {
-    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'uname1', 'uname', '-r'], { timeoutMs: 300_000 });
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
+    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'uname1', 'uname', '-r'], { timeoutMs: 240_000 });
+    expect(r.stderr, logsOf('uname1')).toBe('');
+    expect(r.code, logsOf('uname1')).toBe(0);
     expect(r.stdout.trim()).toBe(env.image.manifest.kernel.release);
     expect(r.stdout.trim()).not.toBe(os.release());
     const e = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'exit3', 'sh', '-c', 'echo out; echo err >&2; exit 3'], { timeoutMs: 300_000 });
