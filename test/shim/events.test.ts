@@ -1,6 +1,6 @@
 import path from 'node:path';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Server } from '../../proto/ttrpc/index.js';
 import { registerService } from '../../proto/rpc.js';
 import { unpackAny } from '../../proto/registry.js';
@@ -27,7 +27,7 @@ async function eventsServer(sock: string, received: { topic: string; ns: string;
 describe('EventPublisher', () => {
   const tmp = tempDir();
   const log = pino({ enabled: false });
-  afterEach(() => {});
+  afterAll(() => tmp.cleanup());
 
   it('delivers events in order with topic, namespace and the packed event', async () => {
     const sock = path.join(tmp.dir, 'a.sock');
@@ -70,6 +70,5 @@ describe('EventPublisher', () => {
     expect(got.map((e) => e.topic)).toEqual(['/tasks/oom']);
     await pub.close();
     await srv.close();
-    tmp.cleanup();
   });
 });
