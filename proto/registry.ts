@@ -41,11 +41,6 @@ export function decode<N extends MessageName>(name: N, bytes: Uint8Array): Messa
   return messageType(name).decode(bytes) as unknown as Messages[N];
 }
 
-/** A message as a plain object with every field present (defaults filled in), for logs and JSON. */
-export function toPlain<N extends MessageName>(name: N, msg: Messages[N]): Record<string, unknown> {
-  return messageType(name).toObject(msg as unknown as protobuf.Message, { defaults: true, bytes: String, arrays: true, objects: true });
-}
-
 /**
  * Packs a message into google.protobuf.Any. containerd names packed types by their bare full
  * name (typeurl's convention), without the type.googleapis.com/ prefix.

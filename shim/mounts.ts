@@ -37,15 +37,6 @@ export async function bindMount(source: string, target: string, readonly = false
   if (readonly) await mount({ type: 'none', source: 'none', options: ['remount', 'bind', 'ro'] }, target);
 }
 
-/** Whether something is mounted exactly at `target` (per /proc/self/mountinfo). */
-export function isMountPoint(target: string): boolean {
-  const want = fs.existsSync(target) ? fs.realpathSync(target) : target;
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .some((l) => unescapeMountPath(l.split(' ')[4] ?? '') === want);
-}
-
 function unescapeMountPath(p: string): string {
   return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }

@@ -71,8 +71,8 @@ export class ShimProcess {
       outSink = logger.stdout;
       errSink = logger.stderr;
     } else {
-      if (stdout) outSink = await openOutput(stdout, { containerId: this.containerId, namespace: this.namespace });
-      if (stderr && !terminal) errSink = await openOutput(stderr, { containerId: this.containerId, namespace: this.namespace });
+      if (stdout) outSink = await openOutput(stdout);
+      if (stderr && !terminal) errSink = await openOutput(stderr);
     }
     if (outSink) {
       this.sinks.push(outSink);

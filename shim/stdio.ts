@@ -61,7 +61,7 @@ async function openFifoWriter(path: string, timeoutMs: number): Promise<Writable
  * `binary:///path?k=v` (a logging binary that gets stdout on fd 3, stderr on fd 4 and closes fd 5
  * once it is ready, as containerd's binary log driver protocol says).
  */
-export async function openOutput(uri: string, opts: { timeoutMs?: number; containerId: string; namespace: string; binaries?: Map<string, BinaryLogger> }): Promise<StdioSink> {
+export async function openOutput(uri: string, opts: { timeoutMs?: number } = {}): Promise<StdioSink> {
   if (uri.startsWith('file://')) {
     const p = decodeURIComponent(new URL(uri).pathname);
     const stream = fs.createWriteStream(p, { flags: 'a' });

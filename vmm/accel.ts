@@ -4,7 +4,7 @@
 // forever. So the probe boots QEMU with -accel kvm and only the firmware (SeaBIOS prints its
 // banner on the serial port: guest code demonstrably ran), and kills it after timeoutMs.
 import { spawn } from 'node:child_process';
-import { constants, promises as fs } from 'node:fs';
+import fsSync, { constants, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Accel, AccelChoice } from './config.js';
@@ -93,6 +93,18 @@ export function probeCachePath(cacheDir: string): string {
   return path.join(cacheDir, 'kvm-probe.json');
 }
 
+/** The binary's resolved path, size and mtime: changes whenever QEMU is upgraded. */
+async function qemuStamp(bin: string): Promise<string> {
+  const full = bin.includes('/') ? bin : (process.env.PATH ?? '').split(':').map((d) => path.join(d, bin)).find((p) => fsSync.existsSync(p)) ?? bin;
+  try {
+    const real = await fs.realpath(full);
+    const st = await fs.stat(real);
+    return `${real}:${st.size}:${st.mtimeMs}`;
+  } catch {
+    return `${bin}:missing`;
+  }
+}
+
 /** The cached probe answer for this host kernel and QEMU, probing (time-limited) when absent. */
 export async function probeKvm(opts: {
   cacheDir: string;
@@ -103,18 +115,19 @@ export async function probeKvm(opts: {
   kernel?: string;
 }): Promise<KvmProbeResult & { cached: boolean }> {
   const file = probeCachePath(opts.cacheDir);
-  const qemu = await qemuVersion(opts.qemuBinary ?? 'qemu-system-x86_64');
+  // Every VM start passes here: recognise the QEMU binary by stat, not by spawning `--version`.
+  const stamp = await qemuStamp(opts.qemuBinary ?? 'qemu-system-x86_64');
   if (!opts.refresh) {
     try {
-      const prev = JSON.parse(await fs.readFile(file, 'utf8')) as KvmProbeResult;
+      const prev = JSON.parse(await fs.readFile(file, 'utf8')) as KvmProbeResult & { qemuStamp?: string };
       // A cached "no" always stands; a cached firmware-only "yes" is re-checked with a kernel.
       const strongEnough = !prev.usable || prev.kind === 'kernel' || !opts.kernel;
-      if (prev.hostKernel === os.release() && prev.qemu === qemu && strongEnough) return { ...prev, cached: true };
+      if (prev.hostKernel === os.release() && prev.qemuStamp === stamp && strongEnough) return { ...prev, cached: true };
     } catch {
       /* no cache yet */
     }
   }
-  const res = await runKvmProbe(opts);
+  const res = { ...(await runKvmProbe(opts)), qemuStamp: stamp };
   await fs.mkdir(opts.cacheDir, { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, JSON.stringify(res, null, 2) + '\n');

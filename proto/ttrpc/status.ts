@@ -47,10 +47,6 @@ export class TtrpcError extends Error {
   }
 }
 
-export function isTtrpcError(e: unknown): e is TtrpcError {
-  return e instanceof TtrpcError;
-}
-
 /** Maps anything a handler throws onto a status, keeping the message a peer can act on. */
 export function toStatus(e: unknown): { code: number; message: string; details: StatusDetail[] } {
   if (e instanceof TtrpcError) return { code: e.code, message: e.message, details: e.details };
