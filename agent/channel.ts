@@ -1,20 +1,145 @@
-// The guest's agent channel: a virtio-serial port (a character device such as /dev/vport0p1)
-// opened as a file. Node cannot put a character device in its event loop, so reads and writes
-// go through fs streams (libuv's thread pool); main.ts enlarges the pool accordingly.
+// The guest's agent channel: a virtio-serial port (a character device such as /dev/vport0p1).
+//
+// The port is opened once and never closed. Closing it makes the guest kernel discard whatever
+// the host has already sent into the port, so a reopen after the host went away could swallow
+// the first request of the host's next connection. A read that returns 0 bytes means "no host
+// connected right now" (the host disconnected, or has not connected yet); the port then is
+// polled on the same fd, and the next bytes begin a new session: a fresh Duplex for a fresh ttrpc
+// connection, because the host's next client starts its stream ids anew.
+//
+// Node cannot put a character device in its event loop, so reads and writes go through libuv's
+// thread pool (one read in flight at a time); main.ts enlarges the pool accordingly.
 import fs from 'node:fs';
 import { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
 
-export function openChannel(file: string): Duplex {
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
-  const readable = fs.createReadStream('', { fd, autoClose: false, highWaterMark: 256 * 1024 });
-  const writable = fs.createWriteStream('', { fd, autoClose: false });
-  const d = Duplex.from({ readable, writable });
-  d.on('close', () => {
-    try {
-      fs.closeSync(fd);
-    } catch {
-      /* already closed */
-    }
+const READ_SIZE = 256 * 1024;
+/** Polling while no host is connected: quick at first (a reconnect is usually immediate), then calm. */
+const IDLE_POLL_MIN_MS = 2;
+const IDLE_POLL_MAX_MS = 50;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function read(fd: number, buf: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function writeAll(fd: number, buf: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (off: number) =>
+      fs.write(fd, buf, off, buf.length - off, null, (err, n) => {
+        if (err) return reject(err);
+        if (off + n < buf.length) step(off + n);
+        else resolve();
+      });
+    step(0);
   });
-  return d;
+}
+
+/** One host connection's worth of the port. */
+class PortSession {
+  readonly stream: Duplex;
+  private gone = false;
+  private wantMore: (() => void) | undefined;
+
+  constructor(fd: number, log: Logger) {
+    this.stream = new Duplex({
+      read: () => {
+        const w = this.wantMore;
+        this.wantMore = undefined;
+        w?.();
+      },
+      writev: (chunks, cb) => {
+        // Answers to a host that has gone must not reach the next host's connection.
+        if (this.gone) return cb();
+        const buf = chunks.length === 1 ? (chunks[0]!.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer));
+        writeAll(fd, buf).then(
+          () => cb(),
+          (err: NodeJS.ErrnoException) => {
+            // The host closed its end mid-answer; the reader sees the EOF and ends this session.
+            log.debug({ err: err.code ?? err.message }, 'agent channel write failed');
+            cb();
+          },
+        );
+      },
+      destroy: (err, cb) => {
+        this.gone = true;
+        this.wantMore?.();
+        cb(err);
+      },
+    });
+  }
+
+  /** Resolves once the consumer wants more (back-pressure), or at once. */
+  push(data: Buffer): Promise<void> {
+    if (this.gone || this.stream.push(data)) return Promise.resolve();
+    return new Promise((resolve) => (this.wantMore = resolve));
+  }
+
+  hostGone(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.stream.push(null);
+  }
+}
+
+export class AgentPort {
+  private readonly fd: number;
+  private session: PortSession | undefined;
+  private stopped = false;
+  private sessions = 0;
+
+  constructor(
+    readonly file: string,
+    private readonly onSession: (stream: Duplex) => void,
+    private readonly log: Logger,
+  ) {
+    this.fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+  }
+
+  /** Host connections seen so far. */
+  get sessionCount(): number {
+    return this.sessions;
+  }
+
+  async run(): Promise<void> {
+    let idleMs = IDLE_POLL_MIN_MS;
+    while (!this.stopped) {
+      const buf = Buffer.allocUnsafe(READ_SIZE);
+      let n: number;
+      try {
+        n = await read(this.fd, buf);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EINTR' && code !== 'EAGAIN') this.log.warn({ err: code ?? (e as Error).message }, 'agent channel read failed');
+        n = 0;
+      }
+      if (n === 0) {
+        if (this.session) {
+          this.log.debug({ session: this.sessions }, 'host left the agent channel');
+          this.session.hostGone();
+          this.session = undefined;
+        }
+        await sleep(idleMs);
+        idleMs = Math.min(idleMs * 2, IDLE_POLL_MAX_MS);
+        continue;
+      }
+      idleMs = IDLE_POLL_MIN_MS;
+      if (!this.session) {
+        this.session = new PortSession(this.fd, this.log);
+        this.sessions++;
+        this.log.debug({ session: this.sessions }, 'host connected to the agent channel');
+        this.onSession(this.session.stream);
+      }
+      // Copy small reads: a 256 KiB buffer should not stay pinned by a 40-byte request.
+      await this.session.push(n < READ_SIZE / 4 ? Buffer.from(buf.subarray(0, n)) : buf.subarray(0, n));
+    }
+  }
+
+  /** Ends the current session; the fd goes with the process (a read may still be blocked on it). */
+  stop(): void {
+    this.stopped = true;
+    this.session?.hostGone();
+    this.session = undefined;
+  }
 }

@@ -11,7 +11,7 @@ import { createAgent } from './server.js';
 import { detectCgroups } from './cgroups.js';
 import { findRunner } from './runtime/runner.js';
 import { readLaunchDigest } from './policy-hook.js';
-import { openChannel } from './channel.js';
+import { AgentPort } from './channel.js';
 import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
@@ -65,17 +65,13 @@ async function main(): Promise<void> {
   const agent = createAgent(config);
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, policy_digest: config.launchDigest }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
+  let port: AgentPort | undefined;
   if (channel) {
-    // Serve the port; when the host side goes away, open it again for the next connection.
-    const serveChannel = () => {
-      const stream = openChannel(channel);
-      const conn = agent.server.serve(stream);
-      void conn;
-      stream.once('close', () => {
-        if (!stopping) setTimeout(serveChannel, 100);
-      });
-    };
-    serveChannel();
+    port = new AgentPort(channel, (stream) => agent.server.serve(stream), log);
+    void port.run().catch((e: unknown) => {
+      log.fatal({ err: e }, 'agent channel failed');
+      process.exit(1);
+    });
   }
   log.info({ listen: values.listen, channel }, 'agent serving');
   let stopping = false;

@@ -45,10 +45,11 @@ export function resolveGuestFiles(q: QemuConfig): GuestFiles {
  * requests written while the guest was still booting are delivered later. A fresh client per
  * attempt would restart stream ids at 1, and the agent would then see stale requests under the
  * ids of live ones; one client never reuses an id, and late answers to abandoned polls are
- * simply dropped.
+ * simply dropped. Random first ids keep a shim that reconnects (or any other host client) from
+ * taking answers meant for an earlier connection as its own.
  */
 async function waitForAgent(socket: string, signal: AbortSignal): Promise<Client> {
-  const client = new Client(() => dialUnix(socket));
+  const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
   const health = serviceClient(client, 'grpc.Health');
   for (;;) {
     if (signal.aborted) {

@@ -1,6 +1,7 @@
 // A ttrpc client: many calls multiplexed on one connection by odd stream ids. With a dialer it
 // reconnects on the next call after the connection drops (an agent that restarted, a shim that
 // came back), and calls in flight on the dead connection fail with Unavailable.
+import { randomInt } from 'node:crypto';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -15,6 +16,13 @@ export type Dialer = () => Promise<Duplex> | Duplex;
 export interface ClientOptions {
   maxMessageSize?: number;
   logger?: Logger;
+  /**
+   * Start each connection's stream ids at a random odd number instead of 1. For byte streams that
+   * outlive one connection, such as a virtio-serial agent port: the guest cannot always tell two
+   * host connections apart, so answers meant for an earlier connection can arrive on this one,
+   * and they must not match the ids of this connection's calls.
+   */
+  randomStreamIds?: boolean;
 }
 
 export interface CallOptions {
@@ -50,11 +58,19 @@ export class Client {
   ) {
     this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     this.log = opts.logger ?? silentLogger;
+    this.randomStreamIds = opts.randomStreamIds ?? false;
+    this.nextStreamId = this.firstStreamId();
     if (typeof source === 'function') this.dialer = source;
     else this.channel = this.attach(source);
   }
 
   private readonly dialer: Dialer | undefined;
+  private readonly randomStreamIds: boolean;
+
+  private firstStreamId(): number {
+    // Below 2^31: leaves two billion calls before the wrap-around.
+    return this.randomStreamIds ? (randomInt(0, 0x40000000) << 1) + 1 : 1;
+  }
 
   /** Dials a unix socket and resolves once connected. */
   static async connect(path: string, opts: ClientOptions = {}): Promise<Client> {
@@ -141,7 +157,7 @@ export class Client {
       this.connecting = (async () => {
         try {
           const stream = await dial();
-          this.nextStreamId = 1;
+          this.nextStreamId = this.firstStreamId();
           this.channel = this.attach(stream);
           return this.channel;
         } catch (e) {

@@ -3,8 +3,8 @@ import path from 'node:path';
 import { PassThrough, Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client, Code, Server, TtrpcError, FrameType, FrameFlag } from '../../proto/ttrpc/index.js';
-import { encodeFrame } from '../../proto/ttrpc/frame.js';
-import { decodeResponse, encodeRequest } from '../../proto/ttrpc/envelope.js';
+import { FrameDecoder, encodeFrame } from '../../proto/ttrpc/frame.js';
+import { decodeResponse, encodeRequest, encodeResponse } from '../../proto/ttrpc/envelope.js';
 import { registerService, serviceClient } from '../../proto/rpc.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -261,6 +261,32 @@ describe('ttrpc TypeScript client <-> server', () => {
     expect((await c.call(SVC, 'Echo', Buffer.from('pipe'))).toString()).toBe('pipe');
     await c.close();
     await srv.close();
+  });
+
+  it('randomStreamIds: ids start at a random odd number, and answers to ids of an earlier connection are dropped', async () => {
+    const a2b = new PassThrough();
+    const b2a = new PassThrough();
+    const c = new Client(Duplex.from({ readable: b2a, writable: a2b }), { randomStreamIds: true });
+    const seen: number[] = [];
+    const decoder = new FrameDecoder(
+      {
+        frame: (f) => {
+          seen.push(f.streamId);
+          // What a byte stream shared with an earlier connection can deliver: its answer on id 1 first.
+          b2a.write(encodeFrame(1, FrameType.Response, 0, encodeResponse({ status: null, payload: Buffer.from('stale') })));
+          b2a.write(encodeFrame(f.streamId, FrameType.Response, 0, encodeResponse({ status: null, payload: Buffer.from('mine') })));
+        },
+        oversized: () => {},
+      },
+      1 << 20,
+    );
+    a2b.on('data', (d: Buffer) => decoder.push(d));
+    expect((await c.call(SVC, 'Echo', Buffer.from('x'))).toString()).toBe('mine');
+    expect((await c.call(SVC, 'Echo', Buffer.from('y'))).toString()).toBe('mine');
+    expect(seen[0]! % 2).toBe(1);
+    expect(seen[0]).not.toBe(1);
+    expect(seen[1]).toBe(seen[0]! + 2);
+    await c.close();
   });
 
   it('typed services: a registered implementation and a generated stub', async () => {

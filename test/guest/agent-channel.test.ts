@@ -1,0 +1,146 @@
+// The real agent in a real guest (QEMU, TCG unless the probe proved KVM), reached the way the
+// shim reaches it: ttrpc over the virtio-serial agent channel. What only a guest can show: the
+// host may connect, leave and come back any number of times (a restarted shim, a debugging
+// tool) and no request is lost, and SetPolicy is bound to the launch data QEMU handed the VM.
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Client, Code, FrameType, TtrpcError, dialUnix } from '../../proto/ttrpc/index.js';
+import { encodeFrame } from '../../proto/ttrpc/frame.js';
+import { encodeRequest } from '../../proto/ttrpc/envelope.js';
+import { encode } from '../../proto/registry.js';
+import { serviceClient } from '../../proto/rpc.js';
+import { DEFAULT_VMM_CACHE_DIR, QemuVm } from '../../vmm/vm.js';
+import { resolveAccel } from '../../vmm/accel.js';
+import { buildFullGuestImage } from '../../scripts/guest-image.js';
+import { tempDir } from '../support/tmp.js';
+
+const tmp = tempDir('katats-agentch-');
+const logger = pino({ level: process.env.KATATS_TEST_LOG ?? 'warn' }, pino.destination(2));
+const POLICY = 'package agent_policy\ndefault allow := true\n';
+let vm: QemuVm;
+let socket: string;
+let runDir: string;
+
+/** Health.Check on a fresh connection; closes it afterwards. */
+async function healthOnce(timeoutMs: number): Promise<number> {
+  const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+  try {
+    const r = await serviceClient(client, 'grpc.Health').Check({ service: '' }, { timeoutMs });
+    return r.status;
+  } finally {
+    await client.close();
+  }
+}
+
+/**
+ * A raw request on stream 1 (the id the next client's first call gets too), written on a
+ * connection torn down before any answer. Its answer would decode as garbage for a Health.Check.
+ */
+function abandonRequest(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection(socket, () => {
+      const payload = encodeRequest({
+        service: 'grpc.AgentService',
+        method: 'GetGuestDetails',
+        payload: encode('grpc.GuestDetailsRequest', { mem_block_size: true, mem_hotplug_probe: true }),
+        timeoutNano: 0,
+        metadata: new Map(),
+      });
+      s.write(encodeFrame(1, FrameType.Request, 0, payload), () => {
+        s.destroy();
+        resolve();
+      });
+    });
+    s.on('error', reject);
+  });
+}
+
+beforeAll(async () => {
+  const image = await buildFullGuestImage((m) => process.stderr.write(`guest: ${m}\n`));
+  const { accel } = await resolveAccel('auto', { cacheDir: DEFAULT_VMM_CACHE_DIR, kernel: image.kernel });
+  process.stderr.write(`agent-channel test: booting the guest on ${accel.toUpperCase()}\n`);
+  runDir = path.join(tmp.dir, 'vm');
+  fs.mkdirSync(runDir, { recursive: true });
+  const hostData = path.join(runDir, 'host_data');
+  fs.writeFileSync(hostData, createHash('sha256').update(POLICY).digest());
+  socket = path.join(runDir, 'agent.sock');
+  vm = await QemuVm.start(
+    {
+      id: `ach${process.pid}`,
+      vcpus: 1,
+      memoryMiB: 512,
+      kernel: image.kernel,
+      initrd: image.initrd,
+      rootfs: image.rootfs,
+      baseCmdline: image.manifest.cmdline,
+      agentSocket: socket,
+      agentLogFile: path.join(runDir, 'agent.log'),
+      launchDataFile: hostData,
+      kernelParams: ['agent.log=debug'],
+      accel,
+      runDir,
+    },
+    { logger },
+  );
+  await vm.waitReady(async (signal) => {
+    while (!signal.aborted) {
+      if (await healthOnce(2000).then((s) => s === 1, () => false)) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }, 180_000);
+}, 900_000);
+
+afterAll(async () => {
+  if (vm?.running) await vm.kill();
+  tmp.cleanup();
+});
+
+describe('the agent channel in a real guest', () => {
+  it('answers every connection when the host comes and goes 40 times, even right after an abandoned request', async () => {
+    // The abandoned call's answer can reach the next connection (the guest may not see the host
+    // leave in between); the clients' random first stream ids make it an unknown id, dropped.
+    const statuses: number[] = [];
+    for (let i = 0; i < 40; i++) {
+      if (i % 2 === 1) await abandonRequest();
+      statuses.push(await healthOnce(10_000));
+    }
+    expect(statuses).toEqual(Array(40).fill(1));
+    // Sessions are told apart by the guest seeing the host leave; a reconnect quicker than the
+    // guest's scheduler can merge two, so only "at least one, and no read errors" is certain.
+    await new Promise((r) => setTimeout(r, 300));
+    const log = fs.readFileSync(path.join(runDir, 'agent.log'), 'utf8');
+    expect(log).toMatch(/host connected to the agent channel/);
+    expect(log).not.toMatch(/agent channel read failed/);
+  }, 300_000);
+
+  it('keeps serving concurrent calls on a long-lived connection', async () => {
+    const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+    try {
+      const health = serviceClient(client, 'grpc.Health');
+      const answers = await Promise.all(Array.from({ length: 32 }, () => health.Check({ service: '' }, { timeoutMs: 30_000 })));
+      expect(answers.every((a) => a.status === 1)).toBe(true);
+      const details = await serviceClient(client, 'grpc.AgentService').GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: true }, { timeoutMs: 30_000 });
+      expect(details.agent_details?.version).toBeTruthy();
+    } finally {
+      await client.close();
+    }
+  }, 120_000);
+
+  it('refuses a policy that is not the one named by the launch data, and takes the one that is', async () => {
+    const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+    try {
+      const agent = serviceClient(client, 'grpc.AgentService');
+      const err = await agent.SetPolicy({ policy: POLICY + '# changed\n' }, { timeoutMs: 30_000 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TtrpcError);
+      expect((err as TtrpcError).code).toBe(Code.PermissionDenied);
+      expect((err as Error).message).toContain(`launch data sha256:${createHash('sha256').update(POLICY).digest('hex')}`);
+      await expect(agent.SetPolicy({ policy: POLICY }, { timeoutMs: 30_000 })).resolves.toEqual({});
+    } finally {
+      await client.close();
+    }
+  }, 120_000);
+});
