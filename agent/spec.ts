@@ -250,6 +250,18 @@ function linuxToOci(l: grpc.Linux): OciLinux {
 
 const BIND_TYPES = new Set(['bind', 'rbind']);
 
+/**
+ * The ociVersion written for crun. containerd 2.x writes 1.2.x; crun before 1.15 (bookworm's 1.8.1
+ * runs in the guest) refuses any version without "1.0" in it ("unknown version specified"), though
+ * 1.1.0 passes. Everything this file writes is defined by runtime-spec 1.1.0 (grpc.Spec has no newer
+ * field), so a newer 1.x is written as 1.1.0; a major version other than 1 is left for crun to refuse.
+ */
+export function ociVersionFor(v: string): string {
+  if (!v) return '1.0.2';
+  const m = /^1\.(\d+)\./.exec(v);
+  return m && Number(m[1]) > 1 ? '1.1.0' : v;
+}
+
 /** grpc.Spec -> config.json contents. Throws InvalidArgument for paths the agent will not use. */
 export function specToOci(s: grpc.Spec): OciSpec {
   if (!s.Process) throw invalid('spec has no process');
@@ -279,7 +291,7 @@ export function specToOci(s: grpc.Spec): OciSpec {
     }
   }
   return compact({
-    ociVersion: s.Version || '1.0.2',
+    ociVersion: ociVersionFor(s.Version),
     process: processToOci(s.Process),
     root: { path: s.Root.Path, readonly: s.Root.Readonly || undefined },
     hostname: s.Hostname || undefined,

@@ -1,4 +1,4 @@
-// The shim daemon: one per pod. Serves containerd.task.v2.Task on its socket, publishes events
+// The shim daemon: one per pod. Serves containerd.task.v2.Task and v3 on its socket, publishes events
 // back to containerd, and exits after Shutdown once no container is left.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -83,11 +83,14 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     // Answer the Shutdown call before going away.
     onShutdown: () => setImmediate(() => void stop(0)),
   });
+  // containerd 1.6 (and 2.x for a shim that bootstraps as version 2) calls v2, 2.x calls v3 when
+  // `start` announced version 3: the messages are the same, so is the implementation.
   registerService(server, 'containerd.task.v2.Task', service.impl);
+  registerService(server, 'containerd.task.v3.Task', service.impl);
   await server.listen(args.socket);
   writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket });
   process.on('SIGTERM', () => void stop(0));
   process.on('SIGINT', () => void stop(0));
-  log.info({ socket: args.socket, config: cfg.source }, 'shim serving');
+  log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null }, 'shim serving');
   process.stdout.write('ready\n');
 }

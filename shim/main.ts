@@ -1,7 +1,8 @@
 // containerd-shim-katats-v2: the binary containerd runs for runtime io.containerd.katats.v2.
-//   start  -> start (or find) the pod's shim daemon and print its address
+//   start  -> start (or find) the pod's shim daemon and print its address (containerd 1.6) or
+//             bootstrap params {"version","address","protocol"} (1.7, 2.x: they pass MAX_SHIM_VERSION)
 //   delete -> clean up after a task whose shim is gone, print a DeleteResponse
-//   (none) -> the daemon: serve containerd.task.v2.Task on the socket
+//   (none) -> the daemon: serve containerd.task.v2.Task and containerd.task.v3.Task on the socket
 import { parseShimArgs } from './args.js';
 import { startShim } from './start.js';
 import { deleteShim } from './delete.js';

@@ -19,14 +19,32 @@ function canConnect(sock: string): Promise<boolean> {
   });
 }
 
+/** The newest Task API the daemon serves (containerd.task.v3.Task; v2 is served too). */
+export const MAX_TASK_API = 3;
+
+/**
+ * What `start` prints for `address`. containerd 1.6 reads a bare address and passes no
+ * MAX_SHIM_VERSION. 1.7 and 2.x pass MAX_SHIM_VERSION and read JSON bootstrap params (a bare
+ * address still counts as version 2 over ttrpc); the version picks the Task API containerd calls,
+ * 2 -> containerd.task.v2.Task, 3 -> containerd.task.v3.Task. 1.7 refuses 3 ("unsupported shim
+ * version") and 2.1.9 still announces 2, although it would take 3: the env is the only signal both
+ * send, so the answer never exceeds it.
+ */
+export function bootstrapOutput(address: string, maxShimVersion: string | undefined): string {
+  const max = Number(maxShimVersion);
+  if (!maxShimVersion || !Number.isInteger(max) || max < 2) return address;
+  return JSON.stringify({ version: Math.min(max, MAX_TASK_API), address, protocol: 'ttrpc' });
+}
+
 export async function startShim(args: ShimArgs): Promise<string> {
   const cfg = loadConfig();
   const grouping = groupingId(args.bundle, args.id);
   const sock = socketPath(cfg.runtime.state_dir, args.address, args.namespace, grouping);
   const address = `unix://${sock}`;
+  const output = bootstrapOutput(address, process.env.MAX_SHIM_VERSION);
   if (await canConnect(sock)) {
     fs.writeFileSync(path.join(args.bundle, 'address'), address);
-    return address;
+    return output;
   }
   fs.mkdirSync(path.dirname(sock), { recursive: true });
   fs.rmSync(sock, { force: true });
@@ -71,5 +89,5 @@ export async function startShim(args: ShimArgs): Promise<string> {
   child.stdout!.destroy();
   child.unref();
   fs.writeFileSync(path.join(args.bundle, 'address'), address);
-  return address;
+  return output;
 }

@@ -451,6 +451,132 @@ export namespace containerd {
         id: string;
       }
     }
+    export namespace v3 {
+      export interface CreateTaskRequest {
+        id: string;
+        bundle: string;
+        rootfs: containerd.types.Mount[];
+        terminal: boolean;
+        stdin: string;
+        stdout: string;
+        stderr: string;
+        checkpoint: string;
+        parent_checkpoint: string;
+        options?: google.protobuf.Any | null;
+      }
+      export interface CreateTaskResponse {
+        pid: number;
+      }
+      export interface DeleteRequest {
+        id: string;
+        exec_id: string;
+      }
+      export interface DeleteResponse {
+        pid: number;
+        exit_status: number;
+        exited_at?: google.protobuf.Timestamp | null;
+      }
+      export interface ExecProcessRequest {
+        id: string;
+        exec_id: string;
+        terminal: boolean;
+        stdin: string;
+        stdout: string;
+        stderr: string;
+        spec?: google.protobuf.Any | null;
+      }
+      export interface ExecProcessResponse {
+      }
+      export interface ResizePtyRequest {
+        id: string;
+        exec_id: string;
+        width: number;
+        height: number;
+      }
+      export interface StateRequest {
+        id: string;
+        exec_id: string;
+      }
+      export interface StateResponse {
+        id: string;
+        bundle: string;
+        pid: number;
+        status: containerd.v1.types.Status;
+        stdin: string;
+        stdout: string;
+        stderr: string;
+        terminal: boolean;
+        exit_status: number;
+        exited_at?: google.protobuf.Timestamp | null;
+        exec_id: string;
+      }
+      export interface KillRequest {
+        id: string;
+        exec_id: string;
+        signal: number;
+        all: boolean;
+      }
+      export interface CloseIORequest {
+        id: string;
+        exec_id: string;
+        stdin: boolean;
+      }
+      export interface PidsRequest {
+        id: string;
+      }
+      export interface PidsResponse {
+        processes: containerd.v1.types.ProcessInfo[];
+      }
+      export interface CheckpointTaskRequest {
+        id: string;
+        path: string;
+        options?: google.protobuf.Any | null;
+      }
+      export interface UpdateTaskRequest {
+        id: string;
+        resources?: google.protobuf.Any | null;
+        annotations: Record<string, string>;
+      }
+      export interface StartRequest {
+        id: string;
+        exec_id: string;
+      }
+      export interface StartResponse {
+        pid: number;
+      }
+      export interface WaitRequest {
+        id: string;
+        exec_id: string;
+      }
+      export interface WaitResponse {
+        exit_status: number;
+        exited_at?: google.protobuf.Timestamp | null;
+      }
+      export interface StatsRequest {
+        id: string;
+      }
+      export interface StatsResponse {
+        stats?: google.protobuf.Any | null;
+      }
+      export interface ConnectRequest {
+        id: string;
+      }
+      export interface ConnectResponse {
+        shim_pid: number;
+        task_pid: number;
+        version: string;
+      }
+      export interface ShutdownRequest {
+        id: string;
+        now: boolean;
+      }
+      export interface PauseRequest {
+        id: string;
+      }
+      export interface ResumeRequest {
+        id: string;
+      }
+    }
   }
   export namespace v1 {
     export namespace types {
@@ -616,6 +742,398 @@ export namespace google {
       code: number;
       message: string;
       details: google.protobuf.Any[];
+    }
+  }
+}
+export namespace runtime {
+  export namespace v1 {
+    export interface VersionRequest {
+      version: string;
+    }
+    export interface VersionResponse {
+      version: string;
+      runtime_name: string;
+      runtime_version: string;
+      runtime_api_version: string;
+    }
+    export interface DNSConfig {
+      servers: string[];
+      searches: string[];
+      options: string[];
+    }
+    export const Protocol = {
+      TCP: 0,
+      UDP: 1,
+      SCTP: 2,
+    } as const;
+    export type Protocol = (typeof Protocol)[keyof typeof Protocol];
+    export interface PortMapping {
+      protocol: runtime.v1.Protocol;
+      container_port: number;
+      host_port: number;
+      host_ip: string;
+    }
+    export const MountPropagation = {
+      PROPAGATION_PRIVATE: 0,
+      PROPAGATION_HOST_TO_CONTAINER: 1,
+      PROPAGATION_BIDIRECTIONAL: 2,
+    } as const;
+    export type MountPropagation = (typeof MountPropagation)[keyof typeof MountPropagation];
+    export interface Mount {
+      container_path: string;
+      host_path: string;
+      readonly: boolean;
+      selinux_relabel: boolean;
+      propagation: runtime.v1.MountPropagation;
+      recursive_read_only: boolean;
+    }
+    export const NamespaceMode = {
+      POD: 0,
+      CONTAINER: 1,
+      NODE: 2,
+      TARGET: 3,
+    } as const;
+    export type NamespaceMode = (typeof NamespaceMode)[keyof typeof NamespaceMode];
+    export interface NamespaceOption {
+      network: runtime.v1.NamespaceMode;
+      pid: runtime.v1.NamespaceMode;
+      ipc: runtime.v1.NamespaceMode;
+      target_id: string;
+    }
+    export interface Int64Value {
+      value: number;
+    }
+    export interface LinuxSandboxSecurityContext {
+      namespace_options?: runtime.v1.NamespaceOption | null;
+      selinux_options?: runtime.v1.SELinuxOption | null;
+      run_as_user?: runtime.v1.Int64Value | null;
+      readonly_rootfs: boolean;
+      supplemental_groups: number[];
+      privileged: boolean;
+      seccomp_profile_path: string;
+      run_as_group?: runtime.v1.Int64Value | null;
+      seccomp?: runtime.v1.SecurityProfile | null;
+      apparmor?: runtime.v1.SecurityProfile | null;
+    }
+    export interface SecurityProfile {
+      profile_type: runtime.v1.SecurityProfile.ProfileType;
+      localhost_ref: string;
+    }
+    export namespace SecurityProfile {
+      export const ProfileType = {
+        RuntimeDefault: 0,
+        Unconfined: 1,
+        Localhost: 2,
+      } as const;
+      export type ProfileType = (typeof ProfileType)[keyof typeof ProfileType];
+    }
+    export interface LinuxPodSandboxConfig {
+      cgroup_parent: string;
+      security_context?: runtime.v1.LinuxSandboxSecurityContext | null;
+      sysctls: Record<string, string>;
+      overhead?: runtime.v1.LinuxContainerResources | null;
+      resources?: runtime.v1.LinuxContainerResources | null;
+    }
+    export interface PodSandboxMetadata {
+      name: string;
+      uid: string;
+      namespace: string;
+      attempt: number;
+    }
+    export interface PodSandboxConfig {
+      metadata?: runtime.v1.PodSandboxMetadata | null;
+      hostname: string;
+      log_directory: string;
+      dns_config?: runtime.v1.DNSConfig | null;
+      port_mappings: runtime.v1.PortMapping[];
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      linux?: runtime.v1.LinuxPodSandboxConfig | null;
+    }
+    export interface RunPodSandboxRequest {
+      config?: runtime.v1.PodSandboxConfig | null;
+      runtime_handler: string;
+    }
+    export interface RunPodSandboxResponse {
+      pod_sandbox_id: string;
+    }
+    export interface StopPodSandboxRequest {
+      pod_sandbox_id: string;
+    }
+    export interface StopPodSandboxResponse {
+    }
+    export interface RemovePodSandboxRequest {
+      pod_sandbox_id: string;
+    }
+    export interface RemovePodSandboxResponse {
+    }
+    export interface PodSandboxStatusRequest {
+      pod_sandbox_id: string;
+      verbose: boolean;
+    }
+    export interface PodIP {
+      ip: string;
+    }
+    export interface PodSandboxNetworkStatus {
+      ip: string;
+      additional_ips: runtime.v1.PodIP[];
+    }
+    export interface Namespace {
+      options?: runtime.v1.NamespaceOption | null;
+    }
+    export interface LinuxPodSandboxStatus {
+      namespaces?: runtime.v1.Namespace | null;
+    }
+    export const PodSandboxState = {
+      SANDBOX_READY: 0,
+      SANDBOX_NOTREADY: 1,
+    } as const;
+    export type PodSandboxState = (typeof PodSandboxState)[keyof typeof PodSandboxState];
+    export interface PodSandboxStatus {
+      id: string;
+      metadata?: runtime.v1.PodSandboxMetadata | null;
+      state: runtime.v1.PodSandboxState;
+      created_at: number;
+      network?: runtime.v1.PodSandboxNetworkStatus | null;
+      linux?: runtime.v1.LinuxPodSandboxStatus | null;
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      runtime_handler: string;
+    }
+    export interface PodSandboxStatusResponse {
+      status?: runtime.v1.PodSandboxStatus | null;
+      info: Record<string, string>;
+      containers_statuses: runtime.v1.ContainerStatus[];
+      timestamp: number;
+    }
+    export interface PodSandboxStateValue {
+      state: runtime.v1.PodSandboxState;
+    }
+    export interface PodSandboxFilter {
+      id: string;
+      state?: runtime.v1.PodSandboxStateValue | null;
+      label_selector: Record<string, string>;
+    }
+    export interface ListPodSandboxRequest {
+      filter?: runtime.v1.PodSandboxFilter | null;
+    }
+    export interface PodSandbox {
+      id: string;
+      metadata?: runtime.v1.PodSandboxMetadata | null;
+      state: runtime.v1.PodSandboxState;
+      created_at: number;
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      runtime_handler: string;
+    }
+    export interface ListPodSandboxResponse {
+      items: runtime.v1.PodSandbox[];
+    }
+    export interface ImageSpec {
+      image: string;
+      annotations: Record<string, string>;
+      user_specified_image: string;
+      runtime_handler: string;
+    }
+    export interface KeyValue {
+      key: string;
+      value: string;
+    }
+    export interface LinuxContainerResources {
+      cpu_period: number;
+      cpu_quota: number;
+      cpu_shares: number;
+      memory_limit_in_bytes: number;
+      oom_score_adj: number;
+      cpuset_cpus: string;
+      cpuset_mems: string;
+      hugepage_limits: runtime.v1.HugepageLimit[];
+      unified: Record<string, string>;
+      memory_swap_limit_in_bytes: number;
+    }
+    export interface HugepageLimit {
+      page_size: string;
+      limit: number;
+    }
+    export interface SELinuxOption {
+      user: string;
+      role: string;
+      type: string;
+      level: string;
+    }
+    export interface Capability {
+      add_capabilities: string[];
+      drop_capabilities: string[];
+      add_ambient_capabilities: string[];
+    }
+    export interface LinuxContainerSecurityContext {
+      capabilities?: runtime.v1.Capability | null;
+      privileged: boolean;
+      namespace_options?: runtime.v1.NamespaceOption | null;
+      selinux_options?: runtime.v1.SELinuxOption | null;
+      run_as_user?: runtime.v1.Int64Value | null;
+      run_as_username: string;
+      readonly_rootfs: boolean;
+      supplemental_groups: number[];
+      apparmor_profile: string;
+      seccomp_profile_path: string;
+      no_new_privs: boolean;
+      run_as_group?: runtime.v1.Int64Value | null;
+      masked_paths: string[];
+      readonly_paths: string[];
+      seccomp?: runtime.v1.SecurityProfile | null;
+      apparmor?: runtime.v1.SecurityProfile | null;
+    }
+    export interface LinuxContainerConfig {
+      resources?: runtime.v1.LinuxContainerResources | null;
+      security_context?: runtime.v1.LinuxContainerSecurityContext | null;
+    }
+    export interface ContainerMetadata {
+      name: string;
+      attempt: number;
+    }
+    export interface Device {
+      container_path: string;
+      host_path: string;
+      permissions: string;
+    }
+    export interface ContainerConfig {
+      metadata?: runtime.v1.ContainerMetadata | null;
+      image?: runtime.v1.ImageSpec | null;
+      command: string[];
+      args: string[];
+      working_dir: string;
+      envs: runtime.v1.KeyValue[];
+      mounts: runtime.v1.Mount[];
+      devices: runtime.v1.Device[];
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      log_path: string;
+      stdin: boolean;
+      stdin_once: boolean;
+      tty: boolean;
+      linux?: runtime.v1.LinuxContainerConfig | null;
+    }
+    export interface CreateContainerRequest {
+      pod_sandbox_id: string;
+      config?: runtime.v1.ContainerConfig | null;
+      sandbox_config?: runtime.v1.PodSandboxConfig | null;
+    }
+    export interface CreateContainerResponse {
+      container_id: string;
+    }
+    export interface StartContainerRequest {
+      container_id: string;
+    }
+    export interface StartContainerResponse {
+    }
+    export interface StopContainerRequest {
+      container_id: string;
+      timeout: number;
+    }
+    export interface StopContainerResponse {
+    }
+    export interface RemoveContainerRequest {
+      container_id: string;
+    }
+    export interface RemoveContainerResponse {
+    }
+    export const ContainerState = {
+      CONTAINER_CREATED: 0,
+      CONTAINER_RUNNING: 1,
+      CONTAINER_EXITED: 2,
+      CONTAINER_UNKNOWN: 3,
+    } as const;
+    export type ContainerState = (typeof ContainerState)[keyof typeof ContainerState];
+    export interface ContainerStateValue {
+      state: runtime.v1.ContainerState;
+    }
+    export interface ContainerFilter {
+      id: string;
+      state?: runtime.v1.ContainerStateValue | null;
+      pod_sandbox_id: string;
+      label_selector: Record<string, string>;
+    }
+    export interface ListContainersRequest {
+      filter?: runtime.v1.ContainerFilter | null;
+    }
+    export interface Container {
+      id: string;
+      pod_sandbox_id: string;
+      metadata?: runtime.v1.ContainerMetadata | null;
+      image?: runtime.v1.ImageSpec | null;
+      image_ref: string;
+      state: runtime.v1.ContainerState;
+      created_at: number;
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      image_id: string;
+    }
+    export interface ListContainersResponse {
+      containers: runtime.v1.Container[];
+    }
+    export interface ContainerStatusRequest {
+      container_id: string;
+      verbose: boolean;
+    }
+    export interface ContainerStatus {
+      id: string;
+      metadata?: runtime.v1.ContainerMetadata | null;
+      state: runtime.v1.ContainerState;
+      created_at: number;
+      started_at: number;
+      finished_at: number;
+      exit_code: number;
+      image?: runtime.v1.ImageSpec | null;
+      image_ref: string;
+      reason: string;
+      message: string;
+      labels: Record<string, string>;
+      annotations: Record<string, string>;
+      mounts: runtime.v1.Mount[];
+      log_path: string;
+      image_id: string;
+    }
+    export interface ContainerStatusResponse {
+      status?: runtime.v1.ContainerStatus | null;
+      info: Record<string, string>;
+    }
+    export interface ExecSyncRequest {
+      container_id: string;
+      cmd: string[];
+      timeout: number;
+    }
+    export interface ExecSyncResponse {
+      stdout: Uint8Array;
+      stderr: Uint8Array;
+      exit_code: number;
+    }
+    export interface ImageFilter {
+      image?: runtime.v1.ImageSpec | null;
+    }
+    export interface ListImagesRequest {
+      filter?: runtime.v1.ImageFilter | null;
+    }
+    export interface Image {
+      id: string;
+      repo_tags: string[];
+      repo_digests: string[];
+      size: number;
+      uid?: runtime.v1.Int64Value | null;
+      username: string;
+      spec?: runtime.v1.ImageSpec | null;
+      pinned: boolean;
+    }
+    export interface ListImagesResponse {
+      images: runtime.v1.Image[];
+    }
+    export interface ImageStatusRequest {
+      image?: runtime.v1.ImageSpec | null;
+      verbose: boolean;
+    }
+    export interface ImageStatusResponse {
+      image?: runtime.v1.Image | null;
+      info: Record<string, string>;
     }
   }
 }
@@ -1311,6 +1829,32 @@ export interface Messages {
   'containerd.task.v2.UpdateTaskRequest': containerd.task.v2.UpdateTaskRequest;
   'containerd.task.v2.WaitRequest': containerd.task.v2.WaitRequest;
   'containerd.task.v2.WaitResponse': containerd.task.v2.WaitResponse;
+  'containerd.task.v3.CheckpointTaskRequest': containerd.task.v3.CheckpointTaskRequest;
+  'containerd.task.v3.CloseIORequest': containerd.task.v3.CloseIORequest;
+  'containerd.task.v3.ConnectRequest': containerd.task.v3.ConnectRequest;
+  'containerd.task.v3.ConnectResponse': containerd.task.v3.ConnectResponse;
+  'containerd.task.v3.CreateTaskRequest': containerd.task.v3.CreateTaskRequest;
+  'containerd.task.v3.CreateTaskResponse': containerd.task.v3.CreateTaskResponse;
+  'containerd.task.v3.DeleteRequest': containerd.task.v3.DeleteRequest;
+  'containerd.task.v3.DeleteResponse': containerd.task.v3.DeleteResponse;
+  'containerd.task.v3.ExecProcessRequest': containerd.task.v3.ExecProcessRequest;
+  'containerd.task.v3.ExecProcessResponse': containerd.task.v3.ExecProcessResponse;
+  'containerd.task.v3.KillRequest': containerd.task.v3.KillRequest;
+  'containerd.task.v3.PauseRequest': containerd.task.v3.PauseRequest;
+  'containerd.task.v3.PidsRequest': containerd.task.v3.PidsRequest;
+  'containerd.task.v3.PidsResponse': containerd.task.v3.PidsResponse;
+  'containerd.task.v3.ResizePtyRequest': containerd.task.v3.ResizePtyRequest;
+  'containerd.task.v3.ResumeRequest': containerd.task.v3.ResumeRequest;
+  'containerd.task.v3.ShutdownRequest': containerd.task.v3.ShutdownRequest;
+  'containerd.task.v3.StartRequest': containerd.task.v3.StartRequest;
+  'containerd.task.v3.StartResponse': containerd.task.v3.StartResponse;
+  'containerd.task.v3.StateRequest': containerd.task.v3.StateRequest;
+  'containerd.task.v3.StateResponse': containerd.task.v3.StateResponse;
+  'containerd.task.v3.StatsRequest': containerd.task.v3.StatsRequest;
+  'containerd.task.v3.StatsResponse': containerd.task.v3.StatsResponse;
+  'containerd.task.v3.UpdateTaskRequest': containerd.task.v3.UpdateTaskRequest;
+  'containerd.task.v3.WaitRequest': containerd.task.v3.WaitRequest;
+  'containerd.task.v3.WaitResponse': containerd.task.v3.WaitResponse;
   'containerd.types.Mount': containerd.types.Mount;
   'containerd.v1.types.Process': containerd.v1.types.Process;
   'containerd.v1.types.ProcessInfo': containerd.v1.types.ProcessInfo;
@@ -1453,6 +1997,71 @@ export interface Messages {
   'io.containerd.cgroups.v2.PSIStats': io.containerd.cgroups.v2.PSIStats;
   'io.containerd.cgroups.v2.RdmaEntry': io.containerd.cgroups.v2.RdmaEntry;
   'io.containerd.cgroups.v2.RdmaStat': io.containerd.cgroups.v2.RdmaStat;
+  'runtime.v1.Capability': runtime.v1.Capability;
+  'runtime.v1.Container': runtime.v1.Container;
+  'runtime.v1.ContainerConfig': runtime.v1.ContainerConfig;
+  'runtime.v1.ContainerFilter': runtime.v1.ContainerFilter;
+  'runtime.v1.ContainerMetadata': runtime.v1.ContainerMetadata;
+  'runtime.v1.ContainerStateValue': runtime.v1.ContainerStateValue;
+  'runtime.v1.ContainerStatus': runtime.v1.ContainerStatus;
+  'runtime.v1.ContainerStatusRequest': runtime.v1.ContainerStatusRequest;
+  'runtime.v1.ContainerStatusResponse': runtime.v1.ContainerStatusResponse;
+  'runtime.v1.CreateContainerRequest': runtime.v1.CreateContainerRequest;
+  'runtime.v1.CreateContainerResponse': runtime.v1.CreateContainerResponse;
+  'runtime.v1.Device': runtime.v1.Device;
+  'runtime.v1.DNSConfig': runtime.v1.DNSConfig;
+  'runtime.v1.ExecSyncRequest': runtime.v1.ExecSyncRequest;
+  'runtime.v1.ExecSyncResponse': runtime.v1.ExecSyncResponse;
+  'runtime.v1.HugepageLimit': runtime.v1.HugepageLimit;
+  'runtime.v1.Image': runtime.v1.Image;
+  'runtime.v1.ImageFilter': runtime.v1.ImageFilter;
+  'runtime.v1.ImageSpec': runtime.v1.ImageSpec;
+  'runtime.v1.ImageStatusRequest': runtime.v1.ImageStatusRequest;
+  'runtime.v1.ImageStatusResponse': runtime.v1.ImageStatusResponse;
+  'runtime.v1.Int64Value': runtime.v1.Int64Value;
+  'runtime.v1.KeyValue': runtime.v1.KeyValue;
+  'runtime.v1.LinuxContainerConfig': runtime.v1.LinuxContainerConfig;
+  'runtime.v1.LinuxContainerResources': runtime.v1.LinuxContainerResources;
+  'runtime.v1.LinuxContainerSecurityContext': runtime.v1.LinuxContainerSecurityContext;
+  'runtime.v1.LinuxPodSandboxConfig': runtime.v1.LinuxPodSandboxConfig;
+  'runtime.v1.LinuxPodSandboxStatus': runtime.v1.LinuxPodSandboxStatus;
+  'runtime.v1.LinuxSandboxSecurityContext': runtime.v1.LinuxSandboxSecurityContext;
+  'runtime.v1.ListContainersRequest': runtime.v1.ListContainersRequest;
+  'runtime.v1.ListContainersResponse': runtime.v1.ListContainersResponse;
+  'runtime.v1.ListImagesRequest': runtime.v1.ListImagesRequest;
+  'runtime.v1.ListImagesResponse': runtime.v1.ListImagesResponse;
+  'runtime.v1.ListPodSandboxRequest': runtime.v1.ListPodSandboxRequest;
+  'runtime.v1.ListPodSandboxResponse': runtime.v1.ListPodSandboxResponse;
+  'runtime.v1.Mount': runtime.v1.Mount;
+  'runtime.v1.Namespace': runtime.v1.Namespace;
+  'runtime.v1.NamespaceOption': runtime.v1.NamespaceOption;
+  'runtime.v1.PodIP': runtime.v1.PodIP;
+  'runtime.v1.PodSandbox': runtime.v1.PodSandbox;
+  'runtime.v1.PodSandboxConfig': runtime.v1.PodSandboxConfig;
+  'runtime.v1.PodSandboxFilter': runtime.v1.PodSandboxFilter;
+  'runtime.v1.PodSandboxMetadata': runtime.v1.PodSandboxMetadata;
+  'runtime.v1.PodSandboxNetworkStatus': runtime.v1.PodSandboxNetworkStatus;
+  'runtime.v1.PodSandboxStateValue': runtime.v1.PodSandboxStateValue;
+  'runtime.v1.PodSandboxStatus': runtime.v1.PodSandboxStatus;
+  'runtime.v1.PodSandboxStatusRequest': runtime.v1.PodSandboxStatusRequest;
+  'runtime.v1.PodSandboxStatusResponse': runtime.v1.PodSandboxStatusResponse;
+  'runtime.v1.PortMapping': runtime.v1.PortMapping;
+  'runtime.v1.RemoveContainerRequest': runtime.v1.RemoveContainerRequest;
+  'runtime.v1.RemoveContainerResponse': runtime.v1.RemoveContainerResponse;
+  'runtime.v1.RemovePodSandboxRequest': runtime.v1.RemovePodSandboxRequest;
+  'runtime.v1.RemovePodSandboxResponse': runtime.v1.RemovePodSandboxResponse;
+  'runtime.v1.RunPodSandboxRequest': runtime.v1.RunPodSandboxRequest;
+  'runtime.v1.RunPodSandboxResponse': runtime.v1.RunPodSandboxResponse;
+  'runtime.v1.SecurityProfile': runtime.v1.SecurityProfile;
+  'runtime.v1.SELinuxOption': runtime.v1.SELinuxOption;
+  'runtime.v1.StartContainerRequest': runtime.v1.StartContainerRequest;
+  'runtime.v1.StartContainerResponse': runtime.v1.StartContainerResponse;
+  'runtime.v1.StopContainerRequest': runtime.v1.StopContainerRequest;
+  'runtime.v1.StopContainerResponse': runtime.v1.StopContainerResponse;
+  'runtime.v1.StopPodSandboxRequest': runtime.v1.StopPodSandboxRequest;
+  'runtime.v1.StopPodSandboxResponse': runtime.v1.StopPodSandboxResponse;
+  'runtime.v1.VersionRequest': runtime.v1.VersionRequest;
+  'runtime.v1.VersionResponse': runtime.v1.VersionResponse;
   'runtimeoptions.v1.Options': runtimeoptions.v1.Options;
   'ttrpc.KeyValue': ttrpc.KeyValue;
   'ttrpc.Request': ttrpc.Request;
@@ -1500,6 +2109,25 @@ export interface Services {
     Connect: [containerd.task.v2.ConnectRequest, containerd.task.v2.ConnectResponse, false];
     Shutdown: [containerd.task.v2.ShutdownRequest, google.protobuf.Empty, false];
   };
+  'containerd.task.v3.Task': {
+    State: [containerd.task.v3.StateRequest, containerd.task.v3.StateResponse, false];
+    Create: [containerd.task.v3.CreateTaskRequest, containerd.task.v3.CreateTaskResponse, false];
+    Start: [containerd.task.v3.StartRequest, containerd.task.v3.StartResponse, false];
+    Delete: [containerd.task.v3.DeleteRequest, containerd.task.v3.DeleteResponse, false];
+    Pids: [containerd.task.v3.PidsRequest, containerd.task.v3.PidsResponse, false];
+    Pause: [containerd.task.v3.PauseRequest, google.protobuf.Empty, false];
+    Resume: [containerd.task.v3.ResumeRequest, google.protobuf.Empty, false];
+    Checkpoint: [containerd.task.v3.CheckpointTaskRequest, google.protobuf.Empty, false];
+    Kill: [containerd.task.v3.KillRequest, google.protobuf.Empty, false];
+    Exec: [containerd.task.v3.ExecProcessRequest, google.protobuf.Empty, false];
+    ResizePty: [containerd.task.v3.ResizePtyRequest, google.protobuf.Empty, false];
+    CloseIO: [containerd.task.v3.CloseIORequest, google.protobuf.Empty, false];
+    Update: [containerd.task.v3.UpdateTaskRequest, google.protobuf.Empty, false];
+    Wait: [containerd.task.v3.WaitRequest, containerd.task.v3.WaitResponse, false];
+    Stats: [containerd.task.v3.StatsRequest, containerd.task.v3.StatsResponse, false];
+    Connect: [containerd.task.v3.ConnectRequest, containerd.task.v3.ConnectResponse, false];
+    Shutdown: [containerd.task.v3.ShutdownRequest, google.protobuf.Empty, false];
+  };
   'grpc.AgentService': {
     CreateContainer: [grpc.CreateContainerRequest, google.protobuf.Empty, false];
     StartContainer: [grpc.StartContainerRequest, google.protobuf.Empty, false];
@@ -1545,5 +2173,24 @@ export interface Services {
   'grpc.Health': {
     Check: [grpc.CheckRequest, grpc.HealthCheckResponse, false];
     Version: [grpc.CheckRequest, grpc.VersionCheckResponse, false];
+  };
+  'runtime.v1.ImageService': {
+    ListImages: [runtime.v1.ListImagesRequest, runtime.v1.ListImagesResponse, false];
+    ImageStatus: [runtime.v1.ImageStatusRequest, runtime.v1.ImageStatusResponse, false];
+  };
+  'runtime.v1.RuntimeService': {
+    Version: [runtime.v1.VersionRequest, runtime.v1.VersionResponse, false];
+    RunPodSandbox: [runtime.v1.RunPodSandboxRequest, runtime.v1.RunPodSandboxResponse, false];
+    StopPodSandbox: [runtime.v1.StopPodSandboxRequest, runtime.v1.StopPodSandboxResponse, false];
+    RemovePodSandbox: [runtime.v1.RemovePodSandboxRequest, runtime.v1.RemovePodSandboxResponse, false];
+    PodSandboxStatus: [runtime.v1.PodSandboxStatusRequest, runtime.v1.PodSandboxStatusResponse, false];
+    ListPodSandbox: [runtime.v1.ListPodSandboxRequest, runtime.v1.ListPodSandboxResponse, false];
+    CreateContainer: [runtime.v1.CreateContainerRequest, runtime.v1.CreateContainerResponse, false];
+    StartContainer: [runtime.v1.StartContainerRequest, runtime.v1.StartContainerResponse, false];
+    StopContainer: [runtime.v1.StopContainerRequest, runtime.v1.StopContainerResponse, false];
+    RemoveContainer: [runtime.v1.RemoveContainerRequest, runtime.v1.RemoveContainerResponse, false];
+    ListContainers: [runtime.v1.ListContainersRequest, runtime.v1.ListContainersResponse, false];
+    ContainerStatus: [runtime.v1.ContainerStatusRequest, runtime.v1.ContainerStatusResponse, false];
+    ExecSync: [runtime.v1.ExecSyncRequest, runtime.v1.ExecSyncResponse, false];
   };
 }

@@ -1,7 +1,7 @@
 // grpc.Spec -> OCI runtime-spec JSON: field names and meanings as config.json has them.
 import { describe, expect, it } from 'vitest';
 import { decode, encode } from '../../proto/registry.js';
-import { specToOci, resourcesToOci } from '../../agent/spec.js';
+import { specToOci, resourcesToOci, ociVersionFor } from '../../agent/spec.js';
 import { exitCodeFromWaitStatus } from '../../agent/process.js';
 import { parseBlkioV1 } from '../../agent/cgroups.js';
 
@@ -92,6 +92,15 @@ describe('spec conversion', () => {
       cpu: { quota: -1 },
       pids: { limit: -1 },
     });
+  });
+
+  it('writes an ociVersion the guest crun accepts: containerd 2.x sends 1.2.x', () => {
+    expect(ociVersionFor('1.2.1')).toBe('1.1.0');
+    expect(ociVersionFor('1.3.0')).toBe('1.1.0');
+    expect(ociVersionFor('1.1.0')).toBe('1.1.0');
+    expect(ociVersionFor('1.0.2-dev')).toBe('1.0.2-dev');
+    expect(ociVersionFor('')).toBe('1.0.2');
+    expect(ociVersionFor('2.0.0')).toBe('2.0.0');
   });
 
   it('computes exit codes as Kata reports them', () => {

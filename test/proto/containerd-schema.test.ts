@@ -11,6 +11,7 @@ const SCHEMA_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '.
 
 const FILES = [
   'containerd/runtime/task/v2/shim.proto',
+  'containerd/runtime/task/v3/shim.proto',
   'containerd/events/task.proto',
   'containerd/services/ttrpc/events/v1/events.proto',
   'containerd/services/snapshots/v1/snapshots.proto',
@@ -45,6 +46,23 @@ function expectField(typeName: string, field: string, id: number, type: string, 
 
 beforeAll(() => {
   root = loadRoot();
+});
+
+describe('containerd.task.v3.Task', () => {
+  // containerd 2.x calls v3 on a shim that bootstraps as version 3; the shim serves one
+  // implementation under both names, which is right only while the two match field for field.
+  it('has the rpcs of v2 (upstream adds a streaming Events, left out) with the same messages', () => {
+    const v2 = root.lookupService('containerd.task.v2.Task');
+    const v3 = root.lookupService('containerd.task.v3.Task');
+    const sig = (s: protobuf.Service) => Object.fromEntries(s.methodsArray.map((m) => [m.name, `${m.requestType} -> ${m.responseType}`]));
+    expect(sig(v3)).toEqual(sig(v2));
+    for (const m of v3.methodsArray) {
+      for (const t of [m.requestType, m.responseType]) {
+        if (t.startsWith('google.')) continue;
+        expect(fieldsOf(`containerd.task.v3.${t}`), t).toEqual(fieldsOf(`containerd.task.v2.${t}`));
+      }
+    }
+  });
 });
 
 describe('containerd.task.v2.Task', () => {
