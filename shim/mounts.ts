@@ -14,7 +14,8 @@ export interface MountSpec {
 }
 
 export async function mount(m: MountSpec, target: string): Promise<void> {
-  fs.mkdirSync(target, { recursive: true });
+  // A file bind mount's target is a file (made by bindMount): only a missing target becomes a dir.
+  if (!fs.existsSync(target)) fs.mkdirSync(target, { recursive: true });
   const args = ['-t', m.type || 'none'];
   const opts = m.options.filter((o) => o.length > 0);
   if (opts.length) args.push('-o', opts.join(','));

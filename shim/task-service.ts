@@ -1,6 +1,8 @@
 // containerd.task.v2.Task for katats: containerd's view of tasks, mapped onto one sandbox VM per
-// shim (one per pod) and the agent inside it. The first container created is the sandbox: its
-// Create boots the VM; its Delete (after every other container is gone) powers it off.
+// shim (one per pod) and the agent inside it. The sandbox container (CRI's pause container, or a
+// lone container without CRI annotations) boots the VM in its Create; the other containers of the
+// pod join that VM. The VM is powered off when the last container is deleted, so deleting the
+// sandbox container while others remain leaves them running (as Kata does).
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
@@ -19,8 +21,11 @@ import { bindMount, mount, unmountAll } from './mounts.js';
 import { metricsAny } from './metrics.js';
 
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
-const SANDBOX_ID_ANNOTATIONS = ['io.kubernetes.cri.sandbox-id', 'io.containerd.runc.v2.group'];
 const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
+/** The pod's /dev/shm inside the guest (Kata's kataGuestSandboxDir()/shm): one tmpfs all containers bind. */
+export const GUEST_SANDBOX_SHM = '/run/kata-containers/sandbox/shm';
+/** containerd's CRI default for the sandbox's shm size, used when the host's cannot be read. */
+const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
 /** Agent calls that set things up get a deadline: a wedged guest must fail the request, not hang it. */
 const AGENT_SETUP_TIMEOUT_MS = 120_000;
 /** Exit status reported for processes whose VM died under them. */
@@ -61,6 +66,8 @@ export class TaskService {
   private readonly containers = new Map<string, ShimContainer>();
   private readonly log: Logger;
   private vmDead = false;
+  /** Whether the guest has the pod's /dev/shm at GUEST_SANDBOX_SHM (the sandbox had a private one). */
+  private podShm = false;
 
   constructor(private readonly o: TaskServiceOptions) {
     this.log = o.log;
@@ -118,6 +125,7 @@ export class TaskService {
     // Tracked from here on: whatever fails next, the shim's cleanup must find this VM to stop it.
     this.guest = guest;
     void guest.exited.then((exit) => this.onVmExit(exit.reason));
+    const shmBytes = podShmBytes(spec);
     await guest.agent.CreateSandbox({
       hostname: spec.Hostname,
       sandbox_id: this.o.sandboxId,
@@ -129,9 +137,14 @@ export class TaskService {
           options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'],
           mount_point: GUEST_SHARED_DIR,
         },
+        // A host tmpfs seen through 9p would share files but not memory: the pod's shm lives in the guest.
+        ...(shmBytes
+          ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: GUEST_SANDBOX_SHM }]
+          : []),
       ],
     }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
-    this.log.info('sandbox created in the guest');
+    this.podShm = shmBytes > 0;
+    this.log.info({ podShmBytes: shmBytes || undefined }, 'sandbox created in the guest');
     return guest;
   }
 
@@ -191,14 +204,16 @@ export class TaskService {
     for (const m of spec.Mounts ?? []) {
       const isBind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
       if (!isBind || !m.source.startsWith('/')) continue;
+      if (isPodShm(m) && this.podShm) {
+        m.source = GUEST_SANDBOX_SHM;
+        continue;
+      }
       if (m.source.startsWith('/dev') || m.source.startsWith('/proc') || m.source.startsWith('/sys')) continue;
       if (!fs.existsSync(m.source)) throw new TtrpcError(Code.InvalidArgument, `container ${id}: bind mount source ${m.source} does not exist`);
       const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
       await bindMount(m.source, path.join(dir, 'mounts', name), m.options.includes('ro'));
       m.source = `${guestDir}/mounts/${name}`;
     }
-    // The guest has its own network stack: a host network namespace path means nothing there.
-    if (spec.Linux) spec.Linux.Namespaces = spec.Linux.Namespaces.filter((n) => n.Type !== 'network');
     return dir;
   }
 
@@ -208,8 +223,14 @@ export class TaskService {
       if (req.checkpoint) throw new TtrpcError(Code.Unimplemented, 'katats cannot restore from a checkpoint');
       const log = this.log.child({ container: req.id });
       const { spec } = this.readSpec(req.bundle);
-      const isSandbox = this.containers.size === 0;
-      if (isSandbox && !this.guest) {
+      const type = spec.Annotations?.[CONTAINER_TYPE_ANNOTATION];
+      // Without CRI's annotation (ctr, plain containerd clients) the pod's first container is its sandbox.
+      const isSandbox = type ? type === 'sandbox' : !this.guest && this.containers.size === 0;
+      if (isSandbox && this.guest) throw new TtrpcError(Code.AlreadyExists, `pod ${this.o.sandboxId} already runs its sandbox VM; ${req.id} cannot be a second sandbox container`);
+      if (!isSandbox && !this.guest) {
+        throw new TtrpcError(Code.FailedPrecondition, `container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
+      }
+      if (isSandbox) {
         try {
           await this.bootSandbox(spec, req.options);
         } catch (e) {
@@ -218,6 +239,7 @@ export class TaskService {
         }
       }
       const guest = this.guest!;
+      const sandboxPidns = constrainNamespaces(spec);
       const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest.sharedDir).catch(async (e) => {
         await unmountAll(path.join(guest.sharedDir, req.id));
         throw e;
@@ -227,7 +249,10 @@ export class TaskService {
       if (spec.Process) spec.Process.Terminal = req.terminal;
       const init = new ShimProcess(req.id, '', stdio, guest.agent, log, this.o.namespace);
       try {
-        await this.agent().CreateContainer({ container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [] }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
+        await this.agent().CreateContainer(
+          { container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [], sandbox_pidns: sandboxPidns },
+          { timeoutMs: AGENT_SETUP_TIMEOUT_MS },
+        );
       } catch (e) {
         await unmountAll(sharedDir);
         fs.rmSync(sharedDir, { recursive: true, force: true });
@@ -241,7 +266,7 @@ export class TaskService {
         io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
         pid: init.pid,
       });
-      log.info({ sandbox: isSandbox, type: spec.Annotations?.[CONTAINER_TYPE_ANNOTATION] }, 'container created');
+      log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
       return { pid: init.pid };
     },
 
@@ -438,4 +463,42 @@ export class TaskService {
     this.containers.clear();
     await this.stopSandbox().catch(() => undefined);
   }
+}
+
+/** A bind of a private /dev/shm (CRI's sandbox shm dir on the host); the host's own /dev/shm is not one. */
+function isPodShm(m: grpc.Mount): boolean {
+  return m.destination === '/dev/shm' && m.source !== '/dev/shm';
+}
+
+/**
+ * Size of the pod's /dev/shm from a CRI sandbox container's spec: 0 when the pod has none of its
+ * own. Only CRI's pause container says that its /dev/shm is the pod's: elsewhere a bind onto
+ * /dev/shm is the user's directory and goes through the share like any other.
+ */
+function podShmBytes(spec: grpc.Spec): number {
+  if (spec.Annotations?.[CONTAINER_TYPE_ANNOTATION] !== 'sandbox') return 0;
+  const m = (spec.Mounts ?? []).find((x) => isPodShm(x) && (x.type === 'bind' || x.options.includes('bind') || x.options.includes('rbind')));
+  if (!m) return 0;
+  try {
+    const st = fs.statfsSync(m.source);
+    return st.blocks * st.bsize || DEFAULT_SHM_BYTES;
+  } catch {
+    return DEFAULT_SHM_BYTES;
+  }
+}
+
+/**
+ * Host namespace paths mean nothing in the guest (Kata's constrainGRPCSpec and handlePidNamespace):
+ * the network stack is the VM's and cgroup namespaces are the guest's own, so both go; a pid
+ * namespace with a path asks to join the pod's (returned, for sandbox_pidns); other paths are
+ * cleared, and the agent puts ipc and uts into the pod's shared namespaces.
+ */
+function constrainNamespaces(spec: grpc.Spec): boolean {
+  if (!spec.Linux) return false;
+  let sandboxPidns = false;
+  spec.Linux.Namespaces = spec.Linux.Namespaces.filter((n) => n.Type !== 'network' && n.Type !== 'cgroup').map((n) => {
+    if (n.Type === 'pid' && n.Path) sandboxPidns = true;
+    return { ...n, Path: '' };
+  });
+  return sandboxPidns;
 }

@@ -4,6 +4,7 @@ import { parse } from 'smol-toml';
 import { describe, expect, test } from 'vitest';
 import { containerdConfig, shimBinaryName, RUNC_V2 } from '../harness/containerd.js';
 import { runscWrapperScript } from '../harness/runsc.js';
+import { PAUSE_IMAGE } from '../images/pause.js';
 
 const base = {
   root: '/tmp/x/root',
@@ -40,12 +41,29 @@ describe('containerd config', () => {
     expect(rt.katats).toEqual({ runtime_type: 'io.containerd.katats.v2' });
   });
 
+  test('1.x with CRI: the local pause image, CNI and netns inside the instance, settings for root without CAP_SYS_RESOURCE', () => {
+    const cri = (parse(containerdConfig({ ...base, major: 1, cri: true })) as Record<string, any>).plugins['io.containerd.grpc.v1.cri'];
+    expect(cri.sandbox_image).toBe(PAUSE_IMAGE);
+    expect(cri.cni.conf_dir).toBe('/tmp/x/root/cni/net.d');
+    expect(cri.cni.bin_dir).toBe('/tmp/x/root/cni/bin');
+    expect(cri.netns_mounts_under_state_dir).toBe(true);
+    expect(cri.restrict_oom_score_adj).toBe(true);
+    expect(cri.disable_apparmor).toBe(true);
+    expect(cri.stream_server_address).toBe('127.0.0.1');
+    expect(cri.containerd.snapshotter).toBe('overlayfs');
+    const other = (parse(containerdConfig({ ...base, major: 1, cri: true, sandboxImage: 'x.local/p:1' })) as Record<string, any>).plugins['io.containerd.grpc.v1.cri'];
+    expect(other.sandbox_image).toBe('x.local/p:1');
+  });
+
   test('2.x: version 3, CRI split into its plugins', () => {
     const off = parse(containerdConfig({ ...base, major: 2, cri: false })) as Record<string, any>;
     expect(off.version).toBe(3);
     expect(off.disabled_plugins).toEqual(expect.arrayContaining(['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.runtime', 'io.containerd.cri.v1.images']));
     const on = parse(containerdConfig({ ...base, major: 2, cri: true })) as Record<string, any>;
     expect(on.plugins['io.containerd.cri.v1.runtime'].containerd.runtimes.katats.runtime_type).toBe('io.containerd.katats.v2');
+    expect(on.plugins['io.containerd.cri.v1.images'].pinned_images.sandbox).toBe(PAUSE_IMAGE);
+    expect(on.plugins['io.containerd.cri.v1.runtime'].cni.conf_dir).toBe('/tmp/x/root/cni/net.d');
+    expect(on.plugins['io.containerd.cri.v1.runtime'].cni.bin_dirs).toEqual(['/tmp/x/root/cni/bin']);
   });
 
   test('shim binary names and the runsc wrapper', () => {

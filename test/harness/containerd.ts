@@ -1,5 +1,6 @@
 // A private containerd for tests and benchmarks: its own root, state, gRPC and ttrpc sockets and
-// config (written with smol-toml), CRI off unless asked, the default overlayfs snapshotter, and
+// config (written with smol-toml), CRI off unless asked (then with a locally built pause image,
+// CNI dirs of its own and host-network pods in mind), the default overlayfs snapshotter, and
 // runtimes registered by name. Works with bookworm's containerd 1.6 (the installed package) and with
 // sid's or trixie's (2.x, 1.7) unpacked from their .debs. stop() leaves nothing behind: no process
 // of its namespace (shims, containers, runsc sandboxes), no mount, no socket, no directory.
@@ -14,6 +15,8 @@ import { unpackDeb } from './debs.js';
 import { fileLogger, type FileLogger, type Logger } from './log.js';
 import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
+import { CriClient } from './cri.js';
+import { pauseImage, PAUSE_IMAGE, PAUSE_INDEX } from '../images/pause.js';
 
 /** Where the containerd binaries come from: the installed Debian package (bookworm), or a newer suite's .deb unpacked. */
 export type ContainerdFlavor = 'bookworm' | 'trixie' | 'sid';
@@ -28,6 +31,9 @@ export interface ContainerdBinaries {
   version: string;
   major: number;
 }
+
+/** The containerd namespace CRI keeps its pods, containers and images in. */
+export const CRI_NAMESPACE = 'k8s.io';
 
 /** The runc shim's runtime type: runtimes of this type take `--runc-binary` and `--runc-root`. */
 export const RUNC_V2 = 'io.containerd.runc.v2';
@@ -51,7 +57,11 @@ export interface ContainerdOptions {
   binaries?: ContainerdBinaries;
   /** Registered in addition to `runc` (io.containerd.runc.v2), which is always there. */
   runtimes?: RuntimeRegistration[];
-  /** Keep the CRI plugin (default off). */
+  /**
+   * Keep the CRI plugin (default off). Its sandbox image is the locally built pause image
+   * (test/images/pause.ts), imported into the k8s.io namespace by startContainerd; CNI looks for
+   * configs and plugins inside the instance dir only, so pods meant to run are host-network pods.
+   */
   cri?: boolean;
   /** Default: a fresh `katats-<hex>` (unique, so runc state, cgroups and shims of two instances never mix). */
   namespace?: string;
@@ -65,6 +75,11 @@ export interface ContainerdOptions {
   startTimeoutMs?: number;
 }
 
+export interface CtrOptions extends RunOptions {
+  /** containerd namespace for this call (default: the instance's own). */
+  namespace?: string;
+}
+
 export interface StopReport {
   /** Processes that stop() had to kill (shims, containers, runsc sandboxes): empty after a clean run. */
   killed: ProcInfo[];
@@ -72,6 +87,8 @@ export interface StopReport {
   unmounted: string[];
   /** Tasks that were still present and removed with `ctr task rm -f`. */
   tasksRemoved: string[];
+  /** CRI pod sandboxes that were still present and stopped and removed through CRI. */
+  podsRemoved: string[];
 }
 
 const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -116,6 +133,10 @@ export function containerdConfig(c: {
   cri: boolean;
   runtimes: RuntimeRegistration[];
   logLevel: string;
+  /** With cri: the pod sandbox image (default PAUSE_IMAGE) and the CNI dirs (default inside root). */
+  sandboxImage?: string;
+  cniConfDir?: string;
+  cniBinDir?: string;
 }): string {
   const criPlugins = c.major >= 2 ? ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.runtime', 'io.containerd.cri.v1.images'] : ['io.containerd.grpc.v1.cri'];
   const disabled = [...(c.cri ? [] : criPlugins), 'io.containerd.nri.v1.nri'];
@@ -130,8 +151,33 @@ export function containerdConfig(c: {
       if (r.runcBinary) options.BinaryName = r.runcBinary;
       table[r.name] = { runtime_type: r.runtimeType, ...(Object.keys(options).length ? { options } : {}) };
     }
-    if (c.major >= 2) plugins['io.containerd.cri.v1.runtime'] = { containerd: { runtimes: table } };
-    else plugins['io.containerd.grpc.v1.cri'] = { containerd: { runtimes: table } };
+    const sandboxImage = c.sandboxImage ?? PAUSE_IMAGE;
+    // Never /etc/cni/net.d or /opt/cni/bin: a host's networks are not ours to use.
+    const cni = { conf_dir: c.cniConfDir ?? path.join(c.root, 'cni', 'net.d'), bin_dir: c.cniBinDir ?? path.join(c.root, 'cni', 'bin'), max_conf_num: 1 };
+    const runtime = {
+      // No AppArmor, no SELinux here; with AppArmor on, containerd would load its own profile.
+      disable_apparmor: true,
+      enable_selinux: false,
+      // Without CAP_SYS_RESOURCE (containers, nested sandboxes) the sandbox's oom_score_adj of -998
+      // cannot be set: cap it at containerd's own instead of failing every pod.
+      restrict_oom_score_adj: true,
+      // Pod network namespaces inside the instance's state dir, where stop() finds them.
+      netns_mounts_under_state_dir: true,
+      cni,
+      containerd: { snapshotter: 'overlayfs', default_runtime_name: 'runc', runtimes: table },
+    };
+    // The streaming server (exec/attach/port-forward URLs) on loopback, a free port.
+    const streaming = { stream_server_address: '127.0.0.1', stream_server_port: '0', disable_tcp_service: true };
+    if (c.major >= 2) {
+      const { containerd, cni: { bin_dir, ...cniRest }, ...rest } = runtime;
+      // 2.x reads a list of plugin dirs (bin_dirs); its bin_dir is deprecated.
+      const cni2 = { ...cniRest, bin_dirs: [bin_dir] };
+      plugins['io.containerd.cri.v1.runtime'] = { ...rest, cni: cni2, containerd: { default_runtime_name: containerd.default_runtime_name, runtimes: table } };
+      plugins['io.containerd.cri.v1.images'] = { snapshotter: containerd.snapshotter, pinned_images: { sandbox: sandboxImage } };
+      plugins['io.containerd.grpc.v1.cri'] = streaming;
+    } else {
+      plugins['io.containerd.grpc.v1.cri'] = { ...runtime, ...streaming, sandbox_image: sandboxImage };
+    }
   }
   return stringify({
     version: c.major >= 2 ? 3 : 2,
@@ -151,6 +197,9 @@ export class Containerd {
   /** pino, to harness.log in logDir. */
   readonly logger: Logger;
   private stopped = false;
+  private criClient: CriClient | undefined;
+  /** Whether the CRI plugin is on (startContainerd's `cri`). */
+  cri = false;
 
   constructor(
     readonly dir: string,
@@ -190,8 +239,30 @@ export class Containerd {
    * Where the shim of container `id` listens: containerd (1.6 and 2.x alike) names it
    * /run/containerd/s/<sha256 of "ADDRESS/NAMESPACE/ID">. A shim that is killed leaves it behind.
    */
-  shimSocketPath(id: string): string {
-    return path.join('/run/containerd/s', createHash('sha256').update(path.join(this.address, this.namespace, id)).digest('hex'));
+  shimSocketPath(id: string, namespace = this.namespace): string {
+    return path.join('/run/containerd/s', createHash('sha256').update(path.join(this.address, namespace, id)).digest('hex'));
+  }
+
+  /** Stops and removes every CRI pod (its containers go with it); returns their ids. Bounded in time. */
+  private async removeCriPods(): Promise<string[]> {
+    const cri = this.criApi();
+    const removed: string[] = [];
+    try {
+      const { items } = await cri.runtime.ListPodSandbox({}, { timeoutMs: 15_000 });
+      for (const pod of items) {
+        try {
+          await cri.runtime.StopPodSandbox({ pod_sandbox_id: pod.id }, { timeoutMs: 120_000 });
+          await cri.runtime.RemovePodSandbox({ pod_sandbox_id: pod.id }, { timeoutMs: 60_000 });
+          removed.push(pod.id);
+        } catch (err) {
+          this.logger.warn({ err, pod: pod.id }, 'CRI could not remove a pod; the forceful path follows');
+        }
+      }
+    } catch (err) {
+      this.logger.warn({ err }, 'CRI did not list its pods; the forceful path follows');
+    }
+    if (removed.length) this.logger.warn({ pods: removed }, 'removed CRI pods left running');
+    return removed;
   }
 
   /** The directory the runc shim keeps runc's (or runsc's) state in for runtime `name`. */
@@ -199,14 +270,25 @@ export class Containerd {
     return path.join(this.dir, 'runc', name);
   }
 
-  /** `ctr --address SOCK --namespace NS ARGS...` with this flavor's ctr; never throws for a non-zero exit. */
-  ctr(args: string[], opts: RunOptions = {}): Promise<RunResult> {
-    this.logger.debug({ args }, 'ctr');
-    return run(this.binaries.ctr, ['--address', this.address, '--namespace', this.namespace, ...args], { timeoutMs: 120_000, ...opts });
+  /**
+   * `ctr --address SOCK --namespace NS ARGS...` with this flavor's ctr; never throws for a non-zero
+   * exit. NS is this instance's namespace unless `opts.namespace` names another (CRI_NAMESPACE).
+   */
+  ctr(args: string[], opts: CtrOptions = {}): Promise<RunResult> {
+    const { namespace = this.namespace, ...runOpts } = opts;
+    this.logger.debug({ args, namespace }, 'ctr');
+    return run(this.binaries.ctr, ['--address', this.address, '--namespace', namespace, ...args], { timeoutMs: 120_000, ...runOpts });
+  }
+
+  /** The CRI client of this instance (one per instance, closed by stop()); only with `cri: true`. */
+  criApi(): CriClient {
+    if (!this.cri) throw new Error('this containerd runs without CRI (startContainerd({ cri: true }))');
+    this.criClient ??= new CriClient(this.address);
+    return this.criClient;
   }
 
   /** ctr() that rejects (with ctr's stderr) unless it exits 0. */
-  async ctrOk(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  async ctrOk(args: string[], opts: CtrOptions = {}): Promise<RunResult> {
     const r = await this.ctr(args, opts);
     if (r.code !== 0) throw new Error(`ctr ${args.join(' ')}: exit ${r.code ?? r.signal}: ${(r.stderr || r.stdout).trim().slice(-2000)}`);
     return r;
@@ -237,8 +319,8 @@ export class Containerd {
    * lacks). On 1.6 `indexName` must differ from the annotation's name, or the import fails with
    * "content digest ...: not found".
    */
-  async importImage(archive: string, indexName?: string): Promise<void> {
-    await this.ctrOk(['images', 'import', ...(indexName ? ['--index-name', indexName] : []), archive], { timeoutMs: 300_000 });
+  async importImage(archive: string, indexName?: string, opts: { namespace?: string } = {}): Promise<void> {
+    await this.ctrOk(['images', 'import', ...(indexName ? ['--index-name', indexName] : []), archive], { timeoutMs: 300_000, namespace: opts.namespace });
   }
 
   /** Image names known to this containerd. */
@@ -292,27 +374,35 @@ export class Containerd {
   spawnEnv: NodeJS.ProcessEnv = process.env;
 
   async stop(opts: { keepLogsIn?: string } = {}): Promise<StopReport> {
-    const report: StopReport = { killed: [], unmounted: [], tasksRemoved: [] };
+    const report: StopReport = { killed: [], unmounted: [], tasksRemoved: [], podsRemoved: [] };
     if (this.stopped) return report;
     this.stopped = true;
-    // 1. The gentle path: tasks and containers removed through containerd (bounded in time).
+    // 1. The gentle path: pods through CRI (which also unmounts their shm and removes their netns),
+    // then tasks and containers through containerd (bounded in time).
     const ids = new Set<string>();
+    if (this.containerdAlive() && this.cri) report.podsRemoved = await this.removeCriPods();
+    this.criClient?.close();
     if (this.containerdAlive()) {
-      const tasks = await this.ctr(['tasks', 'ls', '-q'], { timeoutMs: 15_000 });
-      for (const id of tasks.code === 0 ? tasks.stdout.split('\n').filter(Boolean) : []) {
-        ids.add(id);
-        await this.ctr(['tasks', 'rm', '-f', id], { timeoutMs: 15_000 });
-        report.tasksRemoved.push(id);
-      }
-      const cs = await this.ctr(['containers', 'ls', '-q'], { timeoutMs: 15_000 });
-      for (const id of cs.code === 0 ? cs.stdout.split('\n').filter(Boolean) : []) {
-        ids.add(id);
-        await this.ctr(['containers', 'rm', id], { timeoutMs: 15_000 });
+      for (const namespace of this.cri ? [this.namespace, CRI_NAMESPACE] : [this.namespace]) {
+        const tasks = await this.ctr(['tasks', 'ls', '-q'], { timeoutMs: 15_000, namespace });
+        for (const id of tasks.code === 0 ? tasks.stdout.split('\n').filter(Boolean) : []) {
+          ids.add(id);
+          await this.ctr(['tasks', 'rm', '-f', id], { timeoutMs: 15_000, namespace });
+          report.tasksRemoved.push(id);
+        }
+        const cs = await this.ctr(['containers', 'ls', '-q'], { timeoutMs: 15_000, namespace });
+        for (const id of cs.code === 0 ? cs.stdout.split('\n').filter(Boolean) : []) {
+          ids.add(id);
+          await this.ctr(['containers', 'rm', id], { timeoutMs: 15_000, namespace });
+        }
       }
     }
     // Shim sockets live in /run/containerd/s; the bundles name them.
     for (const id of bundleIds(this.state)) ids.add(id);
-    const shimSockets = [...bundleShimSockets(this.state), ...[...ids].map((id) => this.shimSocketPath(id))];
+    const shimSockets = [
+      ...bundleShimSockets(this.state),
+      ...[...ids].flatMap((id) => [this.shimSocketPath(id), ...(this.cri ? [this.shimSocketPath(id, CRI_NAMESPACE)] : [])]),
+    ];
     // 2. containerd itself: SIGTERM, then SIGKILL after 10 s.
     if (this.containerdAlive()) {
       const exited = new Promise<void>((r) => this.proc.once('exit', () => r()));
@@ -540,6 +630,9 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     runtimes,
     logLevel: opts.logLevel ?? 'info',
   };
+  if (cfg.cri) {
+    for (const d of ['net.d', 'bin']) fs.mkdirSync(path.join(cfg.root, 'cni', d), { recursive: true });
+  }
   fs.writeFileSync(path.join(dir, 'config.toml'), containerdConfig(cfg));
   const out = fs.openSync(path.join(logDir, 'containerd.log'), 'a');
   const spawnEnv = { ...process.env, PATH: `${binDir}:${binaries.binDir}:${process.env.PATH ?? ''}:${SYSTEM_PATH}` };
@@ -547,6 +640,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   fs.closeSync(out);
   const cd = new Containerd(dir, binaries, namespace, logDir, log, proc, runtimes);
   cd.spawnEnv = spawnEnv;
+  cd.cri = cfg.cri;
   logger.info({ dir, namespace, version: binaries.version, flavor: binaries.flavor, runtimes }, 'starting containerd');
   // Wait until it answers (or dies).
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
@@ -569,5 +663,17 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     await new Promise((r) => setTimeout(r, 100));
   }
   logger.info({ pid: cd.pid }, 'containerd answers');
+  if (cfg.cri) {
+    try {
+      // RunPodSandbox would try to pull the sandbox image from a registry if it were missing.
+      const pause = await pauseImage({ onProgress: opts.onProgress });
+      await cd.importImage(pause.archive, PAUSE_INDEX, { namespace: CRI_NAMESPACE });
+      const v = await cd.criApi().waitReady(Math.max(0, deadline - Date.now()) + 10_000);
+      logger.info({ runtime: v.runtime_name, version: v.runtime_version, api: v.runtime_api_version, sandboxImage: pause.name }, 'CRI answers');
+    } catch (e) {
+      await cd.stop();
+      throw e;
+    }
+  }
   return cd;
 }
