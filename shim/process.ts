@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { ServiceClient } from '../proto/rpc.js';
 import { Code, TtrpcError } from '../proto/ttrpc/index.js';
-import { openBinaryLogger, openOutput, openStdin, pump, releaseStdin, type StdioSink } from './stdio.js';
+import { openBinaryLogger, openOutput, openStdin, pump, releaseStdin, type BinaryLogger, type StdioSink } from './stdio.js';
 
 export interface StdioPaths {
   stdin: string;
@@ -30,6 +30,7 @@ export class ShimProcess {
   private exitWaiters: Array<(e: ExitInfo) => void> = [];
   private outputDone: Promise<void> = Promise.resolve();
   private sinks: StdioSink[] = [];
+  private binaryLogger: BinaryLogger | undefined;
   private stdinClosed = false;
   private stdinOpen: Promise<import('node:stream').Readable> | undefined;
   /** WriteStdin calls in order; closing waits for them. */
@@ -66,22 +67,29 @@ export class ShimProcess {
     const copies: Promise<unknown>[] = [];
     let outSink: StdioSink | undefined;
     let errSink: StdioSink | undefined;
-    if (stdout.startsWith('binary://')) {
-      const logger = await openBinaryLogger(stdout, this.containerId, this.namespace);
-      outSink = logger.stdout;
-      errSink = logger.stderr;
-    } else {
-      if (stdout) outSink = await openOutput(stdout);
-      if (stderr && !terminal) errSink = await openOutput(stderr);
+    const onError = (err: Error) => this.log.debug({ err }, 'output sink closed by its reader');
+    try {
+      if (stdout.startsWith('binary://')) {
+        // As with containerd's shims, CONTAINER_ID is the exec id for an exec.
+        this.binaryLogger = await openBinaryLogger(stdout, { containerId: this.execId || this.containerId, namespace: this.namespace, log: this.log });
+        outSink = this.binaryLogger.stdout;
+        errSink = this.binaryLogger.stderr;
+      } else {
+        if (stdout) outSink = await openOutput(stdout, { onError });
+        if (stderr && !terminal) errSink = await openOutput(stderr, { onError });
+      }
+    } catch (e) {
+      await outSink?.close();
+      await this.abandon(e as Error);
+      throw new Error(`${this.execId ? `exec ${this.execId}` : `container ${this.containerId}`}: cannot open its output: ${(e as Error).message}`);
     }
     if (outSink) {
       this.sinks.push(outSink);
       copies.push(pump(reader('ReadStdout'), outSink.stream).finally(() => outSink!.close()));
     }
-    if (errSink && !terminal) {
-      this.sinks.push(errSink);
-      copies.push(pump(reader('ReadStderr'), errSink.stream).finally(() => errSink!.close()));
-    }
+    // A terminal has no stderr: a log binary's fd 4 stays open, empty, until the process ends.
+    if (errSink) this.sinks.push(errSink);
+    if (errSink && !terminal) copies.push(pump(reader('ReadStderr'), errSink.stream).finally(() => errSink!.close()));
     this.outputDone = Promise.allSettled(copies).then(() => undefined);
     if (stdin) {
       this.stdinOpen = openStdin(stdin);
@@ -95,6 +103,22 @@ export class ShimProcess {
         })
         .catch((err) => this.log.debug({ err }, 'stdin FIFO could not be opened'));
     }
+  }
+
+  /**
+   * The process already runs in the guest but its output has nowhere to go: containerd's shims
+   * fail such a request before the process starts. Kill it and record its exit, so that the
+   * failed request leaves a task that can be deleted rather than one that never ends.
+   */
+  private async abandon(cause: Error): Promise<void> {
+    this.log.error({ err: cause }, 'cannot open the output; killing the process');
+    const ids = { container_id: this.containerId, exec_id: this.execId };
+    await this.agent.SignalProcess({ ...ids, signal: 9 }, { timeoutMs: 10_000 }).catch((err) => this.log.debug({ err }, 'SignalProcess failed'));
+    const status = await this.agent
+      .WaitProcess(ids, { timeoutMs: 10_000 })
+      .then((r) => r.status)
+      .catch(() => 128 + 9);
+    this.setExited(status);
   }
 
   private writeStdin(b: Uint8Array): Promise<void> {
@@ -180,6 +204,8 @@ export class ShimProcess {
     this.status = 'stopped';
     for (const w of this.exitWaiters.splice(0)) w(this.exit);
     for (const s of this.sinks) void s.close();
+    // The log binary has seen the end of both streams; it is not needed past the process.
+    if (this.binaryLogger) void this.binaryLogger.stop().catch((err) => this.log.warn({ err }, 'stopping the log binary failed'));
     if (this.stdio.stdin) releaseStdin(this.stdio.stdin);
     return this.exit;
   }

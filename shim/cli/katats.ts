@@ -1,7 +1,8 @@
 // katats: the operator's command line.
-//   katats doctor  [--address SOCK]   what works on this host and what is missing
-//   katats env                         the effective configuration, as TOML sections
-//   katats install [--prefix DIR] [--containerd-config FILE]   wire katats into containerd
+//   katats doctor  [--config FILE] [--address SOCK]   what works on this host and what is missing
+//   katats env     [--config FILE]                    the effective configuration, as TOML sections
+//   katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR]
+//                  [--katats-config FILE] [--bin-dir DIR]      wire katats into containerd
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toToml } from 'smol-toml';
@@ -45,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      console.error('usage: katats doctor|env|install [options]');
+      console.error('usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]');
       return 2;
   }
 }

@@ -1,0 +1,54 @@
+// Small helpers the katats shim suites share: polling, the shim's and agent's logs of a sandbox
+// for failure messages, and finding host processes by command line or environment.
+import fs from 'node:fs';
+import path from 'node:path';
+import { listProcs } from '../harness/procs.js';
+import { startContainerd, type Containerd } from '../harness/containerd.js';
+import { busyboxImage } from '../images/busybox.js';
+import { katatsEnv, type KatatsEnv } from './katats-env.js';
+
+export async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (ok(v) || Date.now() > end) return v;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The last lines of the shim's and the agent's log of one sandbox. */
+export function logsOf(logDir: string, sandbox: string, lines = 15): string {
+  const read = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-lines).join('\n') : '(none)');
+  return `--- shim log ---\n${read(path.join(logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(logDir, `${sandbox}-agent.log`))}`;
+}
+
+/** QEMU processes whose command line names `stateDir` (a katats env's), optionally of one sandbox. */
+export function qemuProcs(stateDir: string, sandbox?: string): number[] {
+  return listProcs()
+    .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
+    .map((p) => p.pid);
+}
+
+/** Processes whose environment holds every `KEY=value` given (e.g. a log binary's CONTAINER_ID). */
+export function procsWithEnv(vars: Record<string, string>): number[] {
+  const want = Object.entries(vars).map(([k, v]) => `${k}=${v}`);
+  const out: number[] = [];
+  for (const p of listProcs()) {
+    try {
+      const env = fs.readFileSync(`/proc/${p.pid}/environ`, 'utf8').split('\0');
+      if (want.every((w) => env.includes(w))) out.push(p.pid);
+    } catch {
+      /* gone, or a kernel thread */
+    }
+  }
+  return out;
+}
+
+/** A private katats env and a private containerd with katats registered and busybox imported. */
+export async function katatsContainerd(): Promise<{ env: KatatsEnv; c: Containerd; image: string }> {
+  const env = await katatsEnv();
+  const c = await startContainerd({ runtimes: [env.runtime] });
+  const img = await busyboxImage();
+  await c.importImage(img.archive, 'katats.local/busybox:index');
+  return { env, c, image: img.name };
+}
