@@ -116,7 +116,12 @@ if [ "$NODE_SNAPSHOT" != 0 ] && [ -f "/newroot$SNAP" ] && [ "$(cpu_sig)" != "$($
   NODE_SNAPSHOT=0
   echo "katats-init: node snapshot not used: guest CPU features '$(cpu_sig)' differ from the build machine's" >&2
 fi
+# PID 1 must reap orphans, which node cannot: the agent's native helper, when it sits next to the
+# agent, becomes PID 1 and runs node as its child (and powers off when node ends).
+INIT=
+RUNNER=${AGENT%/*}/katats-runner
+[ -x "/newroot$RUNNER" ] && INIT="$RUNNER init --"
 if [ "$NODE_SNAPSHOT" != 0 ] && [ -f "/newroot$SNAP" ]; then
-  exec $B switch_root /newroot /usr/bin/node $NODE_OPTS --snapshot-blob "$SNAP" "$AGENT"
+  exec $B switch_root /newroot $INIT /usr/bin/node $NODE_OPTS --snapshot-blob "$SNAP" "$AGENT"
 fi
-exec $B switch_root /newroot /usr/bin/node $NODE_OPTS "$AGENT"
+exec $B switch_root /newroot $INIT /usr/bin/node $NODE_OPTS "$AGENT"

@@ -20,6 +20,12 @@
  *   ns      DIR HOSTNAME                    persistent IPC and UTS namespaces bind-mounted at DIR/ipc and
  *                                           DIR/uts, the UTS one carrying HOSTNAME
  *   settime SEC USEC                        settimeofday(2)
+ *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
+ *                                           child, reaps every orphan the kernel hands to PID 1 (node
+ *                                           can only wait for children it spawned), passes SIGTERM,
+ *                                           SIGINT, SIGHUP, SIGUSR1/2 on to PROG, and powers the VM off
+ *                                           when PROG ends. Not PID 1 (tests): a child subreaper that
+ *                                           exits with PROG's status.
  *
  * --hide-unified: on a cgroup "hybrid" host (v1 controllers plus a cgroup2 mount at
  * /sys/fs/cgroup/unified that holds a controller) crun refuses to run. The command then runs in
@@ -40,6 +46,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -478,9 +485,57 @@ static int mode_settime(int argc, char **argv) {
   return 0;
 }
 
+/* ---------------------------------------------------------------- init */
+
+static int mode_init(int argc, char **argv) {
+  if (argc > 0 && !strcmp(argv[0], "--")) { argc--; argv++; }
+  if (argc < 1) { fprintf(stderr, "usage: katats-runner init -- PROG ARGS\n"); return 2; }
+  int pid1 = getpid() == 1;
+  if (!pid1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, &old);
+  pid_t child = fork();
+  if (child < 0) die("fork: %s", strerror(errno));
+  if (child == 0) {
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    execvp(argv[0], argv);
+    fprintf(stderr, "katats-runner init: exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  unsigned long orphans = 0;
+  int code = -1;
+  while (code < 0) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&all, &si);
+    if (sig < 0) {
+      if (errno == EINTR) continue;
+      die("sigwaitinfo: %s", strerror(errno));
+    }
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGUSR1 || sig == SIGUSR2) {
+      kill(child, sig);
+      continue;
+    }
+    if (sig != SIGCHLD) continue;
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+      if (p == child) code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      else orphans++;
+    }
+  }
+  fprintf(stderr, "katats-runner init: %s exited with status %d; %lu orphan(s) reaped\n", argv[0], code, orphans);
+  if (pid1) {
+    sync();
+    reboot(RB_POWER_OFF);
+    die("reboot: %s", strerror(errno));
+  }
+  return code;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime ...\n");
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|init ...\n");
     return 2;
   }
   if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
@@ -488,6 +543,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "oom-v1")) return mode_oom_v1(argc - 2, argv + 2);
   if (!strcmp(argv[1], "ns")) return mode_ns(argc - 2, argv + 2);
   if (!strcmp(argv[1], "settime")) return mode_settime(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "init")) return mode_init(argc - 2, argv + 2);
   if (!strcmp(argv[1], "--version")) { printf("katats-runner 1\n"); return 0; }
   fprintf(stderr, "katats-runner: unknown mode %s\n", argv[1]);
   return 2;

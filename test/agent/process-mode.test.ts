@@ -94,6 +94,27 @@ describe('agent as a process', () => {
       await stop(p);
     }, 60_000);
 
+    it('katats-runner init reaps orphans, passes SIGTERM on and exits with its child (the guest\'s PID 1, tried as a subreaper)', async () => {
+      const runner = path.join(out, 'katats-runner');
+      const run = (args: string[], signalAfterMs?: number) =>
+        new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const p = spawn(runner, ['init', '--', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+          let stderr = '';
+          p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+          if (signalAfterMs !== undefined) setTimeout(() => p.kill('SIGTERM'), signalAfterMs);
+          p.on('close', (code) => resolve({ code, stderr }));
+        });
+      // Two grandchildren outlive their parent; they come to the init and are reaped before it ends.
+      const orphans = await run(['sh', '-c', 'sh -c "sleep 0.2 & sleep 0.3 &"; sleep 1; exit 5']);
+      expect(orphans.code).toBe(5);
+      expect(orphans.stderr).toMatch(/sh exited with status 5; 2 orphan\(s\) reaped/);
+      const term = await run(['sh', '-c', 'trap "exit 9" TERM; while :; do sleep 0.05; done'], 300);
+      expect(term.code).toBe(9);
+      const missing = await run(['/nonexistent/prog']);
+      expect(missing.code).toBe(127);
+      expect(missing.stderr).toMatch(/exec \/nonexistent\/prog/);
+    }, 30_000);
+
     it('guest mode: serves the channel device from KATATS_AGENT_CHANNEL and checks SetPolicy against KATATS_HOST_DATA', async () => {
       const port = path.join(dir, 'vport0p1');
       const hostSock = path.join(dir, 'chardev.sock');
