@@ -82,6 +82,12 @@ function merge<T extends Section>(base: T, over: Section | undefined, where: str
   return out as T;
 }
 
+const SHARED_FS = ['virtio-9p', 'virtio-fs', 'none'];
+
+function checkSharedFs(v: string, where: string): void {
+  if (!SHARED_FS.includes(v)) throw new ConfigError(`${where}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none, not ${JSON.stringify(v)}`);
+}
+
 /** Parses TOML text over the defaults; unknown keys and wrong types are errors naming the key. */
 export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   let doc: Section;
@@ -92,7 +98,7 @@ export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   }
   const cfg = merge(DEFAULTS as unknown as Section, doc, source) as unknown as KatatsConfig;
   const q = cfg.hypervisor.qemu;
-  if (!['virtio-9p', 'virtio-fs', 'none'].includes(q.shared_fs)) throw new ConfigError(`${source}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none`);
+  checkSharedFs(q.shared_fs, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
   if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus must be a positive integer`);
   if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${source}: hypervisor.qemu.default_memory must be at least 64 (MiB)`);
@@ -143,5 +149,6 @@ export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, 
       throw new ConfigError(`annotation ${key}: option cannot be set by annotation`);
     }
   }
+  checkSharedFs(out.hypervisor.qemu.shared_fs, `annotation ${ANNOTATION_PREFIX}shared_fs`);
   return out;
 }

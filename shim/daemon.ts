@@ -9,7 +9,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
-import { readRecord, sandboxDir, writeRecord } from './layout.js';
+import { isSandboxProcess, readRecord, sandboxDir, writeRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
@@ -27,15 +27,6 @@ function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: bo
   return pino({ level: debug ? 'debug' : 'info', base: { sandbox: sandboxId, pid: process.pid } }, pino.multistream(streams));
 }
 
-/** The pid is still our QEMU (not a recycled pid): its command line names this sandbox's state dir. */
-function isOurVmm(pid: number, dir: string): boolean {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir);
-  } catch {
-    return false;
-  }
-}
-
 export async function serveShim(args: ShimArgs): Promise<void> {
   if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
   const cfg = loadConfig();
@@ -50,12 +41,13 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     if (stopping) return;
     stopping = true;
     await service.forceCleanup().catch((err) => log.error({ err }, 'cleanup failed'));
-    // Last line of defence: no VMM may outlive its shim, whatever state the service was in.
-    const vmmPid = readRecord(cfg.runtime.state_dir, sandboxId)?.vmmPid;
-    if (vmmPid && isOurVmm(vmmPid, sandboxDir(cfg.runtime.state_dir, sandboxId))) {
+    // Last line of defence: no VMM or virtiofsd may outlive its shim, whatever state the service was in.
+    const rec = readRecord(cfg.runtime.state_dir, sandboxId);
+    for (const [what, pid] of [['VMM', rec?.vmmPid], ['virtiofsd', rec?.virtiofsdPid]] as const) {
+      if (!pid || !isSandboxProcess(pid, sandboxDir(cfg.runtime.state_dir, sandboxId))) continue;
       try {
-        process.kill(vmmPid, 'SIGKILL');
-        log.warn({ vmmPid }, 'killed a VMM the cleanup had not stopped');
+        process.kill(pid, 'SIGKILL');
+        log.warn({ pid }, `killed a ${what} the cleanup had not stopped`);
       } catch {
         // Already gone, as it should be.
       }
@@ -73,8 +65,13 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     namespace: args.namespace,
     config: cfg,
     launcher: async (req) => {
-      const guest = await launchQemuSandbox(req);
-      writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, vmmPid: guest.vmmPid, sharedDir: guest.sharedDir, socket: args.socket });
+      const base = { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket };
+      const guest = await launchQemuSandbox({
+        ...req,
+        // Recorded before the boot: a shim killed while the VM boots must not leave virtiofsd to `delete`'s guesswork.
+        onHelperStarted: ({ virtiofsdPid }) => writeRecord(cfg.runtime.state_dir, { ...base, virtiofsdPid }),
+      });
+      writeRecord(cfg.runtime.state_dir, { ...base, vmmPid: guest.vmmPid, virtiofsdPid: guest.virtiofsdPid, sharedDir: guest.sharedDir });
       return guest;
     },
     events,

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
-import { groupingId, readRecord, sandboxDir } from './layout.js';
+import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { unmountAll } from './mounts.js';
 import { encode } from '../proto/registry.js';
 
@@ -40,6 +40,8 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       // The pod's VM cannot outlive its sandbox container or its shim.
       if (shimGone) {
         if (rec.vmmPid) await killAndWait(rec.vmmPid);
+        // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
+        if (rec.virtiofsdPid && isSandboxProcess(rec.virtiofsdPid, sandboxDir(cfg.runtime.state_dir, grouping))) await killAndWait(rec.virtiofsdPid);
         await unmountAll(sandboxDir(cfg.runtime.state_dir, grouping));
         fs.rmSync(sandboxDir(cfg.runtime.state_dir, grouping), { recursive: true, force: true });
         fs.rmSync(rec.socket, { force: true });

@@ -7,7 +7,7 @@ import type { KatatsConfig } from './config.js';
 
 /** Where the guest mounts the shared filesystem, as Kata lays it out. */
 export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
-/** The 9p mount tag QEMU exports the shared directory under. */
+/** The mount tag the shared directory is exported under (9p and virtio-fs alike). */
 export const SHARED_FS_TAG = 'kataShared';
 
 export interface VmExit {
@@ -22,9 +22,13 @@ export interface GuestHandle {
   health: ServiceClient<'grpc.Health'>;
   /** Host directory exported to the guest (mounted there at GUEST_SHARED_DIR). */
   sharedDir: string;
+  /** How sharedDir reaches the guest: decides the storage the agent mounts. */
+  sharedFs: 'virtio-9p' | 'virtio-fs';
   accel: 'kvm' | 'tcg';
   /** The VMM's pid, recorded so `shim delete` can clean up after a dead shim. */
   vmmPid: number;
+  /** The virtiofsd serving sharedDir (shared_fs = virtio-fs), recorded for the same reason. */
+  virtiofsdPid?: number;
   /** Settles when the VMM process ends, for whatever reason. */
   exited: Promise<VmExit>;
   /** Powers the VM off (gracefully, then by force) and removes what it made on the host. */
@@ -38,6 +42,8 @@ export interface LaunchRequest {
   launchData: Buffer;
   stateDir: string;
   log: Logger;
+  /** Called as soon as a helper process runs, before the boot that may outlive a killed shim. */
+  onHelperStarted?: (pids: { virtiofsdPid: number }) => void;
 }
 
 export type GuestLauncher = (req: LaunchRequest) => Promise<GuestHandle>;

@@ -35,6 +35,7 @@ export interface SandboxRecord {
   namespace: string;
   shimPid: number;
   vmmPid?: number;
+  virtiofsdPid?: number;
   sharedDir?: string;
   socket: string;
 }
@@ -52,5 +53,14 @@ export function readRecord(stateDir: string, sandboxId: string): SandboxRecord |
     return JSON.parse(fs.readFileSync(path.join(sandboxDir(stateDir, sandboxId), 'shim.json'), 'utf8')) as SandboxRecord;
   } catch {
     return undefined;
+  }
+}
+
+/** The pid still runs a process of this sandbox (not a recycled pid): its command line names the sandbox dir. */
+export function isSandboxProcess(pid: number, dir: string): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir);
+  } catch {
+    return false;
   }
 }

@@ -61,6 +61,12 @@ function ts(d: Date) {
   return { seconds: Math.floor(d.getTime() / 1000), nanos: (d.getTime() % 1000) * 1e6 };
 }
 
+/** The agent storage that mounts the pod's shared directory, as upstream Kata names it. */
+function sharedStorage(kind: GuestHandle['sharedFs']) {
+  if (kind === 'virtio-fs') return { driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point: GUEST_SHARED_DIR };
+  return { driver: '9p', source: SHARED_FS_TAG, fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point: GUEST_SHARED_DIR };
+}
+
 export class TaskService {
   private guest: GuestHandle | undefined;
   private readonly containers = new Map<string, ShimContainer>();
@@ -114,6 +120,11 @@ export class TaskService {
       if (e instanceof ConfigError) throw new TtrpcError(Code.InvalidArgument, e.message);
       throw e;
     }
+    if (cfg.hypervisor.qemu.shared_fs === 'none') {
+      // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
+      // through the shared directory until block-device layers exist.
+      throw new TtrpcError(Code.InvalidArgument, `shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
+    }
     const guest = await this.o.launcher({
       sandboxId: this.o.sandboxId,
       config: cfg,
@@ -130,14 +141,8 @@ export class TaskService {
       hostname: spec.Hostname,
       sandbox_id: this.o.sandboxId,
       storages: [
-        {
-          driver: '9p',
-          source: SHARED_FS_TAG,
-          fstype: '9p',
-          options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'],
-          mount_point: GUEST_SHARED_DIR,
-        },
-        // A host tmpfs seen through 9p would share files but not memory: the pod's shm lives in the guest.
+        sharedStorage(guest.sharedFs),
+        // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
         ...(shmBytes
           ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: GUEST_SANDBOX_SHM }]
           : []),

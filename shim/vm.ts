@@ -10,6 +10,7 @@ import type { GuestManifest } from '../guest/manifest.js';
 import type { QemuConfig } from './config.js';
 import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
 import { unmountAll } from './mounts.js';
+import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -67,6 +68,8 @@ async function waitForAgent(socket: string, signal: AbortSignal): Promise<Client
 
 export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle> {
   const q = req.config.hypervisor.qemu;
+  // The Task service refuses containers before booting under shared_fs = none; this is the backstop.
+  if (q.shared_fs === 'none') throw new Error('shared_fs = none: katats has no way yet to give the guest container rootfs without a shared filesystem');
   const files = resolveGuestFiles(q);
   fs.mkdirSync(req.stateDir, { recursive: true });
   fs.mkdirSync(req.config.runtime.log_dir, { recursive: true });
@@ -79,6 +82,17 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
   if (req.config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
   const vmId = `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`;
+  let virtiofsd: Virtiofsd | undefined;
+  if (q.shared_fs === 'virtio-fs') {
+    virtiofsd = await startVirtiofsd({
+      binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
+      source: sharedDir,
+      socket: path.join(req.stateDir, 'vfs.sock'),
+      logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
+      log: req.log,
+    });
+    req.onHelperStarted?.({ virtiofsdPid: virtiofsd.pid });
+  }
   const cfg: VmConfig = {
     id: vmId,
     vcpus: q.default_vcpus,
@@ -91,25 +105,42 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     agentSocket,
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
-    sharedDir: { path: sharedDir, tag: SHARED_FS_TAG },
+    ...(virtiofsd ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG } }),
     launchDataFile,
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],
     runDir: path.join(req.stateDir, 'vm'),
     qemuBinary: q.path,
   };
-  const vm = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
+  let vm: QemuVm;
+  try {
+    vm = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
+  } catch (e) {
+    await virtiofsd?.stop();
+    throw e;
+  }
+  // Without its virtiofsd the guest's file accesses would hang forever: a dead daemon is a dead VM.
+  let stopping = false;
+  void virtiofsd?.exited.then((x) => {
+    // When QEMU goes away virtiofsd follows it, possibly before we have seen QEMU's exit.
+    if (stopping || !vm.running) return;
+    req.log.error({ code: x.code, signal: x.signal }, 'virtiofsd exited under a running VM; killing the VM');
+    void vm.kill('crashed');
+  });
   let client: Client | undefined;
   try {
     await vm.waitReady(async (signal) => {
       client = await waitForAgent(agentSocket, signal);
     }, req.config.agent.katats.dial_timeout * 1000);
   } catch (e) {
+    stopping = true;
     await cleanup();
     throw e;
   }
   const agentClient = client!;
   async function cleanup(): Promise<void> {
+    // QEMU is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
+    await virtiofsd?.stop();
     await unmountAll(sharedDir).catch(() => undefined);
     try {
       fs.copyFileSync(vm.consoleLogPath, path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`));
@@ -122,10 +153,13 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     agent: serviceClient(agentClient, 'grpc.AgentService'),
     health: serviceClient(agentClient, 'grpc.Health'),
     sharedDir,
+    sharedFs: q.shared_fs,
     accel: vm.accel,
     vmmPid: vm.pid ?? 0,
+    ...(virtiofsd ? { virtiofsdPid: virtiofsd.pid } : {}),
     exited: vm.exited.then((x) => ({ code: x.code, signal: x.signal, reason: `${x.reason}${x.lastConsoleLines.length && x.reason !== 'shutdown' && x.reason !== 'quit' && x.reason !== 'killed' ? `: ${x.lastConsoleLines.slice(-3).join(' | ')}` : ''}` })),
     stop: async () => {
+      stopping = true;
       await agentClient.close();
       if (vm.running) {
         // The guest has nothing to save: powering off gracefully only costs boot-scale time on TCG.

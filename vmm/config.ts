@@ -22,6 +22,13 @@ export interface SharedDirConfig {
   readonly?: boolean;
 }
 
+export interface VirtioFsConfig {
+  /** vhost-user socket a virtiofsd (started by the caller) listens on */
+  socket: string;
+  /** mount tag the guest uses (mount -t virtiofs TAG DIR) */
+  tag: string;
+}
+
 export interface VmConfig {
   /** sandbox id: names the log lines and files */
   id: string;
@@ -42,6 +49,8 @@ export interface VmConfig {
   /** file receiving the agent's log (virtio-serial port agent.log.0); none: the agent logs to the console */
   agentLogFile?: string;
   sharedDir?: SharedDirConfig;
+  /** a virtio-fs device backed by a running virtiofsd; guest RAM then becomes a shared memfd */
+  virtioFs?: VirtioFsConfig;
   /** file with the launch data (32-byte policy digest) exposed as fw_cfg opt/katats/host_data */
   launchDataFile?: string;
   accel: AccelChoice;
@@ -69,6 +78,12 @@ export function validateConfig(c: VmConfig): void {
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
+  if (c.virtioFs) {
+    if (!c.virtioFs.socket) errs.push('virtioFs.socket is empty');
+    else if (Buffer.byteLength(c.virtioFs.socket) > 107) errs.push('virtioFs.socket path longer than a unix socket allows');
+    // The virtio-fs device config holds the tag in 36 bytes.
+    if (!c.virtioFs.tag || Buffer.byteLength(c.virtioFs.tag) > 36) errs.push(`virtioFs.tag ${JSON.stringify(c.virtioFs.tag)} must be 1..36 bytes`);
+  }
   for (const p of [c.kernelParams ?? []].flat()) if (/\s/.test(p)) errs.push(`kernel param ${JSON.stringify(p)} contains whitespace`);
   if (errs.length) throw new Error(`invalid VM config: ${errs.join('; ')}`);
 }

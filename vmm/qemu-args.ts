@@ -56,6 +56,10 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   a.push('-accel', accel === 'kvm' ? 'kvm' : c.vcpus > 1 ? 'tcg,thread=multi' : 'tcg');
   a.push('-cpu', c.cpu ?? (accel === 'kvm' ? KVM_CPU : TCG_CPU));
   a.push('-m', `${c.memoryMiB}M`, '-smp', String(c.vcpus));
+  if (c.virtioFs) {
+    // virtiofsd reads and writes guest buffers directly: guest RAM must be memory it can map too.
+    a.push('-object', `memory-backend-memfd,id=mem,size=${c.memoryMiB}M,share=on`, '-numa', 'node,memdev=mem');
+  }
   const firmware = opts.firmware === undefined ? (machine === 'microvm' ? null : QBOOT_ROM) : opts.firmware;
   if (firmware) a.push('-bios', firmware);
   a.push('-kernel', c.kernel, '-initrd', c.initrd, '-append', cmdline);
@@ -82,6 +86,10 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
     const ro = c.sharedDir.readonly ? ',readonly=on' : '';
     a.push('-fsdev', `local,id=shared,path=${qemuEscape(c.sharedDir.path)},security_model=none,multidevs=remap${ro}`);
     a.push('-device', `virtio-9p-pci,fsdev=shared,mount_tag=${qemuEscape(c.sharedDir.tag)},${slot()}`);
+  }
+  if (c.virtioFs) {
+    a.push('-chardev', `socket,id=vfs,path=${qemuEscape(c.virtioFs.socket)}`);
+    a.push('-device', `vhost-user-fs-pci,chardev=vfs,tag=${qemuEscape(c.virtioFs.tag)},${slot()}`);
   }
   // Boot-time disks sit where they can be unplugged later: their own PCIe root port on q35
   // (devices on the root complex itself are not hot-removable), a hotplug-capable slot otherwise.

@@ -31,6 +31,9 @@ sandbox_cgroup_only = true
     expect(() => parseConfig('[hypervisor.qemu]\ndefault_vcpu = 2')).toThrow(/unknown key "default_vcpu"/);
     expect(() => parseConfig('[hypervisor.qemu]\ndefault_vcpus = "2"')).toThrow(/default_vcpus: expected a number/);
     expect(() => parseConfig('[hypervisor.qemu]\nshared_fs = "nfs"')).toThrow(/shared_fs/);
+    expect(parseConfig('[hypervisor.qemu]\nshared_fs = "virtio-fs"').hypervisor.qemu.shared_fs).toBe('virtio-fs');
+    expect(parseConfig('[hypervisor.qemu]\nshared_fs = "none"').hypervisor.qemu.shared_fs).toBe('none');
+    expect(parseConfig('').hypervisor.qemu.shared_fs).toBe('virtio-9p');
     expect(() => parseConfig('[hypervisor.qemu\n')).toThrow(ConfigError);
   });
 
@@ -53,6 +56,10 @@ sandbox_cgroup_only = true
     expect(cfg.hypervisor.qemu.default_vcpus).toBe(1);
     expect(() => applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.kernel': '/evil' })).toThrow(/not allowed/);
     expect(() => applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.default_memory': 'lots' })).toThrow(/positive integer/);
+    // an allowed string key still has to name a shared filesystem katats knows
+    const open = parseConfig('[hypervisor.qemu]\nenable_annotations = ["shared_fs"]');
+    expect(applyAnnotations(open, { 'io.katacontainers.config.hypervisor.shared_fs': 'virtio-fs' }).hypervisor.qemu.shared_fs).toBe('virtio-fs');
+    expect(() => applyAnnotations(open, { 'io.katacontainers.config.hypervisor.shared_fs': 'nfs' })).toThrow(/shared_fs must be/);
   });
 });
 

@@ -26,7 +26,7 @@ export interface KatatsEnv {
   cleanup(): void;
 }
 
-export async function katatsEnv(opts: { onProgress?: (s: string) => void; accel?: 'auto' | 'tcg' | 'kvm'; extraToml?: string } = {}): Promise<KatatsEnv> {
+export async function katatsEnv(opts: { onProgress?: (s: string) => void; accel?: 'auto' | 'tcg' | 'kvm'; extraToml?: string; qemuToml?: string } = {}): Promise<KatatsEnv> {
   const say = opts.onProgress ?? (() => {});
   const { binDir } = await buildHostBinaries(say);
   const image = await buildFullGuestImage(say);
@@ -47,6 +47,8 @@ export async function katatsEnv(opts: { onProgress?: (s: string) => void; accel?
       '[hypervisor.qemu]',
       `guest_manifest = "${path.join(imageDir, 'manifest.json')}"`,
       `accel = "${opts.accel ?? 'auto'}"`,
+      // TOML forbids opening [hypervisor.qemu] twice: keys for it cannot go into extraToml.
+      opts.qemuToml ?? '',
       '[runtime]',
       `state_dir = "${stateDir}"`,
       `log_dir = "${logDir}"`,

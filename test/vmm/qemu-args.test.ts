@@ -59,7 +59,27 @@ describe('VmConfig -> QEMU argv', () => {
     expect(opt(pc.argv, '-device').filter((d) => d.startsWith('pcie-root-port'))).toHaveLength(0);
   });
 
+  it('shares a directory over virtio-fs: guest RAM from a shared memfd, vhost-user-fs on the socket, no 9p', () => {
+    const { sharedDir: _9p, ...rest } = base;
+    const { argv } = buildQemuArgs({ ...rest, virtioFs: { socket: '/run/sb1/vfs,1.sock', tag: 'kataShared' } }, 'tcg');
+    expect(opt(argv, '-object')).toEqual(['memory-backend-memfd,id=mem,size=512M,share=on']);
+    expect(opt(argv, '-numa')).toEqual(['node,memdev=mem']);
+    // -m stays: it sizes the machine, the backend must match it.
+    expect(opt(argv, '-m')).toEqual(['512M']);
+    expect(opt(argv, '-chardev')).toContain('socket,id=vfs,path=/run/sb1/vfs,,1.sock');
+    const devices = opt(argv, '-device');
+    expect(devices.some((d) => /^vhost-user-fs-pci,chardev=vfs,tag=kataShared,bus=pcie\.0,addr=0x[0-9a-f]+$/.test(d))).toBe(true);
+    expect(devices.some((d) => d.startsWith('virtio-9p-pci'))).toBe(false);
+    expect(opt(argv, '-fsdev')).toEqual([]);
+    // the 9p default keeps private guest RAM
+    expect(opt(buildQemuArgs(base, 'tcg').argv, '-object')).toEqual([]);
+    expect(opt(buildQemuArgs(base, 'tcg').argv, '-numa')).toEqual([]);
+  });
+
   it('rejects bad configs', () => {
+    expect(() => validateConfig({ ...base, virtioFs: { socket: '/run/vfs.sock', tag: 'x'.repeat(37) } })).toThrow(/virtioFs.tag/);
+    expect(() => validateConfig({ ...base, virtioFs: { socket: `/${'s'.repeat(120)}`, tag: 'kataShared' } })).toThrow(/virtioFs.socket/);
+    expect(() => validateConfig({ ...base, virtioFs: { socket: '/run/vfs.sock', tag: 'kataShared' } })).not.toThrow();
     expect(() => validateConfig({ ...base, vcpus: 0 })).toThrow(/vcpus/);
     expect(() => validateConfig({ ...base, disks: [{ id: 'bad id', path: '/x' }] })).toThrow(/disk id/);
     expect(() => validateConfig({ ...base, accel: 'hvf' as never })).toThrow(/accel/);
