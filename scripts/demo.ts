@@ -61,6 +61,8 @@ try {
   const runc = rows[0]?.seconds;
   const kat = rows[2]?.seconds;
   if (runc && kat) say(`\nkatats/runc: ${(kat / runc).toFixed(1)}x for a cold pod (VM boot included, ${env.accel.toUpperCase()}).`);
+  // A runtime that was there but failed fails the demo; runsc that could not be had is only noted.
+  if (rows.some((r) => r.note.startsWith('failed:'))) process.exitCode = 1;
 } finally {
   if (c) {
     const rep = await c.stop();

@@ -3,6 +3,10 @@
 //   katats env     [--config FILE]                    the effective configuration, as TOML sections
 //   katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR]
 //                  [--katats-config FILE] [--bin-dir DIR]      wire katats into containerd
+//   katats demo                                       runc, gVisor and katats side by side (the
+//                                                     demo of the checkout this binary was built from)
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toToml } from 'smol-toml';
@@ -45,8 +49,18 @@ async function main(argv: string[]): Promise<number> {
       );
       return 0;
     }
+    case 'demo': {
+      // The demo needs the checkout's harness, image builders and npm packages: it runs there.
+      const here = path.dirname(fileURLToPath(import.meta.url));
+      const root = [path.resolve(here, '..'), path.resolve(here, '../..')].find((d) => fs.existsSync(path.join(d, 'scripts', 'demo.sh')));
+      if (!root) {
+        console.error(`katats demo runs the demo of the katats checkout this binary was built from; none found next to ${here} (run \`npm run demo\` in a katats checkout)`);
+        return 1;
+      }
+      return spawnSync('bash', [path.join(root, 'scripts', 'demo.sh')], { stdio: 'inherit' }).status ?? 1;
+    }
     default:
-      console.error('usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]');
+      console.error('usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]\n       katats demo');
       return 2;
   }
 }
