@@ -50,9 +50,41 @@ export class ShimProcess {
     return this.execId === '';
   }
 
+  private outSink: StdioSink | undefined;
+  private errSink: StdioSink | undefined;
+  private outputOpened = false;
+
+  /**
+   * Opens where the output goes (FIFOs, a file, a log binary) before the process starts, as
+   * containerd's shims do: an output that cannot be opened fails Create or an exec's Start while
+   * there is still nothing to kill. Idempotent.
+   */
+  async openOutput(): Promise<void> {
+    if (this.outputOpened) return;
+    const { stdout, stderr, terminal } = this.stdio;
+    const onError = (err: Error) => this.log.debug({ err }, 'output sink closed by its reader');
+    try {
+      if (stdout.startsWith('binary://')) {
+        // As with containerd's shims, CONTAINER_ID is the exec id for an exec.
+        this.binaryLogger = await openBinaryLogger(stdout, { containerId: this.execId || this.containerId, namespace: this.namespace, log: this.log });
+        this.outSink = this.binaryLogger.stdout;
+        this.errSink = this.binaryLogger.stderr;
+      } else {
+        if (stdout) this.outSink = await openOutput(stdout, { onError });
+        if (stderr && !terminal) this.errSink = await openOutput(stderr, { onError });
+      }
+    } catch (e) {
+      await this.outSink?.close();
+      this.outSink = undefined;
+      this.errSink = undefined;
+      throw new Error(`${this.execId ? `exec ${this.execId}` : `container ${this.containerId}`}: cannot open its output: ${(e as Error).message}`);
+    }
+    this.outputOpened = true;
+  }
+
   /** Starts copying stdio once the process runs in the guest. */
   async attachStdio(): Promise<void> {
-    const { stdin, stdout, stderr, terminal } = this.stdio;
+    const { stdin, terminal } = this.stdio;
     const ids = { container_id: this.containerId, exec_id: this.execId };
     const reader = (method: 'ReadStdout' | 'ReadStderr') => async (): Promise<Uint8Array | null> => {
       try {
@@ -65,24 +97,13 @@ export class ShimProcess {
       }
     };
     const copies: Promise<unknown>[] = [];
-    let outSink: StdioSink | undefined;
-    let errSink: StdioSink | undefined;
-    const onError = (err: Error) => this.log.debug({ err }, 'output sink closed by its reader');
     try {
-      if (stdout.startsWith('binary://')) {
-        // As with containerd's shims, CONTAINER_ID is the exec id for an exec.
-        this.binaryLogger = await openBinaryLogger(stdout, { containerId: this.execId || this.containerId, namespace: this.namespace, log: this.log });
-        outSink = this.binaryLogger.stdout;
-        errSink = this.binaryLogger.stderr;
-      } else {
-        if (stdout) outSink = await openOutput(stdout, { onError });
-        if (stderr && !terminal) errSink = await openOutput(stderr, { onError });
-      }
+      await this.openOutput();
     } catch (e) {
-      await outSink?.close();
       await this.abandon(e as Error);
-      throw new Error(`${this.execId ? `exec ${this.execId}` : `container ${this.containerId}`}: cannot open its output: ${(e as Error).message}`);
+      throw e;
     }
+    const { outSink, errSink } = this;
     if (outSink) {
       this.sinks.push(outSink);
       copies.push(pump(reader('ReadStdout'), outSink.stream).finally(() => outSink!.close()));
@@ -203,11 +224,18 @@ export class ShimProcess {
     this.exit = { status, at };
     this.status = 'stopped';
     for (const w of this.exitWaiters.splice(0)) w(this.exit);
+    // The log binary sees the end of both streams and usually exits by itself; release() makes sure.
     for (const s of this.sinks) void s.close();
-    // The log binary has seen the end of both streams; it is not needed past the process.
-    if (this.binaryLogger) void this.binaryLogger.stop().catch((err) => this.log.warn({ err }, 'stopping the log binary failed'));
     if (this.stdio.stdin) releaseStdin(this.stdio.stdin);
     return this.exit;
+  }
+
+  /** At Delete: the output is closed and a log binary stopped (containerd keeps it until then too). */
+  async release(): Promise<void> {
+    await Promise.allSettled([this.outSink?.close(), this.errSink?.close(), ...this.sinks.map((s) => s.close())]);
+    const logger = this.binaryLogger;
+    this.binaryLogger = undefined;
+    await logger?.stop().catch((err) => this.log.warn({ err }, 'stopping the log binary failed'));
   }
 
   wait(): Promise<ExitInfo> {

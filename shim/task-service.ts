@@ -253,15 +253,24 @@ export class TaskService {
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       if (spec.Process) spec.Process.Terminal = req.terminal;
       const init = new ShimProcess(req.id, '', stdio, guest.agent, log, this.o.namespace);
+      let inGuest = false;
       try {
         await this.agent().CreateContainer(
           { container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [], sandbox_pidns: sandboxPidns },
           { timeoutMs: AGENT_SETUP_TIMEOUT_MS },
         );
+        inGuest = true;
+        await init.openOutput();
       } catch (e) {
+        if (inGuest) {
+          // The container exists in the guest but its output has nowhere to go: take it away again.
+          await this.agent()
+            .RemoveContainer({ container_id: req.id, timeout: 10 })
+            .catch((err) => log.warn({ err }, 'RemoveContainer after a failed output open failed'));
+        }
         await unmountAll(sharedDir);
         fs.rmSync(sharedDir, { recursive: true, force: true });
-        throw e;
+        throw inGuest ? new TtrpcError(Code.InvalidArgument, (e as Error).message) : e;
       }
       this.containers.set(req.id, { id: req.id, bundle: req.bundle, spec, init, execs: new Map(), pendingExecs: new Map(), sharedDir, paused: false });
       this.o.events.publish('TaskCreate', {
@@ -289,6 +298,10 @@ export class TaskService {
       const p = this.proc(req.id, req.exec_id);
       const spec = c.pendingExecs.get(req.exec_id);
       if (!spec) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is ${p.status}, not created`);
+      // Before the process exists: an output that cannot be opened leaves nothing to kill.
+      await p.openOutput().catch((e: Error) => {
+        throw new TtrpcError(Code.InvalidArgument, e.message);
+      });
       c.pendingExecs.delete(req.exec_id);
       try {
         await this.agent().ExecProcess({ container_id: req.id, exec_id: req.exec_id, process: spec });
@@ -368,10 +381,12 @@ export class TaskService {
         const p = this.proc(req.id, req.exec_id);
         if (c.pendingExecs.delete(req.exec_id)) {
           c.execs.delete(req.exec_id);
+          await p.release();
           return { pid: p.pid, exit_status: 0 };
         }
         if (!p.exit) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is still running`);
         c.execs.delete(req.exec_id);
+        await p.release();
         return { pid: p.pid, exit_status: p.exit.status, exited_at: ts(p.exit.at) };
       }
       if (!c.init.exit && c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is still running`);
@@ -381,6 +396,7 @@ export class TaskService {
           .RemoveContainer({ container_id: req.id, timeout: 10 })
           .catch((err) => this.log.warn({ err, container: req.id }, 'RemoveContainer failed'));
       }
+      await Promise.all([c.init, ...c.execs.values()].map((p) => p.release()));
       await unmountAll(c.sharedDir);
       fs.rmSync(c.sharedDir, { recursive: true, force: true });
       this.containers.delete(req.id);

@@ -137,4 +137,21 @@ describe('log URIs with io.containerd.katats.v2', () => {
     await until(() => qemuProcs(env.stateDir), (p) => p.length === 0, 30_000);
     expect(qemuProcs(env.stateDir)).toEqual([]);
   }, 600_000);
+
+  it('a log binary that cannot start fails Create before the process runs, and the VM goes away', async () => {
+    const mark = path.join(dir, 'mark');
+    fs.mkdirSync(mark);
+    const r = await c.ctr(
+      ['run', ...c.runtimeArgs('katats'), '--mount', `type=bind,src=${mark},dst=/mark,options=rbind:rw`, '--log-uri', 'binary:///nonexistent/katats-logger', image, 'logs2', 'touch', '/mark/ran'],
+      { timeoutMs: 300_000 },
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.stderr, logsOf(env.logDir, 'logs2')).toMatch(/create.*\/nonexistent\/katats-logger/is);
+    // The process never started: its side effect is missing.
+    expect(fs.existsSync(path.join(mark, 'ran'))).toBe(false);
+    await c.ctr(['container', 'rm', 'logs2']);
+    await until(() => qemuProcs(env.stateDir), (p) => p.length === 0, 60_000);
+    expect(qemuProcs(env.stateDir)).toEqual([]);
+    expect((await c.ctrOk(['task', 'ls', '-q'])).stdout.trim()).toBe('');
+  }, 600_000);
 });
