@@ -60,12 +60,22 @@ export async function startShim(args: ShimArgs): Promise<string> {
     '-socket', sock,
     ...(args.debug ? ['-debug'] : []),
   ];
-  const child = spawn(process.execPath, daemonArgs, {
-    cwd: args.bundle,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'ignore'],
-    env: process.env,
-  });
+  // The daemon's stderr goes to its log file (appended, like its pino lines): a crash before or
+  // beyond its logger still leaves its words where the operator looks.
+  fs.mkdirSync(cfg.runtime.log_dir, { recursive: true });
+  const logFile = path.join(cfg.runtime.log_dir, `${grouping}.log`);
+  const errFd = fs.openSync(logFile, 'a');
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn(process.execPath, daemonArgs, {
+      cwd: args.bundle,
+      detached: true,
+      stdio: ['ignore', 'pipe', errFd],
+      env: process.env,
+    });
+  } finally {
+    fs.closeSync(errFd);
+  }
   // The daemon says "ready" once its socket listens; anything else means it failed to start.
   const ready = await new Promise<boolean>((resolve) => {
     let out = '';
@@ -84,7 +94,8 @@ export async function startShim(args: ShimArgs): Promise<string> {
   });
   if (!ready) {
     child.kill('SIGKILL');
-    throw new Error(`shim daemon for ${grouping} did not come up (see ${cfg.runtime.log_dir}/${grouping}.log)`);
+    const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' | ');
+    throw new Error(`shim daemon for ${grouping} did not come up (${logFile}: ${tail || 'empty'})`);
   }
   child.stdout!.destroy();
   child.unref();

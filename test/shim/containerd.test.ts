@@ -24,7 +24,8 @@ function qemuProcs(sandbox?: string): number[] {
 /** The shim's and the agent's log of one sandbox, for failure messages. */
 function logsOf(sandbox: string): string {
   const read = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-15).join('\n') : '(none)');
-  return `--- shim log ---\n${read(path.join(env.logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(env.logDir, `${sandbox}-agent.log`))}`;
+  const containerd = fs.existsSync(c.logFile) ? fs.readFileSync(c.logFile, 'utf8').split('\n').filter((l) => l.includes(sandbox)).slice(-10).join('\n') : '(none)';
+  return `--- shim log ---\n${read(path.join(env.logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(env.logDir, `${sandbox}-agent.log`))}\n--- containerd log (${sandbox}) ---\n${containerd}`;
 }
 
 function shimProcs(): number[] {
@@ -201,7 +202,7 @@ describe('20 create/delete cycles', () => {
     const before = { mounts: ours() };
     for (let i = 0; i < 20; i++) {
       const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, `cycle${i}`, 'echo', `cycle ${i}`], { timeoutMs: 300_000 });
-      expect(r.stdout, logsOf(`cycle${i}`)).toBe(`cycle ${i}\n`);
+      expect(r.stdout, `ctr exit ${r.code}: ${r.stderr}\n${logsOf(`cycle${i}`)}`).toBe(`cycle ${i}\n`);
     }
     await until(() => qemuProcs().length + shimProcs().length, (n) => n === 0, 30_000);
     expect(qemuProcs()).toEqual([]);
