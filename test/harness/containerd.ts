@@ -669,6 +669,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       const pause = await pauseImage({ onProgress: opts.onProgress });
       await cd.importImage(pause.archive, PAUSE_INDEX, { namespace: CRI_NAMESPACE });
       const v = await cd.criApi().waitReady(Math.max(0, deadline - Date.now()) + 10_000);
+      await cd.criApi().waitForImage(pause.name);
       logger.info({ runtime: v.runtime_name, version: v.runtime_version, api: v.runtime_api_version, sandboxImage: pause.name }, 'CRI answers');
     } catch (e) {
       await cd.stop();

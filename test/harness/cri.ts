@@ -107,6 +107,21 @@ export class CriClient {
     }
   }
 
+  /**
+   * Waits until CRI's image service knows `ref`. containerd 2.x's CRI learns of images through
+   * events, so one just imported with ctr can be missing for a moment, and a missing sandbox
+   * image makes RunPodSandbox try a registry pull.
+   */
+  async waitForImage(ref: string, timeoutMs = 30_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await this.image.ImageStatus({ image: { image: ref } }, { timeoutMs: 5_000 }).catch(() => undefined);
+      if (r?.image) return;
+      if (Date.now() > end) throw new Error(`CRI at ${this.socket} does not see image ${ref} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   close(): void {
     this.client.close();
   }

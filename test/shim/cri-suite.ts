@@ -91,6 +91,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
     await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
     image = img.name;
     cri = cd.criApi();
+    await cri.waitForImage(image);
     shared = tempDir('kt-cri-shared-');
     podConfig = {
       metadata: { name: 'katats-pod', uid: `uid-${process.pid}`, namespace: 'default' },
