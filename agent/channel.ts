@@ -24,12 +24,13 @@ function read(fd: number, buf: Buffer): Promise<number> {
   return new Promise((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
-function writeAll(fd: number, buf: Buffer): Promise<void> {
+/** Writes all of buf unless `gone` turns true between the kernel's partial writes. */
+function writeAll(fd: number, buf: Buffer, gone: () => boolean): Promise<void> {
   return new Promise((resolve, reject) => {
     const step = (off: number) =>
       fs.write(fd, buf, off, buf.length - off, null, (err, n) => {
         if (err) return reject(err);
-        if (off + n < buf.length) step(off + n);
+        if (off + n < buf.length && !gone()) step(off + n);
         else resolve();
       });
     step(0);
@@ -42,7 +43,8 @@ class PortSession {
   private gone = false;
   private wantMore: (() => void) | undefined;
 
-  constructor(fd: number, log: Logger) {
+  /** `onDestroyed`: the ttrpc connection gave up on this session (e.g. a bad frame). */
+  constructor(fd: number, log: Logger, onDestroyed: () => void) {
     this.stream = new Duplex({
       read: () => {
         const w = this.wantMore;
@@ -53,10 +55,11 @@ class PortSession {
         // Answers to a host that has gone must not reach the next host's connection.
         if (this.gone) return cb();
         const buf = chunks.length === 1 ? (chunks[0]!.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer));
-        writeAll(fd, buf).then(
+        // A write already inside the kernel when the host leaves may still land in the next
+        // connection; stopping at the next partial write keeps that to one kernel write.
+        writeAll(fd, buf, () => this.gone).then(
           () => cb(),
           (err: NodeJS.ErrnoException) => {
-            // The host closed its end mid-answer; the reader sees the EOF and ends this session.
             log.debug({ err: err.code ?? err.message }, 'agent channel write failed');
             cb();
           },
@@ -65,6 +68,7 @@ class PortSession {
       destroy: (err, cb) => {
         this.gone = true;
         this.wantMore?.();
+        onDestroyed();
         cb(err);
       },
     });
@@ -83,10 +87,12 @@ class PortSession {
   }
 }
 
+/** Consecutive read errors after which the port counts as gone (e.g. the device was unplugged). */
+const MAX_READ_ERRORS = 10;
+
 export class AgentPort {
   private readonly fd: number;
   private session: PortSession | undefined;
-  private stopped = false;
   private sessions = 0;
 
   constructor(
@@ -97,21 +103,22 @@ export class AgentPort {
     this.fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
   }
 
-  /** Host connections seen so far. */
-  get sessionCount(): number {
-    return this.sessions;
-  }
-
-  async run(): Promise<void> {
+  /** Reads the port for the agent's life; rejects only when the port keeps failing. */
+  async run(): Promise<never> {
     let idleMs = IDLE_POLL_MIN_MS;
-    while (!this.stopped) {
-      const buf = Buffer.allocUnsafe(READ_SIZE);
+    let errors = 0;
+    let buf = Buffer.allocUnsafe(READ_SIZE);
+    for (;;) {
       let n: number;
       try {
         n = await read(this.fd, buf);
+        errors = 0;
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EINTR' && code !== 'EAGAIN') this.log.warn({ err: code ?? (e as Error).message }, 'agent channel read failed');
+        if (code !== 'EINTR' && code !== 'EAGAIN') {
+          if (++errors >= MAX_READ_ERRORS) throw new Error(`agent channel ${this.file}: ${errors} reads failed in a row, last: ${code ?? (e as Error).message}`);
+          this.log.warn({ err: code ?? (e as Error).message }, 'agent channel read failed');
+        }
         n = 0;
       }
       if (n === 0) {
@@ -126,20 +133,23 @@ export class AgentPort {
       }
       idleMs = IDLE_POLL_MIN_MS;
       if (!this.session) {
-        this.session = new PortSession(this.fd, this.log);
+        const session: PortSession = new PortSession(this.fd, this.log, () => {
+          // Until the host reconnects its bytes go nowhere: say so rather than drop them silently.
+          if (this.session === session) this.log.warn({ session: this.sessions }, 'the ttrpc connection on the agent channel ended; dropping input until the host reconnects');
+        });
+        this.session = session;
         this.sessions++;
         this.log.debug({ session: this.sessions }, 'host connected to the agent channel');
-        this.onSession(this.session.stream);
+        this.onSession(session.stream);
       }
-      // Copy small reads: a 256 KiB buffer should not stay pinned by a 40-byte request.
-      await this.session.push(n < READ_SIZE / 4 ? Buffer.from(buf.subarray(0, n)) : buf.subarray(0, n));
+      // Small reads are copied (a 256 KiB buffer should not stay pinned by a 40-byte request);
+      // a large one is handed over and the next read gets a fresh buffer.
+      if (n < READ_SIZE / 4) {
+        await this.session.push(Buffer.from(buf.subarray(0, n)));
+      } else {
+        await this.session.push(buf.subarray(0, n));
+        buf = Buffer.allocUnsafe(READ_SIZE);
+      }
     }
-  }
-
-  /** Ends the current session; the fd goes with the process (a read may still be blocked on it). */
-  stop(): void {
-    this.stopped = true;
-    this.session?.hostGone();
-    this.session = undefined;
   }
 }

@@ -65,10 +65,8 @@ async function main(): Promise<void> {
   const agent = createAgent(config);
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, policy_digest: config.launchDigest }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
-  let port: AgentPort | undefined;
   if (channel) {
-    port = new AgentPort(channel, (stream) => agent.server.serve(stream), log);
-    void port.run().catch((e: unknown) => {
+    void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {
       log.fatal({ err: e }, 'agent channel failed');
       process.exit(1);
     });

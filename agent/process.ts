@@ -1,7 +1,7 @@
 // One container process (a container's init or an exec) under its katats-runner monitor: the
 // monitor runs crun, reports the pid and the wait status, relays the terminal and takes signals
 // and window sizes; stdio flows through FIFOs the agent reads and writes directly.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -47,7 +47,6 @@ export class ContainerProcess {
   readonly stdin: StdinWriter;
   readonly exited: Promise<number>;
   private resolveExit!: (code: number) => void;
-  private helper: ChildProcess | undefined;
   private ctl: Writable | undefined;
   private helperStderr = '';
   private events: StatusEvent[] = [];
@@ -105,7 +104,6 @@ export class ContainerProcess {
     if (this.tty) args.push('--tty', '--console-socket', o.consoleSocket!);
     args.push('--', ...o.crunArgv);
     const helper = spawn(o.runner, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] });
-    this.helper = helper;
     this.ctl = helper.stdio[4] as Writable;
     this.ctl.on('error', () => undefined);
     helper.stderr!.on('data', (b: Buffer) => {

@@ -1,7 +1,10 @@
 // A cross-process lock on a file (O_EXCL create holding the owner's pid; a dead owner's lock is
 // taken over). Serializes image builds sharing one cache: concurrent builders would otherwise
 // race on downloads and on the node snapshot, which is made once per input.
-import { open, readFile, rm } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+
+/** A lock file still without an owner after this long belongs to a builder that died mid-take. */
+const EMPTY_LOCK_STALE_MS = 10_000;
 
 function alive(pid: number): boolean {
   try {
@@ -23,7 +26,8 @@ export async function withLock<T>(lockPath: string, fn: () => Promise<T>, onWait
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const owner = Number((await readFile(lockPath, 'utf8').catch(() => '')).trim());
-      if (owner && !alive(owner)) {
+      const emptyAndOld = !owner && Date.now() - ((await stat(lockPath).catch(() => undefined))?.mtimeMs ?? Date.now()) > EMPTY_LOCK_STALE_MS;
+      if ((owner && !alive(owner)) || emptyAndOld) {
         await rm(lockPath, { force: true });
         continue;
       }

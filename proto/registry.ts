@@ -49,6 +49,12 @@ export function packAny<N extends MessageName>(name: N, msg: Init<Messages[N]>, 
   return { type_url: typeUrl, value: encode(name, msg) };
 }
 
+/** google.protobuf.Timestamp of a Date (now by default). */
+export function timestamp(d: Date = new Date()): { seconds: number; nanos: number } {
+  const ms = d.getTime();
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+}
+
 export function unpackAny(any: { type_url: string; value: Uint8Array }): { name: string; message: unknown } {
   const name = any.type_url.replace(/^.*\//, '');
   return { name, message: messageType(name).decode(any.value) };

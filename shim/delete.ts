@@ -7,7 +7,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { unmountAll } from './mounts.js';
-import { encode } from '../proto/registry.js';
+import { encode, timestamp } from '../proto/registry.js';
 
 /** Whether pid runs: a zombie (dead, not yet reaped by whoever inherited it) counts as gone. */
 function alive(pid: number): boolean {
@@ -35,19 +35,16 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       await unmountAll(mine);
       fs.rmSync(mine, { recursive: true, force: true });
     }
-    const shimGone = !alive(rec.shimPid);
-    if (grouping === args.id || shimGone) {
-      // The pod's VM cannot outlive its sandbox container or its shim.
-      if (shimGone) {
-        if (rec.vmmPid) await killAndWait(rec.vmmPid);
-        // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
-        if (rec.virtiofsdPid && isSandboxProcess(rec.virtiofsdPid, sandboxDir(cfg.runtime.state_dir, grouping))) await killAndWait(rec.virtiofsdPid);
-        await unmountAll(sandboxDir(cfg.runtime.state_dir, grouping));
-        fs.rmSync(sandboxDir(cfg.runtime.state_dir, grouping), { recursive: true, force: true });
-        fs.rmSync(rec.socket, { force: true });
-      }
+    // The pod's VM cannot outlive its shim; while the shim lives, it stops the VM itself.
+    if (!alive(rec.shimPid)) {
+      const dir = sandboxDir(cfg.runtime.state_dir, grouping);
+      // Only processes that still name this sandbox: a recorded pid may have been reused since.
+      // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
+      for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
+      await unmountAll(dir);
+      fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(rec.socket, { force: true });
     }
   }
-  const now = Date.now();
-  return encode('containerd.task.v2.DeleteResponse', { pid: 0, exit_status: 128 + 9, exited_at: { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 } });
+  return encode('containerd.task.v2.DeleteResponse', { pid: 0, exit_status: 128 + 9, exited_at: timestamp() });
 }

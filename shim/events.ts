@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import { Client, dialUnix } from '../proto/ttrpc/index.js';
 import { serviceClient, type ServiceClient } from '../proto/rpc.js';
-import { packAny, type MessageName, type Init } from '../proto/registry.js';
+import { packAny, timestamp, type MessageName, type Init } from '../proto/registry.js';
 import type { Messages } from '../proto/gen/types.js';
 
 export const Topic = {
@@ -69,7 +69,7 @@ export class EventPublisher {
       topic: Topic[name],
       attempts: 0,
       envelope: {
-        timestamp: { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 },
+        timestamp: timestamp(new Date(now)),
         namespace: this.opts.namespace,
         topic: Topic[name],
         event: packAny(type, event as Init<Messages[typeof type]>),

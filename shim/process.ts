@@ -29,7 +29,6 @@ export class ShimProcess {
   readonly pid = process.pid;
   private exitWaiters: Array<(e: ExitInfo) => void> = [];
   private outputDone: Promise<void> = Promise.resolve();
-  private sinks: StdioSink[] = [];
   private binaryLogger: BinaryLogger | undefined;
   private stdinClosed = false;
   private stdinOpen: Promise<import('node:stream').Readable> | undefined;
@@ -105,11 +104,9 @@ export class ShimProcess {
     }
     const { outSink, errSink } = this;
     if (outSink) {
-      this.sinks.push(outSink);
       copies.push(pump(reader('ReadStdout'), outSink.stream).finally(() => outSink!.close()));
     }
     // A terminal has no stderr: a log binary's fd 4 stays open, empty, until the process ends.
-    if (errSink) this.sinks.push(errSink);
     if (errSink && !terminal) copies.push(pump(reader('ReadStderr'), errSink.stream).finally(() => errSink!.close()));
     this.outputDone = Promise.allSettled(copies).then(() => undefined);
     if (stdin) {
@@ -225,14 +222,15 @@ export class ShimProcess {
     this.status = 'stopped';
     for (const w of this.exitWaiters.splice(0)) w(this.exit);
     // The log binary sees the end of both streams and usually exits by itself; release() makes sure.
-    for (const s of this.sinks) void s.close();
+    void this.outSink?.close();
+    void this.errSink?.close();
     if (this.stdio.stdin) releaseStdin(this.stdio.stdin);
     return this.exit;
   }
 
   /** At Delete: the output is closed and a log binary stopped (containerd keeps it until then too). */
   async release(): Promise<void> {
-    await Promise.allSettled([this.outSink?.close(), this.errSink?.close(), ...this.sinks.map((s) => s.close())]);
+    await Promise.allSettled([this.outSink?.close(), this.errSink?.close()]);
     const logger = this.binaryLogger;
     this.binaryLogger = undefined;
     await logger?.stop().catch((err) => this.log.warn({ err }, 'stopping the log binary failed'));

@@ -13,12 +13,13 @@ import type { ServiceImpl } from '../proto/rpc.js';
 import type { containerd, grpc } from '../proto/gen/types.js';
 import { ociToGrpcProcess, ociToGrpcResources, ociToGrpcSpec, OciSpecError } from '../proto/oci.js';
 import { applyAnnotations, ConfigError, loadConfig, type KatatsConfig } from './config.js';
-import { decode } from '../proto/registry.js';
+import { decode, timestamp } from '../proto/registry.js';
 import type { EventPublisher } from './events.js';
 import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
 import { bindMount, mount, unmountAll } from './mounts.js';
 import { metricsAny } from './metrics.js';
+import { sandboxDir } from './layout.js';
 
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
 const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
@@ -57,9 +58,7 @@ export interface TaskServiceOptions {
   onShutdown: () => void;
 }
 
-function ts(d: Date) {
-  return { seconds: Math.floor(d.getTime() / 1000), nanos: (d.getTime() % 1000) * 1e6 };
-}
+const ts = timestamp;
 
 /** The agent storage that mounts the pod's shared directory, as upstream Kata names it. */
 function sharedStorage(kind: GuestHandle['sharedFs']) {
@@ -129,7 +128,7 @@ export class TaskService {
       sandboxId: this.o.sandboxId,
       config: cfg,
       launchData: Buffer.alloc(32),
-      stateDir: path.join(this.o.stateDir, 'sandboxes', this.o.sandboxId),
+      stateDir: sandboxDir(this.o.stateDir, this.o.sandboxId),
       log: this.log,
     });
     this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');

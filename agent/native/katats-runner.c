@@ -487,16 +487,28 @@ static int mode_settime(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- init */
 
+/* die() reports on the status fd of the other modes and exits; PID 1 must instead power off
+ * (its exit would panic the kernel) and has no status fd. */
+static int init_pid1;
+static void init_fail(const char *what) {
+  fprintf(stderr, "katats-runner init: %s: %s\n", what, strerror(errno));
+  if (init_pid1) {
+    sync();
+    reboot(RB_POWER_OFF);
+  }
+  exit(1);
+}
+
 static int mode_init(int argc, char **argv) {
   if (argc > 0 && !strcmp(argv[0], "--")) { argc--; argv++; }
   if (argc < 1) { fprintf(stderr, "usage: katats-runner init -- PROG ARGS\n"); return 2; }
-  int pid1 = getpid() == 1;
-  if (!pid1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) die("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
+  int pid1 = init_pid1 = getpid() == 1;
+  if (!pid1 && prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) init_fail("PR_SET_CHILD_SUBREAPER");
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, &old);
   pid_t child = fork();
-  if (child < 0) die("fork: %s", strerror(errno));
+  if (child < 0) init_fail("fork");
   if (child == 0) {
     sigprocmask(SIG_SETMASK, &old, NULL);
     execvp(argv[0], argv);
@@ -510,7 +522,7 @@ static int mode_init(int argc, char **argv) {
     int sig = sigwaitinfo(&all, &si);
     if (sig < 0) {
       if (errno == EINTR) continue;
-      die("sigwaitinfo: %s", strerror(errno));
+      init_fail("sigwaitinfo");
     }
     if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGUSR1 || sig == SIGUSR2) {
       kill(child, sig);
@@ -528,7 +540,7 @@ static int mode_init(int argc, char **argv) {
   if (pid1) {
     sync();
     reboot(RB_POWER_OFF);
-    die("reboot: %s", strerror(errno));
+    init_fail("reboot");
   }
   return code;
 }

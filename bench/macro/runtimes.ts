@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import { run, which } from '../../test/harness/exec.js';
 import { RUNC_V2, type RuntimeRegistration } from '../../test/harness/containerd.js';
 import { prepareRunsc, runscRuntime } from '../../test/harness/runsc.js';
-import { katatsEnv } from '../../test/shim/katats-env.js';
+import { KATATS_RUNTIME, katatsEnv } from '../../test/shim/katats-env.js';
 
-export const KATATS_RUNTIME = 'io.containerd.katats.v2';
+export { KATATS_RUNTIME };
 export const KATATS_SHIM = 'containerd-shim-katats-v2';
 
 export interface RuntimeCandidate {
@@ -29,6 +29,18 @@ async function firstLine(cmd: string, args: string[]): Promise<string | undefine
   try {
     const r = await run(cmd, args, { timeoutMs: 20_000 });
     return r.code === 0 ? r.stdout.split('\n')[0]!.trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The shim's `-v` answer, e.g. "containerd-shim-katats-v2 0.1.0 (node v20.19.0)". */
+async function shimVersion(bin: string): Promise<string | undefined> {
+  try {
+    const r = await run(bin, ['-v'], { timeoutMs: 20_000 });
+    const v = /Version:\s*(\S+)/.exec(r.stdout)?.[1];
+    const node = /Runtime:\s*(.+)/.exec(r.stdout)?.[1]?.trim();
+    return r.code === 0 && v ? `containerd-shim-katats-v2 ${v}${node ? ` (${node})` : ''}` : undefined;
   } catch {
     return undefined;
   }
@@ -67,7 +79,7 @@ export async function findRuntimes(log: (s: string) => void): Promise<RuntimeCan
       name: 'katats',
       label: `katats (${KATATS_RUNTIME}, ${shim})`,
       registration: { name: 'katats', runtimeType: KATATS_RUNTIME, shimBinary: shim },
-      version: await firstLine(shim, ['-v']),
+      version: await shimVersion(shim),
       virtualization: process.env.KATATS_VIRT ?? 'as configured for the installed shim',
     });
   } else {
@@ -78,7 +90,7 @@ export async function findRuntimes(log: (s: string) => void): Promise<RuntimeCan
         name: 'katats',
         label: `katats (${KATATS_RUNTIME}, this checkout; guest ${env.image.manifest.kernel.release}, measurement ${env.image.manifest.measurement.slice(0, 12)})`,
         registration: env.runtime,
-        version: await firstLine(env.shimWrapper, ['-v']).then(() => 'katats 0.1.0'),
+        version: await shimVersion(env.shimWrapper),
         virtualization: env.accel.toUpperCase(),
         cleanup: env.cleanup,
       });

@@ -45,7 +45,7 @@ export class Client {
   private channel: Channel | undefined;
   private connecting: Promise<Channel> | undefined;
   private readonly pending = new Map<number, Pending>();
-  private nextStreamId = 1;
+  private nextStreamId: number;
   private userClosed = false;
   readonly maxMessageSize: number;
   private readonly log: Logger;

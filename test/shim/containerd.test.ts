@@ -3,58 +3,21 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startContainerd, type Containerd } from '../harness/containerd.js';
-import { listProcs } from '../harness/procs.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
+import * as helpers from './shim-helpers.js';
+import { startEvents, until } from './shim-helpers.js';
 
 const INDEX = 'katats.local/busybox:index';
 let env: KatatsEnv;
 let c: Containerd;
 let image: string;
-
-function qemuProcs(sandbox?: string): number[] {
-  return listProcs()
-    .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(env.stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
-    .map((p) => p.pid);
-}
-
-/** The shim's and the agent's log of one sandbox, for failure messages. */
-function logsOf(sandbox: string): string {
-  const read = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-15).join('\n') : '(none)');
-  const containerd = fs.existsSync(c.logFile) ? fs.readFileSync(c.logFile, 'utf8').split('\n').filter((l) => l.includes(sandbox)).slice(-10).join('\n') : '(none)';
-  return `--- shim log ---\n${read(path.join(env.logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(env.logDir, `${sandbox}-agent.log`))}\n--- containerd log (${sandbox}) ---\n${containerd}`;
-}
-
-function shimProcs(): number[] {
-  return listProcs()
-    .filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(c.address))
-    .map((p) => p.pid);
-}
-
-async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (ok(v) || Date.now() > end) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-function startEvents(): { child: ChildProcess; lines: string[] } {
-  const child = c.ctrSpawn(['events']);
-  const lines: string[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    const parts = buf.split('\n');
-    buf = parts.pop()!;
-    lines.push(...parts.filter(Boolean));
-  });
-  return { child, lines };
-}
+const qemuProcs = (sandbox?: string) => helpers.qemuProcs(env.stateDir, sandbox);
+const shimProcs = (id?: string) => helpers.shimProcs(c.address, id);
+const logsOf = (sandbox: string) => helpers.logsOf(env.logDir, sandbox, c.logFile);
 
 beforeAll(async () => {
   env = await katatsEnv();
@@ -94,7 +57,7 @@ describe('ctr run with io.containerd.katats.v2', () => {
   }, 600_000);
 
   it('exec, ps, pause/resume, metrics, kill and delete on a running task, with events in order', async () => {
-    const ev = startEvents();
+    const ev = startEvents(c);
     try {
       await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'long1', 'sh', '-c', 'i=0; while true; do i=$((i+1)); sleep 0.2; done'], { timeoutMs: 300_000 });
       const ex = await c.ctr(['task', 'exec', '--exec-id', 'e1', 'long1', 'sh', '-c', 'echo from-exec; exit 7']);
@@ -132,7 +95,7 @@ describe('ctr run with io.containerd.katats.v2', () => {
   }, 600_000);
 
   it('QEMU killed under a running container: the task exits with an error status and events say so', async () => {
-    const ev = startEvents();
+    const ev = startEvents(c);
     try {
       await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'victim', 'sleep', '1000'], { timeoutMs: 300_000 });
       const [vm] = qemuProcs('victim');
@@ -153,7 +116,7 @@ describe('ctr run with io.containerd.katats.v2', () => {
 
   it('kill -9 of the shim: containerd cleans up through `shim delete`, leaving no QEMU, mount or socket', async () => {
     await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'orphan', 'sleep', '1000'], { timeoutMs: 300_000 });
-    const shims = listProcs().filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(c.address) && p.cmdline.includes('-id orphan ')).map((p) => p.pid);
+    const shims = shimProcs('orphan');
     expect(shims.length).toBe(1);
     expect(qemuProcs('orphan').length).toBe(1);
     process.kill(shims[0]!, 'SIGKILL');

@@ -6,41 +6,21 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { containerdBinaries, startContainerd, type Containerd, type ContainerdBinaries } from '../harness/containerd.js';
-import { listProcs } from '../harness/procs.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
+import * as helpers from './shim-helpers.js';
+import { startEvents, until } from './shim-helpers.js';
 
 const INDEX = 'katats.local/busybox:index';
 const RUN_MS = 300_000;
 let env: KatatsEnv;
 let c: Containerd;
 let image: string;
-
-function qemuProcs(sandbox?: string): number[] {
-  return listProcs()
-    .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(env.stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
-    .map((p) => p.pid);
-}
-
-function shimProcs(id?: string): number[] {
-  return listProcs()
-    .filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(c.address) && (!id || p.cmdline.includes(`-id ${id} `)))
-    .map((p) => p.pid);
-}
-
-const tail = (f: string, n = 15) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-n).join('\n') : '(none)');
-
-/** The shim's, the agent's and containerd's logs, for failure messages. */
-function logsOf(sandbox: string): string {
-  return [
-    `--- shim log ---\n${tail(path.join(env.logDir, `${sandbox}.log`))}`,
-    `--- agent log ---\n${tail(path.join(env.logDir, `${sandbox}-agent.log`))}`,
-    `--- containerd log ---\n${tail(c.logFile, 25)}`,
-  ].join('\n');
-}
+const qemuProcs = (sandbox?: string) => helpers.qemuProcs(env.stateDir, sandbox);
+const shimProcs = (id?: string) => helpers.shimProcs(c.address, id);
+const logsOf = (sandbox: string) => helpers.logsOf(env.logDir, sandbox, c.logFile);
 
 /** containerd's own record of how it connected to a shim: `connecting to shim <id>` with protocol and version. */
 function connectLine(id: string): string {
@@ -50,28 +30,6 @@ function connectLine(id: string): string {
       .split('\n')
       .find((l) => l.includes(`msg="connecting to shim ${id}"`)) ?? ''
   );
-}
-
-async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (ok(v) || Date.now() > end) return v;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-function startEvents(): { child: ChildProcess; lines: string[] } {
-  const child = c.ctrSpawn(['events']);
-  const lines: string[] = [];
-  let buf = '';
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    const parts = buf.split('\n');
-    buf = parts.pop()!;
-    lines.push(...parts.filter(Boolean));
-  });
-  return { child, lines };
 }
 
 beforeAll(async () => {
@@ -135,7 +93,7 @@ describe('ctr of containerd 2.x with io.containerd.katats.v2', () => {
   }, RUN_MS);
 
   it('over containerd.task.v3.Task: exec, kill and delete on a running task, with events in order', async () => {
-    const ev = startEvents();
+    const ev = startEvents(c);
     try {
       await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats3'), image, 'long2', 'sh', '-c', 'while true; do sleep 0.2; done'], { timeoutMs: RUN_MS });
       expect(connectLine('long2'), logsOf('long2')).toMatch(/version=3\b/);
@@ -173,7 +131,7 @@ describe('ctr of containerd 2.x with io.containerd.katats.v2', () => {
     expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/orphan2\s+\d+\s+RUNNING/);
     // Subscribed after the restart (a ctr events stream ends with the containerd it watched); the
     // exec's own events show that the stream is live before the shim is killed.
-    const ev = startEvents();
+    const ev = startEvents(c);
     try {
       const ex = await c.ctr(['task', 'exec', '--exec-id', 'after-restart', 'orphan2', 'echo', 'still here'], { timeoutMs: 120_000 });
       expect(ex.stdout, logsOf('orphan2')).toBe('still here\n');

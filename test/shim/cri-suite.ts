@@ -10,12 +10,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CRI_NAMESPACE, startContainerd, type Containerd, type ContainerdFlavor } from '../harness/containerd.js';
 import { CriError, type CriClient } from '../harness/cri.js';
 import { mountsUnder } from '../harness/mounts.js';
-import { listProcs } from '../harness/procs.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../images/busybox.js';
 import { tempDir } from '../support/tmp.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
+import * as helpers from './shim-helpers.js';
+import { until } from './shim-helpers.js';
 
 const { POD, CONTAINER, NODE } = runtime.v1.NamespaceMode;
 const { SANDBOX_READY, SANDBOX_NOTREADY } = runtime.v1.PodSandboxState;
@@ -23,6 +24,8 @@ const { CONTAINER_RUNNING } = runtime.v1.ContainerState;
 
 export function criSuite(FLAVOR: ContainerdFlavor): void {
   let env: KatatsEnv;
+  const qemuProcs = () => helpers.qemuProcs(env.stateDir);
+  const shimProcs = () => helpers.shimProcs(cd.address);
   let cd: Containerd;
   let cri: CriClient;
   let image: string;
@@ -31,36 +34,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
   let podConfig: Init<runtime.v1.PodSandboxConfig>;
   const ids: Record<string, string> = {};
 
-  function qemuProcs(): number[] {
-    return listProcs()
-      .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(env.stateDir))
-      .map((p) => p.pid);
-  }
-
-  function shimProcs(): number[] {
-    return listProcs()
-      .filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(cd.address))
-      .map((p) => p.pid);
-  }
-
-  /** The shim's, the agent's and containerd's last words, for failure messages. */
-  function logs(): string {
-    const tail = (f: string, n = 20) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-n).join('\n') : '(none)');
-    return [
-      `--- shim log ---\n${tail(path.join(env.logDir, `${podId}.log`))}`,
-      `--- agent log ---\n${tail(path.join(env.logDir, `${podId}-agent.log`))}`,
-      `--- containerd log ---\n${tail(cd.logFile, 10)}`,
-    ].join('\n');
-  }
-
-  async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = await fn();
-      if (ok(v) || Date.now() > end) return v;
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
+  const logs = () => helpers.logsOf(env.logDir, podId, cd.logFile, 20);
 
   async function exec(container: string, cmd: string[]): Promise<{ code: number; out: string; err: string }> {
     const r = await cri.runtime.ExecSync({ container_id: ids[container], cmd, timeout: 60 }, { timeoutMs: 90_000 });
@@ -247,7 +221,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
         const { pod_sandbox_id } = await other
           .criApi()
           .runtime.RunPodSandbox({ config: { ...podConfig, metadata: { name: 'left-running', uid: 'left', namespace: 'default' } }, runtime_handler: 'katats' }, { timeoutMs: 300_000 });
-        expect(listProcs().filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(`/sandboxes/${pod_sandbox_id}/`)).length).toBe(1);
+        expect(helpers.qemuProcs(env.stateDir, pod_sandbox_id).length).toBe(1);
         report = await other.stop();
         expect(report.podsRemoved).toEqual([pod_sandbox_id]);
       } finally {

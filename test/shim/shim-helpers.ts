@@ -1,5 +1,6 @@
 // Small helpers the katats shim suites share: polling, the shim's and agent's logs of a sandbox
 // for failure messages, and finding host processes by command line or environment.
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listProcs } from '../harness/procs.js';
@@ -16,10 +17,18 @@ export async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, 
   }
 }
 
-/** The last lines of the shim's and the agent's log of one sandbox. */
-export function logsOf(logDir: string, sandbox: string, lines = 15): string {
+/**
+ * The last lines of the shim's and the agent's log of one sandbox, and with `containerdLog` the
+ * containerd lines that name it, for failure messages.
+ */
+export function logsOf(logDir: string, sandbox: string, containerdLog?: string, lines = 15): string {
   const read = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-lines).join('\n') : '(none)');
-  return `--- shim log ---\n${read(path.join(logDir, `${sandbox}.log`))}\n--- agent log ---\n${read(path.join(logDir, `${sandbox}-agent.log`))}`;
+  const parts = [`--- shim log ---\n${read(path.join(logDir, `${sandbox}.log`))}`, `--- agent log ---\n${read(path.join(logDir, `${sandbox}-agent.log`))}`];
+  if (containerdLog) {
+    const mine = fs.existsSync(containerdLog) ? fs.readFileSync(containerdLog, 'utf8').split('\n').filter((l) => l.includes(sandbox)).slice(-10).join('\n') : '(none)';
+    parts.push(`--- containerd log (${sandbox}) ---\n${mine}`);
+  }
+  return parts.join('\n');
 }
 
 /** QEMU processes whose command line names `stateDir` (a katats env's), optionally of one sandbox. */
@@ -27,6 +36,27 @@ export function qemuProcs(stateDir: string, sandbox?: string): number[] {
   return listProcs()
     .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
     .map((p) => p.pid);
+}
+
+/** Shim daemons serving the containerd at `address`, optionally only the one for sandbox `id`. */
+export function shimProcs(address: string, id?: string): number[] {
+  return listProcs()
+    .filter((p) => p.cmdline.includes('shim.mjs') && p.cmdline.includes(address) && (!id || p.cmdline.includes(`-id ${id} `)))
+    .map((p) => p.pid);
+}
+
+/** `ctr events` running in the background, its lines collected as they come. */
+export function startEvents(c: Containerd): { child: ChildProcess; lines: string[] } {
+  const child = c.ctrSpawn(['events']);
+  const lines: string[] = [];
+  let buf = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop()!;
+    lines.push(...parts.filter(Boolean));
+  });
+  return { child, lines };
 }
 
 /** Processes whose environment holds every `KEY=value` given (e.g. a log binary's CONTAINER_ID). */
