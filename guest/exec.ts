@@ -36,6 +36,9 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
         reject(new Error(`${cmd} ${args.join(' ')}: ${why}: ${res.stderr.trim().slice(-2000)}`));
       }
     });
+    // A tool that exits without reading its input closes the pipe: EPIPE here is not a failure of
+    // ours, and the exit status (seen in 'close') says whether the tool succeeded.
+    child.stdin.on('error', () => {});
     child.stdin.end(opts.input ?? '');
   });
 }

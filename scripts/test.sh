@@ -18,4 +18,7 @@ if [[ -f .cache/vitest.json ]]; then
     if (r.numTotalTests === 0) process.exitCode = 1;
   ' || rc=1
 fi
+# vitest also fails a run whose tests all passed when something threw outside a test (an
+# unhandled error): say so, so the last line never reads as green while the exit status is red.
+if [[ $rc -ne 0 ]]; then echo "tests: vitest exited $rc (failed tests, or unhandled errors reported above)"; fi
 exit $rc

@@ -3,6 +3,7 @@
 // `katats-runner run` monitor (see ../process.ts), which this module only builds argv for.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import { internal, notFound, TtrpcError, Code } from '../errors.js';
 
 export interface CrunOptions {
@@ -54,12 +55,17 @@ export class Crun {
       p.on('error', reject);
       p.on('close', (code, sig) =>
         resolve({
-          code: code ?? 128 + (sig ? 9 : 0),
+          code: code ?? 128 + (sig ? os.constants.signals[sig] : 0),
           stdout: Buffer.concat(out).toString(),
           stderr: Buffer.concat(err).toString().trim(),
         }),
       );
-      if (input !== undefined) p.stdin!.end(input);
+      if (input !== undefined) {
+        // crun may fail before it reads the spec: the exit status reports that, an EPIPE must not
+        // take the agent down.
+        p.stdin!.on('error', () => {});
+        p.stdin!.end(input);
+      }
     });
   }
 

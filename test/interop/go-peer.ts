@@ -5,6 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { run, type RunResult } from "../harness/exec.js";
 
 const INTEROP_DIR = dirname(fileURLToPath(import.meta.url));
 const GOPATH_ROOT = join(INTEROP_DIR, "go");
@@ -35,28 +36,6 @@ export interface GoServer {
   pid: number;
 }
 
-interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a process to completion; rejects only if it cannot be spawned. */
-function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string }): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    child.on("error", reject);
-    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }));
-    child.stdin.on("error", () => {}); // child may exit before reading stdin
-    child.stdin.end(opts.input ?? "");
-  });
-}
-
 /** Builds (or reuses) the ttrpcpeer binary; returns its path. */
 export async function buildGoPeer(): Promise<string> {
   const hash = createHash("sha256").update(readFileSync(MAIN_GO)).digest("hex");
@@ -74,7 +53,7 @@ export async function buildGoPeer(): Promise<string> {
   };
   let res: RunResult;
   try {
-    res = await run("go", ["build", "-o", tmp, "katats.dev/ttrpcpeer"], { env, cwd: GOPATH_ROOT });
+    res = await run("go", ["build", "-o", tmp, "katats.dev/ttrpcpeer"], { env, cwd: GOPATH_ROOT, timeoutMs: 600_000 });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new Error(e.code === "ENOENT" ? "go toolchain not found in PATH (apt-get install golang-go)" : `cannot run go: ${e.message}`);

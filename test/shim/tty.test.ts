@@ -29,6 +29,8 @@ class Terminal {
     this.child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, SHELL: '/bin/sh' } });
     this.child.stdout!.on('data', (d: Buffer) => (this.out += d.toString('latin1')));
     this.child.stderr!.on('data', (d: Buffer) => (this.out += d.toString('latin1')));
+    // Typing into a terminal whose `script` has gone is a failure of the test, told by expect().
+    this.child.stdin!.on('error', (e) => (this.out += `\n[stdin: ${e.message}]`));
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
     terminals.push(this);
   }
