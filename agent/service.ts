@@ -51,11 +51,14 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     CreateSandbox: (req) =>
       guard('CreateSandbox', async () => {
         if (sb.running) throw new TtrpcError(Code.AlreadyExists, `sandbox ${sb.id || '(unnamed)'} already exists`);
+        // Refused before anything changes: a host that needs modules would otherwise run pods without them.
+        if (req.kernel_modules?.length) {
+          throw new TtrpcError(Code.Unimplemented, `kernel modules cannot be loaded in this guest (its image carries only its boot modules): ${req.kernel_modules.map((m) => m.name).join(', ')}`);
+        }
         if (req.sandbox_id) sb.id = req.sandbox_id;
         sb.hostname = req.hostname;
         sb.log = sb.config.log.child({ sandbox_id: sb.id || undefined });
         sb.log.info({ hostname: req.hostname }, 'creating sandbox');
-        if (req.kernel_modules?.length) log.warn({ modules: req.kernel_modules.map((m) => m.name) }, 'kernel module loading is not supported; ignored');
         if (req.guest_hook_path) {
           checkAbsolute(req.guest_hook_path, 'guest_hook_path');
           sb.loadGuestHooks(req.guest_hook_path);

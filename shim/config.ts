@@ -102,6 +102,8 @@ export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
   if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus must be a positive integer`);
   if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${source}: hypervisor.qemu.default_memory must be at least 64 (MiB)`);
+  // Kata's key, kept so its configs parse; silently ignoring a list would run pods without the modules.
+  if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);
   return { ...cfg, source };
 }
 

@@ -9,7 +9,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
-import { isSandboxProcess, readRecord, sandboxDir, writeRecord } from './layout.js';
+import { isSandboxProcess, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
@@ -65,13 +65,14 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     namespace: args.namespace,
     config: cfg,
     launcher: async (req) => {
-      const base = { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket };
+      let rec: SandboxRecord = { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket };
       const guest = await launchQemuSandbox({
         ...req,
-        // Recorded before the boot: a shim killed while the VM boots must not leave virtiofsd to `delete`'s guesswork.
-        onHelperStarted: ({ virtiofsdPid }) => writeRecord(cfg.runtime.state_dir, { ...base, virtiofsdPid }),
+        // Recorded before the boot: a shim killed while the VM boots must not leave virtiofsd or
+        // host cgroups to `delete`'s guesswork.
+        onHostResources: (r) => writeRecord(cfg.runtime.state_dir, (rec = { ...rec, ...r })),
       });
-      writeRecord(cfg.runtime.state_dir, { ...base, vmmPid: guest.vmmPid, virtiofsdPid: guest.virtiofsdPid, sharedDir: guest.sharedDir });
+      writeRecord(cfg.runtime.state_dir, { ...rec, vmmPid: guest.vmmPid, virtiofsdPid: guest.virtiofsdPid, sharedDir: guest.sharedDir, cgroupDirs: guest.cgroupDirs });
       return guest;
     },
     events,

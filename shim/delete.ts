@@ -7,6 +7,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { unmountAll } from './mounts.js';
+import { removeCgroupDirs } from './cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 
 /** Whether pid runs: a zombie (dead, not yet reaped by whoever inherited it) counts as gone. */
@@ -41,6 +42,8 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       // Only processes that still name this sandbox: a recorded pid may have been reused since.
       // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
+      // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
+      if (rec.cgroupDirs) await removeCgroupDirs(rec.cgroupDirs);
       await unmountAll(dir);
       fs.rmSync(dir, { recursive: true, force: true });
       fs.rmSync(rec.socket, { force: true });

@@ -4,6 +4,7 @@
 import type { Logger } from 'pino';
 import type { ServiceClient } from '../proto/rpc.js';
 import type { KatatsConfig } from './config.js';
+import type { SandboxCgroupPlan } from './sandbox-cgroups.js';
 
 /** Where the guest mounts the shared filesystem, as Kata lays it out. */
 export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
@@ -31,6 +32,8 @@ export interface GuestHandle {
   virtiofsdPid?: number;
   /** Settles when the VMM process ends, for whatever reason. */
   exited: Promise<VmExit>;
+  /** Host cgroup directories made for the sandbox (empty when it asked for none). */
+  cgroupDirs: string[];
   /** Powers the VM off (gracefully, then by force) and removes what it made on the host. */
   stop(): Promise<void>;
 }
@@ -42,8 +45,19 @@ export interface LaunchRequest {
   launchData: Buffer;
   stateDir: string;
   log: Logger;
-  /** Called as soon as a helper process runs, before the boot that may outlive a killed shim. */
-  onHelperStarted?: (pids: { virtiofsdPid: number }) => void;
+  /** Where the host processes go (see sandbox-cgroups.ts); none when undefined. */
+  cgroups?: SandboxCgroupPlan;
+  /**
+   * Called as soon as something exists that a killed shim would leave behind (a helper process, host
+   * cgroups), before the boot: `shim delete` must be able to find it.
+   */
+  onHostResources?: (r: HostResources) => void;
+}
+
+export interface HostResources {
+  virtiofsdPid?: number;
+  /** Host cgroup directories made for the sandbox, removed once its processes are gone. */
+  cgroupDirs?: string[];
 }
 
 export type GuestLauncher = (req: LaunchRequest) => Promise<GuestHandle>;

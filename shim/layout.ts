@@ -37,6 +37,8 @@ export interface SandboxRecord {
   vmmPid?: number;
   virtiofsdPid?: number;
   sharedDir?: string;
+  /** Host cgroup directories made for the sandbox (see sandbox-cgroups.ts). */
+  cgroupDirs?: string[];
   socket: string;
 }
 

@@ -18,6 +18,8 @@ import type { EventPublisher } from './events.js';
 import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
 import { bindMount, mount, unmountAll } from './mounts.js';
+import { CgroupError } from './cgroups.js';
+import { planSandboxCgroups, type SandboxCgroupPlan } from './sandbox-cgroups.js';
 import { metricsAny } from './metrics.js';
 import { sandboxDir } from './layout.js';
 
@@ -124,12 +126,20 @@ export class TaskService {
       // through the shared directory until block-device layers exist.
       throw new TtrpcError(Code.InvalidArgument, `shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
     }
+    let cgroups: SandboxCgroupPlan | undefined;
+    try {
+      cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, this.o.sandboxId, cfg.runtime.sandbox_cgroup_only);
+    } catch (e) {
+      if (e instanceof CgroupError) throw new TtrpcError(Code.InvalidArgument, `sandbox ${this.o.sandboxId}: ${e.message}`);
+      throw e;
+    }
     const guest = await this.o.launcher({
       sandboxId: this.o.sandboxId,
       config: cfg,
       launchData: Buffer.alloc(32),
       stateDir: sandboxDir(this.o.stateDir, this.o.sandboxId),
       log: this.log,
+      ...(cgroups ? { cgroups } : {}),
     });
     this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
     // Tracked from here on: whatever fails next, the shim's cleanup must find this VM to stop it.

@@ -10,6 +10,7 @@ import type { GuestManifest } from '../guest/manifest.js';
 import type { QemuConfig } from './config.js';
 import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
 import { unmountAll } from './mounts.js';
+import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 
 export interface GuestFiles {
@@ -82,16 +83,24 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
   if (req.config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
   const vmId = `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`;
+  // Before any helper starts: virtiofsd and QEMU are born in the cgroup the shim moves into.
+  const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
+  if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
   let virtiofsd: Virtiofsd | undefined;
   if (q.shared_fs === 'virtio-fs') {
-    virtiofsd = await startVirtiofsd({
-      binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
-      source: sharedDir,
-      socket: path.join(req.stateDir, 'vfs.sock'),
-      logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
-      log: req.log,
-    });
-    req.onHelperStarted?.({ virtiofsdPid: virtiofsd.pid });
+    try {
+      virtiofsd = await startVirtiofsd({
+        binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
+        source: sharedDir,
+        socket: path.join(req.stateDir, 'vfs.sock'),
+        logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
+        log: req.log,
+      });
+    } catch (e) {
+      await cgroups?.leave();
+      throw e;
+    }
+    req.onHostResources?.({ virtiofsdPid: virtiofsd.pid });
   }
   const cfg: VmConfig = {
     id: vmId,
@@ -117,6 +126,15 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     vm = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
   } catch (e) {
     await virtiofsd?.stop();
+    await cgroups?.leave();
+    throw e;
+  }
+  try {
+    if (vm.pid) cgroups?.placeVcpus(vm.pid);
+  } catch (e) {
+    await vm.kill();
+    await virtiofsd?.stop();
+    await cgroups?.leave();
     throw e;
   }
   // Without its virtiofsd the guest's file accesses would hang forever: a dead daemon is a dead VM.
@@ -148,6 +166,7 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
       // No console output: nothing to keep.
     }
     fs.rmSync(req.stateDir, { recursive: true, force: true });
+    await cgroups?.leave();
   }
   return {
     agent: serviceClient(agentClient, 'grpc.AgentService'),
@@ -157,6 +176,7 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     accel: vm.accel,
     vmmPid: vm.pid ?? 0,
     ...(virtiofsd ? { virtiofsdPid: virtiofsd.pid } : {}),
+    cgroupDirs: cgroups?.made ?? [],
     exited: vm.exited.then((x) => ({ code: x.code, signal: x.signal, reason: `${x.reason}${x.lastConsoleLines.length && x.reason !== 'shutdown' && x.reason !== 'quit' && x.reason !== 'killed' ? `: ${x.lastConsoleLines.slice(-3).join(' | ')}` : ''}` })),
     stop: async () => {
       stopping = true;

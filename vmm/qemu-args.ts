@@ -48,7 +48,8 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   const qmpSocket = path.join(c.runDir, 'qmp.sock');
   const cmdline = kernelCmdline(c, machine);
   const a: string[] = [
-    '-name', `katats-${qemuEscape(c.id)}`,
+    // Named threads ("CPU 0/KVM") let the shim put the vCPUs in a cgroup of their own.
+    '-name', `katats-${qemuEscape(c.id)},debug-threads=on`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
   ];
   const machineOpts: Record<string, string> = { q35: 'q35,vmport=off,sata=off,smbus=off', pc: 'pc,vmport=off', microvm: 'microvm,pcie=on,rtc=on' };

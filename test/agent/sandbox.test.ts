@@ -51,6 +51,13 @@ describe('sandbox requests', () => {
     if (dir) expect(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(dir)).toBe(false);
   });
 
+  it('CreateSandbox refuses kernel modules it cannot load, naming them, and changes nothing', async () => {
+    const err = await t.svc.CreateSandbox({ hostname: 'mods', sandbox_id: 'sb-mods', kernel_modules: [{ name: 'e1000e', parameters: ['EEE=1'] }, { name: 'i915', parameters: [] }] }).catch((e) => e);
+    expect(err.code).toBe(Code.Unimplemented);
+    expect(err.message).toMatch(/e1000e, i915/);
+    expect(t.agent.sandbox.running).toBe(false);
+  });
+
   it('CreateSandbox sets hostname, DNS, storages, guest hooks; containers share its UTS and PID namespaces', async () => {
     const hooks = path.join(t.dir, 'hooks');
     const marker = path.join(t.dir, 'hook-ran');

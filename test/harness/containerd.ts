@@ -617,7 +617,13 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   const binDir = path.join(dir, 'bin');
   fs.mkdirSync(binDir);
   for (const r of runtimes) {
-    if (r.shimBinary) fs.symlinkSync(path.resolve(r.shimBinary), path.join(binDir, shimBinaryName(r.runtimeType)));
+    if (r.shimBinary) {
+      // Several handlers may share one runtime type (and shim), differing in their options.
+      const link = path.join(binDir, shimBinaryName(r.runtimeType));
+      const target = path.resolve(r.shimBinary);
+      if (!fs.existsSync(link)) fs.symlinkSync(target, link);
+      else if (fs.readlinkSync(link) !== target) throw new Error(`runtime type ${r.runtimeType} registered with two shim binaries`);
+    }
     if (r.runtimeType === RUNC_V2) fs.mkdirSync(path.join(dir, 'runc', r.name), { recursive: true });
   }
   const cfg = {

@@ -35,6 +35,8 @@ sandbox_cgroup_only = true
     expect(parseConfig('[hypervisor.qemu]\nshared_fs = "none"').hypervisor.qemu.shared_fs).toBe('none');
     expect(parseConfig('').hypervisor.qemu.shared_fs).toBe('virtio-9p');
     expect(() => parseConfig('[hypervisor.qemu\n')).toThrow(ConfigError);
+    expect(parseConfig('[agent.katats]\nkernel_modules = []').agent.katats.kernel_modules).toEqual([]);
+    expect(() => parseConfig('[agent.katats]\nkernel_modules = ["e1000e EEE=1"]')).toThrow(/kernel_modules: loading guest kernel modules is not supported/);
   });
 
   it('finds the file through KATATS_CONF_FILE and refuses a missing explicit path', () => {

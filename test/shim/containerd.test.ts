@@ -9,7 +9,7 @@ import { startContainerd, type Containerd } from '../harness/containerd.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
-import { startEvents, until } from './shim-helpers.js';
+import { sandboxCgroups, startEvents, until } from './shim-helpers.js';
 
 const INDEX = 'katats.local/busybox:index';
 let env: KatatsEnv;
@@ -125,6 +125,8 @@ describe('ctr run with io.containerd.katats.v2', () => {
     expect(qemuProcs()).toEqual([]);
     await c.ctr(['task', 'rm', '-f', 'orphan']);
     await c.ctrOk(['container', 'rm', 'orphan']);
+    // The dead shim's host cgroups too (ctr's cgroupsPath is /<namespace>/<id>).
+    expect(await until(() => sandboxCgroups('orphan', c.namespace), (d) => d.length === 0, 10_000)).toEqual([]);
     const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(env.stateDir));
     expect(mounts).toEqual([]);
     const sockets = fs.existsSync(path.join(env.stateDir, 's')) ? fs.readdirSync(path.join(env.stateDir, 's')) : [];
@@ -173,6 +175,7 @@ describe('20 create/delete cycles', () => {
     expect(ours()).toEqual(before.mounts);
     expect(fs.existsSync(path.join(env.stateDir, 'sandboxes')) ? fs.readdirSync(path.join(env.stateDir, 'sandboxes')) : []).toEqual([]);
     expect(fs.existsSync(path.join(env.stateDir, 's')) ? fs.readdirSync(path.join(env.stateDir, 's')) : []).toEqual([]);
+    expect(Array.from({ length: 20 }, (_, i) => sandboxCgroups(`cycle${i}`, c.namespace)).flat()).toEqual([]);
   }, 1_800_000);
 });
 

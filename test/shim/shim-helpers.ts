@@ -4,6 +4,8 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { listProcs } from '../harness/procs.js';
+import { hostHierarchies } from '../../shim/cgroups.js';
+import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
 import { startContainerd, type Containerd } from '../harness/containerd.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
@@ -29,6 +31,14 @@ export function logsOf(logDir: string, sandbox: string, containerdLog?: string, 
     parts.push(`--- containerd log (${sandbox}) ---\n${mine}`);
   }
   return parts.join('\n');
+}
+
+/**
+ * Host cgroup directories the shim makes for sandbox `id` (either placement, any hierarchy) that
+ * still exist; `parent` is the pod cgroup (for ctr, the containerd namespace: its cgroupsPath is /<ns>/<id>).
+ */
+export function sandboxCgroups(id: string, parent: string): string[] {
+  return hostHierarchies().flatMap((h) => [path.join(h.mount, OVERHEAD_ROOT, id), path.join(h.mount, parent, id), path.join(h.mount, parent, `katats_${id}`)].filter((d) => fs.existsSync(d)));
 }
 
 /** QEMU processes whose command line names `stateDir` (a katats env's), optionally of one sandbox. */
