@@ -114,7 +114,15 @@ export class TaskService {
       let base = this.o.config;
       if (options?.type_url.endsWith('runtimeoptions.v1.Options')) {
         const opts = decode('runtimeoptions.v1.Options', options.value);
-        if (opts.config_path) base = loadConfig(opts.config_path);
+        if (opts.config_path) {
+          const chosen = loadConfig(opts.config_path);
+          // `start` and `delete` never see this option: state and logs stay where they look.
+          const own = this.o.config.runtime;
+          if (chosen.runtime.state_dir !== own.state_dir || chosen.runtime.log_dir !== own.log_dir) {
+            this.log.warn({ configPath: opts.config_path, ignored: { state_dir: chosen.runtime.state_dir, log_dir: chosen.runtime.log_dir } }, 'runtime state_dir and log_dir come from the shim\'s own configuration, not ConfigPath');
+          }
+          base = { ...chosen, runtime: { ...chosen.runtime, state_dir: own.state_dir, log_dir: own.log_dir } };
+        }
       }
       cfg = applyAnnotations(base, spec.Annotations ?? {});
     } catch (e) {

@@ -204,7 +204,8 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
       expect(mountsUnder(env.stateDir)).toEqual([]);
       expect(mountsUnder(cd.dir)).toEqual([]);
       const ls = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d) : []);
-      expect(ls(path.join(env.stateDir, 'sandboxes'))).toEqual([]);
+      const left = path.join(env.stateDir, 'sandboxes');
+      expect(ls(left), `${ls(left).flatMap((d) => ls(path.join(left, d)).map((f) => `${d}/${f}`)).join(' ')}\n${logs()}`).toEqual([]);
       expect(ls(path.join(env.stateDir, 's'))).toEqual([]);
       expect(fs.existsSync(criSandboxDir)).toBe(false);
       // The pod's files in the shared host dir outlive it, as a volume's should.

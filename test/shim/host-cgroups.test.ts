@@ -26,6 +26,9 @@ const kubepods = `katats-kubepods-${process.pid}`;
 let made: string[] = [];
 
 /** Where a thread or process sits, one entry per hierarchy: "v1:memory" → path. */
+const otherState = () => path.join(env.dir, 'sco-run');
+const otherLogs = () => path.join(env.dir, 'sco-log');
+
 function placement(pid: number, tid?: number): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [h, rel] of cgroupsOf(pid, hier, tid)) out[h.mount] = rel;
@@ -58,8 +61,10 @@ function memoryUsage(rel: string): number | undefined {
 beforeAll(async () => {
   env = await katatsEnv();
   const sco = path.join(env.dir, 'configuration-sandbox-cgroup-only.toml');
-  // The env's file ends in its [runtime] table: one more key goes there.
-  fs.writeFileSync(sco, `${fs.readFileSync(env.configFile, 'utf8')}\nsandbox_cgroup_only = true\n`);
+  // The env's file ends in its [runtime] table: one more key goes there. Its own state and log dirs
+  // must be ignored (start and delete never see ConfigPath): the shim's file decides those.
+  const base = fs.readFileSync(env.configFile, 'utf8');
+  fs.writeFileSync(sco, `${base.replace(/^state_dir = .*$/m, `state_dir = "${otherState()}"`).replace(/^log_dir = .*$/m, `log_dir = "${otherLogs()}"`)}\nsandbox_cgroup_only = true\n`);
   cd = await startContainerd({ cri: true, runtimes: [env.runtime, { ...env.runtime, name: 'katats-sco', options: { ConfigPath: sco } }] });
   const img = await busyboxImage();
   await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
@@ -133,6 +138,10 @@ describe('host cgroups of a katats pod (containerd bookworm, CRI)', () => {
     expect(threads.length).toBeGreaterThan(1);
     for (const t of threads) expect(t).toEqual(everywhere(sandbox));
     for (const h of hier) expect(fs.existsSync(path.join(h.mount, OVERHEAD_ROOT, podId))).toBe(false);
+    // runPod found QEMU under the shim's own state dir; the handler's file named others, unused.
+    expect(fs.existsSync(otherState())).toBe(false);
+    expect(fs.existsSync(otherLogs())).toBe(false);
+    expect(fs.readFileSync(path.join(env.logDir, `${podId}.log`), 'utf8')).toMatch(/come from the shim's own configuration/);
     const podMem = memoryUsage(`${kubepods}/pod-b`);
     if (podMem !== undefined) {
       // The VM's memory is the pod's: at least what the guest touched while booting.
