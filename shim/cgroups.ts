@@ -4,6 +4,7 @@
 // hosts) and pure v2 alike: like runc's cgroupfs driver, a cgroup exists in every hierarchy.
 import fs from 'node:fs';
 import path from 'node:path';
+import { unescapeMountPath } from './mounts.js';
 
 export interface Hierarchy {
   /** Where it is mounted, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup (pure v2). */
@@ -18,10 +19,6 @@ export class CgroupError extends Error {
 }
 
 const V1_NON_CONTROLLER_OPTS = new Set(['rw', 'ro', 'noprefix', 'clone_children', 'xattr', 'nsdelegate', 'memory_recursiveprot', 'memory_localevents', 'favordynmods']);
-
-function unescapeMountPath(p: string): string {
-  return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
 
 /** The cgroup hierarchies in a /proc/<pid>/mountinfo text, each once (a tree mounted twice counts once). */
 export function parseCgroupMounts(mountinfo: string): Hierarchy[] {

@@ -11,6 +11,7 @@ import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
 import { isSandboxProcess, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
+import { removeTree } from './mounts.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
   const streams: pino.StreamEntry[] = [];
@@ -52,10 +53,11 @@ export async function serveShim(args: ShimArgs): Promise<void> {
         // Already gone, as it should be.
       }
     }
-    await server.close({ graceMs: 2000 });
-    await events.close();
+    // Each step on its own: a failure in one must not leave the socket and state behind.
+    await server.close({ graceMs: 2000 }).catch((err) => log.error({ err }, 'closing the server failed'));
+    await events.close().catch((err) => log.error({ err }, 'closing the event publisher failed'));
     fs.rmSync(args.socket, { force: true });
-    fs.rmSync(sandboxDir(cfg.runtime.state_dir, sandboxId), { recursive: true, force: true });
+    await removeTree(sandboxDir(cfg.runtime.state_dir, sandboxId)).catch((err) => log.error({ err }, 'removing the sandbox state failed'));
     log.info('shim exiting');
     log.flush();
     setTimeout(() => process.exit(code), 50);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
-import { unmountAll } from './mounts.js';
+import { removeTree } from './mounts.js';
 import { removeCgroupDirs } from './cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 
@@ -33,8 +33,7 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
   if (rec) {
     if (rec.sharedDir) {
       const mine = path.join(rec.sharedDir, args.id);
-      await unmountAll(mine);
-      fs.rmSync(mine, { recursive: true, force: true });
+      await removeTree(mine);
     }
     // The pod's VM cannot outlive its shim; while the shim lives, it stops the VM itself.
     if (!alive(rec.shimPid)) {
@@ -44,8 +43,7 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
       if (rec.cgroupDirs) await removeCgroupDirs(rec.cgroupDirs);
-      await unmountAll(dir);
-      fs.rmSync(dir, { recursive: true, force: true });
+      await removeTree(dir);
       fs.rmSync(rec.socket, { force: true });
     }
   }

@@ -38,24 +38,41 @@ export async function bindMount(source: string, target: string, readonly = false
   if (readonly) await mount({ type: 'none', source: 'none', options: ['remount', 'bind', 'ro'] }, target);
 }
 
-function unescapeMountPath(p: string): string {
+/** A mountinfo path field as the path it names (mountinfo escapes space, tab, newline, backslash in octal). */
+export function unescapeMountPath(p: string): string {
   return p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points at or below dir (symlinks resolved), deepest first, each once. */
+export function mountsUnder(dir: string): string[] {
+  const root = fs.existsSync(dir) ? fs.realpathSync(dir) : path.resolve(dir);
+  const points = new Set<string>();
+  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const field = line.split(' ')[4];
+    if (!field) continue;
+    const mp = unescapeMountPath(field);
+    if (mp === root || mp.startsWith(root + '/')) points.add(mp);
+  }
+  return [...points].sort((a, b) => b.length - a.length);
 }
 
 /** Unmounts everything at and below `root`, deepest first; lazily when busy, so cleanup never hangs. */
 export async function unmountAll(root: string): Promise<void> {
-  const real = fs.existsSync(root) ? fs.realpathSync(root) : root;
-  const targets = fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => unescapeMountPath(l.split(' ')[4] ?? ''))
-    .filter((t) => t === real || t.startsWith(real + '/'))
-    .sort((a, b) => b.length - a.length);
-  for (const t of targets) {
+  for (const t of mountsUnder(root)) {
     try {
       await run('umount', [t]);
     } catch {
       await run('umount', ['-l', t]).catch(() => undefined);
     }
   }
+}
+
+/**
+ * Unmounts everything below dir, then removes it. Other processes may be unmounting or removing
+ * parts of the same tree at that moment (containerd runs `shim delete` as each task's connection
+ * closes), so the removal retries briefly on EBUSY/ENOTEMPTY instead of failing the first time.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  await unmountAll(dir);
+  fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
 }

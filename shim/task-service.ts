@@ -17,7 +17,7 @@ import { decode, timestamp } from '../proto/registry.js';
 import type { EventPublisher } from './events.js';
 import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
-import { bindMount, mount, unmountAll } from './mounts.js';
+import { bindMount, mount, removeTree, unmountAll } from './mounts.js';
 import { CgroupError } from './cgroups.js';
 import { planSandboxCgroups, type SandboxCgroupPlan } from './sandbox-cgroups.js';
 import { metricsAny } from './metrics.js';
@@ -285,8 +285,7 @@ export class TaskService {
             .RemoveContainer({ container_id: req.id, timeout: 10 })
             .catch((err) => log.warn({ err }, 'RemoveContainer after a failed output open failed'));
         }
-        await unmountAll(sharedDir);
-        fs.rmSync(sharedDir, { recursive: true, force: true });
+        await removeTree(sharedDir);
         throw inGuest ? new TtrpcError(Code.InvalidArgument, (e as Error).message) : e;
       }
       this.containers.set(req.id, { id: req.id, bundle: req.bundle, spec, init, execs: new Map(), pendingExecs: new Map(), sharedDir, paused: false });
@@ -414,8 +413,7 @@ export class TaskService {
           .catch((err) => this.log.warn({ err, container: req.id }, 'RemoveContainer failed'));
       }
       await Promise.all([c.init, ...c.execs.values()].map((p) => p.release()));
-      await unmountAll(c.sharedDir);
-      fs.rmSync(c.sharedDir, { recursive: true, force: true });
+      await removeTree(c.sharedDir);
       this.containers.delete(req.id);
       this.o.events.publish('TaskDelete', { container_id: req.id, pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at), id: req.id });
       if (this.containers.size === 0) await this.stopSandbox();

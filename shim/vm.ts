@@ -9,7 +9,7 @@ import type { VmConfig } from '../vmm/config.js';
 import type { GuestManifest } from '../guest/manifest.js';
 import type { QemuConfig } from './config.js';
 import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
-import { unmountAll } from './mounts.js';
+import { removeTree } from './mounts.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 
@@ -159,13 +159,12 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   async function cleanup(): Promise<void> {
     // QEMU is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
     await virtiofsd?.stop();
-    await unmountAll(sharedDir).catch(() => undefined);
     try {
       fs.copyFileSync(vm.consoleLogPath, path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`));
     } catch {
       // No console output: nothing to keep.
     }
-    fs.rmSync(req.stateDir, { recursive: true, force: true });
+    await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
   }
   return {

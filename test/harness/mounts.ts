@@ -1,20 +1,8 @@
 // Mounts under a directory (from /proc/self/mountinfo) and their removal, deepest first.
-import fs from 'node:fs';
-import path from 'node:path';
+import { mountsUnder } from '../../shim/mounts.js';
 import { run } from './exec.js';
 
-/** Mount points at or below dir, deepest first. */
-export function mountsUnder(dir: string): string[] {
-  const root = path.resolve(dir);
-  const points: string[] = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const field = line.split(' ')[4];
-    if (!field) continue;
-    const mp = field.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-    if (mp === root || mp.startsWith(root + '/')) points.push(mp);
-  }
-  return [...new Set(points)].sort((a, b) => b.length - a.length);
-}
+export { mountsUnder };
 
 /** Unmounts everything at or below dir (lazily when a plain umount fails). Returns what it unmounted. */
 export async function unmountUnder(dir: string): Promise<string[]> {
