@@ -134,6 +134,10 @@ export class TaskService {
       // through the shared directory until block-device layers exist.
       throw new TtrpcError(Code.InvalidArgument, `shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
     }
+    // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
+    // said where an operator looks, since the pod still runs, with loopback only.
+    const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
+    if (podNetns) this.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
     let cgroups: SandboxCgroupPlan | undefined;
     try {
       cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, this.o.sandboxId, cfg.runtime.sandbox_cgroup_only);
