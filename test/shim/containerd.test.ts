@@ -27,14 +27,7 @@ beforeAll(async () => {
   image = img.name;
 }, 600_000);
 
-afterAll(async () => {
-  const report = await c?.stop();
-  const leftQemu = env ? qemuProcs() : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  expect(report?.killed ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
-}, 120_000);
+afterAll(() => helpers.endKatatsSuite(c, env), 120_000);
 
 describe('ctr run with io.containerd.katats.v2', () => {
   it('runs the container in a VM with its own kernel, and passes the exit code', async () => {

@@ -55,13 +55,8 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
-  const report = await c?.stop();
-  const leftQemu = env ? qemuProcs() : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  expect(report?.killed ?? []).toEqual([]);
+  const report = await helpers.endKatatsSuite(c, env);
   expect(report?.unmounted ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
 }, 120_000);
 
 describe('ctr of containerd 2.x with io.containerd.katats.v2', () => {

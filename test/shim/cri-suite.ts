@@ -74,14 +74,12 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
   }, 600_000);
 
   afterAll(async () => {
-    const report = await cd?.stop();
-    const leftQemu = env ? qemuProcs() : [];
-    for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-    env?.cleanup();
-    shared?.cleanup();
-    expect(report?.killed ?? []).toEqual([]);
-    expect(report?.podsRemoved ?? []).toEqual([]);
-    expect(leftQemu).toEqual([]);
+    try {
+      const report = await helpers.endKatatsSuite(cd, env);
+      expect(report?.podsRemoved ?? []).toEqual([]);
+    } finally {
+      shared?.cleanup();
+    }
   }, 300_000);
 
   describe(`a CRI pod with runtime handler katats (containerd ${FLAVOR})`, () => {

@@ -74,14 +74,12 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
-  const report = await cd?.stop();
-  const leftQemu = env ? helpers.qemuProcs(env.stateDir) : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  const leftCgroups = await removeCgroupDirs(made);
-  env?.cleanup();
-  expect(report?.killed ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
-  expect(leftCgroups).toEqual([]);
+  try {
+    await helpers.endKatatsSuite(cd, env);
+  } finally {
+    // The test's pod cgroups, once nothing runs in them.
+    expect(await removeCgroupDirs(made)).toEqual([]);
+  }
 }, 300_000);
 
 async function runPod(name: string, handler: string): Promise<{ podId: string; qemu: number; shim: number }> {

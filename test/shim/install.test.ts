@@ -13,7 +13,7 @@ import { containerdBinaries, startContainerd, type Containerd } from '../harness
 import { run, type RunResult } from '../harness/exec.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
-import { logsOf, qemuProcs, until } from './shim-helpers.js';
+import { endKatatsSuite, logsOf, qemuProcs, until } from './shim-helpers.js';
 
 let env: KatatsEnv;
 let c: Containerd;
@@ -48,13 +48,11 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
-  const report = await c?.stop();
-  const leftQemu = env ? qemuProcs(env.stateDir) : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
-  expect(report?.killed ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
+  try {
+    await endKatatsSuite(c, env);
+  } finally {
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  }
 }, 120_000);
 
 describe('katats install', () => {

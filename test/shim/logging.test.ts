@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Containerd } from '../harness/containerd.js';
 import type { KatatsEnv } from './katats-env.js';
-import { katatsContainerd, logsOf, procsWithEnv, qemuProcs, until } from './shim-helpers.js';
+import { endKatatsSuite, katatsContainerd, logsOf, procsWithEnv, qemuProcs, until } from './shim-helpers.js';
 
 // A log binary after containerd's protocol. It records what it was given, copies fd 3 and fd 4 to
 // files, and signals readiness with one byte while keeping fd 5 open (containerd accepts a byte or
@@ -60,16 +60,12 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
-  const report = await c?.stop();
-  const leftQemu = env ? qemuProcs(env.stateDir) : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  const leftLoggers = c ? procsWithEnv({ CONTAINER_NAMESPACE: c.namespace }) : [];
-  for (const pid of leftLoggers) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  expect(report?.killed ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
-  expect(leftLoggers).toEqual([]);
+  try {
+    // Log binaries this suite's containers started are the suite's helpers: none may be left.
+    await endKatatsSuite(c, env, () => (c ? procsWithEnv({ CONTAINER_NAMESPACE: c.namespace }) : []));
+  } finally {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  }
 }, 120_000);
 
 describe('log URIs with io.containerd.katats.v2', () => {

@@ -6,7 +6,8 @@ import path from 'node:path';
 import { listProcs } from '../harness/procs.js';
 import { hostHierarchies } from '../../shim/cgroups.js';
 import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
-import { startContainerd, type Containerd } from '../harness/containerd.js';
+import { expect } from 'vitest';
+import { startContainerd, type Containerd, type StopReport } from '../harness/containerd.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 
@@ -91,4 +92,22 @@ export async function katatsContainerd(): Promise<{ env: KatatsEnv; c: Container
   const img = await busyboxImage();
   await c.importImage(img.archive, 'katats.local/busybox:index');
   return { env, c, image: img.name };
+}
+
+/**
+ * The katats suites' common end: containerd stopped by the harness (politely first), whatever of
+ * this env still runs killed (its QEMUs, and `alsoKill()`, the suite's own helpers), the env
+ * removed; then the checks that none of that force was needed. Returns the harness's report for
+ * checks of the suite's own.
+ */
+export async function endKatatsSuite(c: Containerd | undefined, env: KatatsEnv | undefined, alsoKill: () => number[] = () => []): Promise<StopReport | undefined> {
+  const report = await c?.stop();
+  const leftQemu = env ? qemuProcs(env.stateDir) : [];
+  const leftOther = alsoKill();
+  for (const pid of [...leftQemu, ...leftOther]) process.kill(pid, 'SIGKILL');
+  env?.cleanup();
+  expect(report?.killed ?? []).toEqual([]);
+  expect(leftQemu).toEqual([]);
+  expect(leftOther).toEqual([]);
+  return report;
 }

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Containerd } from '../harness/containerd.js';
 import { withDescendants } from '../harness/procs.js';
 import type { KatatsEnv } from './katats-env.js';
-import { katatsContainerd, logsOf, qemuProcs, until } from './shim-helpers.js';
+import { endKatatsSuite, katatsContainerd, logsOf, qemuProcs, until } from './shim-helpers.js';
 
 let env: KatatsEnv;
 let c: Containerd;
@@ -64,12 +64,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const t of terminals) if (t.child.exitCode === null && t.child.signalCode === null) t.child.kill('SIGKILL');
-  const report = await c?.stop();
-  const leftQemu = env ? qemuProcs(env.stateDir) : [];
-  for (const pid of leftQemu) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  expect(report?.killed ?? []).toEqual([]);
-  expect(leftQemu).toEqual([]);
+  await endKatatsSuite(c, env);
 }, 120_000);
 
 describe('terminals with io.containerd.katats.v2', () => {

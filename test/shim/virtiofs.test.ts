@@ -9,7 +9,7 @@ import { mountsUnder } from '../harness/mounts.js';
 import { listProcs } from '../harness/procs.js';
 import { busyboxImage } from '../images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
-import { logsOf, qemuProcs } from './shim-helpers.js';
+import { endKatatsSuite, logsOf, qemuProcs } from './shim-helpers.js';
 
 let env: KatatsEnv;
 let c: Containerd;
@@ -40,14 +40,7 @@ beforeAll(async () => {
   image = img.name;
 }, 600_000);
 
-afterAll(async () => {
-  const report = await c?.stop();
-  const left = env ? [...qemuProcs(env.stateDir), ...virtiofsdProcs()] : [];
-  for (const pid of left) process.kill(pid, 'SIGKILL');
-  env?.cleanup();
-  expect(report?.killed ?? []).toEqual([]);
-  expect(left).toEqual([]);
-}, 120_000);
+afterAll(() => endKatatsSuite(c, env, virtiofsdProcs), 120_000);
 
 describe('shared_fs with io.containerd.katats.v2', () => {
   it('virtio-fs: the container runs from a virtiofs rootfs, and no QEMU, virtiofsd, mount or socket remains', async () => {
