@@ -40,6 +40,8 @@ stamp=node_modules/.katats-lock-sha
 want=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: installing npm dependencies" >&2
-  npm ci --no-audit --no-fund --loglevel=error >/tmp/katats-npm.log 2>&1 || { cat /tmp/katats-npm.log >&2; exit 1; }
+  # Its log stays in the checkout's .cache (never a file left in /tmp).
+  mkdir -p .cache
+  npm ci --no-audit --no-fund --loglevel=error >.cache/npm-install.log 2>&1 || { cat .cache/npm-install.log >&2; exit 1; }
   echo "$want" >"$stamp"
 fi

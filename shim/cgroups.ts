@@ -182,7 +182,7 @@ export function moveThreads(hierarchies: Hierarchy[], rel: string, tids: number[
  */
 export async function removeCgroupDirs(dirs: string[], waitMs = 2000): Promise<string[]> {
   const left: string[] = [];
-  const ordered = [...dirs].sort((a, b) => b.split('/').length - a.split('/').length);
+  const ordered = [...new Set(dirs)].sort((a, b) => b.split('/').length - a.split('/').length);
   for (const dir of ordered) {
     for (let waited = 0; ; waited += 50) {
       try {

@@ -8,6 +8,7 @@ import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { removeTree } from './mounts.js';
 import { removeCgroupDirs } from './cgroups.js';
+import { OVERHEAD_ROOT, overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 
 /** Whether pid runs: a zombie (dead, not yet reaped by whoever inherited it) counts as gone. */
@@ -42,7 +43,7 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
-      if (rec.cgroupDirs) await removeCgroupDirs(rec.cgroupDirs);
+      if (rec.cgroupDirs) await removeCgroupDirs([...rec.cgroupDirs, ...(rec.cgroupDirs.some((d) => d.includes(`/${OVERHEAD_ROOT}/`)) ? overheadRoots() : [])]);
       await removeTree(dir);
       fs.rmSync(rec.socket, { force: true });
     }

@@ -11,6 +11,15 @@ import { CgroupError, cgroupsOf, createCgroup, hostHierarchies, joinCgroup, move
 
 export const OVERHEAD_ROOT = 'katats_overhead';
 
+/**
+ * katats_overhead in every hierarchy: katats' own parent, shared by every sandbox's overhead
+ * cgroup. Whichever shim leaves it empty removes it, whoever made it (a shim making its child at
+ * that moment remakes the chain).
+ */
+export function overheadRoots(hierarchies: Hierarchy[] = hostHierarchies()): string[] {
+  return hierarchies.map((h) => path.join(h.mount, OVERHEAD_ROOT));
+}
+
 export interface SandboxCgroupPlan {
   /** sandbox_cgroup_only: the shim, all of QEMU and virtiofsd; otherwise QEMU's vCPU threads only. */
   sandbox: string;
@@ -77,7 +86,7 @@ export class SandboxCgroups {
         this.log.warn({ err: e }, 'cannot move the shim back to its cgroup');
       }
     }
-    const left = await removeCgroupDirs(this.made);
+    const left = await removeCgroupDirs([...this.made, ...(this.plan.overhead ? overheadRoots(this.hierarchies) : [])]);
     // A parent made here may hold other sandboxes' cgroups by now: only a leaf left behind is news.
     const leaves = left.filter((d) => d.endsWith(`/${this.plan.sandbox}`) || (this.plan.overhead && d.endsWith(`/${this.plan.overhead}`)));
     if (leaves.length) this.log.warn({ left: leaves }, 'sandbox cgroups still in use: left in place');
