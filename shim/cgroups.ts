@@ -177,13 +177,18 @@ export function moveThreads(hierarchies: Hierarchy[], rel: string, tids: number[
 
 /**
  * Removes cgroup directories, deepest first. A cgroup empties a little after its last process
- * exits, so EBUSY is retried for a while; one still in use by someone else (ENOTEMPTY, or EBUSY
- * to the end) is left. Returns the directories that could not be removed.
+ * exits, so EBUSY is retried for a while; one with child cgroups (someone else's, the kernel also
+ * says EBUSY then) is left at once, and so is one still busy at the end. Returns the directories
+ * that could not be removed.
  */
 export async function removeCgroupDirs(dirs: string[], waitMs = 2000): Promise<string[]> {
   const left: string[] = [];
   const ordered = [...new Set(dirs)].sort((a, b) => b.split('/').length - a.split('/').length);
   for (const dir of ordered) {
+    if (hasChildCgroups(dir)) {
+      left.push(dir);
+      continue;
+    }
     for (let waited = 0; ; waited += 50) {
       try {
         fs.rmdirSync(dir);
@@ -201,6 +206,14 @@ export async function removeCgroupDirs(dirs: string[], waitMs = 2000): Promise<s
     }
   }
   return left;
+}
+
+function hasChildCgroups(dir: string): boolean {
+  try {
+    return fs.readdirSync(dir, { withFileTypes: true }).some((e) => e.isDirectory());
+  } catch {
+    return false;
+  }
 }
 
 /**

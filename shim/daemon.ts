@@ -21,7 +21,11 @@ function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: bo
   const fifo = path.join(bundle, 'log');
   try {
     const fd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
-    streams.push({ stream: fs.createWriteStream('', { fd }) });
+    const stream = fs.createWriteStream('', { fd });
+    // containerd stops reading once it is done with the task (1.7 before the shim's last words): an
+    // EPIPE there crashed the daemon mid-exit, leaving its state. The file log goes on regardless.
+    stream.on('error', () => stream.destroy());
+    streams.push({ stream });
   } catch {
     // No reader (or no FIFO): the file is enough.
   }
@@ -89,6 +93,11 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   registerService(server, 'containerd.task.v3.Task', service.impl);
   await server.listen(args.socket);
   writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket });
+  // A bug must not leave a VM without its shim: say what it was and take the sandbox down cleanly.
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err }, 'uncaught exception: stopping the sandbox');
+    void stop(1);
+  });
   process.on('SIGTERM', () => void stop(0));
   process.on('SIGINT', () => void stop(0));
   log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null }, 'shim serving');

@@ -42,10 +42,10 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       // Only processes that still name this sandbox: a recorded pid may have been reused since.
       // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
+      fs.rmSync(rec.socket, { force: true });
+      await removeTree(dir);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
       if (rec.cgroupDirs) await removeCgroupDirs([...rec.cgroupDirs, ...(rec.cgroupDirs.some((d) => d.includes(`/${OVERHEAD_ROOT}/`)) ? overheadRoots() : [])]);
-      await removeTree(dir);
-      fs.rmSync(rec.socket, { force: true });
     }
   }
   return encode('containerd.task.v2.DeleteResponse', { pid: 0, exit_status: 128 + 9, exited_at: timestamp() });
