@@ -8,7 +8,7 @@ import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { removeTree } from './mounts.js';
 import { removeCgroupDirs } from './cgroups.js';
-import { OVERHEAD_ROOT, overheadRoots } from './sandbox-cgroups.js';
+import { overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 
 /** Whether pid runs: a zombie (dead, not yet reaped by whoever inherited it) counts as gone. */
@@ -45,7 +45,7 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       fs.rmSync(rec.socket, { force: true });
       await removeTree(dir);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
-      if (rec.cgroupDirs) await removeCgroupDirs([...rec.cgroupDirs, ...(rec.cgroupDirs.some((d) => d.includes(`/${OVERHEAD_ROOT}/`)) ? overheadRoots() : [])]);
+      if (rec.cgroupDirs?.length) await removeCgroupDirs([...rec.cgroupDirs, ...overheadRoots()]);
     }
   }
   return encode('containerd.task.v2.DeleteResponse', { pid: 0, exit_status: 128 + 9, exited_at: timestamp() });

@@ -86,22 +86,6 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   // Before any helper starts: virtiofsd and QEMU are born in the cgroup the shim moves into.
   const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
   if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
-  let virtiofsd: Virtiofsd | undefined;
-  if (q.shared_fs === 'virtio-fs') {
-    try {
-      virtiofsd = await startVirtiofsd({
-        binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
-        source: sharedDir,
-        socket: path.join(req.stateDir, 'vfs.sock'),
-        logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
-        log: req.log,
-      });
-    } catch (e) {
-      await cgroups?.leave();
-      throw e;
-    }
-    req.onHostResources?.({ virtiofsdPid: virtiofsd.pid });
-  }
   const cfg: VmConfig = {
     id: vmId,
     vcpus: q.default_vcpus,
@@ -114,29 +98,36 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     agentSocket,
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
-    ...(virtiofsd ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG } }),
+    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG } }),
     launchDataFile,
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],
     runDir: path.join(req.stateDir, 'vm'),
     qemuBinary: q.path,
   };
-  let vm: QemuVm;
+  let virtiofsd: Virtiofsd | undefined;
+  let started: QemuVm | undefined;
+  // One undo for every failure before the VM is ours to supervise, in reverse order of making.
   try {
-    vm = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
+    if (q.shared_fs === 'virtio-fs') {
+      virtiofsd = await startVirtiofsd({
+        binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
+        source: sharedDir,
+        socket: path.join(req.stateDir, 'vfs.sock'),
+        logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
+        log: req.log,
+      });
+      req.onHostResources?.({ virtiofsdPid: virtiofsd.pid });
+    }
+    started = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
+    if (started.pid) cgroups?.placeVcpus(started.pid);
   } catch (e) {
+    if (started?.running) await started.kill();
     await virtiofsd?.stop();
     await cgroups?.leave();
     throw e;
   }
-  try {
-    if (vm.pid) cgroups?.placeVcpus(vm.pid);
-  } catch (e) {
-    await vm.kill();
-    await virtiofsd?.stop();
-    await cgroups?.leave();
-    throw e;
-  }
+  const vm = started;
   // Without its virtiofsd the guest's file accesses would hang forever: a dead daemon is a dead VM.
   let stopping = false;
   void virtiofsd?.exited.then((x) => {
