@@ -7,7 +7,7 @@ import { runTtrpcBench, ttrpcTable } from './ttrpc.js';
 import { runMacroBench } from './macro/index.js';
 import { ratioSummary } from './report/markdown.js';
 import { writeReports, type BenchRun } from './report/write.js';
-import type { ContainerdFlavor } from '../test/harness/containerd.js';
+import type { ContainerdFlavor } from '../harness/containerd.js';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(name);

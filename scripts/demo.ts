@@ -2,9 +2,9 @@
 // registered runs `uname -r` in a container of each, side by side: runc shows the host's kernel,
 // gVisor its own 4.4.0, katats the guest VM's kernel. Everything it starts, it stops.
 import os from 'node:os';
-import { startContainerd, type Containerd, type RuntimeRegistration } from '../test/harness/containerd.js';
-import { prepareRunsc, runscRuntime, cleanupRunsc } from '../test/harness/runsc.js';
-import { busyboxImage, BUSYBOX_INDEX } from '../test/images/busybox.js';
+import { startContainerd, type Containerd, type RuntimeRegistration } from '../harness/containerd.js';
+import { prepareRunsc, runscRuntime, cleanupRunsc } from '../harness/runsc.js';
+import { busyboxImage, BUSYBOX_INDEX } from '../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from '../test/shim/katats-env.js';
 
 const say = (s: string) => process.stdout.write(s + '\n');

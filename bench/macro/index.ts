@@ -3,8 +3,8 @@
 // container I/O and CPU, host memory per pod and density, each runtime measured in the same run so
 // that ratios to runc compare like with like.
 import os from 'node:os';
-import { startContainerd, type ContainerdFlavor } from '../../test/harness/containerd.js';
-import { busyboxImage, BUSYBOX_INDEX } from '../../test/images/busybox.js';
+import { startContainerd, type ContainerdFlavor } from '../../harness/containerd.js';
+import { busyboxImage, BUSYBOX_INDEX } from '../../harness/images/busybox.js';
 import { environment, type Environment } from './env.js';
 import { measureDensity } from './density.js';
 import { measureExec } from './exec.js';

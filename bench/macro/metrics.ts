@@ -1,6 +1,6 @@
 // The macro benchmark's figures: what each one measures, its unit, which direction is better, and
 // where it lands in the JSON report (runtimes.<name>.<path>.median_<unit>, ...).
-import type { Containerd } from '../../test/harness/containerd.js';
+import type { Containerd } from '../../harness/containerd.js';
 import { summarize, type Summary } from './stats.js';
 
 export interface MetricDef {

@@ -1,9 +1,9 @@
 // One pod as the macro benchmark sees it: a container started with `ctr run` under one registered
 // runtime (runc, runsc through the runc shim, katats), its host processes (the shim and everything
 // under it: container processes, runsc's sandbox and gofer, later QEMU) and their PSS.
-import type { Containerd } from '../../test/harness/containerd.js';
-import { cleanupRunsc } from '../../test/harness/runsc.js';
-import { listProcs, pssKiB, withDescendants, type ProcInfo } from '../../test/harness/procs.js';
+import type { Containerd } from '../../harness/containerd.js';
+import { cleanupRunsc } from '../../harness/runsc.js';
+import { listProcs, pssKiB, withDescendants, type ProcInfo } from '../../harness/procs.js';
 
 export interface TimedRun {
   /** From spawning `ctr run` to the first byte on its stdout (undefined when nothing came). */

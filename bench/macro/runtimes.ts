@@ -3,9 +3,9 @@
 // found on PATH as containerd-shim-katats-v2 or at $KATATS_SHIM). A runtime that cannot be had is
 // kept with the reason, so that the report says why instead of showing a number.
 import fs from 'node:fs';
-import { run, which } from '../../test/harness/exec.js';
-import { RUNC_V2, type RuntimeRegistration } from '../../test/harness/containerd.js';
-import { prepareRunsc, runscRuntime } from '../../test/harness/runsc.js';
+import { run, which } from '../../harness/exec.js';
+import { RUNC_V2, type RuntimeRegistration } from '../../harness/containerd.js';
+import { prepareRunsc, runscRuntime } from '../../harness/runsc.js';
 import { KATATS_RUNTIME, katatsEnv } from '../../test/shim/katats-env.js';
 
 export { KATATS_RUNTIME };

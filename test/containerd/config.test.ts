@@ -2,9 +2,9 @@
 // CRI's table when it is on, nothing pointing outside the instance's own dirs.
 import { parse } from 'smol-toml';
 import { describe, expect, test } from 'vitest';
-import { containerdConfig, shimBinaryName, RUNC_V2 } from '../harness/containerd.js';
-import { runscWrapperScript } from '../harness/runsc.js';
-import { PAUSE_IMAGE } from '../images/pause.js';
+import { containerdConfig, shimBinaryName, RUNC_V2 } from '../../harness/containerd.js';
+import { runscWrapperScript } from '../../harness/runsc.js';
+import { PAUSE_IMAGE } from '../../harness/images/pause.js';
 
 const base = {
   root: '/tmp/x/root',

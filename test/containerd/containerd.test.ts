@@ -6,12 +6,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { spawn } from 'node:child_process';
-import { containerdBinaries, reapStaleInstances, startContainerd, type Containerd, type ContainerdBinaries, type ContainerdFlavor } from '../harness/containerd.js';
-import { cleanupRunsc, prepareRunsc, runscRuntime, type Runsc } from '../harness/runsc.js';
-import { listProcs, procsMatching } from '../harness/procs.js';
-import { mountsUnder } from '../harness/mounts.js';
-import { busyboxImage, BUSYBOX_INDEX, type BusyboxImage } from '../images/busybox.js';
-import { REPO_ROOT } from '../harness/paths.js';
+import { containerdBinaries, reapStaleInstances, startContainerd, type Containerd, type ContainerdBinaries, type ContainerdFlavor } from '../../harness/containerd.js';
+import { cleanupRunsc, prepareRunsc, runscRuntime, type Runsc } from '../../harness/runsc.js';
+import { listProcs, procsMatching } from '../../harness/procs.js';
+import { mountsUnder } from '../../harness/mounts.js';
+import { busyboxImage, BUSYBOX_INDEX, type BusyboxImage } from '../../harness/images/busybox.js';
+import { REPO_ROOT } from '../../harness/paths.js';
 
 const progress = (line: string) => process.stderr.write(line + '\n');
 
@@ -125,7 +125,7 @@ describe.each(FLAVORS)('private containerd (%s)', (flavor) => {
   });
 
   test('runsc: a shell that waits for a busy pipeline survives', async () => {
-    // Debian sid's Go 1.26 build of runsc panics here (see test/harness/runsc.ts); trixie's does not.
+    // Debian sid's Go 1.26 build of runsc panics here (see harness/runsc.ts); trixie's does not.
     const c = need();
     needRunsc();
     const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('runsc'), img.name, 'pipe-runsc', 'sh', '-c', 'dd if=/dev/zero bs=1M count=64 2>/dev/null | sha256sum; echo done']);

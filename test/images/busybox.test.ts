@@ -5,9 +5,9 @@ import { gunzipSync } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { describe, expect, test } from 'vitest';
 import { tempDir } from '../support/tmp.js';
-import { busyboxImage, busyboxLayer } from './busybox.js';
-import { buildOciImage, sha256 } from './oci.js';
-import { writeTar } from './tar.js';
+import { busyboxImage, busyboxLayer } from '../../harness/images/busybox.js';
+import { buildOciImage, sha256 } from '../../harness/images/oci.js';
+import { writeTar } from '../../harness/images/tar.js';
 
 interface Entry {
   path: string;

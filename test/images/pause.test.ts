@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import { gunzipSync } from 'node:zlib';
 import { Parser, type ReadEntry } from 'tar';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { runOk } from '../harness/exec.js';
+import { runOk } from '../../harness/exec.js';
 import { tempDir } from '../support/tmp.js';
-import { pauseImage, type PauseImage } from './pause.js';
+import { pauseImage, type PauseImage } from '../../harness/images/pause.js';
 
 function readTar(buf: Buffer): Promise<Map<string, Buffer>> {
   return new Promise((resolve, reject) => {

@@ -5,7 +5,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { run, type RunResult } from "../harness/exec.js";
+import { run, type RunResult } from "../../harness/exec.js";
 
 const INTEROP_DIR = dirname(fileURLToPath(import.meta.url));
 const GOPATH_ROOT = join(INTEROP_DIR, "go");

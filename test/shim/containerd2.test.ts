@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { containerdBinaries, startContainerd, type Containerd, type ContainerdBinaries } from '../harness/containerd.js';
-import { busyboxImage } from '../images/busybox.js';
+import { containerdBinaries, startContainerd, type Containerd, type ContainerdBinaries } from '../../harness/containerd.js';
+import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { startEvents, until } from './shim-helpers.js';
@@ -38,7 +38,7 @@ beforeAll(async () => {
     bins = await containerdBinaries('sid');
   } catch (e) {
     // No silent skip: this suite exists to prove 2.x works, so an unreachable archive is a failure.
-    throw new Error(`containerd 2.x: Debian sid's containerd could not be fetched or unpacked (test/harness/debs.ts, cache .cache/debs/sid): ${(e as Error).message}`);
+    throw new Error(`containerd 2.x: Debian sid's containerd could not be fetched or unpacked (harness/debs.ts, cache .cache/debs/sid): ${(e as Error).message}`);
   }
   env = await katatsEnv();
   const v3Wrapper = path.join(env.dir, 'containerd-shim-katats3-v2');

@@ -6,10 +6,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startContainerd, type Containerd } from '../harness/containerd.js';
-import type { CriClient } from '../harness/cri.js';
-import { busyboxImage, BUSYBOX_INDEX } from '../images/busybox.js';
-import { CRI_NAMESPACE } from '../harness/containerd.js';
+import { startContainerd, type Containerd } from '../../harness/containerd.js';
+import type { CriClient } from '../../harness/cri.js';
+import { busyboxImage, BUSYBOX_INDEX } from '../../harness/images/busybox.js';
+import { CRI_NAMESPACE } from '../../harness/containerd.js';
 import { cgroupsOf, createCgroup, hostHierarchies, removeCgroupDirs, vcpuThreads } from '../../shim/cgroups.js';
 import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
 import { runtime } from '../../proto/gen/types.js';

@@ -9,9 +9,9 @@ import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { DEFAULTS, parseConfig } from '../../shim/config.js';
-import { containerdBinaries, startContainerd, type Containerd } from '../harness/containerd.js';
-import { run, type RunResult } from '../harness/exec.js';
-import { busyboxImage } from '../images/busybox.js';
+import { containerdBinaries, startContainerd, type Containerd } from '../../harness/containerd.js';
+import { run, type RunResult } from '../../harness/exec.js';
+import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import { endKatatsSuite, logsOf, qemuProcs, until } from './shim-helpers.js';
 

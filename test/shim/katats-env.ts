@@ -7,7 +7,7 @@ import path from 'node:path';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { buildFullGuestImage } from '../../scripts/guest-image.js';
 import type { GuestImage } from '../../guest/build.js';
-import type { RuntimeRegistration } from '../harness/containerd.js';
+import type { RuntimeRegistration } from '../../harness/containerd.js';
 import { resolveAccel } from '../../vmm/accel.js';
 
 export const KATATS_RUNTIME = 'io.containerd.katats.v2';

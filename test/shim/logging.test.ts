@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Containerd } from '../harness/containerd.js';
+import type { Containerd } from '../../harness/containerd.js';
 import type { KatatsEnv } from './katats-env.js';
 import { endKatatsSuite, katatsContainerd, logsOf, procsWithEnv, qemuProcs, until } from './shim-helpers.js';
 

@@ -3,12 +3,12 @@
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { listProcs } from '../harness/procs.js';
+import { listProcs } from '../../harness/procs.js';
 import { hostHierarchies } from '../../shim/cgroups.js';
 import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
 import { expect } from 'vitest';
-import { startContainerd, type Containerd, type StopReport } from '../harness/containerd.js';
-import { busyboxImage } from '../images/busybox.js';
+import { startContainerd, type Containerd, type StopReport } from '../../harness/containerd.js';
+import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 
 export async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, ms = 60_000): Promise<T> {

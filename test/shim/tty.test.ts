@@ -6,8 +6,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Containerd } from '../harness/containerd.js';
-import { withDescendants } from '../harness/procs.js';
+import type { Containerd } from '../../harness/containerd.js';
+import { withDescendants } from '../../harness/procs.js';
 import type { KatatsEnv } from './katats-env.js';
 import { endKatatsSuite, katatsContainerd, logsOf, qemuProcs, until } from './shim-helpers.js';
 

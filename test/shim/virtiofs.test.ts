@@ -4,10 +4,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startContainerd, type Containerd } from '../harness/containerd.js';
-import { mountsUnder } from '../harness/mounts.js';
-import { listProcs } from '../harness/procs.js';
-import { busyboxImage } from '../images/busybox.js';
+import { startContainerd, type Containerd } from '../../harness/containerd.js';
+import { mountsUnder } from '../../harness/mounts.js';
+import { listProcs } from '../../harness/procs.js';
+import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import { endKatatsSuite, logsOf, qemuProcs } from './shim-helpers.js';
 

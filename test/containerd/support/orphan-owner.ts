@@ -1,7 +1,7 @@
 // Starts a private containerd with one running container, prints "READY <dir> <namespace>" and waits
 // to be killed: the reaper test kills it with SIGKILL, as a crashed test run would die.
-import { startContainerd } from '../../harness/containerd.js';
-import { busyboxImage, BUSYBOX_INDEX } from '../../images/busybox.js';
+import { startContainerd } from '../../../harness/containerd.js';
+import { busyboxImage, BUSYBOX_INDEX } from '../../../harness/images/busybox.js';
 
 const img = await busyboxImage();
 const cd = await startContainerd();

@@ -4,9 +4,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { run, runOk } from '../harness/exec.js';
-import { unpackDeb } from '../harness/debs.js';
-import { CACHE_DIR } from '../harness/paths.js';
+import { run, runOk } from '../exec.js';
+import { unpackDeb } from '../debs.js';
+import { CACHE_DIR } from '../paths.js';
 import { buildOciImage, type Descriptor, type ImageConfigInput } from './oci.js';
 import { writeTar, type TarEntry } from './tar.js';
 

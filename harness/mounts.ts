@@ -1,5 +1,5 @@
 // Mounts under a directory (from /proc/self/mountinfo) and their removal, deepest first.
-import { mountsUnder } from '../../shim/mounts.js';
+import { mountsUnder } from '../shim/mounts.js';
 import { run } from './exec.js';
 
 export { mountsUnder };

@@ -4,8 +4,8 @@
 // the gRPC status and containerd's message.
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
-import type { Services } from '../../proto/gen/types.js';
-import { root, type Init } from '../../proto/registry.js';
+import type { Services } from '../proto/gen/types.js';
+import { root, type Init } from '../proto/registry.js';
 
 export type CriServiceName = 'runtime.v1.RuntimeService' | 'runtime.v1.ImageService';
 type Methods<S extends CriServiceName> = Services[S];

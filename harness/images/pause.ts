@@ -4,8 +4,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { runOk } from '../harness/exec.js';
-import { CACHE_DIR } from '../harness/paths.js';
+import { runOk } from '../exec.js';
+import { CACHE_DIR } from '../paths.js';
 import { buildOciImage, type Descriptor } from './oci.js';
 import { writeTar } from './tar.js';
 

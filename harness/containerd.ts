@@ -16,7 +16,7 @@ import { fileLogger, type FileLogger, type Logger } from './log.js';
 import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
 import { CriClient } from './cri.js';
-import { pauseImage, PAUSE_IMAGE, PAUSE_INDEX } from '../images/pause.js';
+import { pauseImage, PAUSE_IMAGE, PAUSE_INDEX } from './images/pause.js';
 
 /** Where the containerd binaries come from: the installed Debian package (bookworm), or a newer suite's .deb unpacked. */
 export type ContainerdFlavor = 'bookworm' | 'trixie' | 'sid';
@@ -59,7 +59,7 @@ export interface ContainerdOptions {
   runtimes?: RuntimeRegistration[];
   /**
    * Keep the CRI plugin (default off). Its sandbox image is the locally built pause image
-   * (test/images/pause.ts), imported into the k8s.io namespace by startContainerd; CNI looks for
+   * (harness/images/pause.ts), imported into the k8s.io namespace by startContainerd; CNI looks for
    * configs and plugins inside the instance dir only, so pods meant to run are host-network pods.
    */
   cri?: boolean;
