@@ -150,10 +150,12 @@ export class Container {
       });
       c.crunCreated = true;
       c.init = p;
-      void p.exited.then(() => {
-        c.status = 'stopped';
-        c.stopOom();
-      });
+      p.exited
+        .then(() => {
+          c.status = 'stopped';
+          c.stopOom();
+        })
+        .catch((err: unknown) => log.error({ err }, 'container exit bookkeeping failed'));
       if (!sb.pidnsPath && sb.containers.size === 0) sb.pidnsPath = `/proc/${p.pid}/ns/pid`;
       sb.containers.set(cid, c);
       log.info({ bundle, pid: p.pid, cgroup: cgPath }, 'container created');

@@ -77,10 +77,13 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal: sig }, 'agent stopping');
-    agent.shutdown().finally(() => {
-      log.flush();
-      process.exit(0);
-    });
+    agent
+      .shutdown()
+      .catch((err: unknown) => log.error({ err }, 'agent shutdown failed'))
+      .finally(() => {
+        log.flush();
+        process.exit(0);
+      });
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

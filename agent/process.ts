@@ -205,7 +205,7 @@ export class ContainerProcess {
 
   /** Stops stdio and the monitor (which kills the process if it still runs) and removes the FIFOs. */
   dispose(): void {
-    void this.stdin.close();
+    this.stdin.close().catch((err: unknown) => this.log.debug({ err }, 'closing stdin failed'));
     this.stdout.close();
     this.stderr.close();
     this.ctl?.end();

@@ -38,7 +38,8 @@ async function main(): Promise<number> {
     onProgress: (m) => console.error(`guest: ${m}`),
   });
   if (values.json) {
-    console.log(JSON.stringify({ kernel: img.kernel, initrd: img.initrd, rootfs: img.rootfs, manifest: img.manifestPath, measurement: img.manifest.measurement }, null, 2));
+    const summary = { kernel: img.kernel, initrd: img.initrd, rootfs: img.rootfs, manifest: img.manifestPath, measurement: img.manifest.measurement };
+    console.log(JSON.stringify(summary, null, 2));
   } else {
     const m = img.manifest;
     console.log(`kernel  ${img.kernel}  ${m.kernel.size} B  ${m.kernel.sha256}`);

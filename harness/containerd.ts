@@ -467,7 +467,9 @@ export function removeStaleFifos(ids: Iterable<string>, fifoRoot = '/run/contain
 function bundleIds(stateDir: string): string[] {
   const ids: string[] = [];
   try {
-    for (const rt of fs.readdirSync(stateDir)) for (const ns of fs.readdirSync(path.join(stateDir, rt))) ids.push(...fs.readdirSync(path.join(stateDir, rt, ns)));
+    for (const rt of fs.readdirSync(stateDir)) {
+      for (const ns of fs.readdirSync(path.join(stateDir, rt))) ids.push(...fs.readdirSync(path.join(stateDir, rt, ns)));
+    }
   } catch {
     /* no bundles */
   }

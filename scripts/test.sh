@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's one test command (README, CI): installs what is missing, type-checks, runs vitest,
+# The project's one test command (README, CI): installs what is missing, type-checks, lints, runs vitest,
 # and ends with a plain "N passed, N failed" line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ bash scripts/setup.sh || exit 1
 mkdir -p .cache
 echo "test: type-checking" >&2
 npx --no-install tsc -p tsconfig.json --noEmit || exit 1
+echo "test: linting" >&2
+npx --no-install eslint --max-warnings 0 . || exit 1
 rm -f .cache/vitest.json
 npx --no-install vitest run --reporter=default --reporter=json --outputFile.json=.cache/vitest.json "$@"
 rc=$?

@@ -66,6 +66,14 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     log.flush();
     setTimeout(() => process.exit(code), 50);
   };
+  // stop() catches every step itself; a throw that still escapes must end the process, not hang it.
+  const stopSoon = (code: number) => {
+    stop(code).catch((err: unknown) => {
+      log.fatal({ err }, 'stopping the shim failed');
+      log.flush();
+      setTimeout(() => process.exit(code || 1), 50);
+    });
+  };
   const service: TaskService = new TaskService({
     sandboxId,
     namespace: args.namespace,
@@ -78,14 +86,15 @@ export async function serveShim(args: ShimArgs): Promise<void> {
         // host cgroups to `delete`'s guesswork.
         onHostResources: (r) => writeRecord(cfg.runtime.state_dir, (rec = { ...rec, ...r })),
       });
-      writeRecord(cfg.runtime.state_dir, { ...rec, vmmPid: guest.vmmPid, virtiofsdPid: guest.virtiofsdPid, sharedDir: guest.sharedDir, cgroupDirs: guest.cgroupDirs });
+      const { vmmPid, virtiofsdPid, sharedDir, cgroupDirs } = guest;
+      writeRecord(cfg.runtime.state_dir, { ...rec, vmmPid, virtiofsdPid, sharedDir, cgroupDirs });
       return guest;
     },
     events,
     stateDir: cfg.runtime.state_dir,
     log,
     // Answer the Shutdown call before going away.
-    onShutdown: () => setImmediate(() => void stop(0)),
+    onShutdown: () => setImmediate(() => stopSoon(0)),
   });
   // containerd 1.6 (and 2.x for a shim that bootstraps as version 2) calls v2, 2.x calls v3 when
   // `start` announced version 3: the messages are the same, so is the implementation.
@@ -96,10 +105,10 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   // A bug must not leave a VM without its shim: say what it was and take the sandbox down cleanly.
   process.on('uncaughtException', (err) => {
     log.fatal({ err }, 'uncaught exception: stopping the sandbox');
-    void stop(1);
+    stopSoon(1);
   });
-  process.on('SIGTERM', () => void stop(0));
-  process.on('SIGINT', () => void stop(0));
+  process.on('SIGTERM', () => stopSoon(0));
+  process.on('SIGINT', () => stopSoon(0));
   log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null }, 'shim serving');
   process.stdout.write('ready\n');
 }

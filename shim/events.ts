@@ -94,7 +94,7 @@ export class EventPublisher {
   private pump(): void {
     if (this.running || this.retryTimer) return;
     this.running = true;
-    void this.drain();
+    this.drain().catch((err: unknown) => this.opts.logger.error({ err }, 'event publisher failed'));
   }
 
   private async drain(): Promise<void> {

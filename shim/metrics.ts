@@ -3,6 +3,10 @@
 import type { grpc, io } from '../proto/gen/types.js';
 import { packAny, type Init } from '../proto/registry.js';
 
+function memEntry(d: grpc.MemoryData | null | undefined) {
+  return { usage: d?.usage ?? 0, max: d?.max_usage ?? 0, failcnt: d?.failcnt ?? 0, limit: d?.limit ?? 0 };
+}
+
 export function agentStatsToMetrics(res: grpc.StatsContainerResponse): Init<io.containerd.cgroups.v1.Metrics> {
   const cg = res.cgroup_stats;
   const cpu = cg?.cpu_stats;
@@ -39,9 +43,9 @@ export function agentStatsToMetrics(res: grpc.StatsContainerResponse): Init<io.c
       inactive_file: stat('inactive_file'),
       active_file: stat('active_file'),
       unevictable: stat('unevictable'),
-      usage: { usage: mem?.usage?.usage ?? 0, max: mem?.usage?.max_usage ?? 0, failcnt: mem?.usage?.failcnt ?? 0, limit: mem?.usage?.limit ?? 0 },
-      swap: { usage: mem?.swap_usage?.usage ?? 0, max: mem?.swap_usage?.max_usage ?? 0, failcnt: mem?.swap_usage?.failcnt ?? 0, limit: mem?.swap_usage?.limit ?? 0 },
-      kernel: { usage: mem?.kernel_usage?.usage ?? 0, max: mem?.kernel_usage?.max_usage ?? 0, failcnt: mem?.kernel_usage?.failcnt ?? 0, limit: mem?.kernel_usage?.limit ?? 0 },
+      usage: memEntry(mem?.usage),
+      swap: memEntry(mem?.swap_usage),
+      kernel: memEntry(mem?.kernel_usage),
     },
     blkio: {
       io_service_bytes_recursive: entries(blk?.io_service_bytes_recursive),

@@ -116,7 +116,12 @@ export class ShimProcess {
           // Every chunk joins the ordered write chain as it arrives: nothing waits in the stream
           // where a close could drop it.
           src.on('data', (b: Buffer) => void this.writeStdin(b).catch((err) => this.log.debug({ err }, 'WriteStdin failed')));
-          src.on('end', () => void this.stdinWrites.finally(() => this.closeStdin()));
+          src.on('end', () => {
+            this.stdinWrites
+              .catch(() => undefined)
+              .then(() => this.closeStdin())
+              .catch((err: unknown) => this.log.debug({ err }, 'closing stdin failed'));
+          });
           src.on('error', (err) => this.log.debug({ err }, 'stdin FIFO error'));
         })
         .catch((err) => this.log.debug({ err }, 'stdin FIFO could not be opened'));
@@ -222,8 +227,8 @@ export class ShimProcess {
     this.status = 'stopped';
     for (const w of this.exitWaiters.splice(0)) w(this.exit);
     // The log binary sees the end of both streams and usually exits by itself; release() makes sure.
-    void this.outSink?.close();
-    void this.errSink?.close();
+    this.outSink?.close().catch((err: unknown) => this.log.debug({ err }, 'closing stdout failed'));
+    this.errSink?.close().catch((err: unknown) => this.log.debug({ err }, 'closing stderr failed'));
     if (this.stdio.stdin) releaseStdin(this.stdio.stdin);
     return this.exit;
   }

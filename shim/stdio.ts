@@ -238,7 +238,7 @@ export async function openBinaryLogger(uri: string, o: { containerId: string; na
   }
   const live: LiveLogger = { pid: child.pid };
   liveLoggers.add(live);
-  void exited.then(() => liveLoggers.delete(live));
+  exited.then(() => liveLoggers.delete(live), () => liveLoggers.delete(live));
   if (!exitHookInstalled) {
     exitHookInstalled = true;
     process.once('exit', onShimExit);
@@ -271,7 +271,7 @@ export async function openBinaryLogger(uri: string, o: { containerId: string; na
       killGroup(child.pid!);
       await exited;
     })());
-  void exited.then(({ code, signal }) => log.debug({ code, signal }, 'log binary exited'));
+  exited.then(({ code, signal }) => log.debug({ code, signal }, 'log binary exited'), (err: unknown) => log.debug({ err }, 'log binary wait failed'));
   return { stdout, stderr, child, stop };
 }
 

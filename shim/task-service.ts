@@ -156,7 +156,7 @@ export class TaskService {
     this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
     // Tracked from here on: whatever fails next, the shim's cleanup must find this VM to stop it.
     this.guest = guest;
-    void guest.exited.then((exit) => this.onVmExit(exit.reason));
+    guest.exited.then((exit) => this.onVmExit(exit.reason)).catch((err: unknown) => this.log.error({ err }, 'handling the VM exit failed'));
     const shmBytes = podShmBytes(spec);
     await guest.agent.CreateSandbox({
       hostname: spec.Hostname,
@@ -312,7 +312,7 @@ export class TaskService {
         c.init.status = 'running';
         await c.init.attachStdio();
         this.o.events.publish('TaskStart', { container_id: req.id, pid: c.init.pid });
-        void c.init.watch().then((e) => this.publishExit(c.init, e));
+        c.init.watch().then((e) => this.publishExit(c.init, e)).catch((err: unknown) => c.init.log.error({ err }, 'watching the container failed'));
         return { pid: c.init.pid };
       }
       const p = this.proc(req.id, req.exec_id);
@@ -332,7 +332,7 @@ export class TaskService {
       p.status = 'running';
       await p.attachStdio();
       this.o.events.publish('TaskExecStarted', { container_id: req.id, exec_id: req.exec_id, pid: p.pid });
-      void p.watch().then((e) => this.publishExit(p, e));
+      p.watch().then((e) => this.publishExit(p, e)).catch((err: unknown) => p.log.error({ err }, 'watching the exec failed'));
       return { pid: p.pid };
     },
 

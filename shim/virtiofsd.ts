@@ -64,9 +64,10 @@ export async function startVirtiofsd(o: VirtiofsdOptions): Promise<Virtiofsd> {
     });
   });
   let gone = false;
-  void exited.then(() => {
+  const markGone = () => {
     gone = true;
-  });
+  };
+  exited.then(markGone, markGone);
   const stop = async (): Promise<void> => {
     if (gone) return;
     child.kill('SIGTERM');

@@ -130,12 +130,12 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   const vm = started;
   // Without its virtiofsd the guest's file accesses would hang forever: a dead daemon is a dead VM.
   let stopping = false;
-  void virtiofsd?.exited.then((x) => {
+  virtiofsd?.exited.then(async (x) => {
     // When QEMU goes away virtiofsd follows it, possibly before we have seen QEMU's exit.
     if (stopping || !vm.running) return;
     req.log.error({ code: x.code, signal: x.signal }, 'virtiofsd exited under a running VM; killing the VM');
-    void vm.kill('crashed');
-  });
+    await vm.kill('crashed');
+  }).catch((err: unknown) => req.log.error({ err }, 'killing the VM after virtiofsd died failed'));
   let client: Client | undefined;
   try {
     await vm.waitReady(async (signal) => {

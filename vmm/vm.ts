@@ -192,7 +192,8 @@ export class QemuVm extends EventEmitter {
     log.debug({ argv }, 'qemu argv');
     const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40 });
     const abort = new AbortController();
-    void vm.exited.then(() => abort.abort(new Error('qemu exited')));
+    const abortOnExit = () => abort.abort(new Error('qemu exited'));
+    vm.exited.then(abortOnExit, abortOnExit);
     try {
       vm.qmp = await QmpClient.connect(built.layout.qmpSocket, { timeoutMs: opts.qmpTimeoutMs ?? 10_000, abort: abort.signal });
     } catch (e) {

@@ -26,8 +26,12 @@ export interface MacroSettings {
   densityRepetitions: number;
 }
 
-export const QUICK: MacroSettings = { startRuns: 5, execRuns: 5, workload: QUICK_WORKLOAD, memoryPods: [1, 5], memorySettleMs: 1000, densityPods: [1, 5, 10], densityRepetitions: 1 };
-export const FULL: MacroSettings = { startRuns: 20, execRuns: 20, workload: FULL_WORKLOAD, memoryPods: [1, 5], memorySettleMs: 2000, densityPods: [1, 5, 10], densityRepetitions: 3 };
+export const QUICK: MacroSettings = {
+  startRuns: 5, execRuns: 5, workload: QUICK_WORKLOAD, memoryPods: [1, 5], memorySettleMs: 1000, densityPods: [1, 5, 10], densityRepetitions: 1,
+};
+export const FULL: MacroSettings = {
+  startRuns: 20, execRuns: 20, workload: FULL_WORKLOAD, memoryPods: [1, 5], memorySettleMs: 2000, densityPods: [1, 5, 10], densityRepetitions: 3,
+};
 
 export interface MacroOptions {
   quick?: boolean;
@@ -107,7 +111,8 @@ export async function runMacroBench(opts: MacroOptions = {}): Promise<MacroRepor
     for (const c of candidates) c.cleanup?.();
   }
   env.loadavgEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
-  return { quick: !!opts.quick, settings, environment: env, runtimes: candidates, results: ctx.results, cleanup, durationS: round((performance.now() - t0) / 1000, 1) };
+  const durationS = round((performance.now() - t0) / 1000, 1);
+  return { quick: !!opts.quick, settings, environment: env, runtimes: candidates, results: ctx.results, cleanup, durationS };
 }
 
 function setPath(obj: Record<string, unknown>, dotted: string, value: Record<string, unknown>): void {
@@ -143,7 +148,8 @@ export function macroJson(r: MacroReport): Record<string, unknown> {
         continue;
       }
       const fig = Object.fromEntries(Object.entries(withUnit(res.summary, m.unitKey)).map(([k, v]) => [k, k === 'n' ? v : round(v)]));
-      setPath(out, m.key, { ...fig, ratio_to_runc: ratioToRunc(r.results, c.name, m.key) ?? null, samples: res.samples.map((v) => round(v)), ...(res.note ? { note: res.note } : {}) });
+      const ratio = ratioToRunc(r.results, c.name, m.key) ?? null;
+      setPath(out, m.key, { ...fig, ratio_to_runc: ratio, samples: res.samples.map((v) => round(v)), ...(res.note ? { note: res.note } : {}) });
     }
     runtimes[c.name] = out;
   }

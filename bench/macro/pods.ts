@@ -48,7 +48,14 @@ export async function startDetached(cd: Containerd, runtime: string, image: stri
 }
 
 /** `ctr task exec` timed from spawn to exit. */
-export async function timedExec(cd: Containerd, id: string, execId: string, cmd: string[], timeoutMs = 120_000): Promise<{ ms: number; code: number | null; stdout: string; stderr: string }> {
+export interface TimedExec {
+  ms: number;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export async function timedExec(cd: Containerd, id: string, execId: string, cmd: string[], timeoutMs = 120_000): Promise<TimedExec> {
   const r = await cd.ctr(['tasks', 'exec', '--exec-id', execId, id, ...cmd], { timeoutMs });
   return { ms: r.ms, code: r.code, stdout: r.stdout, stderr: r.stderr };
 }

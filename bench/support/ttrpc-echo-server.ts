@@ -7,9 +7,11 @@ if (!sock) throw new Error('usage: ttrpc-echo-server SOCKET');
 const server = peerServer();
 await server.listen(sock);
 process.stdout.write('ready\n');
-const stop = async () => {
-  await server.close({ graceful: false });
-  process.exit(0);
+const stop = () => {
+  server.close({ graceful: false }).then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

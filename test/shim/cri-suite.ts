@@ -52,7 +52,8 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
   }
 
   async function createAndStart(name: string, command: string[], opts: { pid?: runtime.v1.NamespaceMode } = {}): Promise<string> {
-    const { container_id } = await cri.runtime.CreateContainer({ pod_sandbox_id: podId, sandbox_config: podConfig, config: containerConfig(name, command, opts) }, { timeoutMs: 180_000 });
+    const req = { pod_sandbox_id: podId, sandbox_config: podConfig, config: containerConfig(name, command, opts) };
+    const { container_id } = await cri.runtime.CreateContainer(req, { timeoutMs: 180_000 });
     ids[name] = container_id;
     await cri.runtime.StartContainer({ container_id }, { timeoutMs: 180_000 });
     return container_id;

@@ -100,7 +100,11 @@ export async function katatsContainerd(): Promise<{ env: KatatsEnv; c: Container
  * removed; then the checks that none of that force was needed. Returns the harness's report for
  * checks of the suite's own.
  */
-export async function endKatatsSuite(c: Containerd | undefined, env: KatatsEnv | undefined, alsoKill: () => number[] = () => []): Promise<StopReport | undefined> {
+export async function endKatatsSuite(
+  c: Containerd | undefined,
+  env: KatatsEnv | undefined,
+  alsoKill: () => number[] = () => [],
+): Promise<StopReport | undefined> {
   const report = await c?.stop();
   const leftQemu = env ? qemuProcs(env.stateDir) : [];
   const leftOther = alsoKill();
