@@ -11,7 +11,7 @@ import type { Sandbox } from './sandbox.js';
 import { ContainerProcess } from './process.js';
 import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
-import { mount, umount, isMounted } from './mount.js';
+import { mount, umount, isMounted } from '../sys/mount.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
 import { alreadyExists, invalid, notFound, precondition, withContext, TtrpcError, Code } from './errors.js';

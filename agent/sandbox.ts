@@ -12,7 +12,7 @@ import { Crun } from './runtime/crun.js';
 import { PolicyState } from './policy-hook.js';
 import { addStorage, removeStorage, type StorageHandle } from './storage.js';
 import { internal, notFound, TtrpcError, Code } from './errors.js';
-import { umount, isMounted } from './mount.js';
+import { umount, isMounted } from '../sys/mount.js';
 import type { OciHook } from './spec.js';
 
 interface SharedStorage {

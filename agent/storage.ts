@@ -8,7 +8,7 @@ import type { grpc } from '../proto/gen/types.js';
 import type { Logger } from './log.js';
 import { invalid, withContext } from './errors.js';
 import { checkAbsolute } from './spec.js';
-import { mount, umount, isMounted } from './mount.js';
+import { mount, umount, isMounted } from '../sys/mount.js';
 import { resolveBlockSource } from './devices.js';
 
 export const STORAGE_DRIVERS = ['local', 'ephemeral', 'virtio-fs', '9p', 'watchable-bind', 'overlayfs', 'blk', 'mmioblk', 'scsi'] as const;

@@ -1,6 +1,7 @@
 // Host processes seen through /proc: finding a pod's processes (a shim and everything under it),
 // their memory (PSS from smaps_rollup), and killing what a failed run left behind.
 import fs from 'node:fs';
+import { hasExited } from '../sys/proc.js';
 
 export interface ProcInfo {
   pid: number;
@@ -72,16 +73,6 @@ export function procsMatching(match: ProcMatch, procs: ProcInfo[] = listProcs())
   return procs.filter((p) => p.pid !== process.pid && pred(p));
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A zombie still answers signal 0; it is dead for our purposes.
-    return !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 /** SIGKILLs the processes by pid and waits (up to timeoutMs) until they are gone. Returns the pids signalled. */
 export async function killPids(pids: number[], timeoutMs = 5000): Promise<number[]> {
   const hit: number[] = [];
@@ -95,7 +86,7 @@ export async function killPids(pids: number[], timeoutMs = 5000): Promise<number
     }
   }
   const deadline = Date.now() + timeoutMs;
-  while (hit.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (hit.some((pid) => !hasExited(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   return hit;
 }
 

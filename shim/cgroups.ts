@@ -4,7 +4,7 @@
 // hosts) and pure v2 alike: like runc's cgroupfs driver, a cgroup exists in every hierarchy.
 import fs from 'node:fs';
 import path from 'node:path';
-import { unescapeMountPath } from './mounts.js';
+import { parseMountInfo } from '../sys/mount.js';
 
 export interface Hierarchy {
   /** Where it is mounted, e.g. /sys/fs/cgroup/memory or /sys/fs/cgroup (pure v2). */
@@ -24,19 +24,15 @@ const V1_NON_CONTROLLER_OPTS = new Set(['rw', 'ro', 'noprefix', 'clone_children'
 export function parseCgroupMounts(mountinfo: string): Hierarchy[] {
   const seen = new Set<string>();
   const out: Hierarchy[] = [];
-  for (const line of mountinfo.split('\n')) {
-    const f = line.split(' ');
-    const dash = f.indexOf('-');
-    if (dash < 0 || f.length < dash + 4) continue;
-    const fstype = f[dash + 1];
-    if (fstype !== 'cgroup' && fstype !== 'cgroup2') continue;
+  for (const m of parseMountInfo(mountinfo)) {
+    if (m.fstype !== 'cgroup' && m.fstype !== 'cgroup2') continue;
     // A subtree bind of a hierarchy (root other than /) would put our paths somewhere else.
-    if (f[3] !== '/') continue;
-    const dev = f[2]!;
-    if (seen.has(dev)) continue;
-    seen.add(dev);
-    const controllers = fstype === 'cgroup' ? f[dash + 3]!.split(',').filter((o) => !V1_NON_CONTROLLER_OPTS.has(o) && (!o.includes('=') || o.startsWith('name='))) : [];
-    out.push({ mount: unescapeMountPath(f[4]!), version: fstype === 'cgroup' ? 1 : 2, controllers });
+    if (m.root !== '/') continue;
+    if (seen.has(m.device)) continue;
+    seen.add(m.device);
+    const v1 = m.fstype === 'cgroup';
+    const controllers = v1 ? m.superOptions.filter((o) => !V1_NON_CONTROLLER_OPTS.has(o) && (!o.includes('=') || o.startsWith('name='))) : [];
+    out.push({ mount: m.mountPoint, version: v1 ? 1 : 2, controllers });
   }
   return out;
 }

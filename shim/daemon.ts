@@ -11,7 +11,7 @@ import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
 import { isSandboxProcess, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
-import { removeTree } from './mounts.js';
+import { removeTree } from '../sys/mount.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
   const streams: pino.StreamEntry[] = [];

@@ -6,25 +6,17 @@ import path from 'node:path';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
-import { removeTree } from './mounts.js';
+import { removeTree } from '../sys/mount.js';
+import { hasExited } from '../sys/proc.js';
+import { sleep } from '../sys/timeout.js';
 import { removeCgroupDirs } from './cgroups.js';
 import { overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 
-/** Whether pid runs: a zombie (dead, not yet reaped by whoever inherited it) counts as gone. */
-function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
 async function killAndWait(pid: number): Promise<void> {
-  if (!alive(pid)) return;
+  if (hasExited(pid)) return;
   process.kill(pid, 'SIGKILL');
-  for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 100 && !hasExited(pid); i++) await sleep(50);
 }
 
 export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
@@ -37,7 +29,7 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       await removeTree(mine);
     }
     // The pod's VM cannot outlive its shim; while the shim lives, it stops the VM itself.
-    if (!alive(rec.shimPid)) {
+    if (hasExited(rec.shimPid)) {
       const dir = sandboxDir(cfg.runtime.state_dir, grouping);
       // Only processes that still name this sandbox: a recorded pid may have been reused since.
       // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.

@@ -2,6 +2,7 @@
 // Forward). One ordered queue: containerd must see create before start before exit before delete,
 // so a failed send is retried at the head of the queue instead of being sent out of turn.
 import type { Logger } from 'pino';
+import { settleWithin } from '../sys/timeout.js';
 import { Client, dialUnix } from '../proto/ttrpc/index.js';
 import { serviceClient, type ServiceClient } from '../proto/rpc.js';
 import { packAny, timestamp, type MessageName, type Init } from '../proto/registry.js';
@@ -85,7 +86,7 @@ export class EventPublisher {
   }
 
   async close(): Promise<void> {
-    await Promise.race([this.flush(), new Promise((r) => setTimeout(r, 5000).unref())]);
+    await settleWithin(this.flush(), 5000);
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.client.close();

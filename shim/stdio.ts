@@ -9,6 +9,8 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
+import { hasExited } from '../sys/proc.js';
+import { settleWithin } from '../sys/timeout.js';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
 
@@ -150,16 +152,6 @@ interface LiveLogger {
 const liveLoggers = new Set<LiveLogger>();
 let exitHookInstalled = false;
 
-/** Exited (a zombie: nothing reaps while the exit hook blocks) or gone. */
-function hasExited(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-  } catch {
-    return true;
-  }
-}
-
 function killGroup(pid: number): void {
   try {
     process.kill(-pid, 'SIGKILL');
@@ -261,7 +253,7 @@ export async function openBinaryLogger(uri: string, o: { containerId: string; na
   const stop = () =>
     (stopping ??= (async () => {
       await Promise.all([stdout.close(), stderr.close()]);
-      const gone = (ms: number) => Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
+      const gone = (ms: number) => settleWithin(exited, ms);
       if (await gone(LOGGER_EOF_GRACE_MS)) return;
       // As containerd's shims do: SIGTERM to the binary alone, so it can flush and exit.
       live.termAt = Date.now();

@@ -2,6 +2,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import type { Logger } from 'pino';
+import { terminate } from '../sys/proc.js';
 
 /** Debian's QEMU 7.2 ships the C virtiofsd here (qemu-system-common). */
 export const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
@@ -70,10 +71,7 @@ export async function startVirtiofsd(o: VirtiofsdOptions): Promise<Virtiofsd> {
   exited.then(markGone, markGone);
   const stop = async (): Promise<void> => {
     if (gone) return;
-    child.kill('SIGTERM');
-    const t = setTimeout(() => child.kill('SIGKILL'), 2000);
-    await exited;
-    clearTimeout(t);
+    await terminate(child, exited, { graceMs: 2000 });
     fs.rmSync(o.socket, { force: true });
   };
   const deadline = Date.now() + (o.readyTimeoutMs ?? 10_000);

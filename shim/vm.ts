@@ -9,7 +9,7 @@ import type { VmConfig } from '../vmm/config.js';
 import type { GuestManifest } from '../guest/manifest.js';
 import type { QemuConfig } from './config.js';
 import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
-import { removeTree } from './mounts.js';
+import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 

@@ -14,7 +14,7 @@ import { createAgent, type Agent } from '../../agent/server.js';
 import { detectCgroups } from '../../agent/cgroups.js';
 import { findRunner } from '../../agent/runtime/runner.js';
 import type { AgentConfig } from '../../agent/config.js';
-import { mountPoints } from '../../agent/mount.js';
+import { mountPoints } from '../../sys/mount.js';
 
 export const BUSYBOX = '/bin/busybox';
 

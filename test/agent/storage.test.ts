@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import { containerSpec, crunContainers, readAll, runnerProcesses, startAgent, type SpecOpts, type TestAgent } from './helpers.js';
 import { blockDeviceByPciPath, parsePciPath, pciDeviceDir } from '../../agent/devices.js';
-import { isMounted } from '../../agent/mount.js';
+import { isMounted } from '../../sys/mount.js';
 
 describe('storages and devices', () => {
   let t: TestAgent;

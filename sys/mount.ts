@@ -1,0 +1,139 @@
+// Mounting through mount(8)/umount(8) (util-linux on a host, busybox applets in the guest): node
+// has no mount(2), and mount(8) handles overlay's long option strings. Every call has a time limit
+// (a hung NFS or FUSE source must not hang a shim or the agent) and /proc/self/mountinfo says what
+// is mounted.
+import fs from 'node:fs';
+import path from 'node:path';
+import { runTool, runToolOk } from './exec.js';
+
+/** How long one mount(8) or umount(8) may take. */
+export const MOUNT_TIMEOUT_MS = 60_000;
+export const MOUNT_TIMEOUT = 'KATATS_MOUNT_TIMEOUT';
+
+function tool(cmd: string, args: string[]): Promise<unknown> {
+  return runToolOk(cmd, args, { timeoutMs: MOUNT_TIMEOUT_MS, timeoutCode: MOUNT_TIMEOUT });
+}
+
+function isBind(fstype: string, options: string[]): boolean {
+  return fstype === 'bind' || fstype === 'rbind' || options.includes('bind') || options.includes('rbind');
+}
+
+/**
+ * mount -t FSTYPE -o OPTIONS SOURCE TARGET. fstype "bind"/"rbind" (or a bind option) bind-mounts.
+ * A read-only bind takes a second step (the kernel ignores ro on the bind itself); when that
+ * remount fails the bind is undone and the error is thrown: a mount asked to be read-only is
+ * never left writable.
+ */
+export async function mount(source: string, target: string, fstype: string, options: string[] = []): Promise<void> {
+  const opts = options.filter((o) => o.length > 0);
+  let type = fstype;
+  if (type === 'bind' || type === 'rbind') {
+    if (!opts.includes('bind') && !opts.includes('rbind')) opts.unshift(type);
+    type = 'none';
+  }
+  const args: string[] = [];
+  if (type) args.push('-t', type);
+  if (opts.length) args.push('-o', opts.join(','));
+  args.push(source, target);
+  await tool('mount', args);
+  if (isBind(fstype, opts) && opts.includes('ro')) {
+    // Flags that must survive the remount (the remount replaces the per-mount flags).
+    const keep = opts.filter((o) => ['nosuid', 'nodev', 'noexec'].includes(o));
+    try {
+      await tool('mount', ['-o', ['remount', 'bind', 'ro', ...keep].join(','), target]);
+    } catch (e) {
+      await umount(target).catch(() => umount(target, true));
+      throw e;
+    }
+  }
+}
+
+export async function umount(target: string, lazy = false): Promise<void> {
+  await tool('umount', lazy ? ['-l', target] : [target]);
+}
+
+/** A mountinfo path field as the path it names (mountinfo escapes space, tab, newline, backslash in octal). */
+export function unescapeMountPath(p: string): string {
+  return p.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+export interface MountInfo {
+  /** major:minor of the filesystem (field 3). */
+  device: string;
+  /** The root of the mount within its filesystem (field 4): not "/" for a subtree bind. */
+  root: string;
+  mountPoint: string;
+  /** Per-mount options (field 6), e.g. rw,nosuid,nodev,relatime. */
+  options: string[];
+  fstype: string;
+  source: string;
+  /** Per-superblock options (the last field), e.g. a v1 cgroup's controllers. */
+  superOptions: string[];
+}
+
+/** A mountinfo text (/proc/<pid>/mountinfo), one entry per line, in the kernel's order. */
+export function parseMountInfo(text: string): MountInfo[] {
+  const out: MountInfo[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    const sep = f.indexOf('-', 6);
+    if (sep < 0 || f.length < sep + 4) continue;
+    out.push({
+      device: f[2]!,
+      root: unescapeMountPath(f[3]!),
+      mountPoint: unescapeMountPath(f[4]!),
+      options: f[5]!.split(','),
+      fstype: f[sep + 1]!,
+      source: unescapeMountPath(f[sep + 2]!),
+      superOptions: f[sep + 3]!.split(','),
+    });
+  }
+  return out;
+}
+
+/** This process's mounts (a stacked mount comes later than the one it hides). */
+export function mountInfo(): MountInfo[] {
+  return parseMountInfo(fs.readFileSync('/proc/self/mountinfo', 'utf8'));
+}
+
+export function mountPoints(): string[] {
+  return mountInfo().map((m) => m.mountPoint);
+}
+
+export function isMounted(target: string): boolean {
+  return mountPoints().includes(target);
+}
+
+/** Mount points at or below dir (symlinks resolved), deepest first, each once. */
+export function mountsUnder(dir: string): string[] {
+  const root = fs.existsSync(dir) ? fs.realpathSync(dir) : path.resolve(dir);
+  const points = new Set<string>();
+  for (const mp of mountPoints()) if (mp === root || mp.startsWith(root === '/' ? '/' : `${root}/`)) points.add(mp);
+  return [...points].sort((a, b) => b.length - a.length);
+}
+
+/** Unmounts everything at and below `dir`, deepest first; lazily when busy, so cleanup never hangs. */
+export async function unmountAll(dir: string): Promise<string[]> {
+  const done: string[] = [];
+  // A mount can be stacked several times on one point: repeat until nothing is left (bounded).
+  for (let round = 0; round < 5; round++) {
+    const points = mountsUnder(dir);
+    if (!points.length) break;
+    for (const mp of points) {
+      const r = await runTool('umount', [mp], { timeoutMs: MOUNT_TIMEOUT_MS, timeoutCode: MOUNT_TIMEOUT }).catch(() => undefined);
+      if (r?.code !== 0) await runTool('umount', ['-l', mp], { timeoutMs: MOUNT_TIMEOUT_MS, timeoutCode: MOUNT_TIMEOUT }).catch(() => undefined);
+      done.push(mp);
+    }
+  }
+  return done;
+}
+
+/**
+ * Unmounts everything below dir, then removes it. Other processes may be unmounting or removing
+ * parts of the same tree at that moment (containerd runs `shim delete` as each task's connection
+ * closes), so the removal retries briefly on EBUSY/ENOTEMPTY instead of failing the first time.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  await unmountAll(dir);
+  fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+}
