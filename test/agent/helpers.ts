@@ -103,6 +103,11 @@ export function runner(): string {
   return runnerPath;
 }
 
+/** The agent's cgroup parent in tests: one per test process, so concurrent suites never share a cgroup. */
+export const TEST_CGROUP_PARENT = `/katats-test-${process.pid}`;
+/** crun's state root likewise: suites in other processes (or checkouts) use the same container ids. */
+export const TEST_CRUN_ROOT = `/run/katats-test-crun-${process.pid}`;
+
 /** An agent on a unix socket in a fresh temp dir, with a busybox rootfs next to it. */
 export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestAgent> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-agent-'));
@@ -118,7 +123,8 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
     crun: 'crun',
     sysfsRoot: '/sys',
     cgroups: detectCgroups(),
-    cgroupParent: '/katats-test',
+    cgroupParent: TEST_CGROUP_PARENT,
+    crunRoot: TEST_CRUN_ROOT,
     setClock: false,
     pciRescan: false,
     outputBufferBytes: 1 << 20,
@@ -149,6 +155,12 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
         }
       }
       fs.rmSync(dir, { recursive: true, force: true });
+      // Removed only when empty: a container left behind keeps it, and crunContainers() names it.
+      try {
+        fs.rmdirSync(TEST_CRUN_ROOT);
+      } catch {
+        /* in use by another agent of this process, not empty, or gone */
+      }
     },
   };
 }
@@ -180,7 +192,8 @@ export async function runToEnd(t: TestAgent, cid: string, args: string[], o: Spe
 
 /** Containers crun knows whose id starts with `prefix`. */
 export function crunContainers(prefix: string): string[] {
-  const out = execFileSync('crun', ['list', '-q']).toString();
+  if (!fs.existsSync(TEST_CRUN_ROOT)) return [];
+  const out = execFileSync('crun', ['--root', TEST_CRUN_ROOT, 'list', '-q']).toString();
   return out.split('\n').filter((l) => l.startsWith(prefix));
 }
 

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
-import { containerSpec, crunContainers, processSpec, readAll, runToEnd, sleep, useAgent, type TestAgent } from './helpers.js';
+import { containerSpec, crunContainers, processSpec, readAll, runToEnd, sleep, useAgent, TEST_CGROUP_PARENT, type TestAgent } from './helpers.js';
 import { v1ControllerDir } from '../../agent/cgroups.js';
 
 describe('agent lifecycle (local mode, real crun)', () => {
@@ -137,7 +137,7 @@ describe('agent lifecycle (local mode, real crun)', () => {
     expect(c.cgroup_stats!.pids_stats!.limit).toBe(50);
     if (t.agent.sandbox.config.cgroups.mode !== 'v2') {
       const memDir = v1ControllerDir('/sys/fs/cgroup', 'memory')!;
-      expect(fs.readFileSync(path.join(memDir, 'katats-test', cid, 'memory.limit_in_bytes'), 'utf8').trim()).toBe(String(128 << 20));
+      expect(fs.readFileSync(path.join(memDir, TEST_CGROUP_PARENT, cid, 'memory.limit_in_bytes'), 'utf8').trim()).toBe(String(128 << 20));
     }
     await t.svc.RemoveContainer({ container_id: cid });
   });
