@@ -113,6 +113,16 @@ describe('agent as a process', () => {
       const missing = await run(['/nonexistent/prog']);
       expect(missing.code).toBe(127);
       expect(missing.stderr).toMatch(/exec \/nonexistent\/prog/);
+      // A node that refuses its startup snapshot exits 1 at once: it is started again without it, once.
+      const refusing = 'for a in "$@"; do [ "$a" = --snapshot-blob ] && exit 1; done; echo "$@" >&2; exit 6';
+      const snap = await run(['sh', '-c', refusing, 'node', '--snapshot-blob', '/x.blob', 'agent.js']);
+      expect(snap.code).toBe(6);
+      expect(snap.stderr).toMatch(/ended at once with the startup snapshot; starting it without/);
+      expect(snap.stderr).toMatch(/^agent\.js$/m);
+      // Without the snapshot argument a status 1 is just the program's exit.
+      const plain = await run(['sh', '-c', 'exit 1', 'node', 'agent.js']);
+      expect(plain.code).toBe(1);
+      expect(plain.stderr).not.toMatch(/starting it without/);
     }, 30_000);
 
     it('guest mode: serves the channel device from KATATS_AGENT_CHANNEL and checks SetPolicy against KATATS_HOST_DATA', async () => {
