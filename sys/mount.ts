@@ -19,24 +19,65 @@ function isBind(fstype: string, options: string[]): boolean {
 }
 
 /**
+ * A mount target its caller resolved itself (the agent walks below its own directories without
+ * following symlinks): mount(8) is given `ref`, a /proc/PID/fd/N name of an open file descriptor
+ * on the directory or file to mount onto, so no path is looked up again by name in between.
+ * `root` names the mount's root once it is there (the name looked up in the pinned parent
+ * directory), for the read-only remount and an undo.
+ */
+export interface PinnedTarget {
+  /** the path, for messages */
+  path: string;
+  ref: string;
+  root: string;
+}
+
+let canonicalizes: Promise<boolean> | undefined;
+
+/**
+ * util-linux mount(8) resolves its arguments to canonical paths unless told not to (-c), which
+ * would turn a pinned /proc/PID/fd/N back into a path looked up by name; busybox's does not
+ * canonicalize and has no -c.
+ */
+function mountCanonicalizes(): Promise<boolean> {
+  canonicalizes ??= runTool('mount', ['-V'], { timeoutMs: MOUNT_TIMEOUT_MS, timeoutCode: MOUNT_TIMEOUT }).then(
+    (r) => r.code === 0 && `${r.stdout}${r.stderr}`.includes('util-linux'),
+    () => false,
+  );
+  return canonicalizes;
+}
+
+const PROPAGATION = new Set(['private', 'rprivate', 'shared', 'rshared', 'slave', 'rslave', 'unbindable', 'runbindable']);
+
+/**
  * mount -t FSTYPE -o OPTIONS SOURCE TARGET. fstype "bind"/"rbind" (or a bind option) bind-mounts.
  * A read-only bind takes a second step (the kernel ignores ro on the bind itself); when that
  * remount fails the bind is undone and the error is thrown: a mount asked to be read-only is
- * never left writable.
+ * never left writable. `ro` is left out of the bind itself, since util-linux then does the
+ * remount on its own and, when that fails, exits non-zero with the bind left in place.
+ *
+ * A pinned target (and a source named /proc/PID/fd/N) reaches mount(8) as given. mount(8)'s own
+ * follow-up steps (a bind's flags, propagation) would go to that name, which is the directory
+ * mounted on, not the new mount: so those steps are taken here, on `root`, each undoing the
+ * mount when it fails.
  */
-export async function mount(source: string, target: string, fstype: string, options: string[] = []): Promise<void> {
+export async function mount(source: string, target: string | PinnedTarget, fstype: string, options: string[] = []): Promise<void> {
   const opts = options.filter((o) => o.length > 0);
   let type = fstype;
   if (type === 'bind' || type === 'rbind') {
     if (!opts.includes('bind') && !opts.includes('rbind')) opts.unshift(type);
     type = 'none';
   }
+  const bind = isBind(fstype, opts);
+  if (typeof target !== 'string') return mountPinned(source, target, type, opts, bind);
+  const readOnly = bind && opts.includes('ro');
+  const first = readOnly ? opts.filter((o) => o !== 'ro') : opts;
   const args: string[] = [];
   if (type) args.push('-t', type);
-  if (opts.length) args.push('-o', opts.join(','));
+  if (first.length) args.push('-o', first.join(','));
   args.push(source, target);
   await tool('mount', args);
-  if (isBind(fstype, opts) && opts.includes('ro')) {
+  if (readOnly) {
     // Flags that must survive the remount (the remount replaces the per-mount flags).
     const keep = opts.filter((o) => ['nosuid', 'nodev', 'noexec'].includes(o));
     try {
@@ -45,6 +86,28 @@ export async function mount(source: string, target: string, fstype: string, opti
       await umount(target).catch(() => umount(target, true));
       throw e;
     }
+  }
+}
+
+async function mountPinned(source: string, t: PinnedTarget, type: string, opts: string[], bind: boolean): Promise<void> {
+  const c = (await mountCanonicalizes()) ? ['-c'] : [];
+  const propagation = opts.filter((o) => PROPAGATION.has(o));
+  const rest = opts.filter((o) => !PROPAGATION.has(o));
+  const first = bind ? [rest.includes('rbind') ? 'rbind' : 'bind'] : rest;
+  // A bind's per-mount flags (ro, nosuid, ...) in one remount, which replaces them all.
+  const flags = bind ? rest.filter((o) => o !== 'bind' && o !== 'rbind') : [];
+  const args = [...c];
+  if (type) args.push('-t', type);
+  if (first.length) args.push('-o', first.join(','));
+  await tool('mount', [...args, source, t.ref]);
+  try {
+    // busybox looks a one-argument remount's target up in /proc/mounts by name, where a pinned
+    // one is not: the (ignored) source "none" makes it two arguments.
+    if (flags.length) await tool('mount', [...c, '-o', ['remount', 'bind', ...flags].join(','), 'none', t.root]);
+    for (const p of propagation) await tool('mount', [...c, '-o', p, 'none', t.root]);
+  } catch (e) {
+    await umount(t.root).catch(() => umount(t.root, true));
+    throw e;
   }
 }
 
