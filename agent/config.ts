@@ -7,7 +7,7 @@ import type { PolicyEngine } from './policy-hook.js';
 export interface AgentConfig {
   /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
   stateDir: string;
-  /** CopyFile writes only below this directory */
+  /** CopyFile writes only below this directory: <stateDir>/shared/containers unless configured (upstream's) */
   copyRoot: string;
   /** the katats-runner helper */
   runner: string;

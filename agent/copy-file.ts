@@ -1,78 +1,91 @@
 // CopyFile: the host pushes files (resolv.conf, hostname, secrets, config maps) into the guest
 // in chunks. Semantics follow upstream's agent: file_mode's type bits choose a directory, a
 // symlink (data holds the target) or a regular file written at `offset` into a temp file that
-// is renamed into place once it reaches file_size. Only paths under the allowed root are taken.
+// is renamed into place once it reaches file_size; whatever stands at the path is replaced,
+// never followed. Only paths beneath the allowed root are taken, and no symlink below the root
+// is followed, not even one pointing inside it: each component is opened through the one
+// before it (beneath.ts), and modes and owners are set on those descriptors.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { grpc } from '../proto/gen/types.js';
-import { denied, invalid, withContext } from './errors.js';
+import { invalid, withContext, TtrpcError } from './errors.js';
+import { namesBelow, openChildDir, openDirBeneath, openFileForWrite, openRoot, removeAt, walk, type Dir } from './beneath.js';
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 const S_IFLNK = 0o120000;
+const WHAT = 'CopyFile';
 
-/** The nearest existing ancestor's real path must stay under the root's real path. */
-function checkInside(p: string, root: string): void {
-  const realRoot = fs.realpathSync(root);
-  let probe = path.dirname(p);
-  while (!fs.existsSync(probe)) probe = path.dirname(probe);
-  const real = fs.realpathSync(probe);
-  if (real !== realRoot && !real.startsWith(`${realRoot}/`)) {
-    throw denied(`CopyFile: ${p} resolves outside ${root} (through ${probe} -> ${real})`);
+/** The root itself: walked from the state dir when it lies below it, so that part holds no symlink either. */
+function openCopyRoot(root: string, stateDir: string | undefined): Dir {
+  const r = path.resolve(root);
+  const s = stateDir && path.resolve(stateDir);
+  if (s && (r === s || r.startsWith(`${s}/`))) return openDirBeneath(s, r, `${WHAT} root`, 0o755).dir;
+  return openRoot(r, true);
+}
+
+function makeDir(parent: Dir, name: string, req: grpc.CopyFileRequest): void {
+  const st = fs.lstatSync(parent.at(name), { throwIfNoEntry: false });
+  if (st && !st.isDirectory()) fs.unlinkSync(parent.at(name));
+  const { dir } = openChildDir(parent, name, WHAT, req.file_mode & 0o777);
+  try {
+    fs.fchmodSync(dir.fd, req.file_mode & 0o7777);
+    fs.fchownSync(dir.fd, req.uid, req.gid);
+  } finally {
+    dir.close();
   }
 }
 
-export function copyFile(req: grpc.CopyFileRequest, root: string): void {
-  const p = req.path;
-  if (!p || !path.isAbsolute(p) || p.split('/').includes('..') || p.includes('\0')) {
-    throw invalid(`CopyFile: path ${JSON.stringify(p)} must be absolute without '..'`);
-  }
-  const rootN = path.resolve(root);
-  if (!(p === rootN || p.startsWith(`${rootN}/`))) throw denied(`CopyFile: path ${p} is outside the allowed root ${rootN}`);
-  if (p === rootN) throw invalid(`CopyFile: path ${p} is the allowed root itself`);
-  if (!fs.existsSync(rootN)) fs.mkdirSync(rootN, { recursive: true });
+function makeSymlink(parent: Dir, name: string, req: grpc.CopyFileRequest): void {
+  const target = Buffer.from(req.data).toString();
+  if (!target || target.includes('\0')) throw invalid(`${WHAT} ${parent.child(name)}: a symlink needs a target without NUL bytes`);
+  removeAt(parent, name);
+  fs.symlinkSync(target, parent.at(name));
+  fs.lchownSync(parent.at(name), req.uid, req.gid);
+}
+
+function writeChunk(parent: Dir, name: string, req: grpc.CopyFileRequest): void {
+  const tmp = `${name}.tmp`;
+  // A new upload starts a new temp file: whatever a stale or planted one was is removed, not opened.
+  if (req.offset === 0) removeAt(parent, tmp);
+  const fd = openFileForWrite(parent, tmp, WHAT, { mode: 0o600, create: req.offset === 0 ? 'new' : 'maybe' });
   try {
-    checkInside(p, rootN);
-    const parent = path.dirname(p);
-    if (!fs.existsSync(parent)) {
-      fs.mkdirSync(parent, { recursive: true });
-      fs.chmodSync(parent, req.dir_mode & 0o7777);
-    }
-    const type = req.file_mode & S_IFMT;
-    if (type === S_IFDIR) {
-      try {
-        fs.mkdirSync(p);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      fs.chmodSync(p, req.file_mode & 0o7777);
-      fs.chownSync(p, req.uid, req.gid);
-      return;
-    }
-    if (type === S_IFLNK) {
-      const st = fs.lstatSync(p, { throwIfNoEntry: false });
-      if (st?.isSymbolicLink()) fs.unlinkSync(p);
-      fs.symlinkSync(Buffer.from(req.data).toString(), p);
-      fs.lchownSync(p, req.uid, req.gid);
-      return;
-    }
-    if (req.offset < 0 || req.file_size < 0) throw invalid(`CopyFile ${p}: negative offset or size`);
-    const tmp = `${p}.tmp`;
-    const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW, 0o600);
-    try {
-      if (req.offset === 0) fs.ftruncateSync(fd, 0);
-      let off = 0;
-      const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.length);
-      while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, req.offset + off);
-      const size = fs.fstatSync(fd).size;
-      if (size !== req.file_size) return;
-      fs.fchmodSync(fd, req.file_mode & 0o7777);
-      fs.fchownSync(fd, req.uid, req.gid);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, p);
+    let off = 0;
+    const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.length);
+    while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, req.offset + off);
+    if (fs.fstatSync(fd).size !== req.file_size) return;
+    fs.fchmodSync(fd, req.file_mode & 0o7777);
+    fs.fchownSync(fd, req.uid, req.gid);
+  } finally {
+    fs.closeSync(fd);
+  }
+  // rename(2) replaces a file or symlink itself; a directory in the way goes first (upstream).
+  if (fs.lstatSync(parent.at(name), { throwIfNoEntry: false })?.isDirectory()) removeAt(parent, name);
+  fs.renameSync(parent.at(tmp), parent.at(name));
+}
+
+/** CopyFile below `root`; `stateDir`, when the root lies below it, is where the walk to the root starts. */
+export function copyFile(req: grpc.CopyFileRequest, root: string, stateDir?: string): void {
+  const p = req.path;
+  const names = namesBelow(root, p, WHAT);
+  const name = names.pop();
+  if (name === undefined) throw invalid(`${WHAT}: path ${p} is the allowed root itself`);
+  const type = req.file_mode & S_IFMT;
+  if (type !== S_IFDIR && type !== S_IFLNK && (req.offset < 0 || req.file_size < 0)) throw invalid(`${WHAT} ${p}: negative offset or size`);
+  let top: Dir | undefined;
+  let parent: Dir | undefined;
+  try {
+    top = openCopyRoot(root, stateDir);
+    // Missing parents are made with dir_mode's permission bits (upstream's mkdir_all).
+    parent = walk(top, names, WHAT, req.dir_mode & 0o777).dir;
+    if (type === S_IFDIR) makeDir(parent, name, req);
+    else if (type === S_IFLNK) makeSymlink(parent, name, req);
+    else writeChunk(parent, name, req);
   } catch (e) {
-    throw withContext(`CopyFile ${p}`, e);
+    // Our own refusals already name the request and the path.
+    throw e instanceof TtrpcError ? e : withContext(`${WHAT} ${p}`, e);
+  } finally {
+    parent?.close();
+    top?.close();
   }
 }

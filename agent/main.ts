@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   const hostData = values['host-data'] ?? process.env.KATATS_HOST_DATA;
   const config: AgentConfig = {
     stateDir,
-    copyRoot: path.resolve(values['copy-root'] ?? stateDir),
+    copyRoot: path.resolve(values['copy-root'] ?? path.join(stateDir, 'shared', 'containers')),
     runner: findRunner(values.runner),
     crun: values.crun ?? 'crun',
     crunRoot: values['crun-root'],

@@ -102,7 +102,7 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
         return {};
       }),
 
-    CopyFile: (req) => guard('CopyFile', () => (copyFile(req, sb.config.copyRoot), {})),
+    CopyFile: (req) => guard('CopyFile', () => (copyFile(req, sb.config.copyRoot, sb.config.stateDir), {})),
 
     GetOOMEvent: (_req, ctx: CallContext) => guard('GetOOMEvent', async () => ({ container_id: await sb.nextOom(ctx.signal) })),
 

@@ -118,7 +118,7 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
   const log = pino({ level }, pino.destination(2));
   const config: AgentConfig = {
     stateDir,
-    copyRoot: stateDir,
+    copyRoot: path.join(stateDir, 'shared', 'containers'),
     runner: runner(),
     crun: 'crun',
     sysfsRoot: '/sys',

@@ -149,8 +149,10 @@ describe('sandbox requests', () => {
     expect(esc.code).toBe(Code.InvalidArgument);
     const outDir = path.join(t.dir, 'outside');
     fs.mkdirSync(outDir);
-    fs.symlinkSync(outDir, path.join(t.stateDir, 'sneaky'));
-    const viaLink = await t.svc.CopyFile({ path: path.join(t.stateDir, 'sneaky', 'f'), file_size: 1, file_mode: 0o100644, data: Buffer.from('x') }).catch((e) => e);
+    const copyRoot = t.agent.sandbox.config.copyRoot;
+    fs.mkdirSync(copyRoot, { recursive: true });
+    fs.symlinkSync(outDir, path.join(copyRoot, 'sneaky'));
+    const viaLink = await t.svc.CopyFile({ path: path.join(copyRoot, 'sneaky', 'f'), file_size: 1, file_mode: 0o100644, data: Buffer.from('x') }).catch((e) => e);
     expect(viaLink.code).toBe(Code.PermissionDenied);
     expect(fs.readdirSync(outDir)).toEqual([]);
     // The agent is still serving.
