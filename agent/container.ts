@@ -11,7 +11,8 @@ import type { Sandbox } from './sandbox.js';
 import { ContainerProcess } from './process.js';
 import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
-import { mount, umount, isMounted } from '../sys/mount.js';
+import { umount, isMounted } from '../sys/mount.js';
+import { bindRootfs } from './places.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
 import { alreadyExists, invalid, notFound, precondition, withContext, TtrpcError, Code } from './errors.js';
@@ -129,8 +130,7 @@ export class Container {
     try {
       await applyDevices(req.devices ?? [], spec, cfg.sysfsRoot, cfg.pciRescan);
       c.storageMounts = await sb.addStorages(req.storages ?? []);
-      fs.mkdirSync(path.join(bundle, 'rootfs'), { recursive: true });
-      await mount(spec.root!.path, path.join(bundle, 'rootfs'), 'bind', ['rbind']);
+      await bindRootfs(spec.root!.path, path.join(bundle, 'rootfs'), cfg.stateDir);
       c.rootfsMounted = true;
       spec.root = { path: path.join(bundle, 'rootfs'), readonly: spec.root!.readonly };
       fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec, null, 2));

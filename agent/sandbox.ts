@@ -14,6 +14,8 @@ import { addStorage, removeStorage, type StorageHandle } from './storage.js';
 import { internal, notFound, TtrpcError, Code } from './errors.js';
 import { umount, isMounted } from '../sys/mount.js';
 import type { OciHook } from './spec.js';
+import { openDirBeneath, removeBeneath, replaceFileAt, type Dir } from './beneath.js';
+import { checkGuestHookPath, sandboxDir } from './places.js';
 
 interface SharedStorage {
   handle: StorageHandle;
@@ -46,7 +48,12 @@ export class Sandbox {
   }
 
   get sandboxDir(): string {
-    return path.join(this.config.stateDir, 'sandbox');
+    return sandboxDir(this.config.stateDir);
+  }
+
+  /** The sandbox dir, made when missing, walked from the state dir without following symlinks. */
+  private openSandboxDir(sub: string[] = []): Dir {
+    return openDirBeneath(this.config.stateDir, path.join(this.sandboxDir, ...sub), 'sandbox', 0o755).dir;
   }
 
   container(cid: string): Container {
@@ -66,7 +73,8 @@ export class Sandbox {
           done.push(s.mount_point);
           continue;
         }
-        const handle = await addStorage(s, { log: this.log, sysfsRoot: this.config.sysfsRoot, pciRescan: this.config.pciRescan });
+        const { stateDir, sysfsRoot, pciRescan } = this.config;
+        const handle = await addStorage(s, { log: this.log, stateDir, sysfsRoot, pciRescan });
         this.storages.set(s.mount_point, { handle, refs: 1 });
         done.push(s.mount_point);
       }
@@ -93,18 +101,23 @@ export class Sandbox {
 
   /** Persistent IPC and UTS namespaces for the pod (upstream's setup_shared_namespaces). */
   async setupSharedNamespaces(): Promise<void> {
-    const dir = path.join(this.sandboxDir, 'ns');
-    fs.mkdirSync(dir, { recursive: true });
-    await new Promise<void>((resolve, reject) =>
-      execFile(this.config.runner, ['ns', dir, this.hostname], (err, _o, stderr) =>
-        err ? reject(internal(`shared namespaces: ${(stderr || err.message).trim()}`)) : resolve(),
-      ),
-    );
-    this.sharedNsDir = dir;
+    const dir = this.openSandboxDir(['ns']);
+    try {
+      // The helper creates and bind-mounts DIR/ipc and DIR/uts in exactly the directory verified here.
+      await new Promise<void>((resolve, reject) =>
+        execFile(this.config.runner, ['ns', dir.ref, this.hostname], (err, _o, stderr) =>
+          err ? reject(internal(`shared namespaces: ${(stderr || err.message).trim()}`)) : resolve(),
+        ),
+      );
+    } finally {
+      dir.close();
+    }
+    this.sharedNsDir = dir.path;
   }
 
-  /** Guest hooks from guest_hook_path/{prestart,poststart,poststop}/: every executable file. */
+  /** Guest hooks from guest_hook_path/{prestart,poststart,poststop}/: every executable file of the guest image. */
   loadGuestHooks(dir: string): void {
+    checkGuestHookPath(this.config.stateDir, dir);
     const read = (kind: string): OciHook[] => {
       const d = path.join(dir, kind);
       let names: string[] = [];
@@ -118,6 +131,7 @@ export class Sandbox {
         .filter((p) => {
           try {
             const st = fs.statSync(p);
+            checkGuestHookPath(this.config.stateDir, p);
             return st.isFile() && (st.mode & 0o111) !== 0;
           } catch {
             return false;
@@ -130,8 +144,12 @@ export class Sandbox {
   }
 
   writeDns(dns: string[]): void {
-    fs.mkdirSync(this.sandboxDir, { recursive: true });
-    fs.writeFileSync(path.join(this.sandboxDir, 'resolv.conf'), dns.length ? dns.join('\n') + '\n' : '');
+    const dir = this.openSandboxDir();
+    try {
+      replaceFileAt(dir, 'resolv.conf', dns.length ? dns.join('\n') + '\n' : '', 0o644, 'DNS');
+    } finally {
+      dir.close();
+    }
   }
 
   pushOom(cid: string): void {
@@ -181,7 +199,11 @@ export class Sandbox {
       }
       this.sharedNsDir = undefined;
     }
-    fs.rmSync(this.sandboxDir, { recursive: true, force: true });
+    try {
+      removeBeneath(this.config.stateDir, this.sandboxDir, 'sandbox teardown');
+    } catch (e) {
+      this.log.warn({ err: e, dir: this.sandboxDir }, 'sandbox dir not removed');
+    }
     this.pidnsPath = undefined;
     this.guestHooks = undefined;
     this.running = false;

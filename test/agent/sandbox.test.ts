@@ -64,7 +64,7 @@ describe('sandbox requests', () => {
     fs.mkdirSync(path.join(hooks, 'prestart'), { recursive: true });
     fs.writeFileSync(path.join(hooks, 'prestart', '10-mark.sh'), `#!/bin/sh\necho "$0 $1" >> ${marker}\n`, { mode: 0o755 });
     fs.writeFileSync(path.join(hooks, 'prestart', 'not-executable'), 'ignored', { mode: 0o644 });
-    const shared = path.join(t.stateDir, 'sandbox-local');
+    const shared = path.join(t.stateDir, 'sandbox', 'local', 'pod-vol');
     await t.svc.CreateSandbox({
       hostname: 'pod-host',
       dns: ['nameserver 10.0.0.10', 'search cluster.local'],
@@ -103,7 +103,7 @@ describe('sandbox requests', () => {
     expect((await pending.catch((e) => e)).code).toBe(Code.Unavailable);
     expect(t.agent.sandbox.containers.size).toBe(0);
     expect(crunContainers('sb-')).toEqual([]);
-    expect(fs.existsSync(path.join(t.stateDir, 'sandbox-local'))).toBe(false);
+    expect(fs.existsSync(path.join(t.stateDir, 'sandbox'))).toBe(false);
     expect(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(t.stateDir)).toBe(false);
     await t.svc.CreateSandbox({ hostname: 'second', sandbox_id: 'sb-2' });
     const r = await runToEnd(t, 'sb-after', ['hostname']);

@@ -100,7 +100,7 @@ describe('storages and devices', () => {
 
   it('mounts a blk storage by device name and by PCI path (ext4 on a loop device)', async () => {
     for (const [cid, source] of [['st-blkdev', loop], ['st-blkpci', '02/03']] as const) {
-      const mp = path.join(t.stateDir, 'sandbox', 'blk', cid);
+      const mp = path.join(t.stateDir, 'sandbox', 'storage', cid);
       const r = await run(
         cid,
         `echo ${cid} > /disk/${cid}; ls /disk | grep -v lost; grep " /disk " /proc/mounts | cut -d" " -f3`,

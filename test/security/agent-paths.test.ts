@@ -6,9 +6,9 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
-import { useAgent, type TestAgent } from '../agent/helpers.js';
+import { containerSpec, readAll, useAgent, type TestAgent } from '../agent/helpers.js';
 import { isMounted } from '../../sys/mount.js';
 
 interface Snapshot {
@@ -143,5 +143,235 @@ describe('CopyFile resolves every component beneath its root without following s
     expect(out.before()).toEqual(before);
     expect(fs.readdirSync(path.join(dir, 'inside'))).toEqual([]);
     expect((await t.health.Check({})).status).toBe(1);
+  });
+});
+
+describe('storages: mount points only in the agent storage dirs, never through a planted symlink', () => {
+  const agent = useAgent('sec-st-');
+  let t: TestAgent;
+  let root: string;
+  let cf: ReturnType<typeof copyClient>;
+  beforeAll(() => {
+    t = agent();
+    root = path.join(t.stateDir, 'shared', 'containers');
+    cf = copyClient(t);
+  });
+  const created: string[] = [];
+  afterEach(async () => {
+    for (const cid of created.splice(0)) await t.svc.RemoveContainer({ container_id: cid }).catch(() => undefined);
+  });
+
+  const create = (cid: string, storages: object[], rootfs = t.rootfs) => {
+    created.push(cid);
+    return t.svc.CreateContainer({ container_id: cid, storages, OCI: containerSpec(rootfs, ['true']) });
+  };
+
+  it('refuses a storage mount point outside the agent storage dirs before changing anything', async () => {
+    const out = outsideTargets(t, 'st-outside');
+    const before = out.before();
+    for (const mp of [out.dir, path.join(t.stateDir, 'sec-st-victim'), path.join(t.stateDir, 'sandbox', 'ns'), path.join(t.stateDir, 'sandbox')]) {
+      const err = await create('sec-st-out', [{ driver: 'local', source: 'local', mount_point: mp, options: ['mode=0777', `fsgid=${USER}`] }]).catch((e) => e);
+      expect(err.code, mp).toBe(Code.PermissionDenied);
+      expect(err.message).toContain(mp);
+    }
+    expect(out.before()).toEqual(before);
+    expect(fs.existsSync(path.join(t.stateDir, 'sec-st-victim'))).toBe(false);
+  });
+
+  it('a local storage on a planted symlink is refused; the link target keeps its owner and mode', async () => {
+    const out = outsideTargets(t, 'st-local');
+    const before = out.before();
+    await cf.symlink(path.join(root, 'p1', 'vol'), out.dir);
+    await cf.mkdir(path.join(root, 'p1', 'sub'), 0o755);
+    await cf.symlink(path.join(root, 'p1', 'sub', 'deeper'), out.dir);
+    for (const mp of [path.join(root, 'p1', 'vol'), path.join(root, 'p1', 'vol', 'x'), path.join(root, 'p1', 'sub', 'deeper', 'y')]) {
+      const err = await create('sec-st-local', [{ driver: 'local', source: 'local', mount_point: mp, options: ['mode=0777', `fsgid=${USER}`] }]).catch((e) => e);
+      expect(err.code, mp).toBe(Code.PermissionDenied);
+    }
+    expect(out.before()).toEqual(before);
+  });
+
+  it('an ephemeral or shared storage on a planted symlink mounts nothing on its target', async () => {
+    const out = outsideTargets(t, 'st-mount');
+    const before = out.before();
+    const share = path.join(t.dir, 'share-mount');
+    fs.mkdirSync(share, { recursive: true });
+    await cf.symlink(path.join(root, 'p2', 'eph'), out.dir);
+    await cf.symlink(path.join(root, 'p2', 'shared'), out.dir);
+    await cf.symlink(path.join(root, 'p2', 'file'), out.file);
+    const attempts = [
+      { driver: 'ephemeral', source: 'tmpfs', fstype: 'tmpfs', mount_point: path.join(root, 'p2', 'eph'), options: [] },
+      { driver: 'virtio-fs', source: share, fstype: 'bind', mount_point: path.join(root, 'p2', 'shared'), options: ['rbind'] },
+      { driver: 'virtio-fs', source: path.join(share), fstype: 'bind', mount_point: path.join(root, 'p2', 'eph', 'below'), options: ['rbind'] },
+    ];
+    for (const st of attempts) {
+      const err = await create('sec-st-mount', [st]).catch((e) => e);
+      expect(err.code, st.mount_point).toBe(Code.PermissionDenied);
+    }
+    // A file bind onto a planted link to a file.
+    const srcFile = path.join(t.dir, 'share-file');
+    fs.writeFileSync(srcFile, 'host data\n');
+    const err = await create('sec-st-mount', [{ driver: 'virtio-fs', source: srcFile, fstype: 'bind', mount_point: path.join(root, 'p2', 'file'), options: [] }]).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(out.before()).toEqual(before);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(t.dir, 'outside'));
+  });
+
+  it('a bind storage whose source goes through a planted symlink is refused', async () => {
+    const out = outsideTargets(t, 'st-source');
+    await cf.symlink(path.join(root, 'p3', 'src'), out.dir);
+    const mp = path.join(t.stateDir, 'sandbox', 'storage', 'p3');
+    for (const source of [path.join(root, 'p3', 'src'), path.join(root, 'p3', 'src', 'secret')]) {
+      const err = await create('sec-st-src', [{ driver: 'virtio-fs', source, fstype: 'bind', mount_point: mp, options: ['rbind'] }]).catch((e) => e);
+      expect(err.code, source).toBe(Code.PermissionDenied);
+    }
+    expect(isMounted(mp)).toBe(false);
+  });
+
+  it('an overlay storage takes its layers from real directories only, never through a planted symlink', async () => {
+    const out = outsideTargets(t, 'st-overlay');
+    const before = out.before();
+    const dirs = ['layer', 'upper', 'work'].map((d) => path.join(t.dir, 'overlay', d));
+    for (const d of dirs) fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(dirs[0]!, 'from-layer'), 'layer\n');
+    await cf.symlink(path.join(root, 'p5', 'lower'), out.dir);
+    const mp = path.join(t.stateDir, 'sandbox', 'storage', 'ovl');
+    const overlay = (lowerdir: string) => ({
+      driver: 'overlayfs',
+      source: 'overlay',
+      fstype: 'overlay',
+      mount_point: mp,
+      options: [`lowerdir=${lowerdir}`, `upperdir=${dirs[1]}`, `workdir=${dirs[2]}`],
+    });
+    const err = await create('sec-st-ovl-bad', [overlay(`${dirs[0]}:${path.join(root, 'p5', 'lower')}`)]).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(isMounted(mp)).toBe(false);
+    await create('sec-st-ovl', [overlay(dirs[0]!)]);
+    expect(fs.readFileSync(path.join(mp, 'from-layer'), 'utf8')).toBe('layer\n');
+    expect(out.before()).toEqual(before);
+  });
+
+  it('a container rootfs whose source is a planted symlink is refused', async () => {
+    await cf.symlink(path.join(root, 'p4', 'rootfs'), t.rootfs);
+    const err = await create('sec-st-rootfs', [], path.join(root, 'p4', 'rootfs')).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(err.message).toContain('symlink');
+  });
+
+  it('fsGroup ownership never follows a link inside the storage to the outside', async () => {
+    const out = outsideTargets(t, 'st-fsgroup');
+    const before = out.before();
+    const share = path.join(t.dir, 'share-fsgroup');
+    fs.mkdirSync(path.join(share, 'sub'), { recursive: true });
+    fs.writeFileSync(path.join(share, 'sub', 'data'), 'x');
+    fs.symlinkSync(out.file, path.join(share, 'link-file'));
+    fs.symlinkSync(out.dir, path.join(share, 'sub', 'link-dir'));
+    const mp = path.join(t.stateDir, 'sandbox', 'storage', 'fsg');
+    await create('sec-st-fsg', [{ driver: 'virtio-fs', source: share, fstype: 'bind', mount_point: mp, options: ['rbind'], fs_group: { group_id: USER } }]);
+    expect(fs.statSync(path.join(share, 'sub', 'data')).gid).toBe(USER);
+    expect(fs.statSync(path.join(share, 'sub')).mode & 0o2000).toBe(0o2000);
+    expect(out.before()).toEqual(before);
+  });
+
+  it('guest hooks are not taken from a directory the host can write', async () => {
+    const marker = path.join(t.dir, 'outside', 'hook-ran');
+    await cf.write(path.join(root, 'hooks', 'prestart', 'pwn.sh'), `#!/bin/sh\ntouch ${marker}\n`, { mode: 0o755 });
+    const err = await t.svc.CreateSandbox({ hostname: 'h', sandbox_id: 'sec-st-hooks', guest_hook_path: path.join(root, 'hooks') }).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(t.agent.sandbox.running).toBe(false);
+    expect(fs.existsSync(marker)).toBe(false);
+  });
+});
+
+describe('the agent own files (bundles, DNS) never through a planted symlink, even with CopyFile allowed over the whole state dir', () => {
+  const agent = useAgent('sec-own-');
+  let t: TestAgent;
+  let cf: ReturnType<typeof copyClient>;
+  beforeAll(() => {
+    t = agent();
+    // An operator may widen CopyFile's root (--copy-root); the agent's own paths must hold anyway.
+    (t.agent.sandbox.config as { copyRoot: string }).copyRoot = t.stateDir;
+    cf = copyClient(t);
+  });
+
+  it('a bundle directory planted as a symlink gets no rootfs mount, no config.json, no directories', async () => {
+    const out = outsideTargets(t, 'own-bundle');
+    const out2 = outsideTargets(t, 'own-bundles');
+    const before = [out.before(), out2.before()];
+    // Both layouts: bundles at <state>/<id> and at <state>/containers/<id>.
+    await cf.symlink(path.join(t.stateDir, 'sec-own-c'), out.dir);
+    await cf.symlink(path.join(t.stateDir, 'containers'), out2.dir);
+    const err = await t.svc.CreateContainer({ container_id: 'sec-own-c', OCI: containerSpec(t.rootfs, ['true']) }).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect([out.before(), out2.before()]).toEqual(before);
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(path.join(t.dir, 'outside'));
+  });
+
+  it('DNS goes to the sandbox dir: a planted resolv.conf link is replaced, a planted sandbox dir link refused', async () => {
+    const out = outsideTargets(t, 'own-dns');
+    const before = out.before();
+    await cf.symlink(path.join(t.stateDir, 'sandbox'), out.dir);
+    const err = await t.svc.CreateSandbox({ hostname: 'h', sandbox_id: 'sec-own-sb', dns: ['nameserver 10.9.9.9'] }).catch((e) => e);
+    expect(err.code).toBe(Code.PermissionDenied);
+    expect(out.before()).toEqual(before);
+    // Replace the link with a directory (CopyFile does that) and plant the file link inside.
+    await cf.mkdir(path.join(t.stateDir, 'sandbox'), 0o755);
+    await cf.symlink(path.join(t.stateDir, 'sandbox', 'resolv.conf'), out.file);
+    await t.svc.CreateSandbox({ hostname: 'h', sandbox_id: 'sec-own-sb', dns: ['nameserver 10.9.9.9'] });
+    expect(out.before()).toEqual(before);
+    const resolv = path.join(t.stateDir, 'sandbox', 'resolv.conf');
+    expect(fs.lstatSync(resolv).isFile()).toBe(true);
+    expect(fs.readFileSync(resolv, 'utf8')).toBe('nameserver 10.9.9.9\n');
+    await t.svc.DestroySandbox({});
+  });
+});
+
+describe('OCI spec mounts: crun resolves destinations inside the container rootfs', () => {
+  const agent = useAgent('sec-oci-');
+  let t: TestAgent;
+  beforeAll(() => {
+    t = agent();
+  });
+
+  it('a destination through an absolute symlink in the rootfs lands inside the rootfs, or nowhere, never on the host', async () => {
+    const out = outsideTargets(t, 'oci');
+    const before = out.before();
+    // The image's own symlink (a rootfs is as untrusted as whoever built it) to the host path.
+    fs.symlinkSync(out.dir, path.join(t.rootfs, 'evil'));
+    const inRootfs = path.join(t.rootfs, out.dir);
+    const spec = (args: string[]) => {
+      const s = containerSpec(t.rootfs, args, {
+        mounts: [
+          { destination: '/evil/sub', source: 'tmpfs', type: 'tmpfs', options: ['nosuid', 'size=64k'] },
+          { destination: '/evil', source: 'tmpfs', type: 'tmpfs', options: ['nosuid', 'size=64k'] },
+        ],
+      });
+      // No tmpfs on /tmp: the link's target path must be looked up in the rootfs itself.
+      s.Mounts = s.Mounts!.filter((m) => m.destination !== '/tmp');
+      return s;
+    };
+    try {
+      // The target exists inside the rootfs: both mounts land there.
+      fs.mkdirSync(inRootfs, { recursive: true });
+      const cid = 'sec-oci-in';
+      await t.svc.CreateContainer({ container_id: cid, OCI: spec(['sh', '-c', `grep -c " ${out.dir}/sub tmpfs " /proc/mounts; grep -c " ${out.dir} tmpfs " /proc/mounts`]) });
+      await t.svc.StartContainer({ container_id: cid });
+      const stdout = (await readAll(t, cid)).toString();
+      expect((await t.svc.WaitProcess({ container_id: cid, exec_id: '' })).status).toBe(0);
+      await t.svc.RemoveContainer({ container_id: cid });
+      expect(stdout).toBe('1\n1\n');
+      expect(fs.readdirSync(inRootfs)).toEqual(['sub']);
+      expect(out.before()).toEqual(before);
+      // The target missing inside the rootfs: crun refuses rather than resolve it anywhere else.
+      fs.rmSync(path.join(t.rootfs, out.dir.split('/')[1]!, out.dir.split('/')[2]!), { recursive: true });
+      const err = await t.svc.CreateContainer({ container_id: 'sec-oci-out', OCI: spec(['true']) }).catch((e) => e);
+      expect(err.code).toBe(Code.Internal);
+      expect(err.message).toMatch(/evil/);
+      expect(out.before()).toEqual(before);
+      expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(out.dir);
+    } finally {
+      fs.unlinkSync(path.join(t.rootfs, 'evil'));
+      fs.rmSync(path.join(t.rootfs, out.dir.split('/')[1]!, out.dir.split('/')[2]!), { recursive: true, force: true });
+    }
   });
 });
