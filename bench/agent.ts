@@ -1,6 +1,6 @@
 // Agent request latency in local mode: the agent as its own process (tsx agent/main.ts) on a
 // unix socket, real crun, a busybox rootfs.   tsx bench/agent.ts [--iterations N]
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Client } from '../proto/ttrpc/index.js';
 import { serviceClient } from '../proto/rpc.js';
 import { busyboxRootfs, containerSpec, processSpec } from '../test/agent/helpers.js';
+import { findRunner } from '../agent/runtime/runner.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({ options: { iterations: { type: 'string' } } });
@@ -48,6 +49,20 @@ async function main(): Promise<void> {
     const hc: number[] = [];
     for (let i = 0; i < 2000; i++) hc.push((await time(() => health.Check({})))[0]);
     lines.push(stats('Health.Check (sequential)', hc));
+
+    // CopyFile of a config-map-sized file (one chunk, three directories below the copy root).
+    const copyDir = path.join(dir, 'state', 'shared', 'containers', `bench-${process.pid}`, 'volumes', 'cm');
+    const data = Buffer.alloc(4096, 'k');
+    const copy = (i: number) => svc.CopyFile({ path: path.join(copyDir, `key-${i}`), file_mode: 0o100644, dir_mode: 0o755, file_size: data.length, data, offset: 0, uid: 0, gid: 0 });
+    for (let i = 0; i < 50; i++) await copy(i);
+    const cp: number[] = [];
+    for (let i = 0; i < 1000; i++) cp.push((await time(() => copy(i)))[0]);
+    lines.push(stats('CopyFile (4 KiB file, one chunk)', cp));
+    // What a native helper spawned per CopyFile would cost before doing any work: one spawn.
+    const runner = findRunner();
+    const sp: number[] = [];
+    for (let i = 0; i < 200; i++) sp.push((await time(() => new Promise((res, rej) => execFile(runner, ['--version'], (e) => (e ? rej(e) : res(null))))))[0]);
+    lines.push(stats('native helper spawn (per-call floor)', sp));
 
     const create: number[] = [];
     const start: number[] = [];
