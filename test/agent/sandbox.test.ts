@@ -62,7 +62,9 @@ describe('sandbox requests', () => {
     const hooks = path.join(t.dir, 'hooks');
     const marker = path.join(t.dir, 'hook-ran');
     fs.mkdirSync(path.join(hooks, 'prestart'), { recursive: true });
-    fs.writeFileSync(path.join(hooks, 'prestart', '10-mark.sh'), `#!/bin/sh\necho "$0 $1" >> ${marker}\n`, { mode: 0o755 });
+    // A hook reads the container state crun writes to its stdin: exiting before that makes crun's
+    // write fail with EPIPE, and crun fails the create.
+    fs.writeFileSync(path.join(hooks, 'prestart', '10-mark.sh'), `#!/bin/sh\ncat >/dev/null\necho "$0 $1" >> ${marker}\n`, { mode: 0o755 });
     fs.writeFileSync(path.join(hooks, 'prestart', 'not-executable'), 'ignored', { mode: 0o644 });
     const shared = path.join(t.stateDir, 'sandbox', 'local', 'pod-vol');
     await t.svc.CreateSandbox({
