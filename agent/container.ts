@@ -15,12 +15,16 @@ import { umount, isMounted } from '../sys/mount.js';
 import { bindRootfs } from './places.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
+import { checkId as checkSysId } from '../sys/ids.js';
 import { alreadyExists, invalid, notFound, precondition, withContext, TtrpcError, Code } from './errors.js';
 
-const ID_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$/;
-
+/** Container and exec ids become paths below the state dir: the shim's rule (sys/ids.ts), as InvalidArgument. */
 export function checkId(id: string, what: string): void {
-  if (!ID_RE.test(id)) throw invalid(`${what} ${JSON.stringify(id)} is not a valid id (letters, digits, '_', '.', '-'; 1-255 chars)`);
+  try {
+    checkSysId(id, what);
+  } catch (e) {
+    throw invalid((e as Error).message);
+  }
 }
 
 export type ContainerStatus = 'created' | 'running' | 'paused' | 'stopped';
@@ -124,7 +128,8 @@ export class Container {
     const cgPath = usable ? given! : `${cfg.cgroupParent}/${cid}`;
     spec.linux.cgroupsPath = cgPath;
 
-    const bundle = path.join(cfg.stateDir, cid);
+    // A dir of their own: a container named `sandbox` or `shared` must not land on the pod's dirs.
+    const bundle = path.join(cfg.stateDir, 'containers', cid);
     const c = new Container(cid, sb, bundle, new ContainerCgroup(cfg.cgroups, cgPath), !usable, log);
     sb.creating.add(cid);
     try {

@@ -1,6 +1,7 @@
 // The shim v2 command line as containerd invokes it:
 //   containerd-shim-katats-v2 -namespace NS -id ID -address ADDR [-publish-binary BIN] [-bundle DIR] [-debug] [-socket ADDR] start|delete
 // Flags use Go's flag syntax (-flag value, -flag=value, --flag), so unknown ones are errors.
+import { checkId } from '../sys/ids.js';
 
 export interface ShimArgs {
   namespace: string;
@@ -56,6 +57,9 @@ export function parseShimArgs(argv: string[], cwd = process.cwd()): ShimArgs {
   if (!args.version) {
     if (!args.namespace) throw new Error('shim namespace cannot be empty');
     if (!args.id) throw new Error('shim id cannot be empty');
+    // Both end up in host paths (state dir, socket, logs): checked before anything is made.
+    checkId(args.namespace, 'shim namespace');
+    checkId(args.id, 'shim id');
   }
   return args;
 }

@@ -3,21 +3,27 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { checkId } from '../sys/ids.js';
 
 const GROUP_ANNOTATIONS = ['io.kubernetes.cri.sandbox-id', 'io.containerd.runc.v2.group'];
 
-/** The pod a container belongs to: the CRI sandbox id annotation, else the container itself. */
+/**
+ * The pod a container belongs to: the CRI sandbox id annotation, else the container itself. The
+ * annotation is the pod's word, and it becomes the sandbox's state dir, socket and log names: an
+ * invalid one throws InvalidIdError naming the annotation.
+ */
 export function groupingId(bundle: string, id: string): string {
+  let annotations: Record<string, string> | undefined;
   try {
-    const spec = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as { annotations?: Record<string, string> };
-    for (const k of GROUP_ANNOTATIONS) {
-      const v = spec.annotations?.[k];
-      if (v) return v;
-    }
+    annotations = (JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as { annotations?: Record<string, string> }).annotations;
   } catch {
     // No readable spec: the container is its own group.
   }
-  return id;
+  for (const k of GROUP_ANNOTATIONS) {
+    const v = annotations?.[k];
+    if (v) return checkId(v, `annotation ${k}`);
+  }
+  return checkId(id, 'shim id');
 }
 
 export function socketPath(stateDir: string, containerdAddress: string, namespace: string, grouping: string): string {
@@ -26,7 +32,7 @@ export function socketPath(stateDir: string, containerdAddress: string, namespac
 }
 
 export function sandboxDir(stateDir: string, sandboxId: string): string {
-  return path.join(stateDir, 'sandboxes', sandboxId);
+  return path.join(stateDir, 'sandboxes', checkId(sandboxId, 'sandbox id'));
 }
 
 /** What `shim delete` needs to clean up after a daemon that died. */

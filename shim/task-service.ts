@@ -23,6 +23,7 @@ import { CgroupError } from './cgroups.js';
 import { planSandboxCgroups, type SandboxCgroupPlan } from './sandbox-cgroups.js';
 import { metricsAny } from './metrics.js';
 import { sandboxDir } from './layout.js';
+import { checkId } from '../sys/ids.js';
 
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
 const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
@@ -246,6 +247,7 @@ export class TaskService {
 
   readonly impl: Partial<ServiceImpl<'containerd.task.v2.Task'>> = {
     Create: async (req) => {
+      idArgument(req.id, 'container id');
       if (this.containers.has(req.id)) throw new TtrpcError(Code.AlreadyExists, `container ${req.id} already exists`);
       if (req.checkpoint) throw new TtrpcError(Code.Unimplemented, 'katats cannot restore from a checkpoint');
       const log = this.log.child({ container: req.id });
@@ -338,6 +340,7 @@ export class TaskService {
     },
 
     Exec: async (req) => {
+      idArgument(req.exec_id, 'exec id');
       const c = this.container(req.id);
       if (c.execs.has(req.exec_id)) throw new TtrpcError(Code.AlreadyExists, `exec ${req.exec_id} already exists in container ${req.id}`);
       if (c.init.status !== 'running') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is not running`);
@@ -503,6 +506,15 @@ export class TaskService {
     }
     this.containers.clear();
     await this.stopSandbox().catch(() => undefined);
+  }
+}
+
+/** An id from containerd that becomes a path (here or in the guest): InvalidArgument naming it when it cannot. */
+function idArgument(id: string, what: string): void {
+  try {
+    checkId(id, what);
+  } catch (e) {
+    throw new TtrpcError(Code.InvalidArgument, (e as Error).message);
   }
 }
 

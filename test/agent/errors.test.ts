@@ -90,7 +90,7 @@ describe('bad input', () => {
     await expectErr(t.svc.ExecProcess({ container_id: 'er-live', exec_id: 'bad/id', process: processSpec(['true']) }), Code.InvalidArgument, 'bad/id');
     await expectErr(t.svc.ExecProcess({ container_id: 'er-live', exec_id: 'nop' }), Code.InvalidArgument, 'no process');
     for (const cid of ['er-relroot', 'er-escroot', 'er-relmount', 'er-escsrc', 'er-relcwd', 'er-noargs', 'er-relhook']) {
-      expect(fs.existsSync(`${t.stateDir}/${cid}`)).toBe(false);
+      expect(fs.existsSync(`${t.stateDir}/containers/${cid}`)).toBe(false);
     }
   });
 

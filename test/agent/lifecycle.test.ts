@@ -35,7 +35,7 @@ describe('agent lifecycle (local mode, real crun)', () => {
     expect(err.message).toContain('lc-noexec');
     expect(err.message).toMatch(/does-not-exist/);
     expect(crunContainers('lc-noexec')).toEqual([]);
-    expect(fs.existsSync(path.join(t.stateDir, 'lc-noexec'))).toBe(false);
+    expect(fs.existsSync(path.join(t.stateDir, 'containers', 'lc-noexec'))).toBe(false);
   });
 
   it('reports SIGKILL as 137 and turns SIGTERM to an init without handler into SIGKILL', async () => {
