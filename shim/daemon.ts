@@ -9,13 +9,13 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
-import { isSandboxProcess, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
+import { isSandboxProcess, privateDir, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
 import { removeTree } from '../sys/mount.js';
 
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
   const streams: pino.StreamEntry[] = [];
-  fs.mkdirSync(logDir, { recursive: true });
+  privateDir(logDir);
   streams.push({ stream: pino.destination({ dest: path.join(logDir, `${sandboxId}.log`), sync: false, mkdir: true }) });
   // containerd reads a FIFO named "log" in the bundle and folds it into its own log.
   const fifo = path.join(bundle, 'log');
@@ -42,6 +42,8 @@ export async function serveShim(args: ShimArgs): Promise<void> {
 
   const server = new Server({ logger: log });
   let stopping = false;
+  /** Our socket file once listening (its inode tells ours from a successor's). */
+  const own: { socket?: fs.Stats } = {};
   const stop = async (code: number) => {
     if (stopping) return;
     stopping = true;
@@ -60,7 +62,9 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     // Each step on its own: a failure in one must not leave the socket and state behind.
     await server.close({ graceMs: 2000 }).catch((err) => log.error({ err }, 'closing the server failed'));
     await events.close().catch((err) => log.error({ err }, 'closing the event publisher failed'));
-    fs.rmSync(args.socket, { force: true });
+    // Closing the listener unlinked our socket; a file there now is a successor's, unless ours lingers.
+    const st = fs.lstatSync(args.socket, { throwIfNoEntry: false });
+    if (st && own.socket && st.ino === own.socket.ino && st.dev === own.socket.dev) fs.rmSync(args.socket, { force: true });
     await removeTree(sandboxDir(cfg.runtime.state_dir, sandboxId)).catch((err) => log.error({ err }, 'removing the sandbox state failed'));
     log.info('shim exiting');
     log.flush();
@@ -100,7 +104,9 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   // `start` announced version 3: the messages are the same, so is the implementation.
   registerService(server, 'containerd.task.v2.Task', service.impl);
   registerService(server, 'containerd.task.v3.Task', service.impl);
+  // Refuses a live socket (EADDRINUSE): a second daemon for this pod ends here, never serving.
   await server.listen(args.socket);
+  own.socket = fs.statSync(args.socket);
   writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket });
   // A bug must not leave a VM without its shim: say what it was and take the sandbox down cleanly.
   process.on('uncaughtException', (err) => {

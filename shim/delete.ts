@@ -1,7 +1,6 @@
 // `delete`: containerd runs this when a shim is gone (crashed, killed) to clean up what it left:
 // the VMM, the rootfs mounts in the shared directory, the socket and the state. It prints a
 // DeleteResponse; a task that died with its shim is reported as killed (137), as runc's shim does.
-import fs from 'node:fs';
 import path from 'node:path';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
@@ -12,6 +11,7 @@ import { sleep } from '../sys/timeout.js';
 import { removeCgroupDirs } from './cgroups.js';
 import { overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
+import { removeStaleSocket } from '../proto/ttrpc/index.js';
 
 async function killAndWait(pid: number): Promise<void> {
   if (hasExited(pid)) return;
@@ -34,7 +34,8 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       // Only processes that still name this sandbox: a recorded pid may have been reused since.
       // virtiofsd leaves when QEMU disconnects, but one that never saw QEMU (shim killed mid-boot) waits forever.
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
-      fs.rmSync(rec.socket, { force: true });
+      // Only a socket nothing listens on: a new daemon of the pod may be serving there already.
+      await removeStaleSocket(rec.socket).catch((e: unknown) => process.stderr.write(`shim delete: keeping ${rec.socket}: ${(e as Error).message}\n`));
       await removeTree(dir);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
       if (rec.cgroupDirs?.length) await removeCgroupDirs([...rec.cgroupDirs, ...overheadRoots()]);

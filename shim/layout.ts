@@ -26,6 +26,16 @@ export function groupingId(bundle: string, id: string): string {
   return checkId(id, 'shim id');
 }
 
+/**
+ * Every dir the shim makes on the host (state root, sockets, sandboxes, shared, logs) is 0700 from
+ * its mkdir: the mode is asked for at creation, and a umask can only take bits away. QEMU and
+ * virtiofsd run as root here, so nothing needs the 0711 traversal bit.
+ */
+export function privateDir(dir: string): string {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  return dir;
+}
+
 export function socketPath(stateDir: string, containerdAddress: string, namespace: string, grouping: string): string {
   const h = crypto.createHash('sha256').update(path.join(containerdAddress, namespace, grouping)).digest('hex');
   return path.join(stateDir, 's', h.slice(0, 32));
@@ -49,10 +59,9 @@ export interface SandboxRecord {
 }
 
 export function writeRecord(stateDir: string, rec: SandboxRecord): void {
-  const dir = sandboxDir(stateDir, rec.sandboxId);
-  fs.mkdirSync(dir, { recursive: true });
+  const dir = privateDir(sandboxDir(stateDir, rec.sandboxId));
   const tmp = path.join(dir, '.shim.json');
-  fs.writeFileSync(tmp, JSON.stringify(rec));
+  fs.writeFileSync(tmp, JSON.stringify(rec), { mode: 0o600 });
   fs.renameSync(tmp, path.join(dir, 'shim.json'));
 }
 

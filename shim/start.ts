@@ -1,23 +1,13 @@
 // `start`: containerd expects the shim's ttrpc address on stdout and this process gone. Containers
 // of one pod share a daemon: if the pod's socket answers, its address is the answer.
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
-import { groupingId, socketPath } from './layout.js';
-
-function canConnect(sock: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = net.connect(sock);
-    c.once('connect', () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once('error', () => resolve(false));
-  });
-}
+import { groupingId, privateDir, socketPath } from './layout.js';
+import { removeStaleSocket, socketIsLive } from '../proto/ttrpc/index.js';
+import { withStartLock } from './start-lock.js';
 
 /** The newest Task API the daemon serves (containerd.task.v3.Task; v2 is served too). */
 export const MAX_TASK_API = 3;
@@ -42,13 +32,26 @@ export async function startShim(args: ShimArgs): Promise<string> {
   const sock = socketPath(cfg.runtime.state_dir, args.address, args.namespace, grouping);
   const address = `unix://${sock}`;
   const output = bootstrapOutput(address, process.env.MAX_SHIM_VERSION);
-  if (await canConnect(sock)) {
+  const reuse = () => {
     fs.writeFileSync(path.join(args.bundle, 'address'), address);
     return output;
-  }
-  fs.mkdirSync(path.dirname(sock), { recursive: true });
-  fs.rmSync(sock, { force: true });
+  };
+  // The pod's daemon runs: its address is the answer, and its socket is never touched.
+  if (await socketIsLive(sock)) return reuse();
+  privateDir(cfg.runtime.state_dir);
+  privateDir(path.dirname(sock));
+  return withStartLock(path.join(cfg.runtime.state_dir, 'start.lock'), async () => {
+    // Another start of this pod may have won the lock first.
+    if (await socketIsLive(sock)) return reuse();
+    // Nothing listens and no other start runs: a socket left by a killed daemon may go.
+    await removeStaleSocket(sock);
+    await spawnDaemon(args, grouping, sock, cfg.runtime.log_dir);
+    fs.writeFileSync(path.join(args.bundle, 'address'), address);
+    return output;
+  });
+}
 
+async function spawnDaemon(args: ShimArgs, grouping: string, sock: string, logDir: string): Promise<void> {
   const daemonArgs = [
     ...process.execArgv,
     process.argv[1]!,
@@ -62,9 +65,9 @@ export async function startShim(args: ShimArgs): Promise<string> {
   ];
   // The daemon's stderr goes to its log file (appended, like its pino lines): a crash before or
   // beyond its logger still leaves its words where the operator looks.
-  fs.mkdirSync(cfg.runtime.log_dir, { recursive: true });
-  const logFile = path.join(cfg.runtime.log_dir, `${grouping}.log`);
-  const errFd = fs.openSync(logFile, 'a');
+  privateDir(logDir);
+  const logFile = path.join(logDir, `${grouping}.log`);
+  const errFd = fs.openSync(logFile, 'a', 0o600);
   let child: ReturnType<typeof spawn>;
   try {
     child = spawn(process.execPath, daemonArgs, {
@@ -99,6 +102,4 @@ export async function startShim(args: ShimArgs): Promise<string> {
   }
   child.stdout!.destroy();
   child.unref();
-  fs.writeFileSync(path.join(args.bundle, 'address'), address);
-  return output;
 }

@@ -88,20 +88,27 @@ export class Server {
     return c;
   }
 
-  /** Listens on a unix socket path (a stale socket file from a dead process is replaced). */
+  /**
+   * Listens on a unix socket path, created 0600. A live socket there (something accepts
+   * connections) is never touched: EADDRINUSE. A stale one (its server died without unlinking
+   * it) is replaced; anything that is not a socket is refused (EEXIST).
+   */
   async listen(path: string): Promise<net.Server> {
-    try {
-      fs.unlinkSync(path);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
+    await removeStaleSocket(path);
     const srv = net.createServer((sock) => this.serve(sock));
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
-      srv.listen(path, () => {
-        srv.off('error', reject);
-        resolve();
-      });
+      // bind() creates the socket file with the process umask, synchronously inside listen():
+      // a umask of 0177 for that one call makes it 0600 from birth (a chmod after would leave a window).
+      const umask = process.umask(0o177);
+      try {
+        srv.listen(path, () => {
+          srv.off('error', reject);
+          resolve();
+        });
+      } finally {
+        process.umask(umask);
+      }
     });
     srv.on('error', (e) => this.log.error({ err: e, path }, 'ttrpc listener error'));
     this.listeners.add(srv);
@@ -131,6 +138,50 @@ export class Server {
     for (const c of conns) c.close(graceful);
     await Promise.all(stopped);
   }
+}
+
+/** How long a probe of an existing socket may take; a server too busy to accept counts as live. */
+export const SOCKET_PROBE_TIMEOUT_MS = 2000;
+
+/** Whether something accepts connections on the unix socket at `path`. */
+export function socketIsLive(path: string, timeoutMs = SOCKET_PROBE_TIMEOUT_MS): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(path);
+    const done = (live: boolean) => {
+      clearTimeout(t);
+      c.destroy();
+      resolve(live);
+    };
+    const t = setTimeout(() => done(true), timeoutMs);
+    c.once('connect', () => done(true));
+    c.once('error', (e: NodeJS.ErrnoException) => done(e.code === 'EAGAIN'));
+  });
+}
+
+function errnoError(code: string, message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * Removes the socket file at `path` only when nothing listens on it (ENOENT is fine). A live socket
+ * is EADDRINUSE and a file that is not a socket EEXIST: neither is touched. Two processes racing to
+ * replace one stale socket must be serialised by their caller (the shim's start lock does).
+ */
+export async function removeStaleSocket(path: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  if (!st.isSocket()) throw errnoError('EEXIST', `${path} exists and is not a socket: not replacing it`);
+  if (await socketIsLive(path)) throw errnoError('EADDRINUSE', `${path}: a server is listening there already`);
+  // Only the very file found stale: a socket bound there since the probe is someone else's.
+  const now = fs.lstatSync(path, { throwIfNoEntry: false });
+  if (!now) return;
+  if (now.ino !== st.ino || now.dev !== st.dev) throw errnoError('EADDRINUSE', `${path}: replaced by another server while probing`);
+  fs.unlinkSync(path);
 }
 
 export class ServerConnection {
