@@ -16,6 +16,8 @@ export interface QemuConfig {
   default_vcpus: number;
   default_memory: number;
   shared_fs: 'virtio-9p' | 'virtio-fs' | 'none';
+  /** QEMU's 9p security model for shared_fs = virtio-9p (see vmm/config.ts SharedDirConfig). */
+  virtio_9p_security_model: 'mapped-xattr' | 'none';
   virtio_fs_daemon: string;
   /** 'auto' probes KVM with a hard time limit and falls back to TCG. */
   accel: 'auto' | 'kvm' | 'tcg';
@@ -46,6 +48,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       default_vcpus: 1,
       default_memory: 512,
       shared_fs: 'virtio-9p',
+      virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
       accel: 'auto',
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
@@ -84,8 +87,11 @@ function merge<T extends Section>(base: T, over: Section | undefined, where: str
 
 const SHARED_FS = ['virtio-9p', 'virtio-fs', 'none'];
 
-function checkSharedFs(v: string, where: string): void {
-  if (!SHARED_FS.includes(v)) throw new ConfigError(`${where}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none, not ${JSON.stringify(v)}`);
+function checkSharedFs(q: QemuConfig, where: string): void {
+  if (!SHARED_FS.includes(q.shared_fs)) throw new ConfigError(`${where}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none, not ${JSON.stringify(q.shared_fs)}`);
+  if (!['mapped-xattr', 'none'].includes(q.virtio_9p_security_model)) {
+    throw new ConfigError(`${where}: hypervisor.qemu.virtio_9p_security_model must be mapped-xattr or none, not ${JSON.stringify(q.virtio_9p_security_model)}`);
+  }
 }
 
 /** Parses TOML text over the defaults; unknown keys and wrong types are errors naming the key. */
@@ -98,7 +104,7 @@ export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   }
   const cfg = merge(DEFAULTS as unknown as Section, doc, source) as unknown as KatatsConfig;
   const q = cfg.hypervisor.qemu;
-  checkSharedFs(q.shared_fs, source);
+  checkSharedFs(q, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
   if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus must be a positive integer`);
   if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${source}: hypervisor.qemu.default_memory must be at least 64 (MiB)`);
@@ -151,6 +157,6 @@ export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, 
       throw new ConfigError(`annotation ${key}: option cannot be set by annotation`);
     }
   }
-  checkSharedFs(out.hypervisor.qemu.shared_fs, `annotation ${ANNOTATION_PREFIX}shared_fs`);
+  checkSharedFs(out.hypervisor.qemu, `annotations ${ANNOTATION_PREFIX}*`);
   return out;
 }

@@ -17,7 +17,7 @@ import { decode, timestamp } from '../proto/registry.js';
 import type { EventPublisher } from './events.js';
 import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
-import { bindMount, mount } from './mounts.js';
+import { bindMount, isHostSystemPath, mount } from './mounts.js';
 import { removeTree, unmountAll } from '../sys/mount.js';
 import { CgroupError } from './cgroups.js';
 import { planSandboxCgroups, type SandboxCgroupPlan } from './sandbox-cgroups.js';
@@ -220,7 +220,7 @@ export class TaskService {
   private async shareContainerFiles(id: string, bundle: string, rootfs: containerd.types.Mount[], spec: grpc.Spec, sharedRoot: string): Promise<string> {
     const dir = path.join(sharedRoot, id);
     const target = path.join(dir, 'rootfs');
-    fs.mkdirSync(target, { recursive: true });
+    fs.mkdirSync(target, { recursive: true, mode: 0o700 });
     if (rootfs.length > 0) {
       for (const m of rootfs) await mount({ type: m.type, source: m.source, options: m.options }, target);
     } else {
@@ -236,10 +236,10 @@ export class TaskService {
         m.source = GUEST_SANDBOX_SHM;
         continue;
       }
-      if (m.source.startsWith('/dev') || m.source.startsWith('/proc') || m.source.startsWith('/sys')) continue;
+      if (isHostSystemPath(m.source)) continue;
       if (!fs.existsSync(m.source)) throw new TtrpcError(Code.InvalidArgument, `container ${id}: bind mount source ${m.source} does not exist`);
       const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
-      await bindMount(m.source, path.join(dir, 'mounts', name), m.options.includes('ro'));
+      await bindMount(m.source, path.join(dir, 'mounts', name), { readonly: m.options.includes('ro'), recursive: m.type === 'rbind' || m.options.includes('rbind') });
       m.source = `${guestDir}/mounts/${name}`;
     }
     return dir;

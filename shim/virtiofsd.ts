@@ -49,8 +49,10 @@ export async function startVirtiofsd(o: VirtiofsdOptions): Promise<Virtiofsd> {
     // Each rootfs mount becomes its own filesystem in the guest, so inode numbers of different
     // containers' layers cannot collide (what multidevs=remap does for 9p).
     '-o', 'announce_submounts',
+    // No device nodes from the guest on the host (mknod(2) of a char/block device needs CAP_MKNOD).
+    '-o', 'modcaps=-mknod',
   ];
-  const errFd = fs.openSync(o.logFile, 'a');
+  const errFd = fs.openSync(o.logFile, 'a', 0o600);
   let child: ChildProcess;
   try {
     child = spawn(o.binary, args, { stdio: ['ignore', 'ignore', errFd] });

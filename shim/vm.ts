@@ -12,6 +12,7 @@ import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js'
 import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
+import { privateDir } from './layout.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -72,12 +73,11 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   // The Task service refuses containers before booting under shared_fs = none; this is the backstop.
   if (q.shared_fs === 'none') throw new Error('shared_fs = none: katats has no way yet to give the guest container rootfs without a shared filesystem');
   const files = resolveGuestFiles(q);
-  fs.mkdirSync(req.stateDir, { recursive: true });
-  fs.mkdirSync(req.config.runtime.log_dir, { recursive: true });
-  const sharedDir = path.join(req.stateDir, 'shared');
-  fs.mkdirSync(sharedDir, { recursive: true });
+  privateDir(req.stateDir);
+  privateDir(req.config.runtime.log_dir);
+  const sharedDir = privateDir(path.join(req.stateDir, 'shared'));
   const launchDataFile = path.join(req.stateDir, 'host_data');
-  fs.writeFileSync(launchDataFile, req.launchData);
+  fs.writeFileSync(launchDataFile, req.launchData, { mode: 0o600 });
   const agentSocket = path.join(req.stateDir, 'agent.sock');
   const kernelParams = q.kernel_params.split(/\s+/).filter(Boolean);
   if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
@@ -98,7 +98,7 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     agentSocket,
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
-    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG } }),
+    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } }),
     launchDataFile,
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],

@@ -128,7 +128,7 @@ export async function probeKvm(opts: {
     }
   }
   const res = { ...(await runKvmProbe(opts)), qemuStamp: stamp };
-  await fs.mkdir(opts.cacheDir, { recursive: true });
+  await fs.mkdir(opts.cacheDir, { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, JSON.stringify(res, null, 2) + '\n');
   await fs.rename(tmp, file);

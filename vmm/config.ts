@@ -20,6 +20,14 @@ export interface SharedDirConfig {
   /** mount tag the guest uses */
   tag: string;
   readonly?: boolean;
+  /**
+   * How QEMU stores what the guest sets. 'none' (the default): guest chmod and chown land on the
+   * host as such (QEMU runs as root; device nodes are refused: QEMU runs without CAP_MKNOD).
+   * 'mapped-xattr': guest owners, modes and device nodes live in user.virtfs.* xattrs and host
+   * files stay plain, but QEMU then reads every symlink as a file holding its target, so real
+   * symlinks (every image layer has them) fail with ELOOP: usable only for trees without them.
+   */
+  securityModel?: 'mapped-xattr' | 'none';
 }
 
 export interface VirtioFsConfig {

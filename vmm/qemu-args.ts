@@ -85,7 +85,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   }
   if (c.sharedDir) {
     const ro = c.sharedDir.readonly ? ',readonly=on' : '';
-    a.push('-fsdev', `local,id=shared,path=${qemuEscape(c.sharedDir.path)},security_model=none,multidevs=remap${ro}`);
+    a.push('-fsdev', `local,id=shared,path=${qemuEscape(c.sharedDir.path)},security_model=${c.sharedDir.securityModel ?? 'none'},multidevs=remap${ro}`);
     a.push('-device', `virtio-9p-pci,fsdev=shared,mount_tag=${qemuEscape(c.sharedDir.tag)},${slot()}`);
   }
   if (c.virtioFs) {

@@ -110,10 +110,20 @@ export class QemuVm extends EventEmitter {
     this.kvmProbe = args.probe;
     this.tailMax = args.tailMax;
     this.consoleLogPath = path.join(config.runDir, 'console.log');
-    this.logStream = createWriteStream(this.consoleLogPath, { flags: 'a' });
+    this.logStream = createWriteStream(this.consoleLogPath, { flags: 'a', mode: 0o600 });
     this.timeline = { spawnAt: Date.now() };
     const bin = config.qemuBinary ?? 'qemu-system-x86_64';
-    this.child = spawn(bin, this.argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // QEMU's own files (QMP and agent sockets, the agent log) are born private: the child inherits
+    // the umask at spawn. The guest's files are not affected: 9p sets the modes the guest asks for
+    // (none) or its own 0600/0700 (mapped-xattr) explicitly. Without CAP_MKNOD in its bounding set
+    // (setpriv execs QEMU in place: same pid), a guest cannot make a device node on the host
+    // through 9p; nothing else QEMU does needs it.
+    const umask = process.umask(0o077);
+    try {
+      this.child = spawn('setpriv', ['--bounding-set', '-mknod', '--', bin, ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    } finally {
+      process.umask(umask);
+    }
     this.exited = new Promise<VmExit>((resolve) => {
       const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
         if (this.exitInfo) return; // 'error' and 'exit' can both report one failed spawn
@@ -181,7 +191,7 @@ export class QemuVm extends EventEmitter {
       base.child({ sandbox: config.id, accel: config.accel }).error({ err: e.message }, 'accelerator unavailable');
       throw e;
     });
-    await mkdir(config.runDir, { recursive: true });
+    await mkdir(config.runDir, { recursive: true, mode: 0o700 });
     const built = buildQemuArgs(config, accel, { firmware: opts.firmware });
     const argv = [...built.argv, ...(opts.extraArgs ?? [])];
     const log = base.child({ sandbox: config.id, accel, machine: built.layout.machine });

@@ -10,6 +10,7 @@ import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { sandboxCgroups, startEvents, until } from './shim-helpers.js';
+import { describePodSurface } from '../security/pod-surface.js';
 
 const INDEX = 'katats.local/busybox:index';
 let env: KatatsEnv;
@@ -152,6 +153,9 @@ describe('ctr run with io.containerd.katats.v2', () => {
     expect(ok.stdout).toBe('fine\n');
   }, 600_000);
 });
+
+// The attacks through a real pod (test/security/pod-surface.ts) share this suite's containerd.
+describePodSurface(() => ({ env, c, image, logsOf }));
 
 describe('20 create/delete cycles', () => {
   it('each pod boots, runs and goes away, and nothing piles up', async () => {

@@ -59,6 +59,11 @@ describe('VmConfig -> QEMU argv', () => {
     expect(opt(pc.argv, '-device').filter((d) => d.startsWith('pcie-root-port'))).toHaveLength(0);
   });
 
+  it('exports 9p with security_model=none unless told otherwise', () => {
+    expect(opt(buildQemuArgs(base, 'tcg').argv, '-fsdev')).toEqual(['local,id=shared,path=/srv/a,,b,security_model=none,multidevs=remap,readonly=on']);
+    expect(opt(buildQemuArgs({ ...base, sharedDir: { ...base.sharedDir!, securityModel: 'mapped-xattr' } }, 'tcg').argv, '-fsdev')[0]).toContain(',security_model=mapped-xattr,');
+  });
+
   it('shares a directory over virtio-fs: guest RAM from a shared memfd, vhost-user-fs on the socket, no 9p', () => {
     const { sharedDir: _9p, ...rest } = base;
     const { argv } = buildQemuArgs({ ...rest, virtioFs: { socket: '/run/sb1/vfs,1.sock', tag: 'kataShared' } }, 'tcg');
