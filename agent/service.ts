@@ -5,6 +5,7 @@ import type { CallContext } from '../proto/ttrpc/index.js';
 import { Container } from './container.js';
 import type { Sandbox } from './sandbox.js';
 import { copyFile } from './copy-file.js';
+import { diagnosticData } from './diagnostics.js';
 import { agentMetrics } from './metrics.js';
 import { guestDetails, onlineCpuMem, setGuestDateTime, AGENT_VERSION, API_VERSION } from './guest.js';
 import { checkAbsolute } from './spec.js';
@@ -112,6 +113,13 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
       })),
 
     SetPolicy: (req) => guard('SetPolicy', () => (sb.policy.set(req.policy), {})),
+
+    AddSwapPath: (req) =>
+      guard('AddSwapPath', () => {
+        throw new TtrpcError(Code.Unimplemented, `AddSwapPath ${req.path}: swap is not supported by this agent (guest images have no swap support); the sandbox runs without swap`);
+      }),
+
+    GetDiagnosticData: (req) => guard(`GetDiagnosticData ${req.container_id}`, () => diagnosticData(sb.container(req.container_id), req.log_type)),
 
     // ---- containers
     CreateContainer: (req) =>

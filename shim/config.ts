@@ -1,8 +1,10 @@
 // The shim's configuration: TOML with Kata's key names where they map, found where Kata users look
 // for it, and overridable per pod by the annotations the config allows.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
+import { decode } from '../proto/registry.js';
 
 export interface QemuConfig {
   path: string;
@@ -15,6 +17,10 @@ export interface QemuConfig {
   kernel_params: string;
   default_vcpus: number;
   default_memory: number;
+  /** Kata's cap on a VM's vCPUs; 0: the host's online CPUs. Never above those. */
+  default_maxvcpus: number;
+  /** Kata's cap on a VM's memory in MiB; 0: the host's MemTotal. Never above that. */
+  default_maxmemory: number;
   shared_fs: 'virtio-9p' | 'virtio-fs' | 'none';
   /** QEMU's 9p security model for shared_fs = virtio-9p (see vmm/config.ts SharedDirConfig). */
   virtio_9p_security_model: 'mapped-xattr' | 'none';
@@ -47,6 +53,8 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       kernel_params: '',
       default_vcpus: 1,
       default_memory: 512,
+      default_maxvcpus: 0,
+      default_maxmemory: 0,
       shared_fs: 'virtio-9p',
       virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
@@ -102,12 +110,21 @@ export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   } catch (e) {
     throw new ConfigError(`${source}: ${(e as Error).message}`);
   }
+  return parseDoc(doc, source);
+}
+
+function parseDoc(doc: Section, source: string): KatatsConfig {
   const cfg = merge(DEFAULTS as unknown as Section, doc, source) as unknown as KatatsConfig;
   const q = cfg.hypervisor.qemu;
   checkSharedFs(q, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
   if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus must be a positive integer`);
   if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${source}: hypervisor.qemu.default_memory must be at least 64 (MiB)`);
+  for (const k of ['default_maxvcpus', 'default_maxmemory'] as const) {
+    if (!Number.isInteger(q[k]) || q[k] < 0) throw new ConfigError(`${source}: hypervisor.qemu.${k} must be a non-negative integer (0: the host's limit)`);
+  }
+  if (q.default_maxvcpus && q.default_vcpus > q.default_maxvcpus) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus (${q.default_vcpus}) exceeds default_maxvcpus (${q.default_maxvcpus})`);
+  if (q.default_maxmemory && q.default_memory > q.default_maxmemory) throw new ConfigError(`${source}: hypervisor.qemu.default_memory (${q.default_memory}) exceeds default_maxmemory (${q.default_maxmemory})`);
   // Kata's key, kept so its configs parse; silently ignoring a list would run pods without the modules.
   if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);
   return { ...cfg, source };
@@ -135,7 +152,8 @@ const ANNOTATION_PREFIX = 'io.katacontainers.config.hypervisor.';
  * the keys that enable_annotations allows: a pod must not pick its own kernel unless the node
  * operator said so.
  */
-export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, string>): KatatsConfig {
+export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, string>, host: HostLimits = hostLimits()): KatatsConfig {
+  const caps = vmCaps(cfg.hypervisor.qemu, host);
   const out = structuredClone(cfg);
   const q = out.hypervisor.qemu as unknown as Record<string, unknown>;
   const allowed = cfg.hypervisor.qemu.enable_annotations.map((r) => new RegExp(`^(?:${r})$`));
@@ -148,6 +166,9 @@ export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, 
     if (typeof cur === 'number') {
       const n = Number(value);
       if (!Number.isInteger(n) || n <= 0) throw new ConfigError(`annotation ${key}: "${value}" is not a positive integer`);
+      // A pod sizes its VM only within the node's caps (and can lower a cap, never raise it).
+      const cap = name === 'default_vcpus' || name === 'default_maxvcpus' ? caps.vcpus : name === 'default_memory' || name === 'default_maxmemory' ? caps.memoryMiB : undefined;
+      if (cap !== undefined && n > cap.value) throw new ConfigError(`annotation ${key}: ${n} is above ${cap.what} (${cap.value})`);
       q[name] = n;
     } else if (typeof cur === 'boolean') {
       q[name] = value === 'true';
@@ -158,5 +179,83 @@ export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, 
     }
   }
   checkSharedFs(out.hypervisor.qemu, `annotations ${ANNOTATION_PREFIX}*`);
+  const after = out.hypervisor.qemu;
+  if (after.default_memory < 64) throw new ConfigError(`annotation ${ANNOTATION_PREFIX}default_memory: at least 64 (MiB)`);
+  const lowered = vmCaps(after, host);
+  if (after.default_vcpus > lowered.vcpus.value) throw new ConfigError(`annotations: default_vcpus ${after.default_vcpus} is above ${lowered.vcpus.what} (${lowered.vcpus.value})`);
+  if (after.default_memory > lowered.memoryMiB.value) throw new ConfigError(`annotations: default_memory ${after.default_memory} is above ${lowered.memoryMiB.what} (${lowered.memoryMiB.value})`);
   return out;
+}
+
+/** What this host can give one VM: its online CPUs and its memory. */
+export interface HostLimits {
+  cpus: number;
+  memoryMiB: number;
+}
+
+export function hostLimits(): HostLimits {
+  let memoryMiB = Math.floor(os.totalmem() / (1 << 20));
+  try {
+    const m = /^MemTotal:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+    if (m) memoryMiB = Math.floor(Number(m[1]) / 1024);
+  } catch {
+    // os.totalmem() reads the same number.
+  }
+  return { cpus: os.availableParallelism(), memoryMiB };
+}
+
+/** The caps in force: Kata's default_max* keys (0: the host's), never above the host's limits. */
+export function vmCaps(q: QemuConfig, host: HostLimits): { vcpus: { value: number; what: string }; memoryMiB: { value: number; what: string } } {
+  const pick = (configured: number, hostValue: number, key: string, hostWhat: string) =>
+    configured > 0 && configured <= hostValue ? { value: configured, what: `hypervisor.qemu.${key}` } : { value: hostValue, what: hostWhat };
+  return {
+    vcpus: pick(q.default_maxvcpus, host.cpus, 'default_maxvcpus', "the host's online CPUs"),
+    memoryMiB: pick(q.default_maxmemory, host.memoryMiB, 'default_maxmemory', "the host's memory in MiB"),
+  };
+}
+
+/**
+ * A sandbox's configuration, in one place: the shim's own config (`base`), replaced by the CRI
+ * runtime options' ConfigPath or, when CRI sent no path, their config_body (containerd 1.6+ sends
+ * the runtime's whole options table as TOML there; a ConfigPath always wins, as in Kata, which
+ * reads only the path); then the pod's annotations within the caps. state_dir and log_dir always
+ * stay the shim's own: `start` and `delete` never see the options. Errors are ConfigErrors.
+ */
+export function sandboxConfig(
+  base: KatatsConfig,
+  options: { type_url: string; value: Uint8Array } | null | undefined,
+  annotations: Record<string, string>,
+  o: { host?: HostLimits; warn?: (fields: Record<string, unknown>, msg: string) => void } = {},
+): KatatsConfig {
+  let chosen = base;
+  if (options?.type_url.endsWith('runtimeoptions.v1.Options')) {
+    const opts = decode('runtimeoptions.v1.Options', options.value);
+    const body = Buffer.from(opts.config_body ?? []);
+    if (opts.config_path) {
+      if (body.length) o.warn?.({ configPath: opts.config_path }, 'runtime options carry both ConfigPath and a config body: ConfigPath wins');
+      chosen = loadConfig(opts.config_path);
+    } else if (body.length) {
+      chosen = parseConfigBody(body.toString('utf8'));
+    }
+  }
+  const own = base.runtime;
+  if (chosen !== base && (chosen.runtime.state_dir !== own.state_dir || chosen.runtime.log_dir !== own.log_dir)) {
+    o.warn?.({ source: chosen.source, ignored: { state_dir: chosen.runtime.state_dir, log_dir: chosen.runtime.log_dir } }, "runtime state_dir and log_dir come from the shim's own configuration, not the runtime options");
+  }
+  const merged = { ...chosen, runtime: { ...chosen.runtime, state_dir: own.state_dir, log_dir: own.log_dir } };
+  return applyAnnotations(merged, annotations, o.host);
+}
+
+/** Keys of runtimeoptions.v1.Options itself that CRI leaves in the body: not config keys. */
+const OPTIONS_KEYS = ['TypeUrl', 'ConfigPath', 'ConfigBody'];
+
+function parseConfigBody(text: string): KatatsConfig {
+  let doc: Section;
+  try {
+    doc = parseToml(text) as Section;
+  } catch (e) {
+    throw new ConfigError(`runtime options config body: ${(e as Error).message}`);
+  }
+  for (const k of OPTIONS_KEYS) delete doc[k];
+  return parseDoc(doc, '<runtime options config body>');
 }

@@ -12,8 +12,8 @@ import { Code, TtrpcError } from '../proto/ttrpc/index.js';
 import type { ServiceImpl } from '../proto/rpc.js';
 import type { containerd, grpc } from '../proto/gen/types.js';
 import { ociToGrpcProcess, ociToGrpcResources, ociToGrpcSpec, OciSpecError } from '../proto/oci.js';
-import { applyAnnotations, ConfigError, loadConfig, type KatatsConfig } from './config.js';
-import { decode, timestamp } from '../proto/registry.js';
+import { ConfigError, sandboxConfig, type KatatsConfig } from './config.js';
+import { timestamp } from '../proto/registry.js';
 import type { EventPublisher } from './events.js';
 import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
@@ -112,21 +112,8 @@ export class TaskService {
   private async bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined): Promise<GuestHandle> {
     let cfg: KatatsConfig;
     try {
-      // containerd's CRI passes the runtime's ConfigPath option here (runtimeoptions.v1.Options).
-      let base = this.o.config;
-      if (options?.type_url.endsWith('runtimeoptions.v1.Options')) {
-        const opts = decode('runtimeoptions.v1.Options', options.value);
-        if (opts.config_path) {
-          const chosen = loadConfig(opts.config_path);
-          // `start` and `delete` never see this option: state and logs stay where they look.
-          const own = this.o.config.runtime;
-          if (chosen.runtime.state_dir !== own.state_dir || chosen.runtime.log_dir !== own.log_dir) {
-            this.log.warn({ configPath: opts.config_path, ignored: { state_dir: chosen.runtime.state_dir, log_dir: chosen.runtime.log_dir } }, 'runtime state_dir and log_dir come from the shim\'s own configuration, not ConfigPath');
-          }
-          base = { ...chosen, runtime: { ...chosen.runtime, state_dir: own.state_dir, log_dir: own.log_dir } };
-        }
-      }
-      cfg = applyAnnotations(base, spec.Annotations ?? {});
+      // containerd's CRI passes the runtime's options here (runtimeoptions.v1.Options).
+      cfg = sandboxConfig(this.o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => this.log.warn(f, msg) });
     } catch (e) {
       if (e instanceof ConfigError) throw new TtrpcError(Code.InvalidArgument, e.message);
       throw e;

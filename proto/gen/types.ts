@@ -718,6 +718,7 @@ export namespace runtimeoptions {
     export interface Options {
       type_url: string;
       config_path: string;
+      config_body: Uint8Array;
     }
   }
 }
@@ -1400,6 +1401,7 @@ export namespace grpc {
     options: string[];
     mount_point: string;
     fs_group?: grpc.FSGroup | null;
+    shared: boolean;
   }
   export interface Device {
     id: string;
@@ -1430,6 +1432,16 @@ export namespace grpc {
   }
   export interface AddSwapRequest {
     PCIPath: number[];
+  }
+  export interface AddSwapPathRequest {
+    path: string;
+  }
+  export interface GetDiagnosticDataRequest {
+    log_type: string;
+    container_id: string;
+  }
+  export interface GetDiagnosticDataResponse {
+    data: string;
   }
   export interface GetMetricsRequest {
   }
@@ -1729,7 +1741,7 @@ export namespace types {
     IPAddresses: types.IPAddress[];
     mtu: number;
     hwAddr: string;
-    pciPath: string;
+    devicePath: string;
     type: string;
     raw_flags: number;
   }
@@ -1740,6 +1752,8 @@ export namespace types {
     source: string;
     scope: number;
     family: types.IPFamily;
+    flags: number;
+    mtu: number;
   }
   export interface ARPNeighbor {
     toIPAddress?: types.IPAddress | null;
@@ -1864,6 +1878,7 @@ export interface Messages {
   'google.protobuf.Timestamp': google.protobuf.Timestamp;
   'google.rpc.Status': google.rpc.Status;
   'grpc.AddARPNeighborsRequest': grpc.AddARPNeighborsRequest;
+  'grpc.AddSwapPathRequest': grpc.AddSwapPathRequest;
   'grpc.AddSwapRequest': grpc.AddSwapRequest;
   'grpc.AgentDetails': grpc.AgentDetails;
   'grpc.ARPNeighbors': grpc.ARPNeighbors;
@@ -1882,6 +1897,8 @@ export interface Messages {
   'grpc.Device': grpc.Device;
   'grpc.ExecProcessRequest': grpc.ExecProcessRequest;
   'grpc.FSGroup': grpc.FSGroup;
+  'grpc.GetDiagnosticDataRequest': grpc.GetDiagnosticDataRequest;
+  'grpc.GetDiagnosticDataResponse': grpc.GetDiagnosticDataResponse;
   'grpc.GetIPTablesRequest': grpc.GetIPTablesRequest;
   'grpc.GetIPTablesResponse': grpc.GetIPTablesResponse;
   'grpc.GetMetricsRequest': grpc.GetMetricsRequest;
@@ -2141,6 +2158,7 @@ export interface Services {
     PauseContainer: [grpc.PauseContainerRequest, google.protobuf.Empty, false];
     ResumeContainer: [grpc.ResumeContainerRequest, google.protobuf.Empty, false];
     RemoveStaleVirtiofsShareMounts: [grpc.RemoveStaleVirtiofsShareMountsRequest, google.protobuf.Empty, false];
+    GetDiagnosticData: [grpc.GetDiagnosticDataRequest, grpc.GetDiagnosticDataResponse, false];
     WriteStdin: [grpc.WriteStreamRequest, grpc.WriteStreamResponse, false];
     ReadStdout: [grpc.ReadStreamRequest, grpc.ReadStreamResponse, false];
     ReadStderr: [grpc.ReadStreamRequest, grpc.ReadStreamResponse, false];
@@ -2166,6 +2184,7 @@ export interface Services {
     CopyFile: [grpc.CopyFileRequest, google.protobuf.Empty, false];
     GetOOMEvent: [grpc.GetOOMEventRequest, grpc.OOMEvent, false];
     AddSwap: [grpc.AddSwapRequest, google.protobuf.Empty, false];
+    AddSwapPath: [grpc.AddSwapPathRequest, google.protobuf.Empty, false];
     GetVolumeStats: [grpc.VolumeStatsRequest, grpc.VolumeStatsResponse, false];
     ResizeVolume: [grpc.ResizeVolumeRequest, google.protobuf.Empty, false];
     SetPolicy: [grpc.SetPolicyRequest, google.protobuf.Empty, false];

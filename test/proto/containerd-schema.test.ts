@@ -18,6 +18,7 @@ const FILES = [
   'containerd/cgroups/v2/metrics.proto',
   'containerd/cgroups/v1/metrics.proto',
   'ttrpc/request.proto',
+  'containerd/runtimeoptions/v1/api.proto',
 ];
 
 let root: protobuf.Root;
@@ -94,6 +95,13 @@ describe('containerd.task.v2.Task', () => {
       expect(m.requestStream ?? false).toBe(false);
       expect(m.responseStream ?? false).toBe(false);
     }
+  });
+
+  it('runtimeoptions.v1.Options (CRI\'s options for non-runc runtimes)', () => {
+    const T = 'runtimeoptions.v1.Options';
+    expectField(T, 'type_url', 1, 'string');
+    expectField(T, 'config_path', 2, 'string');
+    expectField(T, 'config_body', 3, 'bytes');
   });
 
   it('CreateTaskRequest field numbers', () => {

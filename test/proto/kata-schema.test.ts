@@ -63,6 +63,8 @@ const UPSTREAM_AGENT_METHODS = [
   'CopyFile',
   'GetOOMEvent',
   'AddSwap',
+  'AddSwapPath',
+  'GetDiagnosticData',
   'GetVolumeStats',
   'ResizeVolume',
   'SetPolicy',
@@ -72,7 +74,7 @@ describe('kata agent schema', () => {
   it('AgentService has exactly the upstream methods', () => {
     const svc = root.lookupService('grpc.AgentService');
     expect(Object.keys(svc.methods).sort()).toEqual([...UPSTREAM_AGENT_METHODS].sort());
-    expect(Object.keys(svc.methods)).toHaveLength(40);
+    expect(Object.keys(svc.methods)).toHaveLength(42);
   });
 
   it('methods use the upstream request and response types', () => {
@@ -134,7 +136,14 @@ describe('kata agent schema', () => {
       ['grpc.Mount', 'options', 4],
       ['grpc.LinuxSyscall', 'errnoret', 3],
       ['types.Interface', 'IPAddresses', 3],
-      ['types.Interface', 'pciPath', 6],
+      ['types.Interface', 'devicePath', 6],
+      ['types.Route', 'flags', 7],
+      ['types.Route', 'mtu', 8],
+      ['grpc.Storage', 'shared', 8],
+      ['grpc.AddSwapPathRequest', 'path', 1],
+      ['grpc.GetDiagnosticDataRequest', 'log_type', 1],
+      ['grpc.GetDiagnosticDataRequest', 'container_id', 2],
+      ['grpc.GetDiagnosticDataResponse', 'data', 1],
       ['types.Interface', 'raw_flags', 8],
       ['types.Route', 'family', 6],
     ];
