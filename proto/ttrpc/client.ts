@@ -23,6 +23,8 @@ export interface ClientOptions {
    * and they must not match the ids of this connection's calls.
    */
   randomStreamIds?: boolean;
+  /** Unsent output (bytes) from which callers wait for the peer to read before sending (default 1 MiB). */
+  highWaterBytes?: number;
 }
 
 export interface CallOptions {
@@ -39,12 +41,19 @@ interface Pending {
   cleanup: () => void;
 }
 
+/** A call waiting for its turn to send (the peer is not reading fast enough); not on the wire yet. */
+interface Waiting {
+  name: string;
+  fail: (e: TtrpcError) => void;
+}
+
 const MAX_STREAM_ID = 0xffffffff;
 
 export class Client {
   private channel: Channel | undefined;
   private connecting: Promise<Channel> | undefined;
   private readonly pending = new Map<number, Pending>();
+  private readonly waiting = new Set<Waiting>();
   private nextStreamId: number;
   private userClosed = false;
   readonly maxMessageSize: number;
@@ -59,6 +68,7 @@ export class Client {
     this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     this.log = opts.logger ?? silentLogger;
     this.randomStreamIds = opts.randomStreamIds ?? false;
+    this.highWaterBytes = opts.highWaterBytes;
     this.nextStreamId = this.firstStreamId();
     if (typeof source === 'function') this.dialer = source;
     else this.channel = this.attach(source);
@@ -66,6 +76,7 @@ export class Client {
 
   private readonly dialer: Dialer | undefined;
   private readonly randomStreamIds: boolean;
+  private readonly highWaterBytes: number | undefined;
 
   private firstStreamId(): number {
     // Below 2^31: leaves two billion calls before the wrap-around.
@@ -83,48 +94,81 @@ export class Client {
     return this.channel !== undefined && !this.channel.closed;
   }
 
+  /** Calls sent and not answered, plus calls waiting to be sent. */
   get inFlight(): number {
-    return this.pending.size;
+    return this.pending.size + this.waiting.size;
+  }
+
+  /** Output the peer has not taken yet (bytes). */
+  get bufferedBytes(): number {
+    return this.channel && !this.channel.closed ? this.channel.bufferedBytes : 0;
   }
 
   async call(service: string, method: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
     const name = `${service}/${method}`;
     if (this.userClosed) throw new TtrpcError(Code.Unavailable, `${name}: client is closed`);
     if (opts.signal?.aborted) throw new TtrpcError(Code.Canceled, `${name}: canceled before it was sent`);
+    if (payload.length > this.maxMessageSize) throw this.tooBig(name, payload.length);
     const timeoutNano = opts.timeoutMs !== undefined && opts.timeoutMs > 0 ? Math.round(opts.timeoutMs * 1e6) : 0;
-    const msg = encodeRequest({ service, method, payload, timeoutNano, metadata: toMetadata(opts.metadata) });
-    if (msg.length > this.maxMessageSize) {
-      throw new TtrpcError(
-        Code.ResourceExhausted,
-        `${name}: request of ${msg.length} bytes exceeds maximum message size of ${this.maxMessageSize}`,
-      );
-    }
     const ch = this.channel && !this.channel.closed ? this.channel : await this.ensureChannel();
-    const streamId = this.allocStreamId();
     return new Promise<Buffer>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
-      const onAbort = () => {
-        this.settle(streamId, new TtrpcError(Code.Canceled, `${name}: canceled`));
+      let streamId = 0;
+      let done = false;
+      let cancelWait: (() => void) | undefined;
+      const stopWaiting = () => {
+        if (!cancelWait) return;
+        cancelWait();
+        cancelWait = undefined;
+        this.waiting.delete(waiting);
       };
-      const p: Pending = {
+      const cleanup = () => {
+        done = true;
+        if (timer) clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
+        stopWaiting();
+      };
+      const waiting: Waiting = {
         name,
-        resolve,
-        reject,
-        cleanup: () => {
-          if (timer) clearTimeout(timer);
-          opts.signal?.removeEventListener('abort', onAbort);
+        fail: (e) => {
+          cleanup();
+          reject(e);
         },
       };
-      this.pending.set(streamId, p);
+      // Before the request is on the wire it is only ours to drop; after, the answer is awaited by id.
+      const end = (e: TtrpcError) => (streamId ? this.settle(streamId, e) : waiting.fail(e));
+      const onAbort = () => end(new TtrpcError(Code.Canceled, `${name}: canceled`));
       if (timeoutNano > 0) {
         timer = setTimeout(
-          () => this.settle(streamId, new TtrpcError(Code.DeadlineExceeded, `${name}: deadline exceeded after ${opts.timeoutMs} ms`)),
+          () => end(new TtrpcError(Code.DeadlineExceeded, `${name}: deadline exceeded after ${opts.timeoutMs} ms`)),
           Math.min(Math.ceil(opts.timeoutMs!), 2 ** 31 - 1),
         );
       }
       opts.signal?.addEventListener('abort', onAbort, { once: true });
-      ch.send(streamId, FrameType.Request, 0, msg);
+      // Encoded only when it is its turn: callers held back by a slow peer keep no copies.
+      const send = () => {
+        stopWaiting();
+        if (done) return;
+        if (ch.closed) {
+          waiting.fail(new TtrpcError(Code.Unavailable, `${name}: ttrpc: connection closed`));
+          return;
+        }
+        const msg = encodeRequest({ service, method, payload, timeoutNano, metadata: toMetadata(opts.metadata) });
+        if (msg.length > this.maxMessageSize) {
+          waiting.fail(this.tooBig(name, msg.length));
+          return;
+        }
+        streamId = this.allocStreamId();
+        this.pending.set(streamId, { name, resolve, reject, cleanup });
+        ch.send(streamId, FrameType.Request, 0, msg);
+      };
+      cancelWait = ch.whenWritable(send);
+      if (cancelWait) this.waiting.add(waiting);
     });
+  }
+
+  private tooBig(name: string, n: number): TtrpcError {
+    return new TtrpcError(Code.ResourceExhausted, `${name}: request of ${n} bytes exceeds maximum message size of ${this.maxMessageSize}`);
   }
 
   /** Closes the connection; calls in flight fail with Unavailable. */
@@ -182,7 +226,7 @@ export class Client {
           for (const w of this.closeWaiters.splice(0)) w();
         },
       },
-      this.maxMessageSize,
+      { maxMessageSize: this.maxMessageSize, highWaterBytes: this.highWaterBytes },
     );
     return ch;
   }
@@ -230,6 +274,7 @@ export class Client {
     for (const [id, p] of [...this.pending]) {
       this.settle(id, new TtrpcError(err.code, `${p.name}: ${err.message}`));
     }
+    for (const w of [...this.waiting]) w.fail(new TtrpcError(err.code, `${w.name}: ${err.message}`));
   }
 }
 

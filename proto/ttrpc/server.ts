@@ -5,7 +5,7 @@ import net from 'node:net';
 import fs from 'node:fs';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { Channel } from './channel.js';
+import { Channel, DEFAULT_HIGH_WATER_BYTES } from './channel.js';
 import { type Frame, type FrameHeader, FrameFlag, FrameType, DEFAULT_MAX_MESSAGE_SIZE } from './frame.js';
 import { type Metadata, decodeRequest, encodeResponse } from './envelope.js';
 import { Code, TtrpcError, toStatus } from './status.js';
@@ -29,8 +29,15 @@ export type Interceptor = (ctx: CallContext, payload: Uint8Array) => Promise<voi
 
 export interface ServerOptions {
   maxMessageSize?: number;
-  /** Calls in flight on one connection beyond which new ones are refused with ResourceExhausted. */
+  /**
+   * Calls in flight on one connection beyond which new ones are refused with ResourceExhausted. A
+   * call counts until its handler has settled, even when its deadline was answered before that.
+   */
   maxConcurrentCalls?: number;
+  /** Unanswered output on one connection from which no more requests are read (default 1 MiB). */
+  outputHighWaterBytes?: number;
+  /** Unanswered output on one connection beyond which it is dropped (default 4 x maxMessageSize). */
+  maxOutputBytes?: number;
   logger?: Logger;
   interceptor?: Interceptor;
 }
@@ -41,7 +48,10 @@ interface ActiveCall {
   abort: AbortController | undefined;
   abortReason: unknown;
   timer: NodeJS.Timeout | undefined;
-  done: boolean;
+  /** A response (result, error or DeadlineExceeded) has been sent, or the connection is gone. */
+  answered: boolean;
+  /** The connection closed while the handler still ran: it counts against the server, not a connection. */
+  orphaned: boolean;
 }
 
 export class Server {
@@ -50,13 +60,22 @@ export class Server {
   private readonly listeners = new Set<net.Server>();
   readonly maxMessageSize: number;
   readonly maxConcurrentCalls: number;
+  readonly outputHighWaterBytes: number;
+  readonly maxOutputBytes: number;
   readonly log: Logger;
   interceptor: Interceptor | undefined;
   private closing = false;
+  /**
+   * Handlers still running after their connection closed. They count against every connection's
+   * limit, so closing and redialing cannot pile up handlers that ignore their abort signal.
+   */
+  orphanedHandlers = 0;
 
   constructor(opts: ServerOptions = {}) {
     this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE_SIZE;
     this.maxConcurrentCalls = opts.maxConcurrentCalls ?? 1024;
+    this.outputHighWaterBytes = opts.outputHighWaterBytes ?? DEFAULT_HIGH_WATER_BYTES;
+    this.maxOutputBytes = opts.maxOutputBytes ?? 4 * this.maxMessageSize;
     this.log = opts.logger ?? silentLogger;
     this.interceptor = opts.interceptor;
   }
@@ -117,6 +136,11 @@ export class Server {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** The connections being served (diagnostics, tests). */
+  get liveConnections(): ServerConnection[] {
+    return [...this.connections];
   }
 
   /**
@@ -186,8 +210,13 @@ export async function removeStaleSocket(path: string): Promise<void> {
 
 export class ServerConnection {
   private readonly channel: Channel;
+  /** Calls whose handler has not settled yet, answered or not (what maxConcurrentCalls counts). */
   private readonly active = new Map<number, ActiveCall>();
+  /** Calls not answered yet (what a graceful close waits for). */
+  private unanswered = 0;
   private drained: (() => void) | undefined;
+  /** Requests read while the peer had not taken our earlier answers; served once it has. */
+  private parked: Frame[] = [];
 
   constructor(
     private readonly server: Server,
@@ -201,12 +230,27 @@ export class ServerConnection {
         oversized: (h) => this.onOversized(h),
         closed: (err) => this.onChannelClosed(err),
       },
-      server.maxMessageSize,
+      {
+        maxMessageSize: server.maxMessageSize,
+        highWaterBytes: server.outputHighWaterBytes,
+        maxBufferedBytes: server.maxOutputBytes,
+        pauseInputWhenCongested: true,
+      },
     );
   }
 
+  /** Handlers of this connection that have not settled. */
   get activeCalls(): number {
     return this.active.size;
+  }
+
+  /** Whether reading requests is paused because the peer does not take its answers. */
+  get inputPaused(): boolean {
+    return this.channel.inputPaused;
+  }
+
+  get bufferedOutputBytes(): number {
+    return this.channel.bufferedBytes;
   }
 
   close(graceful = true): void {
@@ -215,7 +259,7 @@ export class ServerConnection {
   }
 
   drain(deadline: number): Promise<void> {
-    if (this.active.size === 0 || this.channel.closed) return Promise.resolve();
+    if (this.unanswered === 0 || this.channel.closed) return Promise.resolve();
     return new Promise((resolve) => {
       const t = setTimeout(resolve, Math.max(0, deadline - Date.now()));
       this.drained = () => {
@@ -244,6 +288,28 @@ export class ServerConnection {
   }
 
   private onFrame(f: Frame): void {
+    if (this.parked.length > 0 || this.channel.full()) {
+      // One read can carry hundreds of requests; their answers are produced only as fast as the
+      // peer takes them, so what a connection makes us hold stays near the high-water mark.
+      this.parked.push(f);
+      if (this.parked.length === 1) this.channel.whenWritable(() => this.serveParked());
+      return;
+    }
+    this.dispatch(f);
+  }
+
+  private serveParked(): void {
+    while (this.parked.length > 0 && !this.channel.closed) {
+      if (this.channel.full()) {
+        this.channel.whenWritable(() => this.serveParked());
+        return;
+      }
+      this.dispatch(this.parked.shift()!);
+    }
+    if (this.channel.closed) this.parked = [];
+  }
+
+  private dispatch(f: Frame): void {
     if (f.type === FrameType.Data) {
       // Streaming (ttrpc >= 1.2) is not offered by any of our services: refuse the stream.
       this.fail(f.streamId, Code.Unimplemented, `stream ${f.streamId}: ttrpc data frames are not supported by this server`);
@@ -273,7 +339,7 @@ export class ServerConnection {
       this.fail(f.streamId, Code.Unimplemented, `${req.service}/${req.method}: streaming calls are not supported`);
       return;
     }
-    if (this.active.size >= this.server.maxConcurrentCalls) {
+    if (this.active.size + this.server.orphanedHandlers >= this.server.maxConcurrentCalls) {
       this.fail(
         f.streamId,
         Code.ResourceExhausted,
@@ -287,8 +353,16 @@ export class ServerConnection {
       return;
     }
 
-    const call: ActiveCall = { name: `${req.service}/${req.method}`, abort: undefined, abortReason: undefined, timer: undefined, done: false };
+    const call: ActiveCall = {
+      name: `${req.service}/${req.method}`,
+      abort: undefined,
+      abortReason: undefined,
+      timer: undefined,
+      answered: false,
+      orphaned: false,
+    };
     this.active.set(f.streamId, call);
+    this.unanswered++;
     let deadline: number | undefined;
     if (req.timeoutNano > 0) {
       const ms = req.timeoutNano / 1e6;
@@ -296,7 +370,8 @@ export class ServerConnection {
       call.timer = setTimeout(() => {
         const err = new TtrpcError(Code.DeadlineExceeded, `${req.service}/${req.method}: deadline exceeded`);
         abortCall(call, err);
-        this.complete(f.streamId, call, err, undefined);
+        // Answered now; the handler keeps its place in `active` until it has really stopped.
+        this.answer(f.streamId, call, err, undefined);
       }, Math.min(Math.ceil(ms), 2 ** 31 - 1));
     }
     const ctx: CallContext = {
@@ -315,20 +390,39 @@ export class ServerConnection {
     };
     const payload = req.payload;
     const interceptor = this.server.interceptor;
-    const run = interceptor
-      ? Promise.resolve(interceptor(ctx, payload)).then(() => handler(payload, ctx))
-      : new Promise<Uint8Array>((resolve) => resolve(handler(payload, ctx)));
-    run.then(
-      (out) => this.complete(f.streamId, call, undefined, out),
-      (err: unknown) => this.complete(f.streamId, call, err, undefined),
-    );
+    let out: Promise<Uint8Array> | Uint8Array;
+    try {
+      const gate = interceptor?.(ctx, payload);
+      out = isPromise(gate) ? gate.then(() => handler(payload, ctx)) : handler(payload, ctx);
+    } catch (err) {
+      this.settle(f.streamId, call, err, undefined);
+      return;
+    }
+    // A synchronous answer is queued at once, so the next request of the same read already sees
+    // whether the peer is keeping up.
+    if (isPromise(out)) {
+      out.then(
+        (res) => this.settle(f.streamId, call, undefined, res),
+        (err: unknown) => this.settle(f.streamId, call, err, undefined),
+      );
+    } else this.settle(f.streamId, call, undefined, out);
   }
 
-  private complete(streamId: number, call: ActiveCall, err: unknown, out: Uint8Array | undefined): void {
-    if (call.done) return;
-    call.done = true;
+  /** The handler has stopped: answer if nobody has yet, and free its place. */
+  private settle(streamId: number, call: ActiveCall, err: unknown, out: Uint8Array | undefined): void {
+    if (call.orphaned) {
+      this.server.orphanedHandlers--;
+      return;
+    }
+    if (this.active.get(streamId) === call) this.active.delete(streamId);
+    this.answer(streamId, call, err, out);
+  }
+
+  private answer(streamId: number, call: ActiveCall, err: unknown, out: Uint8Array | undefined): void {
+    if (call.answered) return;
+    call.answered = true;
     if (call.timer) clearTimeout(call.timer);
-    this.active.delete(streamId);
+    this.unanswered--;
     if (err !== undefined) {
       const st = toStatus(err);
       if (st.code === Code.Unknown) {
@@ -347,7 +441,7 @@ export class ServerConnection {
         this.channel.send(streamId, FrameType.Response, 0, msg);
       }
     }
-    if (this.active.size === 0 && this.drained) {
+    if (this.unanswered === 0 && this.drained) {
       const d = this.drained;
       this.drained = undefined;
       d();
@@ -355,16 +449,24 @@ export class ServerConnection {
   }
 
   private onChannelClosed(err: Error | undefined): void {
-    if (err) this.server.log.debug({ err }, 'ttrpc connection closed with error');
+    if (err) this.server.log[err.name === 'OutputOverflowError' ? 'warn' : 'debug']({ err }, 'ttrpc connection closed with error');
     for (const call of this.active.values()) {
-      call.done = true;
+      call.answered = true;
+      call.orphaned = true;
+      this.server.orphanedHandlers++;
       if (call.timer) clearTimeout(call.timer);
       abortCall(call, new TtrpcError(Code.Canceled, 'connection closed'));
     }
     this.active.clear();
+    this.unanswered = 0;
+    this.parked = [];
     if (this.drained) this.drained();
     this.onClosed();
   }
+}
+
+function isPromise<T>(v: Promise<T> | unknown): v is Promise<T> {
+  return typeof (v as { then?: unknown } | undefined)?.then === 'function';
 }
 
 function abortCall(call: ActiveCall, reason: unknown): void {
