@@ -1,6 +1,5 @@
 // Guest-wide requests: GetGuestDetails, OnlineCPUMem, SetGuestDateTime. sysfs is a parameter
 // so that a development host's own CPUs and memory are never touched in local mode.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { grpc } from '../proto/gen/types.js';
@@ -8,6 +7,7 @@ import type { Init } from '../proto/registry.js';
 import { internal, invalid, precondition } from './errors.js';
 import { STORAGE_DRIVERS } from './storage.js';
 import { DEVICE_DRIVERS } from './devices.js';
+import { runTool } from '../sys/exec.js';
 
 export const AGENT_VERSION = '0.1.0';
 export const API_VERSION = '0.0.1';
@@ -85,10 +85,13 @@ export async function onlineCpuMem(req: grpc.OnlineCPUMemRequest, sysfs: string)
 export function setGuestDateTime(req: grpc.SetGuestDateTimeRequest, runner: string, apply: boolean): Promise<boolean> {
   if (req.Sec < 0 || req.Usec < 0 || req.Usec >= 1_000_000) throw invalid(`SetGuestDateTime: invalid time ${req.Sec}s ${req.Usec}us`);
   if (!apply) return Promise.resolve(false);
-  return new Promise((resolve, reject) => {
-    execFile(runner, ['settime', String(req.Sec), String(req.Usec)], (err, _o, stderr) => {
-      if (err) reject(internal(`SetGuestDateTime: ${(stderr || err.message).trim()}`));
-      else resolve(true);
-    });
-  });
+  return runTool(runner, ['settime', String(req.Sec), String(req.Usec)], { timeoutMs: 10_000, timeoutCode: 'KATATS_SETTIME_TIMEOUT' }).then(
+    (r) => {
+      if (r.code !== 0) throw internal(`SetGuestDateTime: ${r.stderr.trim() || `exit ${r.code ?? r.signal}`}`);
+      return true;
+    },
+    (e: Error) => {
+      throw internal(`SetGuestDateTime: ${e.message}`);
+    },
+  );
 }

@@ -1,7 +1,6 @@
 // The sandbox: everything the agent keeps between requests. Containers, the storages they
 // share (counted per mount point), the pod's shared namespaces, guest hooks, DNS, the OOM event
 // queue and the policy.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { grpc } from '../proto/gen/types.js';
@@ -13,6 +12,7 @@ import { PolicyState } from './policy-hook.js';
 import { addStorage, removeStorage, type StorageHandle } from './storage.js';
 import { internal, notFound, TtrpcError, Code } from './errors.js';
 import { umount, isMounted } from '../sys/mount.js';
+import { runTool } from '../sys/exec.js';
 import type { OciHook } from './spec.js';
 import { openDirBeneath, removeBeneath, replaceFileAt, type Dir } from './beneath.js';
 import { checkGuestHookPath, sandboxDir } from './places.js';
@@ -104,11 +104,10 @@ export class Sandbox {
     const dir = this.openSandboxDir(['ns']);
     try {
       // The helper creates and bind-mounts DIR/ipc and DIR/uts in exactly the directory verified here.
-      await new Promise<void>((resolve, reject) =>
-        execFile(this.config.runner, ['ns', dir.ref, this.hostname], (err, _o, stderr) =>
-          err ? reject(internal(`shared namespaces: ${(stderr || err.message).trim()}`)) : resolve(),
-        ),
-      );
+      const r = await runTool(this.config.runner, ['ns', dir.ref, this.hostname], { timeoutMs: 30_000, timeoutCode: 'KATATS_SHARED_NS_TIMEOUT' }).catch((e: Error) => {
+        throw internal(`shared namespaces: ${e.message}`);
+      });
+      if (r.code !== 0) throw internal(`shared namespaces: ${r.stderr.trim() || `exit ${r.code ?? r.signal}`}`);
     } finally {
       dir.close();
     }

@@ -1,5 +1,10 @@
-// Small helpers for running host tools from the image builder.
+// Small helpers for running host tools from the image builder. Their output can be large and
+// binary (a decompressed kernel), so it is kept whole; each run has a time limit all the same.
 import { spawn } from 'node:child_process';
+import { withTimeout } from '../sys/timeout.js';
+
+/** apt may wait up to 10 minutes for dpkg's lock (DPkg::Lock::Timeout=600); nothing else is near. */
+const DEFAULT_TOOL_TIMEOUT_MS = 20 * 60_000;
 
 export interface RunOptions {
   cwd?: string;
@@ -7,6 +12,8 @@ export interface RunOptions {
   input?: Buffer | string;
   /** Allow these exit codes besides 0. */
   okCodes?: number[];
+  /** Past this the tool is SIGKILLed and the run fails with KATATS_BUILD_TOOL_TIMEOUT. */
+  timeoutMs?: number;
 }
 
 export interface RunResult {
@@ -17,7 +24,8 @@ export interface RunResult {
 
 /** Runs a command without a shell; rejects with its stderr on a non-zero exit. */
 export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
+  let kill = () => {};
+  const ran = new Promise<RunResult>((resolve, reject) => {
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
       env: opts.env ?? process.env,
@@ -40,7 +48,9 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
     // ours, and the exit status (seen in 'close') says whether the tool succeeded.
     child.stdin.on('error', () => {});
     child.stdin.end(opts.input ?? '');
+    kill = () => child.kill('SIGKILL');
   });
+  return withTimeout(ran, opts.timeoutMs ?? DEFAULT_TOOL_TIMEOUT_MS, { code: 'KATATS_BUILD_TOOL_TIMEOUT', what: `${cmd} ${args.join(' ')}`, onTimeout: kill });
 }
 
 export async function runText(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {

@@ -103,7 +103,8 @@ export async function openOutput(uri: string, opts: { timeoutMs?: number; onErro
  */
 function makePipe(dir: string, name: string, nonBlocking: 'read' | 'write'): { r: number; w: number } {
   const p = path.join(dir, name);
-  execFileSync('mkfifo', ['-m', '600', p]);
+  // Synchronous (a pipe is made while a process is being set up); bounded all the same.
+  execFileSync('mkfifo', ['-m', '600', p], { timeout: 10_000, killSignal: 'SIGKILL' });
   // Held open read-write while the two ends are opened, so that neither open waits for the other.
   const hold = fs.openSync(p, O_RDWR | O_NONBLOCK);
   try {

@@ -4,6 +4,7 @@
 // forever. So the probe boots QEMU with -accel kvm and only the firmware (SeaBIOS prints its
 // banner on the serial port: guest code demonstrably ran), and kills it after timeoutMs.
 import { spawn } from 'node:child_process';
+import { runTool } from '../sys/exec.js';
 import fsSync, { constants, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,13 +37,12 @@ const FIRMWARE_MARKER = /SeaBIOS|iPXE|Booting from/;
 const KERNEL_MARKER = /VFS: Unable to mount root|Kernel panic|No working init found|Run \S+ as init/;
 
 async function qemuVersion(bin: string): Promise<string> {
-  return new Promise((resolve) => {
-    const p = spawn(bin, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    let out = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.on('error', () => resolve('unknown'));
-    p.on('close', () => resolve(out.split('\n')[0]?.trim() || 'unknown'));
-  });
+  try {
+    const r = await runTool(bin, ['--version'], { timeoutMs: 10_000, timeoutCode: 'KATATS_QEMU_VERSION_TIMEOUT', maxOutputBytes: 4096 });
+    return r.stdout.split('\n')[0]?.trim() || 'unknown';
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** Runs the probe now (no cache). Never takes longer than timeoutMs (+ kill latency). */

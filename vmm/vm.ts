@@ -11,6 +11,7 @@ import { resolveAccel, type KvmProbeResult } from './accel.js';
 import { type Accel, type DiskConfig, isValidId, validateConfig, type VmConfig } from './config.js';
 import { buildQemuArgs, diskNodeName, type QemuLayout } from './qemu-args.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
+import { withTimeout } from '../sys/timeout.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const DEFAULT_VMM_CACHE_DIR = path.resolve(HERE, '..', '.cache', 'vmm');
@@ -51,6 +52,10 @@ export interface StartOptions {
   kvmProbeTimeoutMs?: number;
   /** how long QEMU may take to offer QMP (ms) */
   qmpTimeoutMs?: number;
+  /** how long one QMP command may take (ms; KATATS_QMP_TIMEOUT past it) */
+  qmpCommandTimeoutMs?: number;
+  /** how long QEMU has to exit after QMP quit before it is SIGKILLed (ms) */
+  quitGraceMs?: number;
   /** lines of console kept for error reports */
   consoleTail?: number;
   /** extra argv appended verbatim (experiments) */
@@ -96,6 +101,7 @@ export class QemuVm extends EventEmitter {
   private panicked = false;
   private exitInfo: VmExit | undefined;
   private usedBuses = new Map<string, string>();
+  private quitGraceMs = 5000;
 
   private constructor(
     readonly config: VmConfig,
@@ -201,11 +207,16 @@ export class QemuVm extends EventEmitter {
     log.info({ vcpus: config.vcpus, memoryMiB: config.memoryMiB, cmdline: built.layout.cmdline }, 'starting qemu');
     log.debug({ argv }, 'qemu argv');
     const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40 });
+    if (opts.quitGraceMs) vm.quitGraceMs = opts.quitGraceMs;
     const abort = new AbortController();
     const abortOnExit = () => abort.abort(new Error('qemu exited'));
     vm.exited.then(abortOnExit, abortOnExit);
     try {
-      vm.qmp = await QmpClient.connect(built.layout.qmpSocket, { timeoutMs: opts.qmpTimeoutMs ?? 10_000, abort: abort.signal });
+      vm.qmp = await QmpClient.connect(built.layout.qmpSocket, {
+        timeoutMs: opts.qmpTimeoutMs ?? 10_000,
+        abort: abort.signal,
+        ...(opts.qmpCommandTimeoutMs ? { commandTimeoutMs: opts.qmpCommandTimeoutMs } : {}),
+      });
     } catch (e) {
       if (!vm.exitInfo) await vm.kill('crashed');
       const exit = await vm.exited;
@@ -403,28 +414,29 @@ export class QemuVm extends EventEmitter {
   /** ACPI power button; resolves when QEMU has exited (or rejects after timeoutMs, QEMU left running). */
   async powerdown(timeoutMs = 30_000): Promise<VmExit> {
     await this.requireQmp().execute('system_powerdown');
-    let t: NodeJS.Timeout | undefined;
-    try {
-      return await Promise.race([
-        this.exited,
-        new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`guest did not power off within ${timeoutMs} ms`)), timeoutMs))),
-      ]);
-    } finally {
-      clearTimeout(t);
-    }
+    return withTimeout(this.exited, timeoutMs, { code: 'KATATS_VM_POWERDOWN_TIMEOUT', what: `guest ${this.id} powering off` });
   }
 
-  /** QMP quit: QEMU exits at once. Falls back to kill when QMP is gone. */
-  async quit(): Promise<VmExit> {
+  /**
+   * QMP quit: QEMU exits at once. The SIGKILL fallback is armed before QMP is asked, so a QEMU
+   * that no longer answers QMP (stopped, wedged) is killed after `graceMs` all the same.
+   */
+  async quit(graceMs = this.quitGraceMs): Promise<VmExit> {
     if (!this.running) return this.exited;
     this.killedByUs ??= 'quit';
+    const t = setTimeout(() => {
+      this.log.warn({ graceMs }, 'qemu did not exit after quit; killing it');
+      this.child.kill('SIGKILL');
+    }, graceMs);
     try {
-      await this.requireQmp().execute('quit');
-    } catch {
-      return this.kill();
-    }
-    const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
-    try {
+      if (this.qmp && !this.qmp.closed) {
+        this.qmp
+          .execute('quit', undefined, { timeoutMs: graceMs })
+          // QEMU may close the socket before it answers; its exit is what counts.
+          .catch((err: unknown) => this.log.debug({ err }, 'qmp quit unanswered'));
+      } else {
+        this.child.kill('SIGKILL');
+      }
       return await this.exited;
     } finally {
       clearTimeout(t);

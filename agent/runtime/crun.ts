@@ -1,10 +1,16 @@
 // crun as the agent's OCI runtime. One-shot commands (start, kill, delete, pause, resume,
 // update, state, ps) run through `katats-runner exec`; create and exec run under a
 // `katats-runner run` monitor (see ../process.ts), which this module only builds argv for.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import { internal, notFound, TtrpcError, Code } from '../errors.js';
+import { runTool } from '../../sys/exec.js';
+import { isTimeout } from '../../sys/timeout.js';
+
+/** A one-shot crun command that did not finish in time (it is SIGKILLed). */
+export const CRUN_TIMEOUT = 'KATATS_CRUN_TIMEOUT';
+/** Long enough for a loaded TCG guest; a crun stuck on a frozen cgroup or a dead mount ends here. */
+export const DEFAULT_CRUN_TIMEOUT_MS = 60_000;
 
 export interface CrunOptions {
   crun: string;
@@ -13,6 +19,8 @@ export interface CrunOptions {
   root?: string;
   /** run crun without the cgroup2 mount (hybrid cgroup hosts) */
   hideUnified: boolean;
+  /** limit for each one-shot command (default DEFAULT_CRUN_TIMEOUT_MS) */
+  timeoutMs?: number;
 }
 
 export interface CrunState {
@@ -44,29 +52,22 @@ export class Crun {
     return this.opts.hideUnified ? ['--hide-unified'] : [];
   }
 
-  run(args: string[], input?: string): Promise<RunResult> {
+  async run(args: string[], input?: string): Promise<RunResult> {
     const argv = ['exec', ...this.runnerPrefix(), '--', ...this.argv(args)];
-    return new Promise((resolve, reject) => {
-      const p = spawn(this.opts.runner, argv, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      p.stdout!.on('data', (b: Buffer) => out.push(b));
-      p.stderr!.on('data', (b: Buffer) => err.push(b));
-      p.on('error', reject);
-      p.on('close', (code, sig) =>
-        resolve({
-          code: code ?? 128 + (sig ? os.constants.signals[sig] : 0),
-          stdout: Buffer.concat(out).toString(),
-          stderr: Buffer.concat(err).toString().trim(),
-        }),
-      );
-      if (input !== undefined) {
-        // crun may fail before it reads the spec: the exit status reports that, an EPIPE must not
-        // take the agent down.
-        p.stdin!.on('error', () => {});
-        p.stdin!.end(input);
-      }
-    });
+    try {
+      // katats-runner exec execs crun, so the SIGKILL past the limit reaches crun itself.
+      const r = await runTool(this.opts.runner, argv, {
+        timeoutMs: this.opts.timeoutMs ?? DEFAULT_CRUN_TIMEOUT_MS,
+        timeoutCode: CRUN_TIMEOUT,
+        // `crun ps` lists every pid of a container; the rest is one line of state or an error.
+        maxOutputBytes: 1 << 20,
+        ...(input === undefined ? {} : { input }),
+      });
+      return { code: r.code ?? 128 + (r.signal ? os.constants.signals[r.signal] : 0), stdout: r.stdout, stderr: r.stderr.trim() };
+    } catch (e) {
+      if (isTimeout(e, CRUN_TIMEOUT)) throw new TtrpcError(Code.DeadlineExceeded, `crun ${args[0] ?? ''}: ${e.message}`);
+      throw e;
+    }
   }
 
   private async must(what: string, args: string[], input?: string): Promise<RunResult> {

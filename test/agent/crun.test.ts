@@ -1,0 +1,46 @@
+// crun under a time limit: a crun that blocks (here on a state file that is a FIFO, as a dead
+// mount or a frozen cgroup would make it) is killed past the limit and the agent answers
+// DeadlineExceeded naming the wait, instead of one request hanging forever.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CRUN_TIMEOUT, Crun } from '../../agent/runtime/crun.js';
+import { findRunner } from '../../agent/runtime/runner.js';
+import { Code, TtrpcError } from '../../proto/ttrpc/index.js';
+import { withTimeout } from '../../sys/timeout.js';
+import { tempDir } from '../support/tmp.js';
+
+const tmp = tempDir('katats-crun-');
+
+function processesNaming(s: string): string[] {
+  const out: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+      if (cmd.includes(s)) out.push(`${pid} ${cmd}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+afterAll(() => tmp.cleanup());
+
+describe('crun with a time limit', () => {
+  it('a crun that blocks is killed and reported as DeadlineExceeded with KATATS_CRUN_TIMEOUT', async () => {
+    const root = path.join(tmp.dir, 'root');
+    fs.mkdirSync(path.join(root, 'wedged'), { recursive: true });
+    execFileSync('mkfifo', [path.join(root, 'wedged', 'status')]);
+    const crun = new Crun({ crun: 'crun', runner: findRunner(), root, hideUnified: false, timeoutMs: 1000 });
+    const t0 = Date.now();
+    // The test's own limit, so code without one fails here instead of hanging the suite.
+    const err = await withTimeout(crun.kill('wedged', 9), 15_000, { code: 'TEST_GUARD', what: 'crun kill' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TtrpcError);
+    expect((err as TtrpcError).code).toBe(Code.DeadlineExceeded);
+    expect((err as Error).message).toContain(CRUN_TIMEOUT);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    // Killed, not left behind.
+    expect(processesNaming(root)).toEqual([]);
+  }, 30_000);
+});
