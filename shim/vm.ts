@@ -97,7 +97,9 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     kernelParams,
     agentSocket,
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
+    // The driver caps, rotates and rate-limits both (a guest may write without end).
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
+    consoleLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`),
     ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } }),
     launchDataFile,
     accel: q.accel,
@@ -150,11 +152,6 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   async function cleanup(): Promise<void> {
     // QEMU is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
     await virtiofsd?.stop();
-    try {
-      fs.copyFileSync(vm.consoleLogPath, path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`));
-    } catch {
-      // No console output: nothing to keep.
-    }
     await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
   }

@@ -54,8 +54,13 @@ export interface VmConfig {
   disks?: DiskConfig[];
   /** host unix socket QEMU listens on for the agent channel (virtio-serial port agent.channel.0) */
   agentSocket: string;
-  /** file receiving the agent's log (virtio-serial port agent.log.0); none: the agent logs to the console */
+  /**
+   * file receiving the agent's log (virtio-serial port agent.log.0, read by the driver from a
+   * socket in runDir, capped and rotated); none: the agent logs to the console
+   */
   agentLogFile?: string;
+  /** the console log (capped and rotated); default RUNDIR/console.log */
+  consoleLogFile?: string;
   sharedDir?: SharedDirConfig;
   /** a virtio-fs device backed by a running virtiofsd; guest RAM then becomes a shared memfd */
   virtioFs?: VirtioFsConfig;
@@ -86,6 +91,8 @@ export function validateConfig(c: VmConfig): void {
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
+  // runDir holds qmp.sock and agent-log.sock.
+  if (c.runDir && Buffer.byteLength(c.runDir) > 107 - 'agent-log.sock'.length - 1) errs.push('runDir path too long for its unix sockets');
   if (c.virtioFs) {
     if (!c.virtioFs.socket) errs.push('virtioFs.socket is empty');
     else if (Buffer.byteLength(c.virtioFs.socket) > 107) errs.push('virtioFs.socket path longer than a unix socket allows');

@@ -10,6 +10,8 @@ export function qemuEscape(v: string): string {
 
 export interface QemuLayout {
   qmpSocket: string;
+  /** the agent log port's socket, which the driver reads (set when the config has agentLogFile) */
+  agentLogSocket?: string;
   /** where to put hotplugged disks: a bus (pcie-root-port id or pci.0) per free slot */
   hotplugBuses: string[];
   machine: string;
@@ -32,6 +34,11 @@ function blockdev(nodeName: string, file: string, readonly: boolean, format: str
   });
 }
 
+/** QEMU serves the agent log port here; the driver reads it into VmConfig.agentLogFile. */
+export function agentLogSocketPath(c: VmConfig): string {
+  return path.join(c.runDir, 'agent-log.sock');
+}
+
 export function diskNodeName(id: string): string {
   return `${id}-blk`;
 }
@@ -46,6 +53,7 @@ export function kernelCmdline(c: VmConfig, machine: string): string {
 export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: string | null } = {}): { argv: string[]; layout: QemuLayout } {
   const machine = c.machine ?? DEFAULT_MACHINE;
   const qmpSocket = path.join(c.runDir, 'qmp.sock');
+  const agentLogSocket = c.agentLogFile ? agentLogSocketPath(c) : undefined;
   const cmdline = kernelCmdline(c, machine);
   const a: string[] = [
     // Named threads ("CPU 0/KVM") let the shim put the vCPUs in a cgroup of their own.
@@ -80,7 +88,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   a.push('-chardev', `socket,id=agent,path=${qemuEscape(c.agentSocket)},server=on,wait=off`);
   a.push('-device', 'virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0');
   if (c.agentLogFile) {
-    a.push('-chardev', `file,id=agentlog,path=${qemuEscape(c.agentLogFile)}`);
+    a.push('-chardev', `socket,id=agentlog,path=${qemuEscape(agentLogSocket!)},server=on,wait=off`);
     a.push('-device', 'virtserialport,bus=vser0.0,chardev=agentlog,name=agent.log.0');
   }
   if (c.sharedDir) {
@@ -116,7 +124,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   } else if (machine === 'pc') {
     for (let i = 0; i < slots; i++) hotplugBuses.push('pci.0');
   }
-  return { argv: a, layout: { qmpSocket, hotplugBuses, machine, accel, cmdline } };
+  return { argv: a, layout: { qmpSocket, ...(agentLogSocket ? { agentLogSocket } : {}), hotplugBuses, machine, accel, cmdline } };
 }
 
 function diskArgs(d: DiskConfig, where: string): string[] {

@@ -1,9 +1,12 @@
 // QemuVm: spawns and supervises one QEMU process: console and stderr into a per-sandbox log,
 // QMP for control and events, exit noticed at once, boot deadline with the last console lines.
+// Everything the guest writes (console, agent log port) is metered: files capped and rotated,
+// bytes per second to disk and lines per second into our log limited, lines cut at a length.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { createWriteStream, rmSync, type WriteStream } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
@@ -11,7 +14,10 @@ import { resolveAccel, type KvmProbeResult } from './accel.js';
 import { type Accel, type DiskConfig, isValidId, validateConfig, type VmConfig } from './config.js';
 import { buildQemuArgs, diskNodeName, type QemuLayout } from './qemu-args.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
-import { withTimeout } from '../sys/timeout.js';
+import { sleep, withTimeout } from '../sys/timeout.js';
+import { LineSplitter } from './console-lines.js';
+import { DEFAULT_LOG_FILE_LIMITS, type LogFileLimits, RotatingLog } from './rotating-log.js';
+import { TokenBucket } from './token-bucket.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const DEFAULT_VMM_CACHE_DIR = path.resolve(HERE, '..', '.cache', 'vmm');
@@ -44,6 +50,28 @@ export class VmError extends Error {
   }
 }
 
+/** How much of what the guest writes the host keeps, and how fast. */
+export interface GuestOutputLimits {
+  /** the console log (and QEMU's stderr, which a guest can provoke too) */
+  console: LogFileLimits;
+  /** the agent's log port */
+  agentLog: LogFileLimits;
+  /** console lines longer than this are cut into pieces (each kept, each a line) */
+  maxLineChars: number;
+  /** console and QEMU stderr lines per second into our log and to 'console' listeners; the rest is counted */
+  linesPerSec: number;
+  /** bytes per second read from the agent log port at most; beyond it the port is not read (the guest's writes wait) */
+  agentLogReadBytesPerSec: number;
+}
+
+export const DEFAULT_GUEST_OUTPUT_LIMITS: GuestOutputLimits = {
+  console: DEFAULT_LOG_FILE_LIMITS,
+  agentLog: DEFAULT_LOG_FILE_LIMITS,
+  maxLineChars: 4096,
+  linesPerSec: 200,
+  agentLogReadBytesPerSec: 16 << 20,
+};
+
 export interface StartOptions {
   logger?: Logger;
   /** vmm cache dir (KVM probe answer); default .cache/vmm */
@@ -62,6 +90,17 @@ export interface StartOptions {
   extraArgs?: string[];
   /** firmware for pc/q35 (default qboot); null: QEMU's default (SeaBIOS) */
   firmware?: string | null;
+  /** caps on what the guest writes (defaults: DEFAULT_GUEST_OUTPUT_LIMITS) */
+  outputLimits?: Partial<GuestOutputLimits>;
+}
+
+export interface GuestOutputStats {
+  console: { written: number; dropped: number; rotations: number };
+  agentLog?: { written: number; dropped: number; rotations: number };
+  /** console and stderr lines not logged or emitted because of the line rate */
+  linesDropped: number;
+  /** characters of an unfinished console line held right now */
+  consoleLineHeld: number;
 }
 
 export interface BootTimeline {
@@ -94,8 +133,15 @@ export class QemuVm extends EventEmitter {
   private qmp: QmpClient | undefined;
   private tail: string[] = [];
   private tailMax: number;
-  private consoleBuf = '';
-  private logStream: WriteStream;
+  private readonly limits: GuestOutputLimits;
+  private readonly consoleLog: RotatingLog;
+  private readonly consoleLines: LineSplitter;
+  private readonly lineGate: TokenBucket;
+  private linesDropped = 0;
+  private linesDroppedReported = 0;
+  private lineReportTimer: NodeJS.Timeout | undefined;
+  private agentLog: RotatingLog | undefined;
+  private agentLogSock: net.Socket | undefined;
   private killedByUs: ExitReason | undefined;
   private shutdownEvent: Record<string, unknown> | undefined;
   private panicked = false;
@@ -105,7 +151,7 @@ export class QemuVm extends EventEmitter {
 
   private constructor(
     readonly config: VmConfig,
-    args: { accel: Accel; layout: QemuLayout; argv: string[]; log: Logger; probe?: KvmProbeResult; tailMax: number },
+    args: { accel: Accel; layout: QemuLayout; argv: string[]; log: Logger; probe?: KvmProbeResult; tailMax: number; limits: GuestOutputLimits },
   ) {
     super();
     this.id = config.id;
@@ -115,8 +161,11 @@ export class QemuVm extends EventEmitter {
     this.log = args.log;
     this.kvmProbe = args.probe;
     this.tailMax = args.tailMax;
-    this.consoleLogPath = path.join(config.runDir, 'console.log');
-    this.logStream = createWriteStream(this.consoleLogPath, { flags: 'a', mode: 0o600 });
+    this.limits = args.limits;
+    this.consoleLogPath = config.consoleLogFile ?? path.join(config.runDir, 'console.log');
+    this.consoleLog = new RotatingLog(this.consoleLogPath, this.limits.console, this.log, 'guest console');
+    this.consoleLines = new LineSplitter(this.limits.maxLineChars, (l) => this.emitLine(l));
+    this.lineGate = new TokenBucket(this.limits.linesPerSec, this.limits.linesPerSec);
     this.timeline = { spawnAt: Date.now() };
     const bin = config.qemuBinary ?? 'qemu-system-x86_64';
     // QEMU's own files (QMP and agent sockets, the agent log) are born private: the child inherits
@@ -157,7 +206,7 @@ export class QemuVm extends EventEmitter {
         const lvl = reason === 'shutdown' || reason === 'killed' || reason === 'quit' ? 'info' : 'warn';
         this.log[lvl]({ code, signal, reason, atMs: this.exitInfo.atMs }, 'qemu exited');
         this.qmp?.close();
-        this.logStream.end();
+        this.closeLogs();
         this.cleanupSockets();
         this.emit('exit', this.exitInfo);
         resolve(this.exitInfo);
@@ -165,18 +214,20 @@ export class QemuVm extends EventEmitter {
       this.child.once('exit', onExit);
       this.child.once('error', (e) => {
         this.log.error({ err: e.message }, 'cannot run qemu');
-        this.appendLog(`[vmm] cannot run ${bin}: ${e.message}\n`);
+        this.consoleLog.note(`[vmm] cannot run ${bin}: ${e.message}`);
         if (this.child.exitCode === null) onExit(null, null);
       });
     });
     this.child.stdout!.on('data', (d: Buffer) => this.onConsole(d));
+    // QEMU's stderr (rare, but a guest can provoke device warnings by the thousand): same budget.
+    const stderrLines = new LineSplitter(this.limits.maxLineChars, (l) => {
+      if (!l) return;
+      this.pushTail(`[qemu] ${l}`);
+      if (this.passLine()) this.log.warn({ stderr: l }, 'qemu stderr');
+    });
     this.child.stderr!.on('data', (d: Buffer) => {
-      const text = d.toString();
-      this.appendLog(text.replace(/^(?=.)/gm, '[qemu] '));
-      for (const l of text.split('\n').filter(Boolean)) {
-        this.pushTail(`[qemu] ${l}`);
-        this.log.warn({ stderr: l }, 'qemu stderr');
-      }
+      this.consoleLog.write(Buffer.from(d.toString('latin1').replace(/^(?=.)/gm, '[qemu] '), 'latin1'));
+      stderrLines.push(d);
     });
   }
 
@@ -204,9 +255,11 @@ export class QemuVm extends EventEmitter {
     if (probe) log.info({ kvmUsable: probe.usable, reason: probe.reason, cached: (probe as { cached?: boolean }).cached }, 'kvm probe');
     await rm(built.layout.qmpSocket, { force: true });
     await rm(config.agentSocket, { force: true });
+    if (built.layout.agentLogSocket) await rm(built.layout.agentLogSocket, { force: true });
     log.info({ vcpus: config.vcpus, memoryMiB: config.memoryMiB, cmdline: built.layout.cmdline }, 'starting qemu');
     log.debug({ argv }, 'qemu argv');
-    const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40 });
+    const limits: GuestOutputLimits = { ...DEFAULT_GUEST_OUTPUT_LIMITS, ...opts.outputLimits };
+    const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40, limits });
     if (opts.quitGraceMs) vm.quitGraceMs = opts.quitGraceMs;
     const abort = new AbortController();
     const abortOnExit = () => abort.abort(new Error('qemu exited'));
@@ -224,6 +277,14 @@ export class QemuVm extends EventEmitter {
     }
     vm.timeline.qmpReadyMs = vm.elapsed();
     vm.qmp.on('event', (ev: QmpEvent) => vm.onEvent(ev));
+    if (built.layout.agentLogSocket && config.agentLogFile) {
+      try {
+        await vm.attachAgentLog(built.layout.agentLogSocket, config.agentLogFile);
+      } catch (e) {
+        const exit = await vm.kill('crashed');
+        throw new VmError(`cannot read the agent log port: ${(e as Error).message}`, vm.id, accel, exit.lastConsoleLines, exit);
+      }
+    }
     log.info({ qmpReadyMs: vm.timeline.qmpReadyMs }, 'qmp ready');
     return vm;
   }
@@ -245,8 +306,82 @@ export class QemuVm extends EventEmitter {
     return [...this.tail];
   }
 
-  private appendLog(text: string): void {
-    if (!this.logStream.writableEnded) this.logStream.write(text);
+  /** What the guest's output cost so far, and what was dropped. */
+  outputStats(): GuestOutputStats {
+    return {
+      console: { ...this.consoleLog.stats },
+      ...(this.agentLog ? { agentLog: { ...this.agentLog.stats } } : {}),
+      linesDropped: this.linesDropped,
+      consoleLineHeld: this.consoleLines.held,
+    };
+  }
+
+  /** Whether one more line may go to our log and listeners; drops are said once per interval. */
+  private passLine(): boolean {
+    if (this.lineGate.allow()) return true;
+    this.linesDropped++;
+    if (!this.lineReportTimer) {
+      this.lineReportTimer = setTimeout(() => {
+        this.lineReportTimer = undefined;
+        const n = this.linesDropped - this.linesDroppedReported;
+        this.linesDroppedReported = this.linesDropped;
+        this.log.warn({ droppedLines: n, linesPerSec: this.limits.linesPerSec }, 'guest console over its line rate: lines not logged (all are in the console log, within its byte rate)');
+      }, this.limits.console.reportIntervalMs);
+      this.lineReportTimer.unref();
+    }
+    return false;
+  }
+
+  private closeLogs(): void {
+    if (this.lineReportTimer) clearTimeout(this.lineReportTimer);
+    this.agentLogSock?.destroy();
+    for (const l of [this.consoleLog, this.agentLog]) {
+      l?.close().catch((err: unknown) => this.log.error({ err, file: l.file }, 'closing a guest log failed'));
+    }
+  }
+
+  /**
+   * The agent's log port is a socket QEMU serves; reading it here (rather than letting QEMU write
+   * a file) is what lets its size and rate be capped. Past agentLogReadBytesPerSec the socket is
+   * not read for the rest of the second, which makes the guest's writes wait in the guest.
+   */
+  private async attachAgentLog(socketPath: string, file: string): Promise<void> {
+    const sink = new RotatingLog(file, this.limits.agentLog, this.log, 'agent log');
+    this.agentLog = sink;
+    let sock: net.Socket | undefined;
+    for (let i = 0; !sock; i++) {
+      try {
+        sock = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect(socketPath, () => {
+            s.off('error', reject);
+            resolve(s);
+          });
+          s.once('error', reject);
+        });
+      } catch (e) {
+        // QEMU made its chardevs before QMP answered; this covers a slow filesystem only.
+        if (i >= 50 || !this.running) throw new Error(`agent log socket ${socketPath}: ${(e as Error).message}`);
+        await sleep(20);
+      }
+    }
+    this.agentLogSock = sock;
+    const ceiling = this.limits.agentLogReadBytesPerSec;
+    let windowStart = Date.now();
+    let windowBytes = 0;
+    sock.on('data', (d: Buffer) => {
+      sink.write(d);
+      const now = Date.now();
+      if (now - windowStart >= 1000) {
+        windowStart = now;
+        windowBytes = 0;
+      }
+      windowBytes += d.length;
+      if (windowBytes > ceiling) {
+        sock.pause();
+        setTimeout(() => sock.resume(), windowStart + 1000 - now).unref();
+      }
+    });
+    sock.on('error', (err) => this.log.debug({ err }, 'agent log socket error'));
   }
 
   private pushTail(l: string): void {
@@ -255,20 +390,13 @@ export class QemuVm extends EventEmitter {
   }
 
   private onConsole(d: Buffer): void {
-    const text = d.toString('utf8');
-    this.appendLog(text);
+    this.consoleLog.write(d);
     if (this.timeline.firstConsoleMs === undefined) this.timeline.firstConsoleMs = this.elapsed();
-    this.consoleBuf += text;
-    let i: number;
-    while ((i = this.consoleBuf.indexOf('\n')) >= 0) {
-      this.emitLine(this.consoleBuf.slice(0, i));
-      this.consoleBuf = this.consoleBuf.slice(i + 1);
-    }
+    this.consoleLines.push(d);
   }
 
   private flushConsole(): void {
-    if (this.consoleBuf) this.emitLine(this.consoleBuf);
-    this.consoleBuf = '';
+    this.consoleLines.flush();
   }
 
   private emitLine(raw: string): void {
@@ -276,6 +404,8 @@ export class QemuVm extends EventEmitter {
     const line = raw.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1bc|\r/g, '');
     if (!line.trim()) return;
     this.pushTail(line);
+    if (!this.passLine()) return;
+    this.log.debug({ console: line }, 'guest console');
     const ev: ConsoleLine = { line, t: this.elapsed() };
     this.emit('console', ev);
   }
@@ -301,7 +431,8 @@ export class QemuVm extends EventEmitter {
 
   /** QEMU leaves its listening sockets behind; they go before anyone hears of the exit. */
   private cleanupSockets(): void {
-    for (const p of [this.layout.qmpSocket, this.config.agentSocket]) {
+    for (const p of [this.layout.qmpSocket, this.config.agentSocket, this.layout.agentLogSocket]) {
+      if (!p) continue;
       try {
         rmSync(p, { force: true });
       } catch {
@@ -397,6 +528,26 @@ export class QemuVm extends EventEmitter {
     }
     this.usedBuses.set(d.id, bus);
     this.log.info({ disk: d.id, path: d.path, bus, readonly: ro }, 'disk hotplugged');
+  }
+
+  /**
+   * The PCI path of a device ("02/00": the slot on each bus from the root down), which is how the
+   * agent finds a hot-plugged disk in the guest (Kata's grpc.Device.id for blk devices).
+   */
+  async pciPath(deviceId: string): Promise<string> {
+    interface PciDevice { slot: number; qdev_id?: string; pci_bridge?: { devices?: PciDevice[] } }
+    const buses = await this.requireQmp().execute<{ bus: number; devices: PciDevice[] }[]>('query-pci');
+    const find = (devices: PciDevice[], above: number[]): number[] | undefined => {
+      for (const d of devices) {
+        if (d.qdev_id === deviceId) return [...above, d.slot];
+        const below = d.pci_bridge?.devices ? find(d.pci_bridge.devices, [...above, d.slot]) : undefined;
+        if (below) return below;
+      }
+      return undefined;
+    };
+    const slots = find(buses.find((b) => b.bus === 0)?.devices ?? [], []);
+    if (!slots) throw new VmError(`no PCI device with id ${deviceId}`, this.id, this.accel, []);
+    return slots.map((n) => n.toString(16).padStart(2, '0')).join('/');
   }
 
   /** Removes a hotplugged disk: device_del, wait for DEVICE_DELETED (guest released it), blockdev-del. */
