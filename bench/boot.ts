@@ -2,18 +2,21 @@
 //   npx tsx bench/boot.ts [--n 5] [--machine q35|pc|microvm] [--vcpus 1] [--accel auto|tcg|kvm]
 //                         [--seabios] [--param K=V ...] [--compare q35,pc,microvm] [--memory MiB]
 //                         [--initrd-compression gzip|none|lz4|zstd] [--rootfs erofs|ext4] [--cpu MODEL]
-// Uses the guest image built from the test fixture agent (the real agent plugs in the same way).
+// Boots the real guest image (agent bundle and its native helper); ready = the agent answered
+// grpc.Health/Check on the agent channel.
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
+import { buildAgent } from '../agent/build.js';
 import { buildGuestImage } from '../guest/build.js';
 import type { InitrdCompression } from '../guest/initrd.js';
 import type { RootfsType } from '../guest/rootfs.js';
 import type { AccelChoice, MachineType } from '../vmm/config.js';
 import { QemuVm } from '../vmm/vm.js';
-import { pingProbe, type FixtureClient } from '../test/guest/fixture-client.js';
+import { Client, dialUnix } from '../proto/ttrpc/index.js';
+import { serviceClient } from '../proto/rpc.js';
 
 const { values } = parseArgs({
   options: {
@@ -24,7 +27,6 @@ const { values } = parseArgs({
     seabios: { type: 'boolean', default: false },
     param: { type: 'string', multiple: true, default: [] },
     compare: { type: 'string' },
-    agent: { type: 'string' },
     'initrd-compression': { type: 'string', default: 'gzip' },
     rootfs: { type: 'string', default: 'erofs' },
     memory: { type: 'string', default: '512' },
@@ -47,9 +49,23 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-const agentBundle = values.agent ?? path.resolve(import.meta.dirname, '../test/guest/fixtures/agent.js');
+/** Health.Check until SERVING, on one client (requests sent while the guest boots wait in QEMU). */
+function healthProbe(socket: string, out: { client?: Client }) {
+  return async (signal: AbortSignal): Promise<void> => {
+    const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+    out.client = client;
+    const health = serviceClient(client, 'grpc.Health');
+    while (!signal.aborted) {
+      if ((await health.Check({ service: '' }, { timeoutMs: 2000 }).then((r) => r.status, () => 0)) === 1) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+}
+
+const { bundle, runner } = await buildAgent(path.resolve(import.meta.dirname, '../agent/dist'));
 const image = await buildGuestImage({
-  agentBundle,
+  agentBundle: bundle,
+  extraFiles: [{ guestPath: '/agent/katats-runner', hostPath: runner, mode: 0o755 }],
   initrdCompression: values['initrd-compression'] as InitrdCompression,
   rootfsType: values.rootfs as RootfsType,
   onProgress: (m) => console.error(`guest: ${m}`),
@@ -91,9 +107,9 @@ async function bootOnce(machine: MachineType, i: number): Promise<Sample> {
     if (m) initStart = { t: l.t, uptime: Number(m[1]) * 1000 };
     if (/katats-init: exec agent/.test(l.line)) execAgent = l.t;
   });
-  const conn: { client?: FixtureClient } = {};
+  const conn: { client?: Client } = {};
   try {
-    const total = await vm.waitReady(pingProbe(vm.config.agentSocket, conn), 180_000);
+    const total = await vm.waitReady(healthProbe(vm.config.agentSocket, conn), 180_000);
     const qemu = vm.timeline.qmpReadyMs ?? 0;
     if (!initStart || execAgent === undefined) throw new Error('init markers missing from the console');
     const kernelStart = initStart.t - initStart.uptime;
@@ -106,7 +122,7 @@ async function bootOnce(machine: MachineType, i: number): Promise<Sample> {
       agent: total - execAgent,
     };
   } finally {
-    conn.client?.close();
+    await conn.client?.close();
     await vm.quit();
     rmSync(runDir, { recursive: true, force: true });
   }

@@ -11,13 +11,17 @@ import { buildGuestImage, type GuestImage } from '../guest/build.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-export async function buildFullGuestImage(onProgress: (m: string) => void = (m) => process.stderr.write(`guest: ${m}\n`)): Promise<GuestImage> {
+export async function buildFullGuestImage(
+  onProgress: (m: string) => void = (m) => process.stderr.write(`guest: ${m}\n`),
+  opts: { force?: boolean } = {},
+): Promise<GuestImage> {
   onProgress('bundling the agent');
   const { bundle, runner } = await buildAgent(path.join(root, 'agent', 'dist'));
   return buildGuestImage({
     agentBundle: bundle,
     extraFiles: [{ guestPath: '/agent/katats-runner', hostPath: runner, mode: 0o755 }],
     onProgress,
+    ...(opts.force ? { force: true } : {}),
   });
 }
 

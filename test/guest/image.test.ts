@@ -1,8 +1,7 @@
 // The guest image builder: reproducible, measured, cached.
 import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildGuestImage } from '../../guest/build.js';
+import { buildFullGuestImage } from '../../scripts/guest-image.js';
 import { writeCpio } from '../../guest/cpio.js';
 import { stripModuleSignature } from '../../guest/initrd.js';
 import { launchMeasurement, measurementFor } from '../../guest/manifest.js';
@@ -10,7 +9,6 @@ import { canonical, type ModuleIndex, planModules } from '../../guest/modules.js
 import { parseDepends } from '../../guest/packages.js';
 import { sha256File } from '../../guest/packages.js';
 
-const FIXTURE_AGENT = path.resolve(__dirname, 'fixtures/agent.js');
 const progress: string[] = [];
 
 describe('guest image builder: units', () => {
@@ -79,11 +77,13 @@ describe('guest image builder: Debian packages -> kernel, initrd, rootfs', () =>
   it(
     'builds a measured image, and a forced rebuild is bit-identical',
     async () => {
-      const first = await buildGuestImage({ agentBundle: FIXTURE_AGENT, onProgress: (m) => progress.push(m) });
+      // The image every VM test boots: the real agent bundle and its native helper.
+      const first = await buildFullGuestImage((m) => progress.push(m));
       const m = first.manifest;
       expect(m.kernel.release).toMatch(/^6\.1\.0-\d+-amd64$/);
       expect(m.kernel.package).toMatch(/^linux-image-6\.1\.0-\d+-amd64=6\.1\./);
       expect(m.packages.map((p) => p.name)).toEqual(expect.arrayContaining(['busybox-static', 'crun', 'nodejs', 'libnode108', 'libc6']));
+      expect(m.agent.path).toBe('/agent/agent.js');
       expect(m.initrd.modules).toEqual(expect.arrayContaining(['virtio_pci.ko', 'virtio_blk.ko', 'virtio_console.ko', '9pnet_virtio.ko', 'overlay.ko', 'dm-verity.ko', 'erofs.ko', 'qemu_fw_cfg.ko']));
       expect(m.initrd.modules.indexOf('virtio_ring.ko')).toBeLessThan(m.initrd.modules.indexOf('virtio.ko'));
       // big files stay out of the initrd
@@ -95,12 +95,12 @@ describe('guest image builder: Debian packages -> kernel, initrd, rootfs', () =>
       expect(JSON.parse(await readFile(first.manifestPath, 'utf8'))).toEqual(m);
 
       // cached: same inputs, no rebuild
-      const cached = await buildGuestImage({ agentBundle: FIXTURE_AGENT });
+      const cached = await buildFullGuestImage(() => {});
       expect(cached.cached).toBe(true);
       expect(cached.manifest.measurement).toBe(m.measurement);
 
       // forced rebuild from the same packages: bit-identical artifacts
-      const again = await buildGuestImage({ agentBundle: FIXTURE_AGENT, force: true, onProgress: (s) => progress.push(s) });
+      const again = await buildFullGuestImage((s) => progress.push(s), { force: true });
       expect(again.cached).toBe(false);
       expect(again.manifest.kernel.sha256).toBe(m.kernel.sha256);
       expect(again.manifest.initrd.sha256).toBe(m.initrd.sha256);

@@ -1,23 +1,30 @@
-// Boots the guest image under QEMU (TCG here; KVM where the probe proves it works) with the test
-// fixture agent, and exercises the driver: ready, launch data, hotplug, exit, deadlines, KVM.
+// The QEMU driver with the real guest image (TCG here; KVM where the probe proves it works): the
+// real agent reached over the agent channel, launch data, a hot-plugged disk a container reads,
+// QEMU dying, a boot deadline, a wedged QEMU killed through quit(), and a guest that floods its
+// console and its agent log port and then powers off.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import os from 'node:os';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildGuestImage, type GuestImage } from '../../guest/build.js';
+import type { GuestImage } from '../../guest/build.js';
+import { Client, Code, TtrpcError, dialUnix } from '../../proto/ttrpc/index.js';
+import { serviceClient } from '../../proto/rpc.js';
+import { buildFullGuestImage } from '../../scripts/guest-image.js';
+import { TimeoutError, withTimeout } from '../../sys/timeout.js';
 import { KvmUnavailableError, probeKvm, resolveAccel } from '../../vmm/accel.js';
 import type { VmConfig } from '../../vmm/config.js';
+import { QMP_TIMEOUT } from '../../vmm/qmp.js';
 import { DEFAULT_VMM_CACHE_DIR, QemuVm, VmError } from '../../vmm/vm.js';
-import { FixtureClient, pingProbe } from '../guest/fixture-client.js';
+import { busyboxRootfs, containerSpec } from '../agent/helpers.js';
 import { tempDir } from '../support/tmp.js';
 
-const FIXTURE_AGENT = path.resolve(__dirname, '../guest/fixtures/agent.js');
 const tag = `vt${process.pid}`;
 const tmp = tempDir('katats-vmm-');
 const logger = pino({ level: process.env.KATATS_TEST_LOG ?? 'warn' }, pino.destination(2));
+const POLICY = 'package agent_policy\ndefault allow := true\n';
+const GUEST_SHARED = '/run/kata-containers/shared/containers';
 let image: GuestImage;
 
 function config(name: string, extra: Partial<VmConfig> = {}): VmConfig {
@@ -48,108 +55,113 @@ function ourQemus(): string[] {
   }
 }
 
+/** A waitReady probe: Health.Check over the agent channel until it answers SERVING. */
+function healthProbe(socket: string, out: { client?: Client }) {
+  return async (signal: AbortSignal): Promise<void> => {
+    const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+    out.client = client;
+    const health = serviceClient(client, 'grpc.Health');
+    while (!signal.aborted) {
+      const st = await health.Check({ service: '' }, { timeoutMs: 2000 }).then((r) => r.status, () => undefined);
+      if (st === 1) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+}
+
 beforeAll(async () => {
-  image = await buildGuestImage({ agentBundle: FIXTURE_AGENT });
-}, 600_000);
+  image = await buildFullGuestImage((m) => process.stderr.write(`guest: ${m}\n`));
+}, 900_000);
 
 afterAll(() => {
   tmp.cleanup();
 });
 
-describe('QEMU driver with the guest image', () => {
+describe('QEMU driver with the real guest image and agent', () => {
   it(
-    'boots to the agent, reports uname and launch data, hotplugs a disk, and notices QEMU dying',
+    'boots to the agent, hands it the launch data, hotplugs a disk a container reads, and notices QEMU dying',
     async () => {
-      const hostData = randomBytes(32);
       const cfg = config('main');
-      mkdirSync(cfg.runDir, { recursive: true });
-      writeFileSync(path.join(cfg.runDir, 'host_data'), hostData);
+      fs.mkdirSync(cfg.runDir, { recursive: true });
+      const hostData = path.join(cfg.runDir, 'host_data');
+      fs.writeFileSync(hostData, createHash('sha256').update(POLICY).digest());
+      // The pod's shared directory: one container's busybox rootfs, reaching the guest over 9p.
       const shared = path.join(cfg.runDir, 'shared');
-      mkdirSync(shared);
-      writeFileSync(path.join(shared, 'hello.txt'), 'hello from the host\n');
+      busyboxRootfs(path.join(shared, 'c1'));
       const bootDisk = path.join(cfg.runDir, 'boot0.img');
-      writeFileSync(bootDisk, Buffer.alloc(1 << 20));
+      fs.writeFileSync(bootDisk, Buffer.alloc(1 << 20));
       const vm = await QemuVm.start(
         {
           ...cfg,
-          launchDataFile: path.join(cfg.runDir, 'host_data'),
-          // The fixture agent is PID 1 itself, without katats-runner init, which is what starts
-          // node again without the startup snapshot when V8 refuses it on this CPU.
-          kernelParams: ['agent.log=debug', 'katats.node_snapshot=0'],
-          sharedDir: { path: shared, tag: 'kataShared', readonly: true },
+          launchDataFile: hostData,
+          kernelParams: ['agent.log=debug'],
+          sharedDir: { path: shared, tag: 'kataShared' },
           disks: [{ id: 'boot0', path: bootDisk, readonly: true, serial: 'katats-boot0' }],
         },
         { logger },
       );
-      const conn: { client?: FixtureClient } = {};
+      const conn: { client?: Client } = {};
       try {
         expect(vm.accel).toBe('tcg');
         expect((await vm.queryStatus()).status).toBe('running');
-        const readyMs = await vm.waitReady(pingProbe(cfg.agentSocket, conn), 120_000);
+        const readyMs = await vm.waitReady(healthProbe(cfg.agentSocket, conn), 180_000);
         expect(readyMs).toBeGreaterThan(0);
-        const c = conn.client!;
+        const agent = serviceClient(conn.client!, 'grpc.AgentService');
+        const details = await agent.GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: false }, { timeoutMs: 30_000 });
+        expect(details.agent_details?.version).toBeTruthy();
 
-        const info = await c.request<{ uname: string; hostData: string; env: Record<string, string>; pid: number }>('info');
-        expect(info.uname).toBe(image.manifest.kernel.release);
-        expect(info.uname).not.toBe(os.release());
-        expect(info.hostData).toBe(hostData.toString('hex'));
-        expect(info.pid).toBe(1);
-        expect(info.env.KATATS_LOG_LEVEL).toBe('debug');
-        // the launch data is read-only in the guest
-        const hd = await c.request<{ data: string }>('read /run/katats/host_data');
-        expect(hd.ok).toBe(true);
+        // The launch data reached the agent through fw_cfg: it binds SetPolicy to it.
+        const wrong = await agent.SetPolicy({ policy: `${POLICY}# changed\n` }, { timeoutMs: 30_000 }).catch((e: unknown) => e);
+        expect((wrong as TtrpcError).code).toBe(Code.PermissionDenied);
+        expect((wrong as Error).message).toContain(`launch data sha256:${createHash('sha256').update(POLICY).digest('hex')}`);
+        await expect(agent.SetPolicy({ policy: POLICY }, { timeoutMs: 30_000 })).resolves.toEqual({});
 
-        // the rootfs carries a working crun; the init loaded the filesystems the agent needs
-        const exec = (argv: string[]) => c.request<{ stdout: string; stderr: string; status: number }>(`exec ${JSON.stringify(argv)}`);
-        const crun = await exec(['/usr/bin/crun', '--version']);
-        expect(crun.status, crun.stderr).toBe(0);
-        expect(crun.stdout).toMatch(/crun version 1\./);
-        const fsTypes = (await c.request<{ data: string }>('read /proc/filesystems')).data;
-        for (const t of ['erofs', 'overlay', '9p', 'virtiofs', 'cgroup2']) expect(fsTypes).toContain(t);
-        const mods = (await c.request<{ data: string }>('read /proc/modules')).data;
-        for (const m of ['dm_verity', 'vmw_vsock_virtio_transport', 'qemu_fw_cfg', 'virtio_console']) expect(mods).toContain(m);
-        // the 9p shared directory
-        const mnt = await exec(['/bin/mount', '-t', '9p', '-o', 'trans=virtio,version=9p2000.L,ro', 'kataShared', '/mnt']);
-        expect(mnt.status, mnt.stderr).toBe(0);
-        expect((await c.request<{ data: string }>('read /mnt/hello.txt')).data).toBe('hello from the host\n');
-
-        // a disk attached at boot is there (the rootfs was found by serial, whatever its name) and
-        // can be unplugged
-        const serials = async () => {
-          const out: Record<string, string> = {};
-          for (const b of (await c.request<{ blocks: string[] }>('blocks')).blocks) {
-            out[b] = (await c.request<{ data: string }>(`read /sys/block/${b}/serial`)).data?.trim() ?? '';
-          }
-          return out;
-        };
-        expect(Object.values(await serials()).sort()).toEqual(['katats-boot0', 'katats-root']);
+        // A disk attached at boot can be unplugged (DEVICE_DELETED needs the guest to let go of it).
         await vm.unplugDisk('boot0');
-        expect(Object.values(await serials())).toEqual(['katats-root']);
 
-        // hotplug a small disk image and see it in /sys/block; unplug it again
+        // A hot-plugged disk, found by the agent at its PCI path and read by a container.
+        const payload = `katats-disk-${randomBytes(6).toString('hex')}\n`;
         const disk = path.join(cfg.runDir, 'disk1.img');
-        writeFileSync(disk, Buffer.alloc(1 << 20));
-        const before = (await c.request<{ blocks: string[] }>('blocks')).blocks;
-        expect(before).toEqual(['vda']);
+        fs.writeFileSync(disk, Buffer.concat([Buffer.from(payload), Buffer.alloc((1 << 20) - payload.length)]));
         await vm.hotplugDisk({ id: 'disk1', path: disk, readonly: true, serial: 'katats-hp1' });
-        let blocks: string[] = before;
-        for (let i = 0; i < 100 && blocks.length === before.length; i++) {
-          await new Promise((r) => setTimeout(r, 100));
-          blocks = (await c.request<{ blocks: string[] }>('blocks')).blocks;
+        const pciPath = await vm.pciPath('disk1');
+        expect(pciPath).toMatch(/^[0-9a-f]{2}\/00$/);
+        await agent.CreateSandbox(
+          {
+            sandbox_id: tag,
+            hostname: 'vmtest',
+            storages: [{ driver: '9p', source: 'kataShared', fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point: GUEST_SHARED }],
+          },
+          { timeoutMs: 60_000 },
+        );
+        const spec = containerSpec(`${GUEST_SHARED}/c1/rootfs`, ['head', '-c', String(payload.length), '/dev/hp1'], {
+          devices: [{ Path: '/dev/hp1', Type: 'b', Major: 0, Minor: 0, FileMode: 0o440, UID: 0, GID: 0 }],
+        });
+        spec.Linux!.Resources = { Devices: [{ Allow: true, Type: 'b', Major: 0, Minor: 0, Access: 'r' }] };
+        await agent.CreateContainer(
+          { container_id: 'c1', exec_id: 'c1', OCI: spec, devices: [{ id: pciPath, type: 'blk', vm_path: '', container_path: '/dev/hp1', options: [] }] },
+          { timeoutMs: 120_000 },
+        );
+        await agent.StartContainer({ container_id: 'c1' }, { timeoutMs: 60_000 });
+        const out: Buffer[] = [];
+        for (;;) {
+          const r = await agent.ReadStdout({ container_id: 'c1', exec_id: '', len: 65536 }, { timeoutMs: 60_000 }).catch((e: Error) => e);
+          if (r instanceof Error) {
+            expect(r.message).toMatch(/eof/i);
+            break;
+          }
+          out.push(Buffer.from(r.data));
         }
-        expect(blocks).toEqual(['vda', 'vdb']);
-        const serial = await c.request<{ data: string }>('read /sys/block/vdb/serial');
-        expect(serial.data.trim()).toBe('katats-hp1');
+        expect(Buffer.concat(out).toString()).toBe(payload);
+        expect((await agent.WaitProcess({ container_id: 'c1', exec_id: '' }, { timeoutMs: 60_000 })).status).toBe(0);
+        await agent.RemoveContainer({ container_id: 'c1' }, { timeoutMs: 60_000 });
         await vm.unplugDisk('disk1');
-        expect((await c.request<{ blocks: string[] }>('blocks')).blocks).toEqual(['vda']);
 
-        // the agent's log went to its own port, kept per sandbox on the host
-        await new Promise((r) => setTimeout(r, 200));
-        const { readFileSync } = await import('node:fs');
-        expect(readFileSync(cfg.agentLogFile!, 'utf8')).toMatch(/fixture-agent: ready/);
-        expect(readFileSync(vm.consoleLogPath, 'utf8')).toMatch(/katats-init: exec agent/);
+        // The agent's log came through its own port into the capped file the driver writes.
+        expect(fs.readFileSync(cfg.agentLogFile!, 'utf8')).toMatch(/agent serving/);
+        expect(fs.readFileSync(vm.consoleLogPath, 'utf8')).toMatch(/katats-init: exec agent/);
 
-        // QEMU dies under us: the driver notices at once and says how
+        // QEMU dies under us: the driver notices at once and says how.
         const t0 = Date.now();
         process.kill(vm.pid!, 'SIGKILL');
         const exit = await vm.exited;
@@ -159,13 +171,84 @@ describe('QEMU driver with the guest image', () => {
         expect(exit.accel).toBe('tcg');
         expect(vm.running).toBe(false);
         await expect(vm.queryStatus()).rejects.toThrow(/not running/);
-        expect(existsSync(path.join(cfg.runDir, 'qmp.sock'))).toBe(false);
+        expect(fs.existsSync(path.join(cfg.runDir, 'qmp.sock'))).toBe(false);
+        expect(fs.existsSync(path.join(cfg.runDir, 'agent-log.sock'))).toBe(false);
       } finally {
-        conn.client?.close();
+        await conn.client?.close();
         await vm.kill();
       }
     },
-    240_000,
+    420_000,
+  );
+
+  it(
+    'a guest flooding its console and agent log port costs capped files and flat memory; its power-off is a shutdown',
+    async () => {
+      // The guest program a hostile guest could run in place of the agent (node -e, through the
+      // init's katats.node_opts): a 256 KiB console line without a newline, then console lines,
+      // and the agent log port as fast as virtio-serial takes it; after 15 s it exits, and PID 1
+      // powers the VM off.
+      const program = `const fs=require('fs');const until=Date.now()+15000;
+const con=fs.openSync('/dev/console','w');
+const long=Buffer.alloc(256*1024,0x7a);const line=Buffer.from('flood-console '+'c'.repeat(100)+'\\n');
+const logLines=Buffer.from(('{"msg":"flood-agent-log '+'a'.repeat(200)+'"}\\n').repeat(280));const longLog=Buffer.alloc(1<<20,0x79);
+let cb=0,lb=0,pending=2;
+function done(){if(--pending===0){const s='\\nflood done console='+cb+' log='+lb+'\\n';fs.writeSync(con,s);fs.writeSync(1,s);process.exit(0);}}
+function loop(fd,first,buf,count){let n=0;const go=()=>{if(Date.now()>until)return done();fs.write(fd,n++?buf:first,(e,w)=>{if(e)return done();count(w);go();});};go();}
+loop(con,long,line,(n)=>cb+=n);loop(1,longLog,logLines,(n)=>lb+=n);`;
+      const cfg = config('flood', {
+        kernelParams: ['katats.node_snapshot=0', `katats.node_opts=-e,eval(atob('${Buffer.from(program).toString('base64')}'))`],
+      });
+      // Small caps, so that 15 s of flooding crosses them many times over (a TCG guest's UART
+      // manages ~50 KB/s; virtio-serial, megabytes).
+      const consoleLimits = { maxFileBytes: 64 << 10, rotatedFiles: 2, bytesPerSec: 16 << 10, burstBytes: 32 << 10, reportIntervalMs: 2000 };
+      const agentLogLimits = { maxFileBytes: 256 << 10, rotatedFiles: 2, bytesPerSec: 64 << 10, burstBytes: 128 << 10, reportIntervalMs: 2000 };
+      const vm = await QemuVm.start(cfg, {
+        logger,
+        outputLimits: { console: consoleLimits, agentLog: agentLogLimits, maxLineChars: 1024, linesPerSec: 50 },
+      });
+      const rss0 = process.memoryUsage().rss;
+      let rssMax = rss0;
+      let heldMax = 0;
+      const sampler = setInterval(() => {
+        rssMax = Math.max(rssMax, process.memoryUsage().rss);
+        heldMax = Math.max(heldMax, vm.outputStats().consoleLineHeld);
+      }, 100);
+      try {
+        const exit = await withTimeout(vm.exited, 240_000, { code: 'TEST_GUARD', what: 'the flooding guest powering off' });
+        expect(exit.reason).toBe('shutdown');
+        expect(exit.lastConsoleLines.join('\n')).toMatch(/flood done console=\d+ log=\d+/);
+        const done = /flood done console=(\d+) log=(\d+)/.exec(exit.lastConsoleLines.join('\n'))!;
+        const [guestConsole, guestLog] = [Number(done[1]), Number(done[2])];
+        const stats = vm.outputStats();
+        process.stderr.write(`flood (TCG): the guest wrote ${guestConsole} console bytes and ${guestLog} agent log bytes in 15 s; kept ${stats.console.written} and ${stats.agentLog!.written}; driver RSS ${rss0 >> 20} -> max ${rssMax >> 20} MiB\n`);
+        // The guest really flooded: far more than the caps let through.
+        expect(guestLog).toBeGreaterThan(8 << 20);
+        expect(guestConsole).toBeGreaterThan(256 << 10);
+        for (const [file, guest, limits] of [[vm.consoleLogPath, guestConsole, consoleLimits], [cfg.agentLogFile!, guestLog, agentLogLimits]] as const) {
+          const names = fs.readdirSync(path.dirname(file)).filter((n) => n.startsWith(path.basename(file)));
+          expect(names.sort()).toEqual([path.basename(file), `${path.basename(file)}.1`, `${path.basename(file)}.2`].sort());
+          let total = 0;
+          for (const n of names) {
+            const size = fs.statSync(path.join(path.dirname(file), n)).size;
+            expect(size).toBeLessThanOrEqual(limits.maxFileBytes);
+            total += size;
+          }
+          expect(total).toBeLessThan(guest / 2);
+          const all = names.map((n) => fs.readFileSync(path.join(path.dirname(file), n), 'utf8')).join('');
+          expect(all).toMatch(/\[katats\] (guest console|agent log): \d+ bytes dropped in the last \d+ s/);
+        }
+        expect(stats.agentLog!.dropped).toBeGreaterThan(guestLog / 2);
+        expect(stats.linesDropped).toBeGreaterThan(0);
+        expect(heldMax).toBeLessThanOrEqual(1024);
+        // Reading ~100 MB of guest output costs the driver no more than a few MiB of memory.
+        expect(rssMax - rss0).toBeLessThan(64 << 20);
+      } finally {
+        clearInterval(sampler);
+        await vm.kill();
+      }
+    },
+    300_000,
   );
 
   it(
@@ -188,13 +271,25 @@ describe('QEMU driver with the guest image', () => {
   );
 
   it(
-    'a guest that powers off is reported as a shutdown',
+    'a QEMU that no longer answers QMP (stopped): commands time out with their code, and quit() still kills it',
     async () => {
-      // The init has no agent to run: a missing agent makes it power the VM off.
-      const vm = await QemuVm.start(config('poweroff', { kernelParams: ['katats.agent=/nonexistent.js'] }), { logger });
-      const exit = await Promise.race([vm.exited, new Promise<never>((_, rej) => setTimeout(() => rej(new Error('no exit')), 100_000))]);
-      expect(['shutdown', 'panic', 'reset']).toContain(exit.reason);
-      expect(exit.lastConsoleLines.join('\n')).toMatch(/nonexistent/);
+      const vm = await QemuVm.start(config('wedged'), { logger, qmpCommandTimeoutMs: 1000, quitGraceMs: 2000 });
+      try {
+        expect((await vm.queryStatus()).running).toBe(true);
+        process.kill(vm.pid!, 'SIGSTOP');
+        const guard = { code: 'TEST_GUARD', what: 'the driver giving up by itself' };
+        const err = await withTimeout(vm.queryStatus(), 20_000, guard).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(TimeoutError);
+        expect((err as TimeoutError).code).toBe(QMP_TIMEOUT);
+        const t0 = Date.now();
+        const exit = await withTimeout(vm.quit(), 20_000, guard);
+        expect(Date.now() - t0).toBeLessThan(10_000);
+        expect(exit.signal).toBe('SIGKILL');
+        expect(exit.reason).toBe('quit');
+        expect(vm.running).toBe(false);
+      } finally {
+        await vm.kill();
+      }
     },
     120_000,
   );
@@ -218,9 +313,8 @@ describe('QEMU driver with the guest image', () => {
 
   it('leaves no QEMU process or socket behind', () => {
     expect(ourQemus()).toEqual([]);
-    for (const name of ['main', 'deadline', 'poweroff', 'kvm']) {
-      expect(existsSync(path.join(tmp.dir, name, 'qmp.sock'))).toBe(false);
-      expect(existsSync(path.join(tmp.dir, name, 'agent.sock'))).toBe(false);
+    for (const name of ['main', 'flood', 'deadline', 'wedged', 'kvm']) {
+      for (const sock of ['qmp.sock', 'agent.sock', 'agent-log.sock']) expect(fs.existsSync(path.join(tmp.dir, name, sock))).toBe(false);
     }
   });
 });
