@@ -2,7 +2,9 @@
 // inside answers grpc.Health/Check on the agent channel.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Client, dialUnix } from '../proto/ttrpc/index.js';
+import type { Duplex } from 'node:stream';
+import { Client } from '../proto/ttrpc/index.js';
+import { dialAgentChannel } from '../proto/agent-session.js';
 import { serviceClient } from '../proto/rpc.js';
 import { QemuVm } from '../vmm/vm.js';
 import type { VmConfig } from '../vmm/config.js';
@@ -42,17 +44,26 @@ export function resolveGuestFiles(q: QemuConfig): GuestFiles {
   };
 }
 
+/** How long a redial of a running agent may take to be answered (the first dial has the boot's deadline). */
+const AGENT_REDIAL_TIMEOUT_MS = 10_000;
+
 /**
- * One client for the VM's whole life, polling Health on it until the agent answers. The agent
- * channel is a single byte stream into the guest whatever the host does with its socket:
- * requests written while the guest was still booting are delivered later. A fresh client per
- * attempt would restart stream ids at 1, and the agent would then see stale requests under the
- * ids of live ones; one client never reuses an id, and late answers to abandoned polls are
- * simply dropped. Random first ids keep a shim that reconnects (or any other host client) from
- * taking answers meant for an earlier connection as its own.
+ * One client for the VM's whole life. Its connection starts with the agent channel's session
+ * hello (proto/agent-session.ts), sent at once: it waits in QEMU while the guest boots, and the
+ * agent's ack marks where this connection's bytes begin, so nothing an earlier host connection
+ * left in the port (the tail of an answer) can be taken for ours. Then Health is polled until the
+ * agent answers. Random first stream ids stay as a second guard.
  */
-async function waitForAgent(socket: string, signal: AbortSignal): Promise<Client> {
-  const client = new Client(() => dialUnix(socket), { randomStreamIds: true });
+async function waitForAgent(socket: string, signal: AbortSignal, bootTimeoutMs: number): Promise<Client> {
+  let first: Duplex | undefined = await dialAgentChannel(socket, { timeoutMs: bootTimeoutMs, signal });
+  const client = new Client(
+    () => {
+      const s = first;
+      first = undefined;
+      return s ?? dialAgentChannel(socket, { timeoutMs: AGENT_REDIAL_TIMEOUT_MS });
+    },
+    { randomStreamIds: true },
+  );
   const health = serviceClient(client, 'grpc.Health');
   for (;;) {
     if (signal.aborted) {
@@ -141,7 +152,7 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
   let client: Client | undefined;
   try {
     await vm.waitReady(async (signal) => {
-      client = await waitForAgent(agentSocket, signal);
+      client = await waitForAgent(agentSocket, signal, req.config.agent.katats.dial_timeout * 1000);
     }, req.config.agent.katats.dial_timeout * 1000);
   } catch (e) {
     stopping = true;

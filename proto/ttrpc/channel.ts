@@ -80,6 +80,8 @@ export class Channel {
       stream.destroy();
     });
     stream.on('drain', () => this.onDrain());
+    // A dialer may hand over a stream paused, with bytes put back (the agent channel's handshake).
+    if (stream.isPaused()) stream.resume();
   }
 
   get closed(): boolean {
