@@ -57,14 +57,23 @@ describe('ctr run with io.containerd.katats.v2', () => {
       const ex = await c.ctr(['task', 'exec', '--exec-id', 'e1', 'long1', 'sh', '-c', 'echo from-exec; exit 7']);
       expect(ex.stdout).toBe('from-exec\n');
       expect(ex.code).toBe(7);
+      // ps lists the task's process: the pid `task ls` reports, and only pids.
+      const lsPid = /long1\s+(\d+)\s+RUNNING/.exec((await c.ctrOk(['task', 'ls'])).stdout)?.[1];
+      expect(Number(lsPid)).toBeGreaterThan(0);
       const ps = await c.ctrOk(['task', 'ps', 'long1']);
-      expect(ps.stdout).toMatch(/PID/);
+      const psRows = ps.stdout.trim().split('\n').slice(1).map((l) => l.trim().split(/\s+/)[0]);
+      expect(psRows.length, ps.stdout).toBeGreaterThan(0);
+      expect(psRows.every((p) => /^\d+$/.test(p ?? '')), ps.stdout).toBe(true);
+      expect(psRows, ps.stdout).toContain(lsPid);
       await c.ctrOk(['task', 'pause', 'long1']);
       expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/long1\s+\d+\s+PAUSED/);
       await c.ctrOk(['task', 'resume', 'long1']);
       expect((await c.ctrOk(['task', 'ls'])).stdout).toMatch(/long1\s+\d+\s+RUNNING/);
+      // The guest's cgroup figures for the container: memory in use, and its processes.
       const m = await c.ctrOk(['task', 'metrics', 'long1']);
-      expect(m.stdout).toMatch(/memory\.usage_in_bytes|memory/);
+      const metric = (name: string) => Number(new RegExp(`^${name.replace(/\./g, '\\.')}\\s+(\\d+)\\s*$`, 'm').exec(m.stdout)?.[1] ?? NaN);
+      expect(metric('memory.usage_in_bytes'), m.stdout).toBeGreaterThan(0);
+      expect(metric('pids.current'), m.stdout).toBeGreaterThanOrEqual(1);
       await c.ctrOk(['task', 'kill', '-s', 'SIGKILL', 'long1']);
       const st = await until(() => c.ctr(['task', 'ls']), (r) => /long1\s+\d+\s+STOPPED/.test(r.stdout));
       expect(st.stdout).toMatch(/long1\s+\d+\s+STOPPED/);
