@@ -111,6 +111,7 @@ export function evalNode(node: DocNode, ctx: EvalCtx, loc: Loc): Value | undefin
   }
   ctx.active.add(node);
   ctx.enter(loc);
+  const mark = ctx.tracer ? ctx.tracer.mark() : 0;
   let v: Value | undefined;
   try {
     v = computeNode(node, ctx);
@@ -118,6 +119,7 @@ export function evalNode(node: DocNode, ctx: EvalCtx, loc: Loc): Value | undefin
     ctx.active.delete(node);
     ctx.leave();
   }
+  if (ctx.tracer && v !== undefined && v !== false) ctx.tracer.release(mark);
   ctx.cache.set(node, v === undefined ? CACHED_UNDEFINED : v);
   return v;
 }
@@ -266,6 +268,7 @@ export function baseAt(data: Value, path: string[]): Value | undefined {
 /** Calls a user function; undefined when no definition applies. */
 export function callFunction(node: DocNode, args: Value[], ctx: EvalCtx, loc: Loc): Value | undefined {
   ctx.enter(loc);
+  const mark = ctx.tracer ? ctx.tracer.mark() : 0;
   try {
     let result: Value | undefined;
     for (const d of node.functions) {
@@ -281,6 +284,7 @@ export function callFunction(node: DocNode, args: Value[], ctx: EvalCtx, loc: Lo
       else if (!equal(result, v)) throw conflict('functions must not produce multiple outputs for same inputs', loc);
     }
     if (result === undefined && node.defaultDef) result = runDef(node.defaultDef, ctx);
+    if (ctx.tracer && result !== undefined && result !== false) ctx.tracer.release(mark);
     return result;
   } finally {
     ctx.leave();

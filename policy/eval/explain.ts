@@ -24,6 +24,10 @@ export interface LitInfo {
 
 export interface Tracer {
   literalFailed(info: LitInfo, f: Frame): void;
+  /** A point to come back to: failures after it are dropped if the enclosing check held. */
+  mark(): number;
+  /** The check begun at `mark` held (a call returned a value, a `not` or `every` held): its inner failures explain nothing. */
+  release(mark: number): void;
 }
 
 export interface Failure {
@@ -42,8 +46,16 @@ export class Explainer implements Tracer {
   readonly failures: Failure[] = [];
   constructor(private readonly max = 1000) {}
 
+  mark(): number {
+    return this.failures.length;
+  }
+
+  release(mark: number): void {
+    if (this.failures.length > mark) this.failures.length = mark;
+  }
+
   literalFailed(info: LitInfo, f: Frame): void {
-    if (this.failures.length >= this.max) this.failures.shift();
+    if (this.failures.length >= this.max) return;
     const operands = info.operands().map((o) => {
       let value: Value | undefined;
       try {
@@ -63,25 +75,29 @@ export class Explainer implements Tracer {
   }
 
   /**
-   * The failures that explain a denial: the deepest failure of each top-level attempt, last
-   * attempt first. A check that failed deep inside a called function names the field.
+   * The failures that explain a denial: checks that failed inside calls and rules that failed in
+   * turn (failures inside a check that held elsewhere are gone), deepest first, latest first.
    */
   explain(limit = 5): Failure[] {
+    const seen = new Set<string>();
     const out: Failure[] = [];
-    let best: Failure | undefined;
-    for (const fl of this.failures) {
-      if (!best || fl.depth >= best.depth) best = fl;
-      if (fl.depth <= 1 && best) {
-        out.push(best);
-        best = undefined;
-      }
+    const order = this.failures.map((f, i) => ({ f, i })).sort((a, b) => b.f.depth - a.f.depth || b.i - a.i);
+    for (const { f } of order) {
+      const key = `${f.location.file}:${f.location.row}:${f.location.col}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      out.push(f);
+      if (out.length >= limit) break;
     }
-    if (best) out.push(best);
-    return out.reverse().slice(0, limit);
+    return out;
   }
 }
 
 export function describeFailure(fl: Failure): string {
-  const ops = fl.operands.map((o) => `${o.text} = ${o.value === undefined ? 'undefined' : termText(o.value)}`).join(', ');
-  return `${fl.rule}: ${fl.expression} is false${ops ? ` (${ops})` : ''} at ${fl.location.file}:${fl.location.row}`;
+  const ops = fl.operands.map((o) => `${o.text} = ${o.value === undefined ? 'undefined' : clip(termText(o.value))}`).join(', ');
+  return `${fl.rule}: ${clip(fl.expression.replace(/\s+/g, ' '))} is false${ops ? ` (${ops})` : ''} at ${fl.location.file}:${fl.location.row}`;
+}
+
+function clip(s: string, max = 160): string {
+  return s.length > max ? s.slice(0, max - 1) + '…' : s;
 }

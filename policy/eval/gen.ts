@@ -127,10 +127,15 @@ export class BodyGen {
     const pos = make(new Set(bound));
     return (f, k) => {
       let found = false;
+      const tracer = f.ctx.tracer;
+      const mark = tracer ? tracer.mark() : 0;
       pos(f, () => {
         found = true;
       });
-      if (!found) k();
+      if (!found) {
+        tracer?.release(mark);
+        k();
+      }
     };
   }
 
@@ -377,6 +382,7 @@ export class BodyGen {
     const km = l.key ? this.match(l.key, inner) : null;
     const vm = this.match(l.value, inner);
     const body = this.body(l.body, inner);
+    const loc = l.loc;
     return (f, k) => {
       let d: Value | undefined;
       dom.gen(f, (v) => {
@@ -385,6 +391,7 @@ export class BodyGen {
       if (d === undefined || typeof d !== 'object' || d === null) return;
       let ok = true;
       const ctx = f.ctx;
+      const mark = ctx.tracer ? ctx.tracer.mark() : 0;
       const check = (key: Value, val: Value) => {
         if (!ok) return;
         ctx.step();
@@ -397,8 +404,17 @@ export class BodyGen {
         else vm(f, val, run);
         if (!matched) ok = false;
       };
-      forEach(d, check);
-      if (ok) k();
+      // the body is one level deeper: an explanation prefers its failure to every's own
+      ctx.enter(loc);
+      try {
+        forEach(d, check);
+      } finally {
+        ctx.leave();
+      }
+      if (ok) {
+        ctx.tracer?.release(mark);
+        k();
+      }
     };
   }
 
@@ -483,7 +499,15 @@ export class BodyGen {
 
   private compr(t: IROf<'compr'>, bound: Set<number>): CT {
     const inner = new Set(bound);
-    const body = this.body(t.body, inner);
+    const run = this.body(t.body, inner);
+    // a comprehension's failed members are filters, not reasons
+    const body: Lit = (f, k) => {
+      const tracer = f.ctx.tracer;
+      if (tracer === null) return run(f, k);
+      const mark = tracer.mark();
+      run(f, k);
+      tracer.release(mark);
+    };
     const term = this.term(t.term, inner);
     const key = t.key ? this.term(t.key, inner) : null;
     const loc = t.loc;
