@@ -55,8 +55,28 @@ export class Explainer implements Tracer {
   }
 
   literalFailed(info: LitInfo, f: Frame): void {
-    if (this.failures.length >= this.max) return;
-    const operands = info.operands().map((o) => {
+    // Evaluating operands may evaluate rules: their own failures are not this decision's.
+    if (this.failures.length >= this.max || this.busy) return;
+    this.busy = true;
+    let operands: Failure['operands'];
+    try {
+      operands = this.operands(info, f);
+    } finally {
+      this.busy = false;
+    }
+    this.failures.push({
+      rule: info.owner,
+      location: { file: info.loc.file, row: info.loc.row, col: info.loc.col },
+      expression: info.text,
+      operands,
+      depth: f.ctx.budget.depth,
+    });
+  }
+
+  private busy = false;
+
+  private operands(info: LitInfo, f: Frame): Failure['operands'] {
+    return info.operands().map((o) => {
       let value: Value | undefined;
       try {
         value = o.det(f);
@@ -64,13 +84,6 @@ export class Explainer implements Tracer {
         value = undefined;
       }
       return { text: o.text, value };
-    });
-    this.failures.push({
-      rule: info.owner,
-      location: { file: info.loc.file, row: info.loc.row, col: info.loc.col },
-      expression: info.text,
-      operands,
-      depth: f.ctx.budget.depth,
     });
   }
 

@@ -5,11 +5,14 @@
 //                  [--katats-config FILE] [--bin-dir DIR]      wire katats into containerd
 //   katats demo                                       runc, gVisor and katats side by side (the
 //                                                     demo of the checkout this binary was built from)
+//   katats policy eval|test ...                       the Rego engine, shaped like opa eval / opa test
+//                                                     (policy/cli.ts has the flags)
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toToml } from 'smol-toml';
+import { policyCommand } from '../../policy/cli.js';
 import { loadConfig } from '../config.js';
 import { doctor } from './doctor.js';
 import { install } from './install.js';
@@ -21,6 +24,8 @@ function flag(args: string[], name: string, def: string): string {
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
+  // The policy engine needs no host configuration.
+  if (cmd === 'policy') return policyCommand(args);
   const cfg = loadConfig(flag(args, '--config', '') || undefined);
   switch (cmd) {
     case 'doctor': {
@@ -60,7 +65,9 @@ async function main(argv: string[]): Promise<number> {
       return spawnSync('bash', [path.join(root, 'scripts', 'demo.sh')], { stdio: 'inherit' }).status ?? 1;
     }
     default:
-      console.error('usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]\n       katats demo');
+      console.error(
+        'usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]\n       katats demo\n       katats policy eval|test ...',
+      );
       return 2;
   }
 }
