@@ -1,6 +1,7 @@
 // The syntax tree the parser builds and the compiler annotates. Operators are calls to their
 // builtins (OPA's names: plus, equal, eq for `=`, assign for `:=`, internal.member_2 for `in`),
 // so `with` can replace them like any other function.
+import type { Value } from './values.js';
 
 export interface Loc {
   file: string;
@@ -15,6 +16,8 @@ export type Scalar = null | boolean | number | bigint | string;
 
 export type Term =
   | { type: 'scalar'; value: Scalar; loc: Loc }
+  /** A constant array or object written as plain JSON (big data literals are read in one step). */
+  | { type: 'value'; value: Value; loc: Loc }
   | { type: 'var'; name: string; loc: Loc }
   | { type: 'ref'; head: Term; path: Term[]; loc: Loc }
   | { type: 'array'; items: Term[]; loc: Loc }

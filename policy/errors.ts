@@ -33,11 +33,16 @@ export class PolicyError extends Error {
   }
 }
 
-/** A builtin's complaint: becomes eval_builtin_error / eval_type_error with the call's location. */
-export class BuiltinError extends Error {
+/**
+ * A builtin's complaint: becomes eval_builtin_error / eval_type_error with the call's location, or
+ * undefined in non-strict mode. Not an Error: policies use failing builtins as tests (to_number
+ * on a non-number), and capturing a stack each time would cost more than the call.
+ */
+export class BuiltinError {
   readonly code: 'eval_builtin_error' | 'eval_type_error';
+  readonly message: string;
   constructor(message: string, code: 'eval_builtin_error' | 'eval_type_error' = 'eval_builtin_error') {
-    super(message);
+    this.message = message;
     this.code = code;
   }
 }

@@ -198,7 +198,7 @@ export class Policy {
     const resolver = new Resolver(env);
     const r = resolver.body(body, new Scope(null));
     const gen = new BodyGen({ root: program.root, builtins: program.builtins, fnNode: program.fnNode, slotName: (s) => names[s] ?? '?', owner: 'query' });
-    const run = gen.body(r.body, new Set());
+    const run = gen.body(r.body, new Set()).run;
     const all = new Set(names.map((_, i) => i));
     const exprs = r.body.lits.map((l) => {
       let ct: CT | null = null;

@@ -15,10 +15,25 @@ export const DEFAULT_JSON_LIMITS: Required<JsonLimits> = { maxDepth: 512, maxLen
 
 /** Parse JSON text (RFC 8259) into a value. `what` names the document in errors ("input", "data.json"). */
 export function parseJSON(text: string, what = 'json', limits: JsonLimits = {}): Value {
-  const maxDepth = limits.maxDepth ?? DEFAULT_JSON_LIMITS.maxDepth;
   const maxLength = limits.maxLength ?? DEFAULT_JSON_LIMITS.maxLength;
   if (text.length > maxLength) throw new PolicyError('limit_error', `${what}: ${text.length} characters exceed the limit of ${maxLength}`);
-  let i = 0;
+  return readJSON(text, 0, what, limits.maxDepth ?? DEFAULT_JSON_LIMITS.maxDepth, true).value;
+}
+
+/**
+ * A JSON value at `start` in a longer text (a constant in a policy), or null where the text there is
+ * not plain JSON. The parser uses it to take big data literals in one step.
+ */
+export function scanJSON(text: string, start: number, maxDepth: number): { value: Value; end: number } | null {
+  try {
+    return readJSON(text, start, 'json', maxDepth, false);
+  } catch {
+    return null;
+  }
+}
+
+function readJSON(text: string, start: number, what: string, maxDepth: number, whole: boolean): { value: Value; end: number } {
+  let i = start;
   const n = text.length;
 
   const fail = (msg: string, at = i): never => {
@@ -221,9 +236,10 @@ export function parseJSON(text: string, what = 'json', limits: JsonLimits = {}):
   };
 
   const v = value(0);
+  if (!whole) return { value: v, end: i };
   ws();
   if (i < n) fail('unexpected text after the value');
-  return v;
+  return { value: v, end: i };
 }
 
 /** A JSON/Rego number literal's value: exact for integers, a double otherwise. */

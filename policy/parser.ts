@@ -2,7 +2,7 @@
 // bounded so that a hostile module cannot exhaust the stack; every error names file, line, column.
 import type { Body, Import, Literal, Loc, Module, RegoVersion, Rule, RuleBody, RuleHead, Term, TermOf, With } from './ast.js';
 import { PolicyError } from './errors.js';
-import { numberFromText } from './json.js';
+import { numberFromText, scanJSON } from './json.js';
 import { tokenize, type Token } from './lexer.js';
 
 export interface ParseOptions {
@@ -251,9 +251,18 @@ class Parser {
           this.next();
           value = this.termIn();
         }
-        if (this.isKw('if')) this.next();
-        else if (this.version === 'v1' && this.isOp('{')) this.fail('`if` keyword is required before rule body');
-        const b = this.ruleBody(true, value);
+        let b: RuleBody;
+        if (this.isKw('if')) {
+          this.next();
+          b = this.ruleBody(true, value);
+        } else if (this.isOp('{')) {
+          if (this.version === 'v1') this.fail('`if` keyword is required before rule body');
+          b = this.ruleBody(true, value);
+        } else {
+          // `else := v` with no body holds whenever it is reached
+          if (!value) this.fail('expected a value or body after else');
+          b = { body: [], isElse: true, loc: this.loc(elseTok), value };
+        }
         b.loc = this.loc(elseTok);
         rule.bodies.push(b);
         continue;
@@ -612,7 +621,9 @@ class Parser {
         }
         this.nest--;
         this.expectOp(')');
-        t = { type: 'call', fn: t, args, loc: this.loc(start) };
+        // set() is the empty set's literal
+        if (t.type === 'var' && t.name === 'set' && args.length === 0) t = { type: 'set', items: [], loc: this.loc(start) };
+        else t = { type: 'call', fn: t, args, loc: this.loc(start) };
         continue;
       }
       return t;
@@ -673,7 +684,28 @@ class Parser {
     return this.fail(`unexpected ${this.describe(t)} token`);
   }
 
+  /** A literal that is plain JSON (policy_data) is read in one step, its tokens skipped. */
+  private jsonConstant(): Term | null {
+    const start = this.tok;
+    const r = scanJSON(this.src, start.offset, this.maxDepth - this.depth);
+    if (!r) return null;
+    const c = r.value;
+    // only composites: scalars are cheap, and a number must stay a Rego scalar term
+    if (typeof c !== 'object' || c === null) return null;
+    const save = this.i;
+    while (this.tok.kind !== 'eof' && this.tok.offset < r.end) this.i++;
+    const last = this.toks[this.i - 1]!;
+    if (last.end !== r.end) {
+      // the JSON ended inside a token: not a plain literal after all
+      this.i = save;
+      return null;
+    }
+    return { type: 'value', value: c, loc: this.loc(start, last) };
+  }
+
   private arrayTerm(): Term {
+    const fast = this.jsonConstant();
+    if (fast) return fast;
     const start = this.next();
     this.nest++;
     if (this.isOp(']')) {
@@ -701,6 +733,8 @@ class Parser {
   }
 
   private braceTerm(): Term {
+    const fast = this.jsonConstant();
+    if (fast) return fast;
     const start = this.next();
     this.nest++;
     if (this.isOp('}')) {

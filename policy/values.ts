@@ -34,6 +34,7 @@ export class RObject {
   }
 
   get(k: Value): Value | undefined {
+    if (typeof k === 'string') return this.m.get(k);
     if (isComposite(k)) return this.c?.get(canonical(k))?.[1];
     return this.m.get(primKey(k));
   }

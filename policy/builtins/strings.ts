@@ -28,6 +28,11 @@ const SPACE_L = /^[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\
 const SPACE_R = /[\t\n\v\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+$/;
 
 function trimLeft(s: string, cut: string): string {
+  if (!SURROGATE.test(cut) && !SURROGATE.test(s)) {
+    let i = 0;
+    while (i < s.length && cut.includes(s[i]!)) i++;
+    return i === 0 ? s : s.slice(i);
+  }
   const set = new Set(Array.from(cut));
   const rs = Array.from(s);
   let i = 0;
@@ -36,6 +41,11 @@ function trimLeft(s: string, cut: string): string {
 }
 
 function trimRight(s: string, cut: string): string {
+  if (!SURROGATE.test(cut) && !SURROGATE.test(s)) {
+    let j = s.length;
+    while (j > 0 && cut.includes(s[j - 1]!)) j--;
+    return j === s.length ? s : s.slice(0, j);
+  }
   const set = new Set(Array.from(cut));
   const rs = Array.from(s);
   let j = rs.length;
@@ -68,6 +78,7 @@ function goReplace(s: string, old: string, rep: string, n = -1): string {
     }
     return out.join('');
   }
+  if (!s.includes(old)) return s;
   if (n < 0) return s.split(old).join(rep);
   let out = '';
   let i = 0;

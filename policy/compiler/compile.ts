@@ -146,10 +146,32 @@ function compileNode(node: DocNode, env: Env, irOf: Map<DocNode, IR[]>): void {
     else node.complete.push(d);
   }
   if (node.defaults.length > 0) node.defaultDef = compileDef(node.defaults[0]!, node, env, refs);
+  node.earlyExit = sameConstantOutputs(node);
   // A rule that is one constant (`policy_data := {...}`) is computed now, not per evaluation.
   if (node.complete.length === 1 && !node.defaultDef && constDefs.has(defs[0]!)) {
     node.constValue = defs[0]!.bodies[0]!.value!.det!(null as never);
   }
+}
+
+/**
+ * Do all bodies of all (non-default) definitions give one and the same scalar constant? Then the
+ * first that holds decides: no other can conflict with it.
+ */
+function sameConstantOutputs(node: DocNode): boolean {
+  const defs = node.isFunction ? node.functions : node.complete;
+  if (defs.length === 0 || node.sets.length > 0 || node.objects.length > 0) return false;
+  let seen: Term | null = null;
+  const same = (t: Term | undefined): boolean => {
+    const v: Term = t ?? { type: 'scalar', value: true, loc: node.rules[0]!.loc };
+    if (v.type !== 'scalar') return false;
+    if (seen === null) seen = v;
+    return seen.type === 'scalar' && seen.value === v.value;
+  };
+  for (const d of defs) {
+    const r = d.rule;
+    for (const b of r.bodies) if (!same(b.isElse ? b.value : r.head.value)) return false;
+  }
+  return true;
 }
 
 /** Definitions whose value is a constant with no body: `p := {...}`. */
@@ -187,7 +209,7 @@ function compileDef(rule: Rule, node: DocNode, { program, packageRules, importsO
     const r = resolver.body(rb.body, top, headTerms);
     collectRefs(r.body, r.head, refs);
     const bound = new Set(argSlots);
-    const run = gen.body(r.body, bound);
+    const body = gen.body(r.body, bound);
     const headIRs = r.head;
     const keys = suffix.map((_, i) => gen.term(headIRs[i]!, bound));
     let j = suffix.length;
@@ -196,7 +218,7 @@ function compileDef(rule: Rule, node: DocNode, { program, packageRules, importsO
     if (rule.bodies.length === 1 && rb.body.length === 0 && valueTerm && headIRs[j]!.k === 'const') constant = true;
     const simple = (t: Term | undefined) => t === undefined || t.type === 'scalar';
     const firstSolution = !rule.head.args && suffix.every((x) => x.type === 'scalar') && simple(rule.head.member) && simple(valueTerm);
-    bodies.push({ run, keys, member, value: value ?? (rule.isDefault ? TRUE_CT : null), firstSolution, loc: rb.loc });
+    bodies.push({ run: body.run, test: body.test, keys, member, value: value ?? (rule.isDefault ? TRUE_CT : null), firstSolution, loc: rb.loc });
   }
   if (rule.isDefault) {
     // `default p := v`: its value only.
@@ -204,7 +226,7 @@ function compileDef(rule: Rule, node: DocNode, { program, packageRules, importsO
     const v = r.head[0]!;
     if (!isGround(v)) fail('rego_compile_error', 'default rule value cannot contain variables or calls', rule.head.loc);
     bodies.length = 0;
-    bodies.push({ run: (_f, k) => k(), keys: [], member: null, value: gen.term(v, new Set(argSlots)), firstSolution: false, loc: rule.loc });
+    bodies.push({ run: (_f, k) => k(), test: () => true, keys: [], member: null, value: gen.term(v, new Set(argSlots)), firstSolution: false, loc: rule.loc });
   }
   const def: CompiledDef = {
     rule,

@@ -183,6 +183,7 @@ export class Resolver {
   term(t: Term, scope: Scope): IR {
     switch (t.type) {
       case 'scalar':
+      case 'value':
         return { k: 'const', v: t.value, loc: t.loc };
       case 'var':
         return this.varTerm(t, scope);

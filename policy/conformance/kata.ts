@@ -2,7 +2,7 @@
 // prints.json}): each logged agent request is evaluated as data.agent_policy.<Request> and both the
 // decision and the print() lines must equal what regorus recorded. The corpus is not part of this
 // repository; point the runner at a checkout:
-//   npx tsx policy/conformance/kata.ts <regorus>/tests/kata/data [--case NAME] [--verbose]
+//   npx tsx policy/conformance/kata.ts <regorus>/tests/kata/data [--case NAME] [--no-prints] [--verbose]
 import fs from 'node:fs';
 import path from 'node:path';
 import { Policy, canonical, parseJSON } from '../index.js';
@@ -22,7 +22,7 @@ function normalize(lines: string[]): string[] {
   return lines.map((p) => p.replace(/\\/g, '/').replace(/\/\//g, '/').replace(/\r\n/g, '\n'));
 }
 
-export function runKataCase(dir: string, label: string): CaseResult {
+export function runKataCase(dir: string, label: string, prints = true): CaseResult {
   const name = path.basename(dir);
   const res: CaseResult = { name, queries: 0, valueFailures: 0, printFailures: 0, errors: 0, compileMs: 0, evalMs: 0 };
   const text = fs.readFileSync(path.join(dir, 'policy.rego'), 'utf8');
@@ -37,7 +37,7 @@ export function runKataCase(dir: string, label: string): CaseResult {
   }
   res.compileMs = performance.now() - t0;
   const outputs = JSON.parse(fs.readFileSync(path.join(dir, 'outputs.json'), 'utf8')) as unknown[];
-  const prints = JSON.parse(fs.readFileSync(path.join(dir, 'prints.json'), 'utf8')) as string[][];
+  const expectedPrints = JSON.parse(fs.readFileSync(path.join(dir, 'prints.json'), 'utf8')) as string[][];
   const lines = fs.readFileSync(path.join(dir, 'inputs.txt'), 'utf8').split('\n');
   let i = 0;
   for (const [lineno, raw] of lines.entries()) {
@@ -50,11 +50,11 @@ export function runKataCase(dir: string, label: string): CaseResult {
     const input = (req as unknown as unknown[])[1];
     res.queries++;
     const want = outputs[i];
-    const wantPrints = prints[i] ?? [];
+    const wantPrints = expectedPrints[i] ?? [];
     i++;
     try {
       const t1 = performance.now();
-      const d = policy.evaluate(rule, input);
+      const d = policy.evaluate(rule, input, { prints });
       res.evalMs += performance.now() - t1;
       const got = d.value === undefined ? 'undefined' : canonical(d.value);
       const exp = want === undefined ? 'undefined' : JSON.stringify(want);
@@ -64,7 +64,7 @@ export function runKataCase(dir: string, label: string): CaseResult {
       }
       const gp = normalize(d.prints);
       const wp = normalize(wantPrints);
-      if (gp.length !== wp.length || gp.some((p, j) => p !== wp[j])) {
+      if (prints && gp.length !== wp.length || gp.some((p, j) => p !== wp[j])) {
         res.printFailures++;
         if (!res.firstProblem) {
           const j = gp.findIndex((p, k) => p !== wp[k]);
@@ -88,6 +88,8 @@ function main(argv: string[]): number {
   }
   const only = argv.includes('--case') ? argv[argv.indexOf('--case') + 1] : undefined;
   const verbose = argv.includes('--verbose');
+  // --no-prints: decisions only, evaluated as the agent does without gathering print output
+  const prints = !argv.includes('--no-prints');
   // print() lines carry the policy's path as regorus was given it: tests/kata/data/<case>/policy.rego
   const root = path.resolve(dataDir, '..', '..', '..');
   const cases = fs
@@ -100,7 +102,7 @@ function main(argv: string[]): number {
   let casesPassed = 0;
   for (const c of cases) {
     const dir = path.join(dataDir, c);
-    const r = runKataCase(dir, path.relative(root, path.join(dir, 'policy.rego')));
+    const r = runKataCase(dir, path.relative(root, path.join(dir, 'policy.rego')), prints);
     const ok = r.queries - Math.max(r.valueFailures, r.printFailures) - r.errors;
     const bad = r.valueFailures + r.printFailures + r.errors;
     total += r.queries;

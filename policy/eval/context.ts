@@ -52,6 +52,8 @@ export type FnOverride = { fn: FnRef } | { value: Value };
 export interface Frame {
   s: (Value | undefined)[];
   ctx: EvalCtx;
+  /** The body found the solution it needed (first-solution rules): its loops stop. */
+  done?: boolean;
 }
 
 const UNDEF = Symbol('undefined');

@@ -11,8 +11,20 @@ export type K = (v: Value) => void;
 export type Gen = (f: Frame, k: K) => void;
 export type Det = (f: Frame) => Value | undefined;
 export type Lit = (f: Frame, k: () => void) => void;
-/** Destructures a value into a pattern, binding slots; calls k on a match. */
-export type Matcher = (f: Frame, v: Value, k: () => void) => void;
+/** A literal or body with at most one solution: true when it holds (bindings made). */
+export type Test = (f: Frame) => boolean;
+
+/** A compiled literal or body: `test` when it cannot have more than one solution. */
+export interface CL {
+  test: Test | null;
+  run: Lit;
+}
+
+/** Destructures a value into a pattern, binding slots: `test` when there is at most one way. */
+export interface Matcher {
+  test: ((f: Frame, v: Value) => boolean) | null;
+  run: (f: Frame, v: Value, k: () => void) => void;
+}
 
 /** A compiled term: `det` when it yields at most one value without iterating. */
 export interface CT {
@@ -22,6 +34,8 @@ export interface CT {
 
 export interface CompiledBody {
   run: Lit;
+  /** The body as one test, when no literal in it iterates. */
+  test: Test | null;
   /** Ref-head keys after the node's path (object rules). */
   keys: CT[];
   member: CT | null;
@@ -35,19 +49,20 @@ export interface CompiledBody {
   loc: Loc;
 }
 
-/** Thrown through a body's iteration to stop it at its first solution (not an Error: no stack). */
-const STOP = { stop: true };
-
-function runBody(b: CompiledBody, f: Frame, k: () => void): void {
-  if (!b.firstSolution) return b.run(f, k);
-  try {
-    b.run(f, () => {
-      k();
-      throw STOP;
-    });
-  } catch (e) {
-    if (e !== STOP) throw e;
+function runBody(b: CompiledBody, f: Frame, k: () => void, first = false): void {
+  if (b.test) {
+    if (b.test(f)) k();
+    return;
   }
+  if (!b.firstSolution && !first) return b.run(f, k);
+  // the first solution decides: the body's loops see `done` and stop
+  f.done = false;
+  b.run(f, () => {
+    if (f.done) return;
+    k();
+    f.done = true;
+  });
+  f.done = false;
 }
 
 export interface CompiledDef {
@@ -72,6 +87,12 @@ export class DocNode {
   defaults: Rule[] = [];
   /** A complete rule whose value is a constant: computed once at compile time. */
   constValue: Value | undefined = undefined;
+  /**
+   * Every body of every definition gives the same constant (`true` for most Kata functions):
+   * no conflict is possible, so the first body that holds decides. OPA stops there; regorus goes
+   * on, which shows only in print output, so this applies when prints are not gathered.
+   */
+  earlyExit = false;
   arity = -1;
   constructor(readonly path: string[]) {}
 
@@ -137,9 +158,11 @@ function computeNode(node: DocNode, ctx: EvalCtx): Value | undefined {
 
 function evalComplete(node: DocNode, ctx: EvalCtx): Value | undefined {
   let result: Value | undefined;
+  const first = node.earlyExit && ctx.budget.prints === null;
   for (const d of node.complete) {
-    const v = runDef(d, ctx);
+    const v = runDef(d, ctx, undefined, first);
     if (v === undefined) continue;
+    if (first) return v;
     if (result === undefined) result = v;
     else if (!equal(result, v)) throw conflict('complete rules must not produce multiple outputs', d.loc);
   }
@@ -148,11 +171,18 @@ function evalComplete(node: DocNode, ctx: EvalCtx): Value | undefined {
 }
 
 /** One definition of a single-value rule: its body, then each else body until one gives a value. */
-export function runDef(d: CompiledDef, ctx: EvalCtx, f: Frame = newFrame(d.frameSize, ctx)): Value | undefined {
+export function runDef(d: CompiledDef, ctx: EvalCtx, f: Frame = newFrame(d.frameSize, ctx), first = false): Value | undefined {
   for (const b of d.bodies) {
     let out: Value | undefined;
     const value = b.value;
-    runBody(b, f, () => {
+    if (b.test && (value === null || value.det)) {
+      // the common case: one solution at most, one value
+      if (!b.test(f)) continue;
+      out = value === null ? true : value.det!(f);
+      if (out !== undefined) return out;
+      continue;
+    }
+    const collect = () => {
       if (value === null) {
         if (out === undefined) out = true;
         return;
@@ -161,7 +191,8 @@ export function runDef(d: CompiledDef, ctx: EvalCtx, f: Frame = newFrame(d.frame
         if (out === undefined) out = v;
         else if (!equal(out, v)) throw conflict(d.args ? 'functions must not produce multiple outputs for same inputs' : 'complete rules must not produce multiple outputs', d.loc);
       });
-    });
+    };
+    runBody(b, f, collect, first);
     if (out !== undefined) return out;
   }
   return undefined;
@@ -267,33 +298,44 @@ export function baseAt(data: Value, path: string[]): Value | undefined {
 
 /** Calls a user function; undefined when no definition applies. */
 export function callFunction(node: DocNode, args: Value[], ctx: EvalCtx, loc: Loc): Value | undefined {
+  // No try/finally: an exception ends the whole evaluation, and its context with it.
   ctx.enter(loc);
   const mark = ctx.tracer ? ctx.tracer.mark() : 0;
-  try {
-    let result: Value | undefined;
-    for (const d of node.functions) {
-      const f = newFrame(d.frameSize, ctx);
-      let matched = false;
-      bindArgs(d.args!, f, args, 0, () => {
-        matched = true;
-      });
-      if (!matched) continue;
-      const v = runDef(d, ctx, f);
-      if (v === undefined) continue;
-      if (result === undefined) result = v;
-      else if (!equal(result, v)) throw conflict('functions must not produce multiple outputs for same inputs', loc);
+  const first = node.earlyExit && ctx.budget.prints === null;
+  let result: Value | undefined;
+  for (const d of node.functions) {
+    const f = newFrame(d.frameSize, ctx);
+    if (!bindArgs(d.args!, f, args)) continue;
+    const v = runDef(d, ctx, f, first);
+    if (v === undefined) continue;
+    if (first) {
+      result = v;
+      break;
     }
-    if (result === undefined && node.defaultDef) result = runDef(node.defaultDef, ctx);
-    if (ctx.tracer && result !== undefined && result !== false) ctx.tracer.release(mark);
-    return result;
-  } finally {
-    ctx.leave();
+    if (result === undefined) result = v;
+    else if (!equal(result, v)) throw conflict('functions must not produce multiple outputs for same inputs', loc);
   }
+  if (result === undefined && node.defaultDef) result = runDef(node.defaultDef, ctx);
+  if (ctx.tracer && result !== undefined && result !== false) ctx.tracer.release(mark);
+  ctx.leave();
+  return result;
 }
 
-function bindArgs(ms: Matcher[], f: Frame, args: Value[], i: number, k: () => void): void {
-  if (i === ms.length) return k();
-  ms[i]!(f, args[i]!, () => bindArgs(ms, f, args, i + 1, k));
+function bindArgs(ms: Matcher[], f: Frame, args: Value[]): boolean {
+  for (let i = 0; i < ms.length; i++) {
+    const m = ms[i]!;
+    if (m.test) {
+      if (!m.test(f, args[i]!)) return false;
+      continue;
+    }
+    // a parameter pattern with several ways to match: the first one binds
+    let ok = false;
+    m.run(f, args[i]!, () => {
+      ok = true;
+    });
+    if (!ok) return false;
+  }
+  return true;
 }
 
 /** data at a path of strings, honouring `with data...` overrides. */

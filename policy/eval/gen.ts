@@ -9,9 +9,9 @@ import { isPattern, patternSlots, schedule, evaluable } from '../compiler/schedu
 import { BuiltinError, PolicyError } from '../errors.js';
 import { RObject, RSet, equal, printText, type Value } from '../values.js';
 import { conflict, type DataOverride, type EvalCtx, type FnOverride, type Frame } from './context.js';
-import { callFunction, dataAt, evalNode, subtreeValue, baseAt, type CT, type Det, type DocNode, type Lit, type Matcher } from './docs.js';
+import { callFunction, dataAt, evalNode, subtreeValue, baseAt, type CL, type CT, type Det, type DocNode, type Lit, type Matcher, type Test } from './docs.js';
 import type { LitInfo, Operand } from './explain.js';
-import { forEach, index, upsert } from './ops.js';
+import { forEach, forEachUntil, index, upsert } from './ops.js';
 
 export interface GenEnv {
   root: DocNode;
@@ -39,6 +39,62 @@ function fromDet(det: Det): CT {
   };
 }
 
+/** A literal from a test: one solution at most. */
+function fromTest(test: Test): CL {
+  return {
+    test,
+    run: (f, k) => {
+      if (test(f)) k();
+    },
+  };
+}
+
+/** A literal that iterates: continuations only. */
+function fromRun(run: Lit): CL {
+  return { test: null, run };
+}
+
+/** Literals in sequence: consecutive tests run in a loop, iterating ones with continuations. */
+export function seq(cls: CL[]): CL {
+  if (cls.length === 0) return fromTest(() => true);
+  if (cls.length === 1) return cls[0]!;
+  if (cls.every((c) => c.test)) {
+    const tests = cls.map((c) => c.test!);
+    const n = tests.length;
+    return fromTest((f) => {
+      for (let i = 0; i < n; i++) if (!tests[i]!(f)) return false;
+      return true;
+    });
+  }
+  // from the right: a run of tests before the rest becomes one closure
+  let rest: Lit | null = null;
+  let i = cls.length - 1;
+  while (i >= 0) {
+    const c = cls[i]!;
+    if (c.test) {
+      const tests: Test[] = [];
+      while (i >= 0 && cls[i]!.test) tests.unshift(cls[i--]!.test!);
+      const n = tests.length;
+      const next: Lit | null = rest;
+      rest = next
+        ? (f, k) => {
+            for (let j = 0; j < n; j++) if (!tests[j]!(f)) return;
+            next(f, k);
+          }
+        : (f, k) => {
+            for (let j = 0; j < n; j++) if (!tests[j]!(f)) return;
+            k();
+          };
+      continue;
+    }
+    const a = c.run;
+    const b: Lit | null = rest;
+    rest = b ? (f, k) => a(f, () => b(f, k)) : a;
+    i--;
+  }
+  return fromRun(rest!);
+}
+
 export class BodyGen {
   constructor(private readonly env: GenEnv) {}
 
@@ -52,13 +108,12 @@ export class BodyGen {
   };
 
   /** A body: reordered for safety, each literal compiled with what is bound before it. */
-  body(b: IRBody, bound: Set<number>): Lit {
+  body(b: IRBody, bound: Set<number>): CL {
     const order = schedule(b, bound, this.arity, this.env.slotName);
-    const lits = order.map((l) => this.traced(l, this.literal(l, bound)));
-    return chain(lits);
+    return seq(order.map((l) => this.traced(l, this.literal(l, bound))));
   }
 
-  private traced(l: IRLit, lit: Lit): Lit {
+  private traced(l: IRLit, cl: CL): CL {
     let operands: Operand[] | null = null;
     const info: LitInfo = {
       loc: l.loc,
@@ -68,7 +123,18 @@ export class BodyGen {
       operands: () => (operands ??= this.operandsOf(l)),
     };
     const loc = l.loc;
-    return (f, k) => {
+    if (cl.test) {
+      const test = cl.test;
+      return fromTest((f) => {
+        const ctx = f.ctx;
+        ctx.step(loc);
+        if (test(f)) return true;
+        if (ctx.tracer !== null) ctx.tracer.literalFailed(info, f);
+        return false;
+      });
+    }
+    const lit = cl.run;
+    return fromRun((f, k) => {
       const ctx = f.ctx;
       ctx.step(loc);
       if (ctx.tracer === null) return lit(f, k);
@@ -78,7 +144,7 @@ export class BodyGen {
         k();
       });
       if (n === 0) ctx.tracer.literalFailed(info, f);
-    };
+    });
   }
 
   /** For explanations: the sides of a failed comparison or call, evaluated after the fact. */
@@ -109,11 +175,11 @@ export class BodyGen {
     }
   }
 
-  literal(l: IRLit, bound: Set<number>): Lit {
+  literal(l: IRLit, bound: Set<number>): CL {
     if (l.withs.length > 0) return this.withLit(l, bound);
     switch (l.kind) {
       case 'some':
-        return (_f, k) => k();
+        return fromTest(() => true);
       case 'expr':
         return l.negated ? this.negate((b) => this.exprLit(l.expr, b), bound) : this.exprLit(l.expr, bound);
       case 'somein':
@@ -123,26 +189,37 @@ export class BodyGen {
     }
   }
 
-  private negate(make: (b: Set<number>) => Lit, bound: Set<number>): Lit {
+  private negate(make: (b: Set<number>) => CL, bound: Set<number>): CL {
     const pos = make(new Set(bound));
-    return (f, k) => {
+    if (pos.test) {
+      const t = pos.test;
+      return fromTest((f) => {
+        const tracer = f.ctx.tracer;
+        if (tracer === null) return !t(f);
+        const mark = tracer.mark();
+        if (t(f)) return false;
+        tracer.release(mark);
+        return true;
+      });
+    }
+    const run = pos.run;
+    return fromTest((f) => {
       let found = false;
       const tracer = f.ctx.tracer;
       const mark = tracer ? tracer.mark() : 0;
-      pos(f, () => {
+      run(f, () => {
         found = true;
       });
-      if (!found) {
-        tracer?.release(mark);
-        k();
-      }
-    };
+      if (found) return false;
+      tracer?.release(mark);
+      return true;
+    });
   }
 
-  private withLit(l: IRLit, bound: Set<number>): Lit {
+  private withLit(l: IRLit, bound: Set<number>): CL {
     const inner = this.literal({ ...l, withs: [] } as IRLit, bound);
     const mods = l.withs.map((w) => this.withMod(w, bound));
-    return (f, k) => {
+    const enter = (f: Frame): Frame | null => {
       const ctx = f.ctx;
       let input = ctx.input;
       let data: DataOverride[] | null = ctx.withData ? [...ctx.withData] : null;
@@ -153,19 +230,30 @@ export class BodyGen {
           if (m.fn) fns.set(m.fnKey, { fn: m.fn });
           else {
             const v = m.value!(f);
-            if (v === undefined) return;
+            if (v === undefined) return null;
             fns.set(m.fnKey, { value: v });
           }
           continue;
         }
         const v = m.value!(f);
-        if (v === undefined) return;
+        if (v === undefined) return null;
         if (m.kind === 'input') input = upsert(m.path.length === 0 ? undefined : input, m.path, v);
         else (data ??= []).push({ path: m.path, value: v });
       }
-      const child = ctx.child(input, data, fns);
-      inner({ s: f.s, ctx: child }, k);
+      return { s: f.s, ctx: ctx.child(input, data, fns) };
     };
+    if (inner.test) {
+      const t = inner.test;
+      return fromTest((f) => {
+        const g = enter(f);
+        return g !== null && t(g);
+      });
+    }
+    const run = inner.run;
+    return fromRun((f, k) => {
+      const g = enter(f);
+      if (g !== null) run(g, k);
+    });
   }
 
   private withMod(w: IRWith, bound: Set<number>): { kind: 'input' | 'data' | 'fn'; path: string[]; fnKey: string | null; fn?: FnRef; value?: Det } {
@@ -202,39 +290,33 @@ export class BodyGen {
 
   // ---- expression literals
 
-  private exprLit(e: IR, bound: Set<number>): Lit {
+  private exprLit(e: IR, bound: Set<number>): CL {
     if (e.k === 'call' && e.fn.kind === 'builtin') {
       if (e.fn.name === 'eq') return this.unify(e.args[0]!, e.args[1]!, bound, e.loc);
-      if (e.fn.name === 'assign') {
-        const rhs = this.term(e.args[1]!, bound);
-        const m = this.match(e.args[0]!, bound);
-        return (f, k) => rhs.gen(f, (v) => m(f, v, k));
-      }
+      if (e.fn.name === 'assign') return this.bindFrom(e.args[0]!, e.args[1]!, bound);
     }
     if (e.k === 'call' && e.args.length > 0 && this.arity(e) === e.args.length - 1) {
       // f(x, out): the last argument receives the result
-      const call = this.call({ ...e, args: e.args.slice(0, -1) }, bound);
-      const last = e.args[e.args.length - 1]!;
-      const m = this.match(last, bound);
-      return (f, k) => call.gen(f, (v) => m(f, v, k));
+      return this.bindFromCT(e.args[e.args.length - 1]!, this.call({ ...e, args: e.args.slice(0, -1) }, bound), bound);
     }
     const ct = this.term(e, bound);
     if (ct.det) {
       const d = ct.det;
-      return (f, k) => {
+      return fromTest((f) => {
         const v = d(f);
-        if (v !== undefined && v !== false) k();
-      };
+        return v !== undefined && v !== false;
+      });
     }
     const g = ct.gen;
-    return (f, k) =>
+    return fromRun((f, k) =>
       g(f, (v) => {
         if (v !== false) k();
-      });
+      }),
+    );
   }
 
   /** `a = b`: binds whichever side has unbound variables, or compares. */
-  private unify(a: IR, b: IR, bound: Set<number>, loc: Loc): Lit {
+  private unify(a: IR, b: IR, bound: Set<number>, loc: Loc): CL {
     const aOpen = isPattern(a) && hasUnbound(a, bound);
     const bOpen = isPattern(b) && hasUnbound(b, bound);
     if (!aOpen && !bOpen) {
@@ -243,27 +325,27 @@ export class BodyGen {
       if (ca.det && cb.det) {
         const da = ca.det;
         const db = cb.det;
-        return (f, k) => {
+        return fromTest((f) => {
           const x = da(f);
-          if (x === undefined) return;
+          if (x === undefined) return false;
           const y = db(f);
-          if (y !== undefined && equal(x, y)) k();
-        };
+          return y !== undefined && equal(x, y);
+        });
       }
-      return (f, k) => ca.gen(f, (x) => cb.gen(f, (y) => (equal(x, y) ? k() : undefined)));
+      return fromRun((f, k) => ca.gen(f, (x) => cb.gen(f, (y) => (equal(x, y) ? k() : undefined))));
     }
     if (aOpen && !bOpen && evaluable(b, bound)) return this.bindFrom(a, b, bound);
     if (bOpen && !aOpen && evaluable(a, bound)) return this.bindFrom(b, a, bound);
     if (a.k === 'array' && b.k === 'array') {
-      if (a.items.length !== b.items.length) return () => undefined;
+      if (a.items.length !== b.items.length) return fromTest(() => false);
       return this.pairwise(a.items.map((x, i) => [x, b.items[i]!] as [IR, IR]), bound, loc);
     }
     if (a.k === 'object' && b.k === 'object') {
       const pairs: [IR, IR][] = [];
-      if (a.items.length !== b.items.length) return () => undefined;
+      if (a.items.length !== b.items.length) return fromTest(() => false);
       for (const [ka, va] of a.items) {
         const m = b.items.find(([kb]) => ka.k === 'const' && kb.k === 'const' && equal(ka.v, kb.v));
-        if (!m) return () => undefined;
+        if (!m) return fromTest(() => false);
         pairs.push([va, m[1]]);
       }
       return this.pairwise(pairs, bound, loc);
@@ -274,21 +356,33 @@ export class BodyGen {
     return unsafe(open === undefined ? '?' : this.env.slotName(open), loc);
   }
 
-  private bindFrom(pattern: IR, source: IR, bound: Set<number>): Lit {
-    const src = this.term(source, bound);
-    const m = this.match(pattern, bound);
-    if (src.det) {
-      const d = src.det;
-      return (f, k) => {
-        const v = d(f);
-        if (v !== undefined) m(f, v, k);
-      };
-    }
-    return (f, k) => src.gen(f, (v) => m(f, v, k));
+  private bindFrom(pattern: IR, source: IR, bound: Set<number>): CL {
+    return this.bindFromCT(pattern, this.term(source, bound), bound);
   }
 
-  private pairwise(pairs: [IR, IR][], bound: Set<number>, loc: Loc): Lit {
-    const lits: Lit[] = [];
+  private bindFromCT(pattern: IR, src: CT, bound: Set<number>): CL {
+    const m = this.match(pattern, bound);
+    if (src.det && m.test) {
+      const d = src.det;
+      const t = m.test;
+      return fromTest((f) => {
+        const v = d(f);
+        return v !== undefined && t(f, v);
+      });
+    }
+    const run = m.run;
+    if (src.det) {
+      const d = src.det;
+      return fromRun((f, k) => {
+        const v = d(f);
+        if (v !== undefined) run(f, v, k);
+      });
+    }
+    return fromRun((f, k) => src.gen(f, (v) => run(f, v, k)));
+  }
+
+  private pairwise(pairs: [IR, IR][], bound: Set<number>, loc: Loc): CL {
+    const cls: CL[] = [];
     const todo = [...pairs];
     while (todo.length > 0) {
       const i = todo.findIndex(([x, y]) => {
@@ -298,110 +392,168 @@ export class BodyGen {
       });
       if (i < 0) return this.unify(todo[0]![0], todo[0]![1], bound, loc);
       const [x, y] = todo.splice(i, 1)[0]!;
-      lits.push(this.unify(x, y, bound, loc));
+      cls.push(this.unify(x, y, bound, loc));
     }
-    return chain(lits);
+    return seq(cls);
   }
 
   /** Destructuring: binds unbound variables of `p` from a value, compares the rest. */
   match(p: IR, bound: Set<number>): Matcher {
+    const fromMatchTest = (test: (f: Frame, v: Value) => boolean): Matcher => ({
+      test,
+      run: (f, v, k) => {
+        if (test(f, v)) k();
+      },
+    });
     if (p.k === 'local') {
       const slot = p.slot;
       if (bound.has(slot)) {
-        return (f, v, k) => {
+        return fromMatchTest((f, v) => {
           const x = f.s[slot];
-          if (x !== undefined && equal(x, v)) k();
-        };
+          return x !== undefined && equal(x, v);
+        });
       }
       bound.add(slot);
-      return (f, v, k) => {
+      return fromMatchTest((f, v) => {
         f.s[slot] = v;
-        k();
-      };
+        return true;
+      });
     }
     if (p.k === 'array' && hasUnbound(p, bound)) {
       const ms = p.items.map((x) => this.match(x, bound));
       const n = ms.length;
-      return (f, v, k) => {
-        if (!Array.isArray(v) || v.length !== n) return;
-        const step = (i: number): void => {
-          if (i === n) return k();
-          ms[i]!(f, v[i]!, () => step(i + 1));
-        };
-        step(0);
+      if (ms.every((m) => m.test)) {
+        const ts = ms.map((m) => m.test!);
+        return fromMatchTest((f, v) => {
+          if (!Array.isArray(v) || v.length !== n) return false;
+          for (let i = 0; i < n; i++) if (!ts[i]!(f, v[i]!)) return false;
+          return true;
+        });
+      }
+      return {
+        test: null,
+        run: (f, v, k) => {
+          if (!Array.isArray(v) || v.length !== n) return;
+          const step = (i: number): void => {
+            if (i === n) return k();
+            ms[i]!.run(f, v[i]!, () => step(i + 1));
+          };
+          step(0);
+        },
       };
     }
     if (p.k === 'object' && hasUnbound(p, bound)) {
       const keys = p.items.map(([key]) => this.detOf(key, bound));
       const ms = p.items.map(([, val]) => this.match(val, bound));
       const n = ms.length;
-      return (f, v, k) => {
-        if (!(v instanceof RObject) || v.size !== n) return;
-        const step = (i: number): void => {
-          if (i === n) return k();
-          const key = keys[i]!(f);
-          if (key === undefined) return;
-          const x = v.get(key);
-          if (x === undefined) return;
-          ms[i]!(f, x, () => step(i + 1));
-        };
-        step(0);
+      if (ms.every((m) => m.test)) {
+        const ts = ms.map((m) => m.test!);
+        return fromMatchTest((f, v) => {
+          if (!(v instanceof RObject) || v.size !== n) return false;
+          for (let i = 0; i < n; i++) {
+            const key = keys[i]!(f);
+            if (key === undefined) return false;
+            const x = v.get(key);
+            if (x === undefined || !ts[i]!(f, x)) return false;
+          }
+          return true;
+        });
+      }
+      return {
+        test: null,
+        run: (f, v, k) => {
+          if (!(v instanceof RObject) || v.size !== n) return;
+          const step = (i: number): void => {
+            if (i === n) return k();
+            const key = keys[i]!(f);
+            if (key === undefined) return;
+            const x = v.get(key);
+            if (x === undefined) return;
+            ms[i]!.run(f, x, () => step(i + 1));
+          };
+          step(0);
+        },
       };
     }
     const ct = this.term(p, bound);
     if (ct.det) {
       const d = ct.det;
-      return (f, v, k) => {
+      return fromMatchTest((f, v) => {
         const x = d(f);
-        if (x !== undefined && equal(x, v)) k();
-      };
+        return x !== undefined && equal(x, v);
+      });
     }
-    return (f, v, k) => ct.gen(f, (x) => (equal(x, v) ? k() : undefined));
+    return { test: null, run: (f, v, k) => ct.gen(f, (x) => (equal(x, v) ? k() : undefined)) };
   }
 
   // ---- some ... in, every
 
-  private someIn(lit: Extract<IRLit, { kind: 'somein' }>, bound: Set<number>): Lit {
+  private someIn(lit: Extract<IRLit, { kind: 'somein' }>, bound: Set<number>): CL {
     const coll = this.term(lit.coll, bound);
     const km = lit.key ? this.match(lit.key, bound) : null;
     const vm = this.match(lit.value, bound);
-    return (f, k) =>
-      coll.gen(f, (c) => {
-        const ctx = f.ctx;
-        forEach(c, (key, val) => {
+    const each = (f: Frame, c: Value, k: () => void) => {
+      const ctx = f.ctx;
+      if (km) {
+        forEachUntil(c, f, (key, val) => {
           ctx.step();
-          if (km) km(f, key, () => vm(f, val, k));
-          else vm(f, val, k);
+          km.run(f, key, () => vm.run(f, val, k));
         });
+      } else if (vm.test) {
+        const t = vm.test;
+        forEachUntil(c, f, (_key, val) => {
+          ctx.step();
+          if (t(f, val)) k();
+        });
+      } else {
+        forEachUntil(c, f, (_key, val) => {
+          ctx.step();
+          vm.run(f, val, k);
+        });
+      }
+    };
+    if (coll.det) {
+      const d = coll.det;
+      return fromRun((f, k) => {
+        const c = d(f);
+        if (c !== undefined) each(f, c, k);
       });
+    }
+    return fromRun((f, k) => coll.gen(f, (c) => each(f, c, k)));
   }
 
-  private every(l: Extract<IRLit, { kind: 'every' }>, bound: Set<number>): Lit {
+  private every(l: Extract<IRLit, { kind: 'every' }>, bound: Set<number>): CL {
     const dom = this.term(l.domain, bound);
     const inner = new Set(bound);
     const km = l.key ? this.match(l.key, inner) : null;
     const vm = this.match(l.value, inner);
     const body = this.body(l.body, inner);
     const loc = l.loc;
-    return (f, k) => {
+    const bodyTest = body.test;
+    const bodyRun = body.run;
+    return fromTest((f) => {
       let d: Value | undefined;
       dom.gen(f, (v) => {
         if (d === undefined) d = v;
       });
-      if (d === undefined || typeof d !== 'object' || d === null) return;
+      if (d === undefined || typeof d !== 'object' || d === null) return false;
       let ok = true;
       const ctx = f.ctx;
       const mark = ctx.tracer ? ctx.tracer.mark() : 0;
+      const holds = (): boolean => {
+        if (bodyTest) return bodyTest(f);
+        let matched = false;
+        bodyRun(f, () => {
+          matched = true;
+        });
+        return matched;
+      };
       const check = (key: Value, val: Value) => {
         if (!ok) return;
         ctx.step();
         let matched = false;
-        const run = () =>
-          body(f, () => {
-            matched = true;
-          });
-        if (km) km(f, key, () => vm(f, val, run));
-        else vm(f, val, run);
+        if (km) km.run(f, key, () => vm.run(f, val, () => (matched ||= holds())));
+        else vm.run(f, val, () => (matched ||= holds()));
         if (!matched) ok = false;
       };
       // the body is one level deeper: an explanation prefers its failure to every's own
@@ -411,11 +563,9 @@ export class BodyGen {
       } finally {
         ctx.leave();
       }
-      if (ok) {
-        ctx.tracer?.release(mark);
-        k();
-      }
-    };
+      if (ok) ctx.tracer?.release(mark);
+      return ok;
+    });
   }
 
   // ---- terms
@@ -499,7 +649,7 @@ export class BodyGen {
 
   private compr(t: IROf<'compr'>, bound: Set<number>): CT {
     const inner = new Set(bound);
-    const run = this.body(t.body, inner);
+    const run = this.body(t.body, inner).run;
     // a comprehension's failed members are filters, not reasons
     const body: Lit = (f, k) => {
       const tracer = f.ctx.tracer;
@@ -583,7 +733,7 @@ export class BodyGen {
         keyCTs.push(null);
         steps.push((f, v, k) => {
           const ctx = f.ctx;
-          forEach(v, (key, val) => {
+          forEachUntil(v, f, (key, val) => {
             ctx.step();
             f.s[slot] = key;
             k(val);
@@ -597,9 +747,9 @@ export class BodyGen {
         keyCTs.push(null);
         steps.push((f, v, k) => {
           const ctx = f.ctx;
-          forEach(v, (key, val) => {
+          forEachUntil(v, f, (key, val) => {
             ctx.step();
-            m(f, key, () => k(val));
+            m.run(f, key, () => k(val));
           });
         });
         continue;
@@ -621,11 +771,20 @@ export class BodyGen {
         if (keys.length === 0) return head;
         if (keys.length === 1) {
           const k0 = keys[0]!;
+          if (typeof k0 === 'string') {
+            return fromDet((f) => {
+              const v = hd(f);
+              return v instanceof RObject ? v.m.get(k0) : index(v, k0);
+            });
+          }
           return fromDet((f) => index(hd(f), k0));
         }
         return fromDet((f) => {
           let v = hd(f);
-          for (let i = 0; i < keys.length && v !== undefined; i++) v = index(v, keys[i]!);
+          for (let i = 0; i < keys.length && v !== undefined; i++) {
+            const key = keys[i]!;
+            v = v instanceof RObject && typeof key === 'string' ? v.m.get(key) : index(v, key);
+          }
           return v;
         });
       }
@@ -911,17 +1070,6 @@ function sliceText(l: IRLit, loc: Loc): string {
   const start = loc.offset - l.loc.offset;
   const end = loc.end - l.loc.offset;
   return start >= 0 && end <= l.text.length ? l.text.slice(start, end) : '';
-}
-
-export function chain(lits: Lit[]): Lit {
-  if (lits.length === 0) return (_f, k) => k();
-  let rest = lits[lits.length - 1]!;
-  for (let i = lits.length - 2; i >= 0; i--) {
-    const a = lits[i]!;
-    const b = rest;
-    rest = (f, k) => a(f, () => b(f, k));
-  }
-  return rest;
 }
 
 export { TRUE_CT };
