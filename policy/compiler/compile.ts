@@ -50,6 +50,9 @@ export function buildProgram(modules: Module[], builtins: Map<string, Builtin>):
   for (const m of modules) {
     const key = m.package.join('.');
     if (!packageRules.has(key)) packageRules.set(key, new Set());
+    let pkg = root;
+    for (const p of m.package) pkg = pkg.child(p);
+    pkg.isPackage = true;
     for (const r of m.rules) {
       const { path, suffix } = headPath(r);
       let node = root;

@@ -94,6 +94,8 @@ export class DocNode {
    */
   earlyExit = false;
   arity = -1;
+  /** A module's package: its value is an object even with no rule defined ({}). */
+  isPackage = false;
   constructor(readonly path: string[]) {}
 
   get isRule(): boolean {
@@ -279,7 +281,7 @@ function insert(o: RObject, keys: Value[], v: Value, owned: Set<RObject>, loc: L
 /** The whole document under a node: rules evaluated, base data merged. */
 export function subtreeValue(node: DocNode, ctx: EvalCtx): Value | undefined {
   if (node.isRule) return evalNode(node, ctx, node.rules[0]?.loc ?? node.defaults[0]!.loc);
-  if (node.children.size === 0) return baseAt(ctx.data, node.path);
+  if (node.children.size === 0 && !node.isPackage) return baseAt(ctx.data, node.path);
   const c = ctx.cache.get(node);
   if (c !== undefined) return c === CACHED_UNDEFINED ? undefined : c;
   const v = subtreeObject(node, ctx);

@@ -249,3 +249,10 @@ describe('explanations', () => {
     expect(p.evaluate('data.t.allow', { cwd: '/', user: 0 }, { explain: true }).explanation).toBeUndefined();
   });
 });
+
+describe('packages', () => {
+  it('a package without rules is an empty object in its parent document', () => {
+    const p = policy(['package t\np := 1', 'package t.empty']);
+    expect(canonical(p.evaluate('data.t').value!)).toBe('{"empty":{},"p":1}');
+  });
+});
