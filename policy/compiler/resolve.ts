@@ -2,6 +2,7 @@
 // function parameters, or implicitly by use), a root (input, data), an import, or a rule of the
 // package (a data path). Functions resolve to user functions or builtins. Output: IR.
 import type { Body, Literal, Loc, Module, Term, TermOf } from '../ast.js';
+import { DEPRECATED } from '../builtins/index.js';
 import { PolicyError } from '../errors.js';
 import { RObject, RSet, type Value } from '../values.js';
 import type { FnRef, IR, IRBody, IRLit, IRWith } from './ir.js';
@@ -238,6 +239,9 @@ export class Resolver {
     if (scope.lookup(path[0]!) !== undefined) return err(`${path.join('.')} is a variable, not a function`, t.fn.loc, 'rego_type_error');
     const fn = this.fnRef(path);
     if (!fn) return err(`undefined function ${path.join('.')}`, t.fn.loc, 'rego_type_error');
+    if (fn.kind === 'builtin' && this.env.module?.version === 'v1' && DEPRECATED.has(fn.name)) {
+      return err(`deprecated built-in function calls in expression: ${fn.name}`, t.fn.loc, 'rego_type_error');
+    }
     const ir: IR = { k: 'call', fn, args, loc: t.loc };
     if (t.op) ir.op = t.op;
     return ir;

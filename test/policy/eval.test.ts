@@ -189,6 +189,9 @@ describe('policy compile errors', () => {
     expect(compileErr('package t\np := count(1, 2, 3)').code).toBe('rego_type_error');
     expect(compileErr('package t\np := 1\np contains 2').code).toBe('rego_type_error');
     expect(compileErr('package t\nx := 1\np if { x := 2; x := 3 }').message).toMatch(/assigned above/);
+    // v0-only builtins are refused in v1 modules, accepted in v0 ones
+    expect(compileErr('package t\np := any([true])').message).toMatch(/deprecated built-in function calls in expression: any/);
+    expect(ev('package t\np := any([true])', 'p', undefined, undefined, 'v0')).toBe('true');
   });
 });
 
