@@ -64,20 +64,23 @@ export class Resolver {
       slots.push(s);
     };
     for (const v of declared) declare(v, true);
-    for (const l of lits) {
-      if (l.kind === 'some') for (const v of l.vars) declare(v, true);
-      else if (l.kind === 'somein') {
-        for (const v of patternVars(l.value)) declare(v, false);
-        if (l.key) for (const v of patternVars(l.key)) declare(v, false);
-      } else if (l.kind === 'expr' && l.expr.type === 'call' && l.expr.fn.type === 'var' && l.expr.fn.name === 'assign') {
+    // Variables a literal declares (`some`, `:=`, `some ... in`) are in scope from that literal
+    // on, as in OPA: before it, a comprehension using the name has a variable of its own.
+    const explicitOf = (l: Literal): { vars: TermOf<'var'>[]; strict: boolean } => {
+      if (l.kind === 'some') return { vars: l.vars, strict: true };
+      if (l.kind === 'somein') return { vars: [...patternVars(l.value), ...(l.key ? patternVars(l.key) : [])], strict: false };
+      if (l.kind === 'expr' && l.expr.type === 'call' && l.expr.fn.type === 'var' && l.expr.fn.name === 'assign') {
         const lhs = l.expr.args[0]!;
         if (lhs.type !== 'var' && lhs.type !== 'array' && lhs.type !== 'object') err(`cannot assign to ${lhs.type}`, lhs.loc);
-        for (const v of patternVars(lhs)) declare(v, true);
+        return { vars: patternVars(lhs), strict: true };
       }
-    }
+      return { vars: [], strict: false };
+    };
+    const explicitNames = new Set<string>();
+    for (const l of lits) for (const v of explicitOf(l).vars) if (!isWildcard(v.name)) explicitNames.add(v.name);
     const implicit = (t: Term) => {
       for (const v of directVars(t)) {
-        if (scope.lookup(v.name) !== undefined) continue;
+        if (scope.lookup(v.name) !== undefined || explicitNames.has(v.name)) continue;
         if (!isWildcard(v.name) && this.isGlobal(v.name)) continue;
         declare(v, false);
       }
@@ -94,7 +97,11 @@ export class Resolver {
       }
     }
     for (const h of head) implicit(h);
-    const out: IRLit[] = lits.map((l) => this.literal(l, scope));
+    const out: IRLit[] = lits.map((l) => {
+      const e = explicitOf(l);
+      for (const v of e.vars) declare(v, e.strict);
+      return this.literal(l, scope);
+    });
     return { body: { lits: out, slots }, scope, head: head.map((h) => this.term(h, scope)) };
   }
 

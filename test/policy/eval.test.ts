@@ -113,6 +113,10 @@ describe('policy evaluation: expressions', () => {
     expect(ev('package t\np := n if count([1, 2], n)')).toBe('2'); // output argument
   });
 
+  it('a variable declared with := is in scope from its literal on (a comprehension before it has its own)', () => {
+    expect(ev('package t\nxs := {"a", "b", "c"}\np := x if {\n  y := {x | xs[x]}\n  x := count(y)\n}')).toBe('3');
+  });
+
   it('comprehensions: array, set, object; object keys must be unique', () => {
     expect(ev('package t\np := [x * 2 | some x in [1, 2]]')).toBe('[2,4]');
     expect(ev('package t\np := {x % 2 | some x in [1, 2, 3]}')).toBe('[0,1]');
