@@ -68,7 +68,9 @@ export function register(t: BuiltinTable): void {
       } else if (k === 'prefix' && typeof v === 'string') {
         prefix = v;
         pretty = opts.get('pretty') !== false;
-      } else throw new BuiltinError(`json.marshal_with_options: object operand 2 has an invalid key or value: ${JSON.stringify(k)}`, 'eval_type_error');
+      } else if (k === 'pretty' || k === 'indent' || k === 'prefix') {
+        throw new BuiltinError(`json.marshal_with_options: object field ${JSON.stringify(k)} has the wrong type`, 'eval_type_error');
+      } else throw new BuiltinError(`json.marshal_with_options: object contained unknown key ${JSON.stringify(k)}`, 'eval_type_error');
     }
     if (!pretty) return checkString(canonical(a[0]!), b, 'json.marshal_with_options');
     const text = toJSON(a[0]!, 1).replace(/^( +)/gm, (m) => indent.repeat(m.length));
