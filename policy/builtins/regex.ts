@@ -109,7 +109,8 @@ function expand(tpl: string, s: string, m: number[], names: Record<string, numbe
 }
 
 export function register(t: BuiltinTable): void {
-  const match = (fn: string) => (a: Value[]) => compileRegex(fn, str(fn, a, 0)).test(str(fn, a, 1));
+  // RE2's match without captures: a third of Matcher.test's cost
+  const match = (fn: string) => (a: Value[]) => compileRegex(fn, str(fn, a, 0)).re2().match(str(fn, a, 1)) as boolean;
   def(t, 'regex.match', 2, match('regex.match'));
   def(t, 're_match', 2, match('re_match'));
   def(t, 'regex.is_valid', 1, (a) => typeof a[0] === 'string' && isValid(a[0]));
@@ -161,7 +162,7 @@ export function register(t: BuiltinTable): void {
       i = j + 1;
     }
     pattern += '$';
-    return compileRegex(fn, pattern).test(value);
+    return compileRegex(fn, pattern).re2().match(value) as boolean;
   });
   def(t, 'glob.quote_meta', 1, (a) => str('glob.quote_meta', a, 0).replace(/[*?\\[\]{}]/g, (c) => '\\' + c));
   def(t, 'glob.match', 3, (a) => {
@@ -178,7 +179,7 @@ export function register(t: BuiltinTable): void {
       });
       if (delims.length === 0) delims = ['.'];
     } else throw typeErr(fn, 2, 'array[string]', d);
-    return compileRegex(fn, globToRegex(pattern, delims)).test(str(fn, a, 2));
+    return compileRegex(fn, globToRegex(pattern, delims)).re2().match(str(fn, a, 2)) as boolean;
   });
 }
 

@@ -1000,16 +1000,8 @@ function runRelation(rel: NonNullable<Builtin['relation']>, name: string, args: 
   }
 }
 
-const bctxCache = new WeakMap<object, BuiltinCtx>();
-
 function builtinCtx(ctx: EvalCtx): BuiltinCtx {
-  const b = ctx.budget;
-  let c = bctxCache.get(b);
-  if (!c) {
-    c = { limits: b.limits, memo: b.memo };
-    bctxCache.set(b, c);
-  }
-  return c;
+  return ctx.budget;
 }
 
 function builtinFailure(e: unknown, name: string, ctx: EvalCtx, loc: Loc): undefined {
