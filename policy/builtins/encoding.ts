@@ -1,6 +1,6 @@
 // Encodings: base64 (strict, as Go's StdEncoding), base64url, hex, JSON, URL query, YAML.
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
-import { BuiltinError, PolicyError } from '../errors.js';
+import { BuiltinError, LimitError, PolicyError } from '../errors.js';
 import { parseJSON } from '../json.js';
 import { RObject, RSet, canonical, fromJS, normInt, toJS, toJSON, type Value } from '../values.js';
 import { checkString, def, obj, str, typeErr, type BuiltinTable } from './types.js';
@@ -128,6 +128,8 @@ export function register(t: BuiltinTable): void {
       return fromYaml(parseYaml(str('yaml.unmarshal', a, 0), { schema: 'yaml-1.1', intAsBigInt: true, maxAliasCount: 100, prettyErrors: false }));
     } catch (e) {
       if (e instanceof BuiltinError) throw e;
+      // too deep for the stack: a limit, never an undefined that `not` could turn into true
+      if (e instanceof RangeError || /call stack/i.test((e as Error).message)) throw new LimitError('yaml.unmarshal: document nested too deeply');
       throw new BuiltinError(`yaml.unmarshal: ${(e as Error).message.split('\n')[0]}`);
     }
   });
