@@ -277,6 +277,8 @@ function formatVerb(verb: string, v: Value, flags: string, prec: number | undefi
       return termText(v);
     case 's':
       if (typeof v === 'string') return prec !== undefined ? Array.from(v).slice(0, prec).join('') : v;
+      // a big integer is a *big.Int in OPA, which prints itself; small ones are Go ints
+      if (typeof v === 'bigint') return v.toString();
       if (isNum) return isInt ? `%!s(${goType(v)}=${String(v)})` : `%!s(float64=${goFloatG(v as number)})`;
       return termText(v);
     case 'd':

@@ -3,7 +3,7 @@ import { BuiltinError } from '../errors.js';
 import { normInt } from '../values.js';
 import { def, str, type BuiltinTable } from './types.js';
 
-const SI: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18 };
+const SI: Record<string, bigint> = { '': 1n, K: 10n ** 3n, M: 10n ** 6n, G: 10n ** 9n, T: 10n ** 12n, P: 10n ** 15n, E: 10n ** 18n };
 const BIN: Record<string, bigint> = { ki: 1n << 10n, mi: 1n << 20n, gi: 1n << 30n, ti: 1n << 40n, pi: 1n << 50n, ei: 1n << 60n };
 const DEC: Record<string, bigint> = { '': 1n, k: 10n ** 3n, m: 10n ** 6n, g: 10n ** 9n, t: 10n ** 12n, p: 10n ** 15n, e: 10n ** 18n };
 
@@ -24,13 +24,13 @@ function scale(amount: string, factor: bigint): number | bigint {
 export function register(t: BuiltinTable): void {
   def(t, 'units.parse', 1, (a) => {
     const [amount, unit] = split('units.parse', str('units.parse', a, 0));
-    const bin = BIN[unit.toLowerCase().replace(/b$/, '')];
-    if (unit.length >= 2 && /i$/i.test(unit) && bin !== undefined) return scale(amount, bin);
-    const f = SI[unit];
+    const bin = BIN[unit.toLowerCase()];
+    if (unit.length === 2 && bin !== undefined) return scale(amount, bin);
+    // only m is case-sensitive: m is milli, M is mega; k, g, t, p, e may be either case
+    if (unit === 'm') return Number(amount) / 1000;
+    const f = SI[unit.toUpperCase()];
     if (f === undefined) throw new BuiltinError(`units.parse: unit ${JSON.stringify(unit)} not recognized`);
-    if (f >= 1) return scale(amount, BigInt(f));
-    const r = Number(amount) * f;
-    return Number.isInteger(r) ? r : r;
+    return scale(amount, f);
   });
   def(t, 'units.parse_bytes', 1, (a) => {
     const [amount, unit0] = split('units.parse_bytes', str('units.parse_bytes', a, 0));
