@@ -91,8 +91,9 @@ export function validateConfig(c: VmConfig): void {
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
-  // runDir holds qmp.sock and agent-log.sock.
-  if (c.runDir && Buffer.byteLength(c.runDir) > 107 - 'agent-log.sock'.length - 1) errs.push('runDir path too long for its unix sockets');
+  // runDir holds qmp.sock and log.sock (the agent log port): short names, since a CRI sandbox id
+  // alone is 64 characters of the path.
+  if (c.runDir && Buffer.byteLength(c.runDir) > 107 - 'log.sock'.length - 1) errs.push('runDir path too long for its unix sockets');
   if (c.virtioFs) {
     if (!c.virtioFs.socket) errs.push('virtioFs.socket is empty');
     else if (Buffer.byteLength(c.virtioFs.socket) > 107) errs.push('virtioFs.socket path longer than a unix socket allows');

@@ -36,7 +36,7 @@ function blockdev(nodeName: string, file: string, readonly: boolean, format: str
 
 /** QEMU serves the agent log port here; the driver reads it into VmConfig.agentLogFile. */
 export function agentLogSocketPath(c: VmConfig): string {
-  return path.join(c.runDir, 'agent-log.sock');
+  return path.join(c.runDir, 'log.sock');
 }
 
 export function diskNodeName(id: string): string {

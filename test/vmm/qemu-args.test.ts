@@ -44,9 +44,9 @@ describe('VmConfig -> QEMU argv', () => {
     expect(devices.filter((d) => d.startsWith('pcie-root-port,id=hp'))).toHaveLength(4);
     expect(opt(argv, '-chardev')).toContain('socket,id=agent,path=/run/sb1/agent.sock,server=on,wait=off');
     // The agent log port is a socket the driver reads (to cap and rotate it), never a file QEMU grows.
-    expect(opt(argv, '-chardev')).toContain('socket,id=agentlog,path=/run/sb1/agent-log.sock,server=on,wait=off');
+    expect(opt(argv, '-chardev')).toContain('socket,id=agentlog,path=/run/sb1/log.sock,server=on,wait=off');
     expect(opt(argv, '-chardev').some((c) => c.startsWith('file,'))).toBe(false);
-    expect(layout.agentLogSocket).toBe('/run/sb1/agent-log.sock');
+    expect(layout.agentLogSocket).toBe('/run/sb1/log.sock');
     expect(opt(argv, '-fsdev')[0]).toContain('path=/srv/a,,b');
     expect(opt(argv, '-fw_cfg')).toEqual(['name=opt/katats/host_data,file=/run/sb1/host_data']);
     expect(opt(argv, '-qmp')).toEqual(['unix:/run/sb1/qmp.sock,server=on,wait=off']);

@@ -172,7 +172,7 @@ describe('QEMU driver with the real guest image and agent', () => {
         expect(vm.running).toBe(false);
         await expect(vm.queryStatus()).rejects.toThrow(/not running/);
         expect(fs.existsSync(path.join(cfg.runDir, 'qmp.sock'))).toBe(false);
-        expect(fs.existsSync(path.join(cfg.runDir, 'agent-log.sock'))).toBe(false);
+        expect(fs.existsSync(path.join(cfg.runDir, 'log.sock'))).toBe(false);
       } finally {
         await conn.client?.close();
         await vm.kill();
@@ -314,7 +314,7 @@ loop(con,long,line,(n)=>cb+=n);loop(1,longLog,logLines,(n)=>lb+=n);`;
   it('leaves no QEMU process or socket behind', () => {
     expect(ourQemus()).toEqual([]);
     for (const name of ['main', 'flood', 'deadline', 'wedged', 'kvm']) {
-      for (const sock of ['qmp.sock', 'agent.sock', 'agent-log.sock']) expect(fs.existsSync(path.join(tmp.dir, name, sock))).toBe(false);
+      for (const sock of ['qmp.sock', 'agent.sock', 'log.sock']) expect(fs.existsSync(path.join(tmp.dir, name, sock))).toBe(false);
     }
   });
 });
