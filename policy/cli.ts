@@ -3,12 +3,14 @@
 //       prints {"result":[{"expressions":[{"value","text","location"}],"bindings"}]} or {} when undefined
 //   katats policy test [--v0-compatible] [-v] FILE|DIR...
 //       runs every test_* rule: PASS/FAIL per rule; exit 0 when all pass, 2 when one fails
+//   katats policy gen ...   (gen/cli.ts) a policy from a Kubernetes manifest and its images
 // Data files (data.json, data.yaml) in a directory are placed at the directory's path under data,
 // as OPA places them; .rego files are modules; print() output goes to stderr.
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { RegoVersion } from './ast.js';
+import { genCommand, GEN_USAGE } from './gen/cli.js';
 import { Policy, PolicyError, describeFailure, toJSON, type ModuleSource } from './index.js';
 import { parseJSON } from './json.js';
 import { RObject, RSet, fromJS, type Value } from './values.js';
@@ -19,7 +21,8 @@ export interface CliIO {
 }
 
 const USAGE = `usage: katats policy eval [-d FILE|DIR]... [-i INPUT] [--v0-compatible] [--strict-builtin-errors] [--explain] QUERY
-       katats policy test [--v0-compatible] [-v] FILE|DIR...`;
+       katats policy test [--v0-compatible] [-v] FILE|DIR...
+${GEN_USAGE.replace(/^usage: /, '       ')}`;
 
 interface Loaded {
   modules: ModuleSource[];
@@ -238,6 +241,8 @@ export async function policyCommand(argv: string[], io: CliIO = { out: (s) => co
       return evalCommand(args, io);
     case 'test':
       return testCommand(args, io);
+    case 'gen':
+      return genCommand(args, io);
     default:
       io.err(USAGE);
       return 2;

@@ -26,6 +26,10 @@ export interface ImageConfigInput {
   entrypoint?: string[];
   cmd?: string[];
   workingDir?: string;
+  /** The image's user ("uid", "name", "uid:gid", ...). */
+  user?: string;
+  /** Directories declared as volumes. */
+  volumes?: string[];
   /** Lines for the config's history, one per layer. */
   history?: string[];
 }
@@ -71,6 +75,8 @@ export function buildOciImage(opts: { name: string; layers: Buffer[]; config?: I
     ...(c.entrypoint ? { Entrypoint: c.entrypoint } : {}),
     Cmd: c.cmd ?? ['sh'],
     WorkingDir: c.workingDir ?? '/',
+    ...(c.user ? { User: c.user } : {}),
+    ...(c.volumes ? { Volumes: Object.fromEntries(c.volumes.map((v) => [v, {}])) } : {}),
   };
   const config = put(
     Buffer.from(
