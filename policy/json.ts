@@ -32,11 +32,18 @@ export function scanJSON(text: string, start: number, maxDepth: number): { value
   }
 }
 
+/**
+ * A scan's "not plain JSON here": thrown bare, because a parser tries a scan at every composite
+ * literal and most are not JSON (a position and an Error each time made compiles quadratic).
+ */
+const NOT_JSON = Symbol('not JSON');
+
 function readJSON(text: string, start: number, what: string, maxDepth: number, whole: boolean): { value: Value; end: number } {
   let i = start;
   const n = text.length;
 
   const fail = (msg: string, at = i): never => {
+    if (!whole) throw NOT_JSON;
     let row = 1;
     let col = 1;
     for (let j = 0; j < at && j < n; j++) {
