@@ -247,7 +247,7 @@ export class OciArchive implements ImageSource {
     const tarHash = createHash('sha256');
     const gzip = /gzip/.test(media) || (media === '' && (await startsWithGzip(this.file, e.offset)));
     raw.on('data', (c) => blobHash.update(c as Buffer));
-    const tar = gzip ? raw.pipe(createGunzip()) : raw;
+    const tar = gzip ? raw.pipe(createGunzip({ chunkSize: 1 << 20 })) : raw;
     raw.on('error', (err) => tar.destroy(err));
     async function* hashed(): AsyncGenerator<Buffer> {
       for await (const c of tar) {
