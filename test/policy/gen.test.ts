@@ -6,7 +6,7 @@
 // one thing changed is refused, and the explanation names the field.
 import fs from 'node:fs';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { busyboxImage, type BusyboxImage } from '../../harness/images/busybox.js';
 import { buildOciImage } from '../../harness/images/oci.js';
 import { pauseImage, type PauseImage } from '../../harness/images/pause.js';
@@ -79,6 +79,8 @@ beforeAll(async () => {
   busybox = await busyboxImage();
   pause = await pauseImage();
 }, 300_000);
+
+afterAll(() => tmp?.cleanup());
 
 describe('what a generated policy pins', () => {
   it('per container: command, environment, user, capabilities, mounts, namespaces, probes; the sandbox storages', async () => {
