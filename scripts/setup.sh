@@ -17,6 +17,9 @@ DEB_PACKAGES=(
   golang-go golang-github-containerd-ttrpc-dev golang-github-gogo-protobuf-dev
   # integration harness and macro benchmark: a private containerd with runc; busybox for the test image
   containerd runc busybox-static
+  # snapshotter (snapshotter/): veritysetup to check our verity trees against, fsck.erofs (erofs-utils
+  # above) to check our EROFS images, zstd for zstd-compressed layers
+  cryptsetup-bin zstd
 )
 
 missing=()
