@@ -18,8 +18,9 @@ DEB_PACKAGES=(
   # integration harness and macro benchmark: a private containerd with runc; busybox for the test image
   containerd runc busybox-static
   # snapshotter (snapshotter/): veritysetup to check our verity trees against, fsck.erofs (erofs-utils
-  # above) to check our EROFS images, zstd for zstd-compressed layers
-  cryptsetup-bin zstd
+  # above) to check our EROFS images, zstd for zstd-compressed layers, getfattr/setfattr (attr) for the
+  # layer tests
+  cryptsetup-bin zstd attr
 )
 
 missing=()
