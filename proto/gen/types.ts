@@ -608,6 +608,94 @@ export namespace containerd {
     }
   }
   export namespace services {
+    export namespace content {
+      export namespace v1 {
+        export interface Info {
+          digest: string;
+          size: number;
+          created_at?: google.protobuf.Timestamp | null;
+          updated_at?: google.protobuf.Timestamp | null;
+          labels: Record<string, string>;
+        }
+        export interface InfoRequest {
+          digest: string;
+        }
+        export interface InfoResponse {
+          info?: containerd.services.content.v1.Info | null;
+        }
+        export interface UpdateRequest {
+          info?: containerd.services.content.v1.Info | null;
+          update_mask?: google.protobuf.FieldMask | null;
+        }
+        export interface UpdateResponse {
+          info?: containerd.services.content.v1.Info | null;
+        }
+        export interface ListContentRequest {
+          filters: string[];
+        }
+        export interface ListContentResponse {
+          info: containerd.services.content.v1.Info[];
+        }
+        export interface DeleteContentRequest {
+          digest: string;
+        }
+        export interface ReadContentRequest {
+          digest: string;
+          offset: number;
+          size: number;
+        }
+        export interface ReadContentResponse {
+          offset: number;
+          data: Uint8Array;
+        }
+        export interface Status {
+          started_at?: google.protobuf.Timestamp | null;
+          updated_at?: google.protobuf.Timestamp | null;
+          ref: string;
+          offset: number;
+          total: number;
+          expected: string;
+        }
+        export interface StatusRequest {
+          ref: string;
+        }
+        export interface StatusResponse {
+          status?: containerd.services.content.v1.Status | null;
+        }
+        export interface ListStatusesRequest {
+          filters: string[];
+        }
+        export interface ListStatusesResponse {
+          statuses: containerd.services.content.v1.Status[];
+        }
+        export const WriteAction = {
+          STAT: 0,
+          WRITE: 1,
+          COMMIT: 2,
+        } as const;
+        export type WriteAction = (typeof WriteAction)[keyof typeof WriteAction];
+        export interface WriteContentRequest {
+          action: containerd.services.content.v1.WriteAction;
+          ref: string;
+          total: number;
+          expected: string;
+          offset: number;
+          data: Uint8Array;
+          labels: Record<string, string>;
+        }
+        export interface WriteContentResponse {
+          action: containerd.services.content.v1.WriteAction;
+          started_at?: google.protobuf.Timestamp | null;
+          updated_at?: google.protobuf.Timestamp | null;
+          offset: number;
+          total: number;
+          digest: string;
+        }
+        export interface AbortRequest {
+          ref: string;
+        }
+      }
+    }
     export namespace snapshots {
       export namespace v1 {
         export interface PrepareSnapshotRequest {
@@ -1797,6 +1885,24 @@ export interface Messages {
   'containerd.events.TaskPaused': containerd.events.TaskPaused;
   'containerd.events.TaskResumed': containerd.events.TaskResumed;
   'containerd.events.TaskStart': containerd.events.TaskStart;
+  'containerd.services.content.v1.AbortRequest': containerd.services.content.v1.AbortRequest;
+  'containerd.services.content.v1.DeleteContentRequest': containerd.services.content.v1.DeleteContentRequest;
+  'containerd.services.content.v1.Info': containerd.services.content.v1.Info;
+  'containerd.services.content.v1.InfoRequest': containerd.services.content.v1.InfoRequest;
+  'containerd.services.content.v1.InfoResponse': containerd.services.content.v1.InfoResponse;
+  'containerd.services.content.v1.ListContentRequest': containerd.services.content.v1.ListContentRequest;
+  'containerd.services.content.v1.ListContentResponse': containerd.services.content.v1.ListContentResponse;
+  'containerd.services.content.v1.ListStatusesRequest': containerd.services.content.v1.ListStatusesRequest;
+  'containerd.services.content.v1.ListStatusesResponse': containerd.services.content.v1.ListStatusesResponse;
+  'containerd.services.content.v1.ReadContentRequest': containerd.services.content.v1.ReadContentRequest;
+  'containerd.services.content.v1.ReadContentResponse': containerd.services.content.v1.ReadContentResponse;
+  'containerd.services.content.v1.Status': containerd.services.content.v1.Status;
+  'containerd.services.content.v1.StatusRequest': containerd.services.content.v1.StatusRequest;
+  'containerd.services.content.v1.StatusResponse': containerd.services.content.v1.StatusResponse;
+  'containerd.services.content.v1.UpdateRequest': containerd.services.content.v1.UpdateRequest;
+  'containerd.services.content.v1.UpdateResponse': containerd.services.content.v1.UpdateResponse;
+  'containerd.services.content.v1.WriteContentRequest': containerd.services.content.v1.WriteContentRequest;
+  'containerd.services.content.v1.WriteContentResponse': containerd.services.content.v1.WriteContentResponse;
   'containerd.services.events.ttrpc.v1.Envelope': containerd.services.events.ttrpc.v1.Envelope;
   'containerd.services.events.ttrpc.v1.ForwardRequest': containerd.services.events.ttrpc.v1.ForwardRequest;
   'containerd.services.snapshots.v1.CleanupRequest': containerd.services.snapshots.v1.CleanupRequest;
@@ -2092,6 +2198,17 @@ export interface Messages {
 
 /** Every service: method name -> [request, response, streaming]. */
 export interface Services {
+  'containerd.services.content.v1.Content': {
+    Info: [containerd.services.content.v1.InfoRequest, containerd.services.content.v1.InfoResponse, false];
+    Update: [containerd.services.content.v1.UpdateRequest, containerd.services.content.v1.UpdateResponse, false];
+    List: [containerd.services.content.v1.ListContentRequest, containerd.services.content.v1.ListContentResponse, true];
+    Delete: [containerd.services.content.v1.DeleteContentRequest, google.protobuf.Empty, false];
+    Read: [containerd.services.content.v1.ReadContentRequest, containerd.services.content.v1.ReadContentResponse, true];
+    Status: [containerd.services.content.v1.StatusRequest, containerd.services.content.v1.StatusResponse, false];
+    ListStatuses: [containerd.services.content.v1.ListStatusesRequest, containerd.services.content.v1.ListStatusesResponse, false];
+    Write: [containerd.services.content.v1.WriteContentRequest, containerd.services.content.v1.WriteContentResponse, true];
+    Abort: [containerd.services.content.v1.AbortRequest, google.protobuf.Empty, false];
+  };
   'containerd.services.events.ttrpc.v1.Events': {
     Forward: [containerd.services.events.ttrpc.v1.ForwardRequest, google.protobuf.Empty, false];
   };

@@ -7,6 +7,11 @@
 //                                                     demo of the checkout this binary was built from)
 //   katats policy eval|test ...                       the Rego engine, shaped like opa eval / opa test
 //                                                     (policy/cli.ts has the flags)
+//   katats verity format DATA [HASH] [--salt HEX] [--hash-offset N]
+//                                                     a dm-verity tree (format 1, sha256, 4096) as
+//                                                     veritysetup --no-superblock prints it
+//   katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]
+//                                                     a layer file (EROFS + verity tree); its root hash
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -16,16 +21,29 @@ import { policyCommand } from '../../policy/cli.js';
 import { loadConfig } from '../config.js';
 import { doctor } from './doctor.js';
 import { install } from './install.js';
+import { layerCommand, verityCommand } from './layer.js';
 
 function flag(args: string[], name: string, def: string): string {
   const i = args.indexOf(name);
   return i >= 0 && args[i + 1] ? args[i + 1]! : def;
 }
 
+const USAGE = [
+  'usage: katats doctor [--config FILE] [--address SOCK]',
+  '       katats env [--config FILE]',
+  '       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]',
+  '       katats demo',
+  '       katats policy eval|test ...',
+  '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
+  '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
+].join('\n');
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...args] = argv;
-  // The policy engine needs no host configuration.
+  // The policy engine and the layer tools need no host configuration.
   if (cmd === 'policy') return policyCommand(args);
+  if (cmd === 'verity') return verityCommand(args, USAGE);
+  if (cmd === 'layer') return layerCommand(args, USAGE);
   const cfg = loadConfig(flag(args, '--config', '') || undefined);
   switch (cmd) {
     case 'doctor': {
@@ -65,9 +83,7 @@ async function main(argv: string[]): Promise<number> {
       return spawnSync('bash', [path.join(root, 'scripts', 'demo.sh')], { stdio: 'inherit' }).status ?? 1;
     }
     default:
-      console.error(
-        'usage: katats doctor [--config FILE] [--address SOCK]\n       katats env [--config FILE]\n       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]\n       katats demo\n       katats policy eval|test ...',
-      );
+      console.error(USAGE);
       return 2;
   }
 }

@@ -15,6 +15,7 @@ const FILES = [
   'containerd/events/task.proto',
   'containerd/services/ttrpc/events/v1/events.proto',
   'containerd/services/snapshots/v1/snapshots.proto',
+  'containerd/services/content/v1/content.proto',
   'containerd/cgroups/v2/metrics.proto',
   'containerd/cgroups/v1/metrics.proto',
   'ttrpc/request.proto',
@@ -318,6 +319,56 @@ describe('containerd.services.snapshots.v1.Snapshots', () => {
     expectField('containerd.services.snapshots.v1.ListSnapshotsResponse', 'info', 1, 'Info', true);
     expectField('containerd.services.snapshots.v1.UsageResponse', 'size', 1, 'int64');
     expectField('containerd.services.snapshots.v1.UsageResponse', 'inodes', 2, 'int64');
+  });
+});
+
+describe('containerd.services.content.v1.Content', () => {
+  it('has every upstream rpc, List and Read server-streaming, Write bidirectional', () => {
+    const svc = root.lookupService('containerd.services.content.v1.Content');
+    const sig = Object.fromEntries(
+      Object.values(svc.methods).map((m) => [m.name, `${m.requestStream ? 'stream ' : ''}${m.requestType} -> ${m.responseStream ? 'stream ' : ''}${m.responseType}`]),
+    );
+    expect(sig).toEqual({
+      Info: 'InfoRequest -> InfoResponse',
+      Update: 'UpdateRequest -> UpdateResponse',
+      List: 'ListContentRequest -> stream ListContentResponse',
+      Delete: 'DeleteContentRequest -> google.protobuf.Empty',
+      Read: 'ReadContentRequest -> stream ReadContentResponse',
+      Status: 'StatusRequest -> StatusResponse',
+      ListStatuses: 'ListStatusesRequest -> ListStatusesResponse',
+      Write: 'stream WriteContentRequest -> stream WriteContentResponse',
+      Abort: 'AbortRequest -> google.protobuf.Empty',
+    });
+  });
+
+  it('Info, Read and List messages', () => {
+    const C = 'containerd.services.content.v1.';
+    expectField(C + 'Info', 'digest', 1, 'string');
+    expectField(C + 'Info', 'size', 2, 'int64');
+    expectField(C + 'Info', 'created_at', 3, 'google.protobuf.Timestamp');
+    expectField(C + 'Info', 'updated_at', 4, 'google.protobuf.Timestamp');
+    const labels = root.lookupType(C + 'Info').fields['labels'];
+    expect(labels).toBeInstanceOf(protobuf.MapField);
+    expect(labels?.id).toBe(5);
+    expectField(C + 'InfoRequest', 'digest', 1, 'string');
+    expectField(C + 'InfoResponse', 'info', 1, 'Info');
+    expectField(C + 'ReadContentRequest', 'digest', 1, 'string');
+    expectField(C + 'ReadContentRequest', 'offset', 2, 'int64');
+    expectField(C + 'ReadContentRequest', 'size', 3, 'int64');
+    expectField(C + 'ReadContentResponse', 'offset', 1, 'int64');
+    expectField(C + 'ReadContentResponse', 'data', 2, 'bytes');
+    expectField(C + 'ListContentRequest', 'filters', 1, 'string', true);
+    expectField(C + 'ListContentResponse', 'info', 1, 'Info', true);
+    expectField(C + 'UpdateRequest', 'update_mask', 2, 'google.protobuf.FieldMask');
+    expectField(C + 'WriteContentRequest', 'labels', 7, 'string');
+    expect(root.lookupEnum(C + 'WriteAction').values).toEqual({ STAT: 0, WRITE: 1, COMMIT: 2 });
+  });
+
+  it('encodes a ReadContentRequest byte-for-byte as Go would', () => {
+    const R = root.lookupType('containerd.services.content.v1.ReadContentRequest');
+    const bytes = R.encode(R.create({ digest: 'sha256:ab', offset: 4096, size: 0 })).finish();
+    // 0a 09 "sha256:ab" | 10 80 20
+    expect(Buffer.from(bytes).toString('hex')).toBe('0a09' + Buffer.from('sha256:ab').toString('hex') + '108020');
   });
 });
 
