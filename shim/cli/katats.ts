@@ -12,6 +12,8 @@
 //                                                     veritysetup --no-superblock prints it
 //   katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]
 //                                                     a layer file (EROFS + verity tree); its root hash
+//   katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE]
+//                                                     the tardev snapshotter (containerd proxy plugin)
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,6 +24,7 @@ import { loadConfig } from '../config.js';
 import { doctor } from './doctor.js';
 import { install } from './install.js';
 import { layerCommand, verityCommand } from './layer.js';
+import { snapshotterCommand } from '../../snapshotter/main.js';
 
 function flag(args: string[], name: string, def: string): string {
   const i = args.indexOf(name);
@@ -36,6 +39,7 @@ const USAGE = [
   '       katats policy eval|test ...',
   '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
+  '       katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE] [--log-level LEVEL]',
 ].join('\n');
 
 async function main(argv: string[]): Promise<number> {
@@ -44,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'policy') return policyCommand(args);
   if (cmd === 'verity') return verityCommand(args, USAGE);
   if (cmd === 'layer') return layerCommand(args, USAGE);
+  if (cmd === 'snapshotter') return snapshotterCommand(args, USAGE);
   const cfg = loadConfig(flag(args, '--config', '') || undefined);
   switch (cmd) {
     case 'doctor': {
