@@ -49,6 +49,16 @@ export interface RuntimeRegistration {
   runcBinary?: string;
   /** Extra options for CRI's runtime table (only written when CRI is on). */
   options?: Record<string, unknown>;
+  /** The snapshotter CRI uses for this runtime handler's pods (containerd 1.7+; CRI only). */
+  snapshotter?: string;
+}
+
+/** A proxy plugin containerd calls over gRPC: `[proxy_plugins.<name>] type = "snapshot" address = ...`. */
+export interface ProxyPlugin {
+  name: string;
+  type: 'snapshot' | 'content';
+  /** Its unix socket. */
+  address: string;
 }
 
 export interface ContainerdOptions {
@@ -73,6 +83,13 @@ export interface ContainerdOptions {
   logLevel?: string;
   onProgress?: (line: string) => void;
   startTimeoutMs?: number;
+  /** Proxy plugins (a snapshotter of our own, for one). */
+  proxyPlugins?: ProxyPlugin[];
+  /**
+   * CRI passes the layer labels (containerd.io/snapshot/cri.layer-digest, ...) to snapshotters
+   * when this is false (its default is true); with CRI only.
+   */
+  disableSnapshotAnnotations?: boolean;
 }
 
 export interface CtrOptions extends RunOptions {
@@ -137,6 +154,8 @@ export function containerdConfig(c: {
   sandboxImage?: string;
   cniConfDir?: string;
   cniBinDir?: string;
+  proxyPlugins?: ProxyPlugin[];
+  disableSnapshotAnnotations?: boolean;
 }): string {
   const criPlugins = c.major >= 2 ? ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.runtime', 'io.containerd.cri.v1.images'] : ['io.containerd.grpc.v1.cri'];
   const disabled = [...(c.cri ? [] : criPlugins), 'io.containerd.nri.v1.nri'];
@@ -149,7 +168,11 @@ export function containerdConfig(c: {
     for (const r of c.runtimes) {
       const options: Record<string, unknown> = { ...r.options };
       if (r.runcBinary) options.BinaryName = r.runcBinary;
-      table[r.name] = { runtime_type: r.runtimeType, ...(Object.keys(options).length ? { options } : {}) };
+      table[r.name] = {
+        runtime_type: r.runtimeType,
+        ...(r.snapshotter ? { snapshotter: r.snapshotter } : {}),
+        ...(Object.keys(options).length ? { options } : {}),
+      };
     }
     const sandboxImage = c.sandboxImage ?? PAUSE_IMAGE;
     // Never /etc/cni/net.d or /opt/cni/bin: a host's networks are not ours to use.
@@ -164,7 +187,12 @@ export function containerdConfig(c: {
       // Pod network namespaces inside the instance's state dir, where stop() finds them.
       netns_mounts_under_state_dir: true,
       cni,
-      containerd: { snapshotter: 'overlayfs', default_runtime_name: 'runc', runtimes: table },
+      containerd: {
+        snapshotter: 'overlayfs',
+        default_runtime_name: 'runc',
+        runtimes: table,
+        ...(c.disableSnapshotAnnotations !== undefined ? { disable_snapshot_annotations: c.disableSnapshotAnnotations } : {}),
+      },
     };
     // The streaming server (exec/attach/port-forward URLs) on loopback, a free port.
     const streaming = { stream_server_address: '127.0.0.1', stream_server_port: '0', disable_tcp_service: true };
@@ -173,12 +201,18 @@ export function containerdConfig(c: {
       // 2.x reads a list of plugin dirs (bin_dirs); its bin_dir is deprecated.
       const cni2 = { ...cniRest, bin_dirs: [bin_dir] };
       plugins['io.containerd.cri.v1.runtime'] = { ...rest, cni: cni2, containerd: { default_runtime_name: containerd.default_runtime_name, runtimes: table } };
-      plugins['io.containerd.cri.v1.images'] = { snapshotter: containerd.snapshotter, pinned_images: { sandbox: sandboxImage } };
+      plugins['io.containerd.cri.v1.images'] = {
+        snapshotter: containerd.snapshotter,
+        pinned_images: { sandbox: sandboxImage },
+        ...(containerd.disable_snapshot_annotations !== undefined ? { disable_snapshot_annotations: containerd.disable_snapshot_annotations } : {}),
+      };
       plugins['io.containerd.grpc.v1.cri'] = streaming;
     } else {
       plugins['io.containerd.grpc.v1.cri'] = { ...runtime, ...streaming, sandbox_image: sandboxImage };
     }
   }
+  const proxy: Record<string, unknown> = {};
+  for (const p of c.proxyPlugins ?? []) proxy[p.name] = { type: p.type, address: p.address };
   return stringify({
     version: c.major >= 2 ? 3 : 2,
     root: c.root,
@@ -188,6 +222,7 @@ export function containerdConfig(c: {
     ttrpc: { address: c.ttrpcAddress },
     debug: { level: c.logLevel },
     metrics: { address: '' },
+    ...(Object.keys(proxy).length ? { proxy_plugins: proxy } : {}),
     plugins,
   });
 }
@@ -637,6 +672,8 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     cri: opts.cri ?? false,
     runtimes,
     logLevel: opts.logLevel ?? 'info',
+    proxyPlugins: opts.proxyPlugins,
+    disableSnapshotAnnotations: opts.disableSnapshotAnnotations,
   };
   if (cfg.cri) {
     for (const d of ['net.d', 'bin']) fs.mkdirSync(path.join(cfg.root, 'cni', d), { recursive: true });

@@ -41,7 +41,7 @@ export interface BusyboxImageOptions {
 }
 
 /** /bin/busybox of the installed busybox-static, else the package fetched and unpacked (not installed). */
-async function busyboxBinary(onProgress?: (line: string) => void): Promise<{ file: string; version: string }> {
+export async function busyboxBinary(onProgress?: (line: string) => void): Promise<{ file: string; version: string }> {
   const q = await run('dpkg-query', ['-W', '-f=${Status}\t${Version}', 'busybox-static']);
   const [status, version] = q.stdout.split('\t');
   if (q.code === 0 && status === 'install ok installed' && version && fs.existsSync('/bin/busybox')) {

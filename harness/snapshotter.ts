@@ -1,0 +1,110 @@
+// The tardev snapshotter as its own process (`katats snapshotter serve`), for tests and benchmarks
+// that register it in a private containerd as a proxy plugin. It can be killed with SIGKILL and
+// started again on the same root and socket, as a node's would after a crash. stop() leaves
+// nothing behind: no process, no layer mount (and so no loop device), no directory.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { mountsUnder, unmountAll } from '../sys/mount.js';
+import { sleep } from '../sys/timeout.js';
+import { SnapshotsCallError, SnapshotsClient } from './snapshots.js';
+
+export interface SnapshotterProcessOptions {
+  /** The `katats` binary (scripts/build.ts puts it in dist/bin). */
+  katats: string;
+  /** containerd's gRPC socket (its content store). */
+  containerd?: string;
+  /** Parent of the snapshotter's dir (default os.tmpdir()); keep it short: the socket path is inside. */
+  baseDir?: string;
+  logLevel?: string;
+}
+
+export class SnapshotterProcess {
+  private proc: ChildProcess | undefined;
+  private exited: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly dir: string,
+    private readonly o: SnapshotterProcessOptions,
+  ) {}
+
+  get root(): string {
+    return path.join(this.dir, 'root');
+  }
+  get address(): string {
+    return path.join(this.dir, 'sn.sock');
+  }
+  get logFile(): string {
+    return path.join(this.dir, 'snapshotter.log');
+  }
+  get pid(): number {
+    return this.proc?.pid ?? 0;
+  }
+
+  /** A dir and socket path, before containerd (which needs the address) is started. */
+  static prepare(o: SnapshotterProcessOptions): SnapshotterProcess {
+    const dir = fs.mkdtempSync(path.join(o.baseDir ?? os.tmpdir(), 'katats-sn-'));
+    return new SnapshotterProcess(dir, o);
+  }
+
+  /** Starts the process and waits until it answers on its socket. */
+  async start(timeoutMs = 30_000, containerd = this.o.containerd): Promise<void> {
+    const args = ['snapshotter', 'serve', '--root', this.root, '--address', this.address, '--log', this.logFile, '--log-level', this.o.logLevel ?? 'debug'];
+    args.push('--containerd', containerd ?? '');
+    const proc = spawn(this.o.katats, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    proc.stderr!.on('data', (b: Buffer) => {
+      if (stderr.length < 8192) stderr += b.toString();
+    });
+    this.proc = proc;
+    this.exited = new Promise((r) => proc.once('exit', () => r()));
+    const client = new SnapshotsClient(this.address, 2_000);
+    const deadline = Date.now() + timeoutMs;
+    try {
+      for (;;) {
+        if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`snapshotter exited at start (${proc.exitCode ?? proc.signalCode}): ${stderr}`);
+        if (fs.existsSync(this.address)) {
+          try {
+            await client.stat('katats-harness-probe');
+          } catch (e) {
+            if (e instanceof SnapshotsCallError && e.code === 5) return; // NotFound: it answers
+          }
+        }
+        if (Date.now() > deadline) throw new Error(`snapshotter did not answer within ${timeoutMs} ms: ${stderr}`);
+        await sleep(100);
+      }
+    } finally {
+      client.close();
+    }
+  }
+
+  /** SIGKILL, as a crash: the socket file and the layer mounts stay. */
+  async kill9(): Promise<void> {
+    this.proc?.kill('SIGKILL');
+    await this.exited;
+  }
+
+  /** SIGTERM, then SIGKILL after 10 s. */
+  async stopProcess(): Promise<void> {
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.proc.kill('SIGTERM');
+    const t = setTimeout(() => this.proc?.kill('SIGKILL'), 10_000);
+    await this.exited;
+    clearTimeout(t);
+  }
+
+  /** Mounts the snapshotter left under its root (layer mounts). */
+  leftoverMounts(): string[] {
+    return mountsUnder(this.dir);
+  }
+
+  /** Stops the process, unmounts what it left mounted, removes its dir (logs copied to keepLogsIn). */
+  async stop(o: { keepLogsIn?: string } = {}): Promise<string[]> {
+    await this.stopProcess();
+    const unmounted = await unmountAll(this.dir);
+    if (o.keepLogsIn && fs.existsSync(this.logFile)) fs.copyFileSync(this.logFile, path.join(o.keepLogsIn, 'snapshotter.log'));
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    return unmounted;
+  }
+}
