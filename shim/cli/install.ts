@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { stringify as toToml, parse as parseToml } from 'smol-toml';
 import { DEFAULTS } from '../config.js';
+import { snapshotterInstructions } from './snapshotter-install.js';
 
 export interface InstallOptions {
   /** Where the built wrappers live (dist/bin). */
@@ -203,4 +204,5 @@ export function install(o: InstallOptions, say: (s: string) => void): void {
   say('restart containerd to load the runtime; then `ctr run --runtime io.containerd.katats.v2 ...` works,');
   say('and Kubernetes pods can use it with this RuntimeClass:\n');
   say(runtimeClassYaml());
+  say(snapshotterInstructions(path.join(o.pathDir, 'katats'), version, HANDLER));
 }

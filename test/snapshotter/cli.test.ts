@@ -9,6 +9,8 @@ import { writeTar } from '../../harness/images/tar.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { buildLayerFile } from '../../snapshotter/layer.js';
 import { runTool, runToolOk } from '../../sys/exec.js';
+import { parse as parseToml } from 'smol-toml';
+import { snapshotterConfig } from '../../shim/cli/snapshotter-install.js';
 import { tempDir } from '../support/tmp.js';
 
 const tmp = tempDir('katats-layer-cli-');
@@ -62,5 +64,21 @@ describe('katats layer build', () => {
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/katats: tar: bad header checksum/);
     expect(fs.existsSync(path.join(tmp.dir, 'bad.layer'))).toBe(false);
+  });
+});
+
+describe('katats install, the snapshotter part', () => {
+  it('prints a systemd unit running katats snapshotter serve and a containerd config snippet for each config version', async () => {
+    const d = (x: string) => path.join(tmp.dir, 'install', x);
+    const r = await run(['install', '--bin-dir', path.dirname(katats), '--prefix', d('bin'), '--containerd-config', d('config.toml'), '--drop-in-dir', d('conf.d'), '--katats-config', d('katats.toml')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`ExecStart=${d('bin')}/katats snapshotter serve --root /var/lib/katats/snapshotter --address /run/katats/snapshotter.sock`));
+    expect(r.stdout).toContain('[proxy_plugins.tardev]');
+    const v2 = parseToml(snapshotterConfig(2, 'katats')) as Record<string, any>;
+    expect(v2.proxy_plugins.tardev).toEqual({ type: 'snapshot', address: '/run/katats/snapshotter.sock' });
+    expect(v2.plugins['io.containerd.grpc.v1.cri'].containerd).toEqual({ disable_snapshot_annotations: false, runtimes: { katats: { snapshotter: 'tardev' } } });
+    const v3 = parseToml(snapshotterConfig(3, 'katats')) as Record<string, any>;
+    expect(v3.plugins['io.containerd.cri.v1.images'].runtime_platforms.katats.snapshotter).toBe('tardev');
+    expect(v3.plugins['io.containerd.cri.v1.runtime'].containerd.runtimes.katats.snapshotter).toBe('tardev');
   });
 });

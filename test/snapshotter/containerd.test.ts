@@ -6,6 +6,7 @@
 // container; a second namespace reusing the layer files; containerd's error codes for bad
 // requests, a corrupt blob in the content store refused with nothing half-built; and the image's
 // removal taking the layer files and host mounts with it. One containerd for all of it.
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,6 +21,7 @@ import { buildHostBinaries } from '../../scripts/build.js';
 import { buildLayerFile } from '../../snapshotter/layer.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
+import { sleep } from '../../sys/timeout.js';
 import { tempDir } from '../support/tmp.js';
 
 const tmp = tempDir('katats-sn-ctrd-');
@@ -51,6 +53,7 @@ const builtLines = () => fs.readFileSync(sn.logFile, 'utf8').split('\n').filter(
 
 describe('the tardev snapshotter in containerd 1.6', () => {
   it('ctr images import unpacks each layer into one layer file, the same bytes the builder makes from its tar', async () => {
+    expect((await cd.ctrOk(['plugins', 'ls'])).stdout).toMatch(/io\.containerd\.snapshotter\.v1\s+tardev\s+.*ok/);
     await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
     const snaps = await cd.ctrOk(['snapshots', ...tardev, 'ls']);
     for (const c of chains) expect(snaps.stdout).toMatch(new RegExp(`${c}\\s.*Committed`));
@@ -156,6 +159,48 @@ describe('the tardev snapshotter in containerd 1.6', () => {
       client.close();
       await cd.ctr(['images', 'rm', '--sync', 'katats.local/corrupt:latest', 'katats.local/corrupt:index']);
     }
+  });
+
+  it('killed in the middle of a Commit: no half layer is visible after the restart, and the unpack succeeds when retried', async () => {
+    // A layer big enough that its build takes a while: 96 MiB of incompressible data, plain tar.
+    const big = buildOciImage({ name: 'katats.local/big:latest', layers: [writeTar([{ type: 'file', path: 'big', data: randomBytes(96 * 1024 * 1024) }])], gzip: false });
+    const archive = path.join(tmp.dir, 'big.tar');
+    fs.writeFileSync(archive, big.archive);
+    const chain = big.diffIds[0]!;
+    const importIt = () => cd.ctr(['images', 'import', ...tardev, '--index-name', 'katats.local/big:index', archive], { timeoutMs: 300_000 });
+    try {
+      const first = importIt();
+      // The Commit's build writes into tmp/: kill the process as soon as it does.
+      const deadline = Date.now() + 120_000;
+      while (!fs.readdirSync(path.join(sn.root, 'tmp')).length) {
+        if (Date.now() > deadline) throw new Error('the layer build never started');
+        await sleep(5);
+      }
+      await sn.kill9();
+      expect((await first).code).not.toBe(0);
+      await sn.start(30_000, cd.address);
+      const client = new SnapshotsClient(sn.address, 60_000);
+      try {
+        expect(fs.readdirSync(path.join(sn.root, 'tmp'))).toEqual([]);
+        expect((await client.list(['kind==committed'])).some((i) => i.name.endsWith(chain))).toBe(false);
+        await client.cleanup();
+        // Every layer file left is whole and named by a record; none is the interrupted one's.
+        const files = fs.readdirSync(path.join(sn.root, 'layers'));
+        expect(files).not.toContain(layerName(chain));
+        for (const f of files.filter((x) => !x.endsWith('.json'))) {
+          const rec = JSON.parse(fs.readFileSync(path.join(sn.root, 'layers', `${f}.json`), 'utf8')) as { fileBytes: number };
+          expect(fs.statSync(path.join(sn.root, 'layers', f)).size).toBe(rec.fileBytes);
+        }
+      } finally {
+        client.close();
+      }
+      const again = await importIt();
+      expect(again.code, again.stderr).toBe(0);
+      expect(fs.existsSync(path.join(sn.root, 'layers', layerName(chain)))).toBe(true);
+    } finally {
+      await cd.ctr(['images', 'rm', '--sync', 'katats.local/big:latest', 'katats.local/big:index']);
+    }
+    expect(fs.existsSync(path.join(sn.root, 'layers', layerName(chain)))).toBe(false);
   });
 
   it('removing the image removes its snapshots, layer files and host mounts', async () => {
