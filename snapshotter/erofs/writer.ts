@@ -42,13 +42,18 @@ import { LayerFormatError, LayerTree, type Node } from './tree.js';
 
 const WRITE_BUFFER = 1024 * 1024;
 
-/** Buffered sequential writes at a file position. */
+/**
+ * Buffered sequential writes at a file position, double-buffered: one buffer is written while
+ * the next fills, so the disk and the parsing overlap.
+ */
 class SeqWriter {
-  private buf = Buffer.allocUnsafe(WRITE_BUFFER);
+  private buf: Buffer = Buffer.allocUnsafe(WRITE_BUFFER);
+  private spare: Buffer | undefined = Buffer.allocUnsafe(WRITE_BUFFER);
   private used = 0;
+  private inFlight: Promise<void> = Promise.resolve();
   constructor(
     private readonly fd: FileHandle,
-    /** File position of the next byte. */
+    /** File position of the next byte handed to the file. */
     public pos: number,
   ) {}
 
@@ -59,7 +64,7 @@ class SeqWriter {
       this.buf.set(b.subarray(at, at + n), this.used);
       this.used += n;
       at += n;
-      if (this.used === this.buf.length) await this.flush();
+      if (this.used === this.buf.length) await this.handOff();
     }
   }
 
@@ -69,17 +74,39 @@ class SeqWriter {
       this.buf.fill(0, this.used, this.used + k);
       this.used += k;
       n -= k;
-      if (this.used === this.buf.length) await this.flush();
+      if (this.used === this.buf.length) await this.handOff();
     }
   }
 
-  async flush(): Promise<void> {
+  private static async writeAll(fd: FileHandle, b: Buffer, len: number, pos: number): Promise<void> {
     let off = 0;
-    while (off < this.used) {
-      const { bytesWritten } = await this.fd.write(this.buf, off, this.used - off, this.pos);
+    while (off < len) {
+      const { bytesWritten } = await fd.write(b, off, len - off, pos + off);
       off += bytesWritten;
-      this.pos += bytesWritten;
     }
+  }
+
+  /** Starts writing the full buffer and continues in the spare one (after the previous write is done). */
+  private async handOff(): Promise<void> {
+    await this.inFlight;
+    const full = this.buf;
+    const len = this.used;
+    const at = this.pos;
+    this.pos += len;
+    this.buf = this.spare ?? Buffer.allocUnsafe(WRITE_BUFFER);
+    this.spare = undefined;
+    this.used = 0;
+    this.inFlight = SeqWriter.writeAll(this.fd, full, len, at).then(() => {
+      this.spare = full;
+    });
+    // A failed write surfaces at the next handOff or flush; never unobserved.
+    this.inFlight.catch(() => undefined);
+  }
+
+  async flush(): Promise<void> {
+    await this.inFlight;
+    await SeqWriter.writeAll(this.fd, this.buf, this.used, this.pos);
+    this.pos += this.used;
     this.used = 0;
   }
 

@@ -113,7 +113,8 @@ export async function openLayerStream(input: AsyncIterable<Buffer | Uint8Array>)
     destroy = () => rawStream.destroy();
   }
   finished.catch(() => undefined); // surfaced through chunks and result()
-  const uncompressedHash: Hash = createHash('sha256');
+  // A plain tar is its own uncompressed stream: hashed once.
+  const uncompressedHash: Hash | undefined = compression === 'none' ? undefined : createHash('sha256');
   let uncompressedBytes = 0;
   const plainIt = plain[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   let failed: unknown;
@@ -131,7 +132,7 @@ export async function openLayerStream(input: AsyncIterable<Buffer | Uint8Array>)
         await finished;
         return r;
       }
-      uncompressedHash.update(r.value);
+      uncompressedHash?.update(r.value);
       uncompressedBytes += r.value.length;
       return r;
     },
@@ -142,9 +143,10 @@ export async function openLayerStream(input: AsyncIterable<Buffer | Uint8Array>)
     async result() {
       if (failed) throw failed;
       await finished;
+      const digest = 'sha256:' + compressedHash.digest('hex');
       return {
-        digest: 'sha256:' + compressedHash.digest('hex'),
-        diffId: 'sha256:' + uncompressedHash.digest('hex'),
+        digest,
+        diffId: uncompressedHash ? 'sha256:' + uncompressedHash.digest('hex') : digest,
         compressedBytes,
         uncompressedBytes,
       };
