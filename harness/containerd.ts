@@ -17,6 +17,7 @@ import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
 import { CriClient } from './cri.js';
 import { pauseImage, PAUSE_IMAGE, PAUSE_INDEX } from './images/pause.js';
+import { ociArch } from './images/oci.js';
 
 /** Where the containerd binaries come from: the installed Debian package (bookworm), or a newer suite's .deb unpacked. */
 export type ContainerdFlavor = 'bookworm' | 'trixie' | 'sid';
@@ -213,6 +214,15 @@ export function containerdConfig(c: {
   }
   const proxy: Record<string, unknown> = {};
   for (const p of c.proxyPlugins ?? []) proxy[p.name] = { type: p.type, address: p.address };
+  // containerd 2.x's transfer service (ctr images import/pull) unpacks only into the snapshotters
+  // its unpack_config names; naming any replaces the default (overlayfs), so that one is kept.
+  const snapshotProxies = (c.proxyPlugins ?? []).filter((p) => p.type === 'snapshot');
+  if (c.major >= 2 && snapshotProxies.length) {
+    const platform = `linux/${ociArch()}`;
+    plugins['io.containerd.transfer.v1.local'] = {
+      unpack_config: [{ platform, snapshotter: 'overlayfs' }, ...snapshotProxies.map((p) => ({ platform, snapshotter: p.name }))],
+    };
+  }
   return stringify({
     version: c.major >= 2 ? 3 : 2,
     root: c.root,

@@ -6,6 +6,7 @@ import { stringify as toToml } from 'smol-toml';
 import { DEFAULTS } from '../../snapshotter/main.js';
 
 export const SNAPSHOTTER_NAME = 'tardev';
+const ARCH = ({ x64: 'amd64', arm64: 'arm64' } as Record<string, string>)[process.arch] ?? process.arch;
 
 export function snapshotterUnit(katats: string): string {
   return [
@@ -46,6 +47,14 @@ export function snapshotterConfig(version: 2 | 3, handler: string): string {
           plugins: {
             'io.containerd.cri.v1.images': { disable_snapshot_annotations: false, runtime_platforms: { [handler]: { snapshotter: SNAPSHOTTER_NAME } } },
             'io.containerd.cri.v1.runtime': { containerd: { runtimes: { [handler]: { snapshotter: SNAPSHOTTER_NAME } } } },
+            // ctr import/pull go through the transfer service, which unpacks only into the
+            // snapshotters named here (naming any drops its default, overlayfs).
+            'io.containerd.transfer.v1.local': {
+              unpack_config: [
+                { platform: `linux/${ARCH}`, snapshotter: 'overlayfs' },
+                { platform: `linux/${ARCH}`, snapshotter: SNAPSHOTTER_NAME },
+              ],
+            },
           },
         };
   return `${toToml(proxy)}\n\n${toToml(cri)}\n`;

@@ -80,5 +80,6 @@ describe('katats install, the snapshotter part', () => {
     const v3 = parseToml(snapshotterConfig(3, 'katats')) as Record<string, any>;
     expect(v3.plugins['io.containerd.cri.v1.images'].runtime_platforms.katats.snapshotter).toBe('tardev');
     expect(v3.plugins['io.containerd.cri.v1.runtime'].containerd.runtimes.katats.snapshotter).toBe('tardev');
+    expect(v3.plugins['io.containerd.transfer.v1.local'].unpack_config.map((u: { snapshotter: string }) => u.snapshotter)).toEqual(['overlayfs', 'tardev']);
   });
 });

@@ -1,0 +1,55 @@
+// The snapshotter with containerd 1.7 (trixie's) and 2.1 (sid's), whose `ctr` unpacks differently
+// from 1.6 (2.x through its transfer service, with the unpacker's snapshot.ref label): import the
+// three-layer image with --snapshotter tardev, run it with runc on the mounts the snapshotter
+// returns (each version's own mount code), remove it. containerd.test.ts covers 1.6 in depth.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startContainerd, type Containerd, type ContainerdFlavor } from '../../harness/containerd.js';
+import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
+import { SnapshotterProcess } from '../../harness/snapshotter.js';
+import { buildHostBinaries } from '../../scripts/build.js';
+import { chainIdOf } from '../../snapshotter/resolve.js';
+import { layerName } from '../../snapshotter/store.js';
+
+let katats: string;
+let img: LayeredImage;
+
+beforeAll(async () => {
+  katats = path.join((await buildHostBinaries(() => {})).binDir, 'katats');
+  img = await layeredImage();
+}, 300_000);
+
+for (const flavor of ['trixie', 'sid'] as ContainerdFlavor[]) {
+  describe(`the tardev snapshotter with ${flavor}'s containerd`, () => {
+    let cd: Containerd;
+    let sn: SnapshotterProcess;
+
+    beforeAll(async () => {
+      sn = SnapshotterProcess.prepare({ katats });
+      cd = await startContainerd({ flavor, proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
+      await sn.start(30_000, cd.address);
+    }, 300_000);
+
+    afterAll(async () => {
+      const report = await cd?.stop();
+      const left = await sn?.stop();
+      expect(report?.unmounted ?? []).toEqual([]);
+      expect(left ?? []).toEqual([]);
+    }, 120_000);
+
+    it('imports into one layer file per chain id, runs with runc on its mounts, and removes them with the image', async () => {
+      await cd.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
+      let chain = '';
+      const names = img.diffIds.map((d) => layerName((chain = chainIdOf(chain, d))));
+      expect(fs.readdirSync(path.join(sn.root, 'layers')).filter((f) => !f.endsWith('.json')).sort()).toEqual(names.sort());
+      const script = [...Object.keys(LAYERED_EXPECT.files).map((f) => `cat ${f}`), ...LAYERED_EXPECT.absent.map((f) => `test -e ${f} && echo PRESENT ${f}`), 'true'].join('; ');
+      const r = await cd.ctrOk(['run', '--rm', '--snapshotter', 'tardev', ...cd.runtimeArgs('runc'), img.name, 'layered', 'sh', '-c', script]);
+      for (const text of Object.values(LAYERED_EXPECT.files)) expect(r.stdout).toContain(text);
+      expect(r.stdout).not.toMatch(/PRESENT/);
+      await cd.ctrOk(['images', 'rm', '--sync', img.name, LAYERED_INDEX]);
+      expect(fs.readdirSync(path.join(sn.root, 'layers'))).toEqual([]);
+      expect(sn.leftoverMounts()).toEqual([]);
+    });
+  });
+}
