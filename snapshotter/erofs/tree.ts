@@ -77,9 +77,14 @@ export function checkXattrs(xattrs: Map<string, Buffer>, path: string): void {
   }
 }
 
+/** Tar entries one layer may hold: the tree's metadata stays in memory (a few hundred bytes each). */
+export const MAX_ENTRIES = 2_000_000;
+
 export class LayerTree {
   readonly root: Node = dirNode();
   entries = 0;
+
+  constructor(private readonly maxEntries = MAX_ENTRIES) {}
 
   /** The directory at `parts` (created as needed); refuses a path through a non-directory. */
   private dir(parts: string[], full: string): Node {
@@ -114,7 +119,7 @@ export class LayerTree {
    * entry holds nothing to store (an opaque marker, AUFS metadata).
    */
   add(e: TarEntry): Node | null {
-    this.entries++;
+    if (++this.entries > this.maxEntries) throw new LayerFormatError(`layer: more than ${this.maxEntries} tar entries`);
     const parts = components(e.path);
     if (!parts.length) {
       if (e.type !== 'dir') throw new LayerFormatError(`layer: the root of the layer is a ${e.type} (${display(e.path)})`);

@@ -161,6 +161,35 @@ describe('the tardev snapshotter in containerd 1.6', () => {
     }
   });
 
+  it('two namespaces unpacking the same new layer at once share one build', async () => {
+    const shared = buildOciImage({ name: 'katats.local/shared:latest', layers: [writeTar([{ type: 'file', path: 'shared', data: randomBytes(8 * 1024 * 1024) }])], gzip: true });
+    const archive = path.join(tmp.dir, 'shared.tar');
+    fs.writeFileSync(archive, shared.archive);
+    const nsB = `${cd.namespace}-c`;
+    const chain = shared.diffIds[0]!;
+    const labels = { 'containerd.io/snapshot/cri.layer-digest': shared.layers[0]!.digest, 'containerd.io/snapshot.ref': chain };
+    const client = new SnapshotsClient(sn.address, 120_000);
+    const built = builtLines().length;
+    try {
+      for (const ns of [cd.namespace, nsB]) await cd.ctrOk(['images', 'import', '--no-unpack', '--index-name', 'katats.local/shared:index', archive], { namespace: ns });
+      await Promise.all(
+        [cd.namespace, nsB].map(async (ns) => {
+          await client.prepare(`${ns}/8000/extract-1 ${chain}`, '', labels);
+          await client.commit(`${ns}/8001/${chain}`, `${ns}/8000/extract-1 ${chain}`);
+        }),
+      );
+      expect(builtLines()).toHaveLength(built + 1);
+      for (const ns of [cd.namespace, nsB]) expect((await client.stat(`${ns}/8001/${chain}`)).kind).toBe(3);
+      expect(fs.existsSync(path.join(sn.root, 'layers', layerName(chain)))).toBe(true);
+    } finally {
+      for (const ns of [cd.namespace, nsB]) await client.remove(`${ns}/8001/${chain}`).catch(() => undefined);
+      client.close();
+      for (const ns of [cd.namespace, nsB]) await cd.ctr(['images', 'rm', '--sync', 'katats.local/shared:latest', 'katats.local/shared:index'], { namespace: ns });
+      await cd.ctr(['namespaces', 'rm', nsB]);
+    }
+    expect(fs.existsSync(path.join(sn.root, 'layers', layerName(chain)))).toBe(false);
+  });
+
   it('killed in the middle of a Commit: no half layer is visible after the restart, and the unpack succeeds when retried', async () => {
     // A layer big enough that its build takes a while: 96 MiB of incompressible data, plain tar.
     const big = buildOciImage({ name: 'katats.local/big:latest', layers: [writeTar([{ type: 'file', path: 'big', data: randomBytes(96 * 1024 * 1024) }])], gzip: false });
