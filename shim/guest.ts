@@ -11,6 +11,17 @@ export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
 /** The mount tag the shared directory is exported under (9p and virtio-fs alike). */
 export const SHARED_FS_TAG = 'kataShared';
 
+/** Where the agent finds what the pod shares: paths in the guest's filesystem. */
+export interface GuestDirs {
+  /** The shared directory (the host's sharedDir) as the guest sees it. */
+  shared: string;
+  /** The pod's /dev/shm: a tmpfs of the guest's own that every container binds. */
+  sandboxShm: string;
+}
+
+/** Kata's layout in a VM guest (its kataGuestSharedDir() and kataGuestSandboxDir()/shm). */
+export const KATA_GUEST_DIRS: GuestDirs = { shared: GUEST_SHARED_DIR, sandboxShm: '/run/kata-containers/sandbox/shm' };
+
 export interface VmExit {
   code: number | null;
   signal: string | null;
@@ -21,10 +32,14 @@ export interface VmExit {
 export interface GuestHandle {
   agent: ServiceClient<'grpc.AgentService'>;
   health: ServiceClient<'grpc.Health'>;
-  /** Host directory exported to the guest (mounted there at GUEST_SHARED_DIR). */
+  /** Host directory exported to the guest (mounted there at guestDirs.shared). */
   sharedDir: string;
-  /** How sharedDir reaches the guest: decides the storage the agent mounts. */
-  sharedFs: 'virtio-9p' | 'virtio-fs';
+  /**
+   * How sharedDir reaches the guest: decides the storage the agent mounts. 'host': the agent runs
+   * on this host (local mode) and sees sharedDir where it is, so nothing is mounted.
+   */
+  sharedFs: 'virtio-9p' | 'virtio-fs' | 'host';
+  guestDirs: GuestDirs;
   accel: 'kvm' | 'tcg';
   /** The VMM's pid, recorded so `shim delete` can clean up after a dead shim. */
   vmmPid: number;

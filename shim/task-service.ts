@@ -15,7 +15,7 @@ import { ociToGrpcProcess, ociToGrpcResources, ociToGrpcSpec, OciSpecError } fro
 import { ConfigError, sandboxConfig, type KatatsConfig } from './config.js';
 import { timestamp } from '../proto/registry.js';
 import type { EventPublisher } from './events.js';
-import { GUEST_SHARED_DIR, SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
+import { SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo } from './process.js';
 import { bindMount, isHostSystemPath, mount } from './mounts.js';
 import { removeTree, unmountAll } from '../sys/mount.js';
@@ -27,8 +27,6 @@ import { checkId } from '../sys/ids.js';
 
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
 const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
-/** The pod's /dev/shm inside the guest (Kata's kataGuestSandboxDir()/shm): one tmpfs all containers bind. */
-export const GUEST_SANDBOX_SHM = '/run/kata-containers/sandbox/shm';
 /** containerd's CRI default for the sandbox's shm size, used when the host's cannot be read. */
 const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
 /** Agent calls that set things up get a deadline: a wedged guest must fail the request, not hang it. */
@@ -64,10 +62,12 @@ export interface TaskServiceOptions {
 
 const ts = timestamp;
 
-/** The agent storage that mounts the pod's shared directory, as upstream Kata names it. */
-function sharedStorage(kind: GuestHandle['sharedFs']) {
-  if (kind === 'virtio-fs') return { driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point: GUEST_SHARED_DIR };
-  return { driver: '9p', source: SHARED_FS_TAG, fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point: GUEST_SHARED_DIR };
+/** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
+function sharedStorage(g: GuestHandle) {
+  const mount_point = g.guestDirs.shared;
+  if (g.sharedFs === 'host') return [];
+  if (g.sharedFs === 'virtio-fs') return [{ driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point }];
+  return [{ driver: '9p', source: SHARED_FS_TAG, fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point }];
 }
 
 export class TaskService {
@@ -151,10 +151,10 @@ export class TaskService {
       hostname: spec.Hostname,
       sandbox_id: this.o.sandboxId,
       storages: [
-        sharedStorage(guest.sharedFs),
+        ...sharedStorage(guest),
         // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
         ...(shmBytes
-          ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: GUEST_SANDBOX_SHM }]
+          ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: guest.guestDirs.sandboxShm }]
           : []),
       ],
     }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
@@ -204,8 +204,8 @@ export class TaskService {
    * Makes the container's rootfs and bind-mount sources visible in the shared directory and
    * rewrites the spec to the guest's paths.
    */
-  private async shareContainerFiles(id: string, bundle: string, rootfs: containerd.types.Mount[], spec: grpc.Spec, sharedRoot: string): Promise<string> {
-    const dir = path.join(sharedRoot, id);
+  private async shareContainerFiles(id: string, bundle: string, rootfs: containerd.types.Mount[], spec: grpc.Spec, guest: GuestHandle): Promise<string> {
+    const dir = path.join(guest.sharedDir, id);
     const target = path.join(dir, 'rootfs');
     fs.mkdirSync(target, { recursive: true, mode: 0o700 });
     if (rootfs.length > 0) {
@@ -214,13 +214,13 @@ export class TaskService {
       const root = spec.Root?.Path ?? 'rootfs';
       await bindMount(path.resolve(bundle, root), target);
     }
-    const guestDir = `${GUEST_SHARED_DIR}/${id}`;
+    const guestDir = `${guest.guestDirs.shared}/${id}`;
     spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
     for (const m of spec.Mounts ?? []) {
       const isBind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
       if (!isBind || !m.source.startsWith('/')) continue;
       if (isPodShm(m) && this.podShm) {
-        m.source = GUEST_SANDBOX_SHM;
+        m.source = guest.guestDirs.sandboxShm;
         continue;
       }
       if (isHostSystemPath(m.source)) continue;
@@ -256,7 +256,7 @@ export class TaskService {
       }
       const guest = this.guest!;
       const sandboxPidns = constrainNamespaces(spec);
-      const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest.sharedDir).catch(async (e) => {
+      const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest).catch(async (e) => {
         await unmountAll(path.join(guest.sharedDir, req.id));
         throw e;
       });

@@ -10,7 +10,7 @@ import { QemuVm } from '../vmm/vm.js';
 import type { VmConfig } from '../vmm/config.js';
 import type { GuestManifest } from '../guest/manifest.js';
 import type { QemuConfig } from './config.js';
-import { SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
+import { KATA_GUEST_DIRS, SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
 import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
@@ -171,6 +171,7 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     health: serviceClient(agentClient, 'grpc.Health'),
     sharedDir,
     sharedFs: q.shared_fs,
+    guestDirs: KATA_GUEST_DIRS,
     accel: vm.accel,
     vmmPid: vm.pid ?? 0,
     ...(virtiofsd ? { virtiofsdPid: virtiofsd.pid } : {}),

@@ -1,0 +1,92 @@
+// A GuestLauncher for fast Task service tests: instead of booting a VM it starts the real agent in
+// local mode (in this process, on a unix socket, with the host's crun: test/agent/helpers.ts),
+// and hands the Task service a GuestHandle whose agent client talks to it. The shared directory
+// is a host temp dir that the local agent sees at its own path (sharedFs 'host'), so the rootfs
+// and bind sources the shim shares reach crun unchanged; the pod's /dev/shm goes to a dir of the
+// same temp tree. `exited` settles when the handle is stopped, or when a test crashes the "VM":
+// the agent's connections drop first, as a dying VM's channel does, then its containers go.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { GuestHandle, GuestLauncher, LaunchRequest, VmExit } from '../../shim/guest.js';
+import type { AgentConfig } from '../../agent/config.js';
+import { startAgent, type TestAgent } from '../agent/helpers.js';
+
+export interface LocalGuest {
+  handle: GuestHandle;
+  agent: TestAgent;
+  request: LaunchRequest;
+  /** The VM dies under the shim: connections cut, then the agent's containers and state go. */
+  crash(): Promise<void>;
+}
+
+export interface LocalLauncher {
+  launch: GuestLauncher;
+  /** Every guest launched so far, in order. */
+  guests: LocalGuest[];
+  /** Launches currently in progress (a test of concurrent boots reads the peak). */
+  inFlight: number;
+  peakInFlight: number;
+  /** Stops whatever guest the Task service left running (a test that failed midway). */
+  cleanup(): Promise<void>;
+}
+
+export function localLauncher(o: { agent?: Partial<AgentConfig> | (() => Partial<AgentConfig>); bootDelayMs?: number } = {}): LocalLauncher {
+  const l: LocalLauncher = {
+    guests: [],
+    inFlight: 0,
+    peakInFlight: 0,
+    launch: async (request) => {
+      l.inFlight++;
+      l.peakInFlight = Math.max(l.peakInFlight, l.inFlight);
+      try {
+        // A VM boot takes seconds: concurrent callers overlap in that window, as they do with QEMU.
+        if (o.bootDelayMs) await new Promise((r) => setTimeout(r, o.bootDelayMs));
+        const g = await startLocalGuest(request, typeof o.agent === 'function' ? o.agent() : (o.agent ?? {}));
+        l.guests.push(g);
+        return g.handle;
+      } finally {
+        l.inFlight--;
+      }
+    },
+    cleanup: async () => {
+      for (const g of l.guests) await g.handle.stop();
+    },
+  };
+  return l;
+}
+
+async function startLocalGuest(request: LaunchRequest, over: Partial<AgentConfig>): Promise<LocalGuest> {
+  const agent = await startAgent(over);
+  const sharedDir = path.join(agent.dir, 'shared');
+  fs.mkdirSync(sharedDir);
+  let settle!: (x: VmExit) => void;
+  const exited = new Promise<VmExit>((r) => (settle = r));
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      await agent.close();
+      settle({ code: 0, signal: null, reason: 'powered off' });
+    })());
+  const handle: GuestHandle = {
+    agent: agent.svc,
+    health: agent.health,
+    sharedDir,
+    sharedFs: 'host',
+    guestDirs: { shared: sharedDir, sandboxShm: path.join(agent.dir, 'sandbox-shm') },
+    accel: 'tcg',
+    // No VMM: the process that runs the local agent stands for it.
+    vmmPid: process.pid,
+    exited,
+    cgroupDirs: [],
+    stop,
+  };
+  return {
+    handle,
+    agent,
+    request,
+    crash: async () => {
+      await agent.agent.server.close({ graceful: false });
+      settle({ code: null, signal: 'SIGKILL', reason: 'killed by SIGKILL' });
+    },
+  };
+}
