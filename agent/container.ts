@@ -207,8 +207,9 @@ export class Container {
     if (w) setTimeout(() => w.stop(), 500).unref();
   }
 
+  /** The init by '' or by the container's own id (as Kata's shim names it), else an exec. */
   process(execId: string): ContainerProcess {
-    if (!execId) return this.init;
+    if (!execId || execId === this.id) return this.init;
     const p = this.execs.get(execId);
     if (!p) throw notFound(`exec ${execId} of container ${this.id}`);
     return p;
@@ -217,6 +218,7 @@ export class Container {
   async exec(req: grpc.ExecProcessRequest): Promise<ContainerProcess> {
     const eid = req.exec_id;
     checkId(eid, 'exec id');
+    if (eid === this.id) throw alreadyExists(`exec ${eid} of container ${this.id}: the container's own id names its init process`);
     if (this.execs.has(eid)) throw alreadyExists(`exec ${eid} of container ${this.id}`);
     if (this.status !== 'running') throw precondition(`container ${this.id} is ${this.status}: cannot exec ${eid}`);
     if (!req.process) throw invalid(`exec ${eid} of container ${this.id}: request has no process`);
@@ -247,13 +249,18 @@ export class Container {
     return p;
   }
 
-  /** SignalProcess. An empty exec id signals the init process and then every other process. */
+  /**
+   * SignalProcess. The container's id (or an exec's) signals that one process; an empty exec id
+   * signals the init and then every other process of the container (Kata's "all").
+   */
   async signal(execId: string, sig: number): Promise<void> {
+    const all = execId === '';
     const p = this.process(execId);
     let s = sig;
-    if (!execId && s === SIGTERM && p.running && !signalHandled(p.pid, SIGTERM)) s = SIGKILL;
+    // A PID 1 without a handler ignores SIGTERM: Kata's agent turns it into SIGKILL for the init.
+    if (p === this.init && s === SIGTERM && p.running && !signalHandled(p.pid, SIGTERM)) s = SIGKILL;
     p.signal(s);
-    if (!execId && (this.status === 'running' || this.status === 'paused')) {
+    if (all && (this.status === 'running' || this.status === 'paused')) {
       let pids: number[] = [];
       try {
         pids = await this.crun.ps(this.id);

@@ -80,6 +80,8 @@ export class ContainerProcess {
       this.exitCode = exitCodeFromWaitStatus(e.raw);
       this.exitedAt = new Date();
       this.log.info({ exit_code: this.exitCode, wait_status: e.raw }, 'process exited');
+      // Nobody reads its stdin any more: a write waiting on the full FIFO would wait forever.
+      this.stdin.abort();
       this.resolveExit(this.exitCode);
     }
     this.events.push(e);
@@ -205,7 +207,7 @@ export class ContainerProcess {
 
   /** Stops stdio and the monitor (which kills the process if it still runs) and removes the FIFOs. */
   dispose(): void {
-    this.stdin.close().catch((err: unknown) => this.log.debug({ err }, 'closing stdin failed'));
+    this.stdin.abort();
     this.stdout.close();
     this.stderr.close();
     this.ctl?.end();

@@ -136,6 +136,7 @@ export class OutputBuffer {
 export class StdinWriter {
   private sock: net.Socket | undefined;
   private closed = false;
+  private aborted = false;
   private writeLock: Promise<unknown> = Promise.resolve();
 
   constructor(readonly name: string) {}
@@ -171,12 +172,24 @@ export class StdinWriter {
           }
           this.sock.write(data, (err) => {
             if (err) reject(new TtrpcError(Code.FailedPrecondition, `${this.name}: stdin write failed: ${err.message}`));
+            // The write under way when the socket is destroyed reports no error, but its bytes went nowhere.
+            else if (this.aborted) reject(new TtrpcError(Code.FailedPrecondition, `${this.name}: the process exited before it read its stdin`));
             else resolve(data.length);
           });
         }),
     );
     this.writeLock = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Closes now: writes still waiting for room in the FIFO fail (FailedPrecondition) instead of
+   * waiting for a reader that is gone. Idempotent.
+   */
+  abort(): void {
+    this.aborted = true;
+    this.closed = true;
+    this.sock?.destroy();
   }
 
   /** Closes after queued writes; the reader sees end of file. Idempotent. */

@@ -102,6 +102,53 @@ describe('agent lifecycle (local mode, real crun)', () => {
     await t.svc.RemoveContainer({ container_id: cid });
   });
 
+  it("names the init by the container's id as well as by '': a signal to it reaches the init alone", async () => {
+    const cid = 'lc-byid';
+    const trapping = (who: string) => `trap "echo ${who}-hup" HUP; trap "echo ${who}-usr1" USR1; echo ${who}-ready; while :; do sleep 0.1; done`;
+    const read = async (eid: string, want: string) => {
+      let text = '';
+      while (!text.includes(want)) text += Buffer.from((await t.svc.ReadStdout({ container_id: cid, exec_id: eid, len: 4096 })).data).toString();
+      return text;
+    };
+    await create(cid, ['sh', '-c', trapping('init')]);
+    await t.svc.StartContainer({ container_id: cid });
+    await t.svc.ExecProcess({ container_id: cid, exec_id: 'e1', process: processSpec(['sh', '-c', trapping('exec')]) });
+    await read(cid, 'init-ready');
+    await read('e1', 'exec-ready');
+    await t.svc.SignalProcess({ container_id: cid, exec_id: cid, signal: 1 });
+    expect(await read(cid, 'init-hup')).toBe('init-hup\n');
+    // Sent after the HUP: had the HUP reached the exec, its line would come first.
+    await t.svc.SignalProcess({ container_id: cid, exec_id: 'e1', signal: 10 });
+    expect(await read('e1', 'exec-usr1')).toBe('exec-usr1\n');
+    // '' is Kata's "all": the init, then every other process.
+    await t.svc.SignalProcess({ container_id: cid, exec_id: '', signal: 1 });
+    expect(await read('e1', 'exec-hup')).toBe('exec-hup\n');
+    // The container's id is taken: no exec may carry it.
+    const dup = await t.svc.ExecProcess({ container_id: cid, exec_id: cid, process: processSpec(['true']) }).catch((e) => e);
+    expect(dup.code).toBe(Code.AlreadyExists);
+    await t.svc.SignalProcess({ container_id: cid, exec_id: cid, signal: 9 });
+    expect((await t.svc.WaitProcess({ container_id: cid, exec_id: cid })).status).toBe(137);
+    await t.svc.RemoveContainer({ container_id: cid });
+  });
+
+  it('fails a stdin write that waits on a full FIFO once its process exits, instead of waiting forever', async () => {
+    const cid = 'lc-stdin-full';
+    await create(cid, ['sleep', '1000']);
+    await t.svc.StartContainer({ container_id: cid });
+    // Nobody reads: the FIFO fills (1 MiB) and a write waits for room.
+    const chunk = Buffer.alloc(512 << 10, 'w');
+    let waiting: Promise<unknown> | undefined;
+    for (let i = 0; i < 16 && !waiting; i++) {
+      const w = t.svc.WriteStdin({ container_id: cid, exec_id: '', data: chunk });
+      const r = await Promise.race([w.then(() => 'done'), sleep(300).then(() => 'waiting')]);
+      if (r === 'waiting') waiting = w.catch((e: { code: number }) => e.code);
+    }
+    expect(waiting).toBeDefined();
+    await t.svc.SignalProcess({ container_id: cid, exec_id: '', signal: 9 });
+    expect(await Promise.race([waiting, sleep(5000).then(() => 'still waiting')])).toBe(Code.FailedPrecondition);
+    await t.svc.RemoveContainer({ container_id: cid });
+  });
+
   it('pauses and resumes a container (crun state follows)', async () => {
     const cid = 'lc-pause';
     await create(cid, ['sleep', '1000']);
