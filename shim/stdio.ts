@@ -268,6 +268,23 @@ export async function openBinaryLogger(uri: string, o: { containerId: string; na
   return { stdout, stderr, child, stop };
 }
 
+/**
+ * Resolves on the sink's next 'drain' or 'close', whichever comes first, and removes both
+ * listeners then: a chatty process behind a slow reader hits back-pressure on every chunk, and a
+ * listener left behind per episode grew the shim for as long as the process talked.
+ */
+function drainOrClose(sink: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      sink.off('drain', done);
+      sink.off('close', done);
+      resolve();
+    };
+    sink.on('drain', done);
+    sink.on('close', done);
+  });
+}
+
 /** Pulls chunks from `read` until it returns null (end), writing each to `sink` with back-pressure. */
 export async function pump(read: () => Promise<Uint8Array | null>, sink: Writable): Promise<number> {
   let total = 0;
@@ -279,7 +296,7 @@ export async function pump(read: () => Promise<Uint8Array | null>, sink: Writabl
     if (sink.destroyed || sink.writableEnded) return total;
     total += chunk.length;
     if (!sink.write(chunk)) {
-      await Promise.race([once(sink, 'drain'), once(sink, 'close')]);
+      await drainOrClose(sink);
       if (sink.destroyed) return total;
     }
   }
