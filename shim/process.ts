@@ -1,10 +1,14 @@
-// One process the shim answers for: a container's init process or an exec. It owns the copy of
-// its stdio between containerd and the agent and its exit status, and wakes every Wait.
+// One process the shim answers for: a container's init process or an exec. It owns its lifecycle
+// state (process-state.ts), the copy of its stdio between containerd and the agent, and its exit
+// status, and wakes every Wait.
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { ServiceClient } from '../proto/rpc.js';
 import { Code, TtrpcError } from '../proto/ttrpc/index.js';
 import { openBinaryLogger, openOutput, openStdin, pump, releaseStdin, type BinaryLogger, type StdioSink } from './stdio.js';
+import { ProcessLifecycle } from './process-state.js';
+import { StdinCopy } from './stdin.js';
+import { notFound } from './errdefs.js';
 
 export interface StdioPaths {
   stdin: string;
@@ -12,8 +16,6 @@ export interface StdioPaths {
   stderr: string;
   terminal: boolean;
 }
-
-export type ProcessStatus = 'created' | 'running' | 'stopped' | 'paused';
 
 export interface ExitInfo {
   status: number;
@@ -23,30 +25,44 @@ export interface ExitInfo {
 const READ_CHUNK = 64 * 1024;
 
 export class ShimProcess {
-  status: ProcessStatus = 'created';
+  readonly life: ProcessLifecycle;
   exit: ExitInfo | undefined;
-  /** The pid containerd sees: the shim's own, as Kata reports it (the real one lives in the guest). */
-  readonly pid = process.pid;
-  private exitWaiters: Array<(e: ExitInfo) => void> = [];
+  private exitWaiters: Array<{ resolve: (e: ExitInfo) => void; reject: (e: Error) => void }> = [];
   private outputDone: Promise<void> = Promise.resolve();
   private binaryLogger: BinaryLogger | undefined;
   private stdinClosed = false;
   private stdinOpen: Promise<import('node:stream').Readable> | undefined;
-  /** WriteStdin calls in order; closing waits for them. */
-  private stdinWrites: Promise<void> = Promise.resolve();
+  private readonly stdin: StdinCopy;
 
   constructor(
     readonly containerId: string,
-    /** '' for the init process, as the agent API spells it. */
+    /** '' for the init process, as containerd's Task API spells it. */
     readonly execId: string,
     readonly stdio: StdioPaths,
     private readonly agent: ServiceClient<'grpc.AgentService'>,
     readonly log: Logger,
     private readonly namespace: string,
-  ) {}
+    /** The pid containerd sees for this task (see TaskService.taskPid): the guest's pids mean nothing on the host. */
+    readonly pid: number,
+  ) {
+    this.life = new ProcessLifecycle(execId ? `exec ${execId} of container ${containerId}` : `container ${containerId}`);
+    this.stdin = new StdinCopy((b) => this.writeStdin(b), log);
+  }
 
   get isInit(): boolean {
     return this.execId === '';
+  }
+
+  /**
+   * How the agent names this process: an exec by its id, the init by the container's id (as Kata's
+   * shim does). An empty exec id means every process of the container to SignalProcess.
+   */
+  get agentExecId(): string {
+    return this.execId || this.containerId;
+  }
+
+  private get ids(): { container_id: string; exec_id: string } {
+    return { container_id: this.containerId, exec_id: this.agentExecId };
   }
 
   private outSink: StdioSink | undefined;
@@ -84,7 +100,7 @@ export class ShimProcess {
   /** Starts copying stdio once the process runs in the guest. */
   async attachStdio(): Promise<void> {
     const { stdin, terminal } = this.stdio;
-    const ids = { container_id: this.containerId, exec_id: this.execId };
+    const ids = this.ids;
     const reader = (method: 'ReadStdout' | 'ReadStderr') => async (): Promise<Uint8Array | null> => {
       try {
         const res = await this.agent[method]({ ...ids, len: READ_CHUNK });
@@ -113,16 +129,8 @@ export class ShimProcess {
       this.stdinOpen = openStdin(stdin);
       this.stdinOpen
         .then((src) => {
-          // Every chunk joins the ordered write chain as it arrives: nothing waits in the stream
-          // where a close could drop it.
-          src.on('data', (b: Buffer) => void this.writeStdin(b).catch((err) => this.log.debug({ err }, 'WriteStdin failed')));
-          src.on('end', () => {
-            this.stdinWrites
-              .catch(() => undefined)
-              .then(() => this.closeStdin())
-              .catch((err: unknown) => this.log.debug({ err }, 'closing stdin failed'));
-          });
-          src.on('error', (err) => this.log.debug({ err }, 'stdin FIFO error'));
+          if (this.exit) src.destroy();
+          else this.stdin.attach(src, () => this.closeStdin());
         })
         .catch((err) => this.log.debug({ err }, 'stdin FIFO could not be opened'));
     }
@@ -135,7 +143,7 @@ export class ShimProcess {
    */
   private async abandon(cause: Error): Promise<void> {
     this.log.error({ err: cause }, 'cannot open the output; killing the process');
-    const ids = { container_id: this.containerId, exec_id: this.execId };
+    const ids = this.ids;
     await this.agent.SignalProcess({ ...ids, signal: 9 }, { timeoutMs: 10_000 }).catch((err) => this.log.debug({ err }, 'SignalProcess failed'));
     const status = await this.agent
       .WaitProcess(ids, { timeoutMs: 10_000 })
@@ -144,16 +152,12 @@ export class ShimProcess {
     this.setExited(status);
   }
 
-  private writeStdin(b: Uint8Array): Promise<void> {
-    const ids = { container_id: this.containerId, exec_id: this.execId };
-    this.stdinWrites = this.stdinWrites.then(async () => {
-      let off = 0;
-      while (off < b.length) {
-        const res = await this.agent.WriteStdin({ ...ids, data: b.subarray(off) });
-        off += res.len || b.length - off;
-      }
-    });
-    return this.stdinWrites;
+  private async writeStdin(b: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < b.length) {
+      const res = await this.agent.WriteStdin({ ...this.ids, data: b.subarray(off) });
+      off += res.len || b.length - off;
+    }
   }
 
   /**
@@ -189,43 +193,48 @@ export class ShimProcess {
       } catch (err) {
         this.log.debug({ err }, 'draining stdin FIFO');
       }
-      src?.removeAllListeners('end');
-      src?.destroy();
-      for (const b of rest) await this.writeStdin(b).catch(() => undefined);
+      if (src) this.stdin.takeBuffered();
+      this.stdin.detach();
+      for (const b of rest) this.stdin.push(b);
     }
-    await this.stdinWrites.catch(() => undefined);
+    await this.stdin.drained();
     await this.closeStdin();
   }
 
   async closeStdin(): Promise<void> {
     if (this.stdinClosed) return;
     this.stdinClosed = true;
-    await this.agent.CloseStdin({ container_id: this.containerId, exec_id: this.execId }).catch((err) => {
+    await this.agent.CloseStdin(this.ids).catch((err) => {
       this.log.debug({ err }, 'CloseStdin after exit');
     });
   }
 
-  /** Blocks on the agent's WaitProcess, drains output, then records the exit. */
-  async watch(): Promise<ExitInfo> {
+  /**
+   * Blocks on the agent's WaitProcess and drains the output: the exit status for whoever records
+   * it, or undefined when an exit was recorded meanwhile (the VM died under the process).
+   */
+  async waitInGuest(): Promise<number | undefined> {
     let status: number;
     try {
-      status = (await this.agent.WaitProcess({ container_id: this.containerId, exec_id: this.execId })).status;
+      status = (await this.agent.WaitProcess(this.ids)).status;
     } catch (e) {
-      if (this.exit) return this.exit;
+      if (this.exit) return undefined;
       this.log.error({ err: e }, 'WaitProcess failed; reporting exit 255');
       status = 255;
     }
     // No output may be lost when the process exits fast: finish the copies before reporting.
     await this.outputDone;
-    return this.setExited(status);
+    return this.exit ? undefined : status;
   }
 
   /** Records an exit (also used when the VM died under the process). First exit wins. */
   setExited(status: number, at = new Date()): ExitInfo {
     if (this.exit) return this.exit;
     this.exit = { status, at };
-    this.status = 'stopped';
-    for (const w of this.exitWaiters.splice(0)) w(this.exit);
+    this.life.abandon();
+    if (this.life.allows('exit')) this.life.to('exit');
+    for (const w of this.exitWaiters.splice(0)) w.resolve(this.exit);
+    this.stdin.stop();
     // The log binary sees the end of both streams and usually exits by itself; release() makes sure.
     this.outSink?.close().catch((err: unknown) => this.log.debug({ err }, 'closing stdout failed'));
     this.errSink?.close().catch((err: unknown) => this.log.debug({ err }, 'closing stderr failed'));
@@ -241,8 +250,17 @@ export class ShimProcess {
     await logger?.stop().catch((err) => this.log.warn({ err }, 'stopping the log binary failed'));
   }
 
+  /** Delete: the process is gone from the Task API. Wait()ers of one that never ran are told so. */
+  markDeleted(): void {
+    this.life.to('delete');
+    const never = notFound(`${this.life.label} was deleted before it started`);
+    for (const w of this.exitWaiters.splice(0)) w.reject(never);
+    this.stdin.stop();
+  }
+
   wait(): Promise<ExitInfo> {
     if (this.exit) return Promise.resolve(this.exit);
-    return new Promise((resolve) => this.exitWaiters.push(resolve));
+    if (this.life.state === 'deleted') return Promise.reject(notFound(`${this.life.label} was deleted before it started`));
+    return new Promise((resolve, reject) => this.exitWaiters.push({ resolve, reject }));
   }
 }

@@ -1,51 +1,37 @@
-// containerd.task.v2.Task for katats: containerd's view of tasks, mapped onto one sandbox VM per
-// shim (one per pod) and the agent inside it. The sandbox container (CRI's pause container, or a
-// lone container without CRI annotations) boots the VM in its Create; the other containers of the
-// pod join that VM. The VM is powered off when the last container is deleted, so deleting the
-// sandbox container while others remain leaves them running (as Kata does).
-import fs from 'node:fs';
-import path from 'node:path';
-import crypto from 'node:crypto';
+// containerd.task.v2.Task (and v3, the same messages) for katats: containerd's view of tasks,
+// mapped onto one sandbox VM per shim (one per pod) and the agent inside it. The sandbox container
+// (CRI's pause container, or a lone container without CRI annotations) boots the VM in its
+// Create; the other containers of the pod join that VM. The VM is powered off when the last
+// container is deleted, so deleting the sandbox container while others remain leaves them running
+// (as Kata does). The VM's states live in sandbox-vm.ts, each process's in process-state.ts; this
+// file maps requests onto them, and errors onto wire codes in one place (errdefs.ts).
 import type { Logger } from 'pino';
 import type { CallContext } from '../proto/ttrpc/index.js';
-import { Code, TtrpcError } from '../proto/ttrpc/index.js';
 import type { ServiceImpl } from '../proto/rpc.js';
-import type { containerd, grpc } from '../proto/gen/types.js';
-import { ociToGrpcProcess, ociToGrpcResources, ociToGrpcSpec, OciSpecError } from '../proto/oci.js';
-import { ConfigError, sandboxConfig, type KatatsConfig } from './config.js';
-import { timestamp } from '../proto/registry.js';
+import type { grpc } from '../proto/gen/types.js';
+import { ociToGrpcProcess, ociToGrpcResources } from '../proto/oci.js';
+import { timestamp as ts } from '../proto/registry.js';
+import { sandboxConfig, type KatatsConfig } from './config.js';
 import type { EventPublisher } from './events.js';
-import { SHARED_FS_TAG, type GuestHandle, type GuestLauncher } from './guest.js';
-import { ShimProcess, type ExitInfo } from './process.js';
-import { bindMount, isHostSystemPath, mount } from './mounts.js';
-import { removeTree, unmountAll } from '../sys/mount.js';
-import { CgroupError } from './cgroups.js';
-import { planSandboxCgroups, type SandboxCgroupPlan } from './sandbox-cgroups.js';
+import type { GuestHandle, GuestLauncher } from './guest.js';
+import { ShimProcess, type ExitInfo, type StdioPaths } from './process.js';
+import { planSandboxCgroups } from './sandbox-cgroups.js';
 import { metricsAny } from './metrics.js';
 import { sandboxDir } from './layout.js';
+import { SandboxVm } from './sandbox-vm.js';
+import { ShimContainer } from './container.js';
+import { constrainNamespaces, containerType, podShmBytes, readBundleSpec } from './container-spec.js';
+import { shareContainerFiles, sharedStorage, unshareContainerFiles } from './rootfs-share.js';
+import { alreadyExists, invalid, notFound, precondition, unimplemented, withWireErrors } from './errdefs.js';
+import { AGENT_TEARDOWN_TIMEOUT_MS, requestCall, setupCall } from './agent-calls.js';
+import { unmountAll } from '../sys/mount.js';
 import { checkId } from '../sys/ids.js';
 
+/** containerd's task status enum (containerd.v1.types.Status). */
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
-const CONTAINER_TYPE_ANNOTATION = 'io.kubernetes.cri.container-type';
-/** containerd's CRI default for the sandbox's shm size, used when the host's cannot be read. */
-const DEFAULT_SHM_BYTES = 64 * 1024 * 1024;
-/** Agent calls that set things up get a deadline: a wedged guest must fail the request, not hang it. */
-const AGENT_SETUP_TIMEOUT_MS = 120_000;
+const STATUS_OF = { created: Status.CREATED, running: Status.RUNNING, paused: Status.PAUSED, stopped: Status.STOPPED, deleted: Status.STOPPED } as const;
 /** Exit status reported for processes whose VM died under them. */
 export const VM_DIED_EXIT = 255;
-
-interface ShimContainer {
-  id: string;
-  bundle: string;
-  spec: grpc.Spec;
-  init: ShimProcess;
-  execs: Map<string, ShimProcess>;
-  /** Exec specs between Exec and Start (the process object exists already, in state 'created'). */
-  pendingExecs: Map<string, grpc.Process>;
-  /** Host dir of this container inside the shared directory. */
-  sharedDir: string;
-  paused: boolean;
-}
 
 export interface TaskServiceOptions {
   /** The grouping id: the pod's sandbox id, or the container id for a lone container. */
@@ -53,308 +39,320 @@ export interface TaskServiceOptions {
   namespace: string;
   config: KatatsConfig;
   launcher: GuestLauncher;
-  events: EventPublisher;
+  events: Pick<EventPublisher, 'publish'>;
   stateDir: string;
   log: Logger;
   /** Called when containerd asks the shim to go away and nothing is left to serve. */
   onShutdown: () => void;
 }
 
-const ts = timestamp;
-
-/** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
-function sharedStorage(g: GuestHandle) {
-  const mount_point = g.guestDirs.shared;
-  if (g.sharedFs === 'host') return [];
-  if (g.sharedFs === 'virtio-fs') return [{ driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point }];
-  return [{ driver: '9p', source: SHARED_FS_TAG, fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point }];
-}
+type TaskImpl = Partial<ServiceImpl<'containerd.task.v2.Task'>>;
 
 export class TaskService {
-  private guest: GuestHandle | undefined;
+  private readonly vm: SandboxVm;
   private readonly containers = new Map<string, ShimContainer>();
+  /** Ids whose Create is under way: a second Create of the same id fails at once. */
+  private readonly creating = new Set<string>();
   private readonly log: Logger;
-  private vmDead = false;
-  /** Whether the guest has the pod's /dev/shm at GUEST_SANDBOX_SHM (the sandbox had a private one). */
+  /** Whether the guest holds the pod's /dev/shm (the sandbox had a private one). */
   private podShm = false;
 
   constructor(private readonly o: TaskServiceOptions) {
     this.log = o.log;
+    this.vm = new SandboxVm({
+      sandboxId: o.sandboxId,
+      log: o.log,
+      onDeath: (reason) => this.onVmDeath(reason),
+      onOom: (id) => this.onOom(id),
+    });
   }
 
   get accel(): string | undefined {
-    return this.guest?.accel;
+    return this.vm.handle?.accel;
   }
 
   get vmmPid(): number | undefined {
-    return this.guest?.vmmPid;
+    return this.vm.handle?.vmmPid;
+  }
+
+  /**
+   * The pid containerd gets for every task of the pod: the VMM's, as Kata's shim reports it (its
+   * hpid). Guest pids would name unrelated processes on the host, where containerd and its
+   * clients look them up; the VMM is the host process that runs the pod's processes.
+   */
+  private get taskPid(): number {
+    return this.vm.handle?.vmmPid || process.pid;
   }
 
   private container(id: string): ShimContainer {
     const c = this.containers.get(id);
-    if (!c) throw new TtrpcError(Code.NotFound, `container ${id} not found`);
+    if (!c) throw notFound(`container ${id} not found`);
     return c;
   }
 
-  private proc(id: string, execId: string): ShimProcess {
-    const c = this.container(id);
-    if (!execId) return c.init;
-    const p = c.execs.get(execId);
-    if (!p) throw new TtrpcError(Code.NotFound, `exec ${execId} in container ${id} not found`);
-    return p;
-  }
-
-  private agent() {
-    if (!this.guest || this.vmDead) throw new TtrpcError(Code.Unavailable, `sandbox ${this.o.sandboxId}: the VM is not running`);
-    return this.guest.agent;
-  }
-
-  private async bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined): Promise<GuestHandle> {
-    let cfg: KatatsConfig;
-    try {
-      // containerd's CRI passes the runtime's options here (runtimeoptions.v1.Options).
-      cfg = sandboxConfig(this.o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => this.log.warn(f, msg) });
-    } catch (e) {
-      if (e instanceof ConfigError) throw new TtrpcError(Code.InvalidArgument, e.message);
-      throw e;
-    }
-    if (cfg.hypervisor.qemu.shared_fs === 'none') {
-      // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
-      // through the shared directory until block-device layers exist.
-      throw new TtrpcError(Code.InvalidArgument, `shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
-    }
-    // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
-    // said where an operator looks, since the pod still runs, with loopback only.
-    const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
-    if (podNetns) this.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
-    let cgroups: SandboxCgroupPlan | undefined;
-    try {
-      cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, this.o.sandboxId, cfg.runtime.sandbox_cgroup_only);
-    } catch (e) {
-      if (e instanceof CgroupError) throw new TtrpcError(Code.InvalidArgument, `sandbox ${this.o.sandboxId}: ${e.message}`);
-      throw e;
-    }
-    const guest = await this.o.launcher({
-      sandboxId: this.o.sandboxId,
-      config: cfg,
-      launchData: Buffer.alloc(32),
-      stateDir: sandboxDir(this.o.stateDir, this.o.sandboxId),
-      log: this.log,
-      ...(cgroups ? { cgroups } : {}),
-    });
-    this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
-    // Tracked from here on: whatever fails next, the shim's cleanup must find this VM to stop it.
-    this.guest = guest;
-    guest.exited.then((exit) => this.onVmExit(exit.reason)).catch((err: unknown) => this.log.error({ err }, 'handling the VM exit failed'));
-    const shmBytes = podShmBytes(spec);
-    await guest.agent.CreateSandbox({
-      hostname: spec.Hostname,
-      sandbox_id: this.o.sandboxId,
-      storages: [
-        ...sharedStorage(guest),
-        // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
-        ...(shmBytes
-          ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: guest.guestDirs.sandboxShm }]
-          : []),
-      ],
-    }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
-    this.podShm = shmBytes > 0;
-    this.log.info({ podShmBytes: shmBytes || undefined }, 'sandbox created in the guest');
-    return guest;
-  }
-
-  /** The VM went away under us: every live process exits with an error status, and events say so. */
-  private onVmExit(reason: string): void {
-    if (this.vmDead) return;
-    this.vmDead = true;
-    const live = [...this.containers.values()].flatMap((c) => [c.init, ...c.execs.values()]).filter((p) => !p.exit && p.status !== 'created');
-    if (live.length) this.log.error({ reason }, 'sandbox VM died under running containers');
-    for (const p of live) {
-      const e = p.setExited(VM_DIED_EXIT);
-      this.publishExit(p, e);
-    }
-  }
-
   private publishExit(p: ShimProcess, e: ExitInfo): void {
-    this.o.events.publish('TaskExit', {
-      container_id: p.containerId,
-      id: p.execId || p.containerId,
-      pid: p.pid,
-      exit_status: e.status,
-      exited_at: ts(e.at),
-    });
+    this.o.events.publish('TaskExit', { container_id: p.containerId, id: p.execId || p.containerId, pid: p.pid, exit_status: e.status, exited_at: ts(e.at) });
   }
 
-  private readSpec(bundle: string): { json: Record<string, unknown>; spec: grpc.Spec } {
-    let json: Record<string, unknown>;
-    try {
-      json = JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8')) as Record<string, unknown>;
-    } catch (e) {
-      throw new TtrpcError(Code.InvalidArgument, `bundle ${bundle}: cannot read config.json: ${(e as Error).message}`);
+  private onVmDeath(reason: string): void {
+    let ended = 0;
+    for (const c of this.containers.values()) ended += c.endAll(VM_DIED_EXIT);
+    if (ended) this.log.error({ reason }, 'sandbox VM died under running containers');
+  }
+
+  private onOom(id: string): void {
+    // The id comes from the guest: only a container of this pod becomes an event.
+    if (!this.containers.has(id)) {
+      this.log.warn({ container: id }, 'OOM event for a container this shim does not know; dropped');
+      return;
     }
+    this.log.warn({ container: id }, 'OOM kill in the guest');
+    this.o.events.publish('TaskOOM', { container_id: id });
+  }
+
+  /** Launches the VM and creates the sandbox in the guest: what the pod's first Create does. */
+  private bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined, ctx: CallContext): Promise<GuestHandle> {
+    const launch = async () => {
+      const cfg = sandboxConfig(this.o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => this.log.warn(f, msg) });
+      if (cfg.hypervisor.qemu.shared_fs === 'none') {
+        // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
+        // through the shared directory until block-device layers exist.
+        throw invalid(`shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
+      }
+      // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
+      // said where an operator looks, since the pod still runs, with loopback only.
+      const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
+      if (podNetns) this.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
+      const cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, this.o.sandboxId, cfg.runtime.sandbox_cgroup_only);
+      const guest = await this.o.launcher({
+        sandboxId: this.o.sandboxId,
+        config: cfg,
+        launchData: Buffer.alloc(32),
+        stateDir: sandboxDir(this.o.stateDir, this.o.sandboxId),
+        log: this.log,
+        ...(cgroups ? { cgroups } : {}),
+      });
+      this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
+      return guest;
+    };
+    const setup = async (guest: GuestHandle) => {
+      const shmBytes = podShmBytes(spec);
+      await guest.agent.CreateSandbox(
+        {
+          hostname: spec.Hostname,
+          sandbox_id: this.o.sandboxId,
+          storages: [
+            ...sharedStorage(guest),
+            // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
+            ...(shmBytes
+              ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: guest.guestDirs.sandboxShm }]
+              : []),
+          ],
+        },
+        setupCall(ctx),
+      );
+      this.podShm = shmBytes > 0;
+      this.log.info({ podShmBytes: shmBytes || undefined }, 'sandbox created in the guest');
+    };
+    return this.vm.boot(launch, setup);
+  }
+
+  private newProcess(containerId: string, execId: string, stdio: StdioPaths, guest: GuestHandle, log: Logger): ShimProcess {
+    return new ShimProcess(containerId, execId, stdio, guest.agent, log, this.o.namespace, this.taskPid);
+  }
+
+  private async create(req: Parameters<NonNullable<TaskImpl['Create']>>[0], ctx: CallContext) {
+    if (req.checkpoint) throw unimplemented('katats cannot restore from a checkpoint');
+    const log = this.log.child({ container: req.id });
+    const spec = readBundleSpec(req.bundle);
+    const type = containerType(spec);
+    // Without CRI's annotation (ctr, plain containerd clients) the pod's first container is its
+    // sandbox. Decided and claimed before any await: a concurrent Create joins the boot instead.
+    const isSandbox = type ? type === 'sandbox' : this.vm.state === 'stopped' && this.containers.size === 0;
+    if (!isSandbox && this.vm.state === 'stopped') {
+      throw precondition(`container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
+    }
+    const guest = isSandbox ? await this.bootSandbox(spec, req.options, ctx) : await this.vm.ready(`create container ${req.id}`);
     try {
-      return { json, spec: ociToGrpcSpec(json) };
+      return await this.createInGuest(req, ctx, spec, guest, { isSandbox, type, log });
     } catch (e) {
-      if (e instanceof OciSpecError) throw new TtrpcError(Code.InvalidArgument, `bundle ${bundle}: ${e.message}`);
+      // A sandbox container that failed after its boot leaves no VM behind with nothing in it.
+      if (isSandbox && this.containers.size === 0 && this.creating.size === 1) await this.vm.stop().catch((err: unknown) => log.error({ err }, 'stopping the VM after a failed create failed'));
       throw e;
     }
   }
 
-  /**
-   * Makes the container's rootfs and bind-mount sources visible in the shared directory and
-   * rewrites the spec to the guest's paths.
-   */
-  private async shareContainerFiles(id: string, bundle: string, rootfs: containerd.types.Mount[], spec: grpc.Spec, guest: GuestHandle): Promise<string> {
-    const dir = path.join(guest.sharedDir, id);
-    const target = path.join(dir, 'rootfs');
-    fs.mkdirSync(target, { recursive: true, mode: 0o700 });
-    if (rootfs.length > 0) {
-      for (const m of rootfs) await mount({ type: m.type, source: m.source, options: m.options }, target);
-    } else {
-      const root = spec.Root?.Path ?? 'rootfs';
-      await bindMount(path.resolve(bundle, root), target);
+  private async createInGuest(
+    req: Parameters<NonNullable<TaskImpl['Create']>>[0],
+    ctx: CallContext,
+    spec: grpc.Spec,
+    guest: GuestHandle,
+    { isSandbox, type, log }: { isSandbox: boolean; type: string | undefined; log: Logger },
+  ) {
+    const sandboxPidns = constrainNamespaces(spec);
+    const sharedDir = await shareContainerFiles({ id: req.id, bundle: req.bundle, rootfs: req.rootfs, spec, guest, podShm: this.podShm });
+    log.debug({ rootfs: spec.Root?.Path }, 'rootfs shared with the guest');
+    const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+    if (spec.Process) spec.Process.Terminal = req.terminal;
+    const init = this.newProcess(req.id, '', stdio, guest, log);
+    let inGuest = false;
+    try {
+      await this.vm.agent(`create container ${req.id}`).CreateContainer(
+        { container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [], sandbox_pidns: sandboxPidns },
+        setupCall(ctx),
+      );
+      inGuest = true;
+      await init.openOutput();
+    } catch (e) {
+      // Also after a timeout: the guest may have finished the create the shim gave up on.
+      await guest.agent
+        .RemoveContainer({ container_id: req.id, timeout: 10 }, { timeoutMs: AGENT_TEARDOWN_TIMEOUT_MS })
+        .catch((err) => log.debug({ err }, 'RemoveContainer after a failed create failed'));
+      await unshareContainerFiles(sharedDir);
+      throw inGuest ? invalid((e as Error).message) : e;
     }
-    const guestDir = `${guest.guestDirs.shared}/${id}`;
-    spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
-    for (const m of spec.Mounts ?? []) {
-      const isBind = m.type === 'bind' || m.options.includes('bind') || m.options.includes('rbind');
-      if (!isBind || !m.source.startsWith('/')) continue;
-      if (isPodShm(m) && this.podShm) {
-        m.source = guest.guestDirs.sandboxShm;
-        continue;
-      }
-      if (isHostSystemPath(m.source)) continue;
-      if (!fs.existsSync(m.source)) throw new TtrpcError(Code.InvalidArgument, `container ${id}: bind mount source ${m.source} does not exist`);
-      const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
-      await bindMount(m.source, path.join(dir, 'mounts', name), { readonly: m.options.includes('ro'), recursive: m.type === 'rbind' || m.options.includes('rbind') });
-      m.source = `${guestDir}/mounts/${name}`;
-    }
-    return dir;
+    const c = new ShimContainer(req.id, req.bundle, init, sharedDir, sandboxPidns, (p, e) => this.publishExit(p, e), log);
+    this.containers.set(req.id, c);
+    this.o.events.publish('TaskCreate', {
+      container_id: req.id,
+      bundle: req.bundle,
+      rootfs: req.rootfs,
+      io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+      pid: init.pid,
+    });
+    log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
+    return { pid: init.pid };
   }
 
-  readonly impl: Partial<ServiceImpl<'containerd.task.v2.Task'>> = {
-    Create: async (req) => {
-      idArgument(req.id, 'container id');
-      if (this.containers.has(req.id)) throw new TtrpcError(Code.AlreadyExists, `container ${req.id} already exists`);
-      if (req.checkpoint) throw new TtrpcError(Code.Unimplemented, 'katats cannot restore from a checkpoint');
-      const log = this.log.child({ container: req.id });
-      const { spec } = this.readSpec(req.bundle);
-      const type = spec.Annotations?.[CONTAINER_TYPE_ANNOTATION];
-      // Without CRI's annotation (ctr, plain containerd clients) the pod's first container is its sandbox.
-      const isSandbox = type ? type === 'sandbox' : !this.guest && this.containers.size === 0;
-      if (isSandbox && this.guest) throw new TtrpcError(Code.AlreadyExists, `pod ${this.o.sandboxId} already runs its sandbox VM; ${req.id} cannot be a second sandbox container`);
-      if (!isSandbox && !this.guest) {
-        throw new TtrpcError(Code.FailedPrecondition, `container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
-      }
-      if (isSandbox) {
-        try {
-          await this.bootSandbox(spec, req.options);
-        } catch (e) {
-          await this.stopSandbox().catch(() => undefined);
-          throw e;
-        }
-      }
-      const guest = this.guest!;
-      const sandboxPidns = constrainNamespaces(spec);
-      const sharedDir = await this.shareContainerFiles(req.id, req.bundle, req.rootfs, spec, guest).catch(async (e) => {
-        await unmountAll(path.join(guest.sharedDir, req.id));
-        throw e;
-      });
-      log.debug({ rootfs: spec.Root?.Path }, 'rootfs shared with the guest');
-      const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
-      if (spec.Process) spec.Process.Terminal = req.terminal;
-      const init = new ShimProcess(req.id, '', stdio, guest.agent, log, this.o.namespace);
-      let inGuest = false;
-      try {
-        await this.agent().CreateContainer(
-          { container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [], sandbox_pidns: sandboxPidns },
-          { timeoutMs: AGENT_SETUP_TIMEOUT_MS },
-        );
-        inGuest = true;
-        await init.openOutput();
-      } catch (e) {
-        if (inGuest) {
-          // The container exists in the guest but its output has nowhere to go: take it away again.
-          await this.agent()
-            .RemoveContainer({ container_id: req.id, timeout: 10 })
-            .catch((err) => log.warn({ err }, 'RemoveContainer after a failed output open failed'));
-        }
-        await removeTree(sharedDir);
-        throw inGuest ? new TtrpcError(Code.InvalidArgument, (e as Error).message) : e;
-      }
-      this.containers.set(req.id, { id: req.id, bundle: req.bundle, spec, init, execs: new Map(), pendingExecs: new Map(), sharedDir, paused: false });
-      this.o.events.publish('TaskCreate', {
-        container_id: req.id,
-        bundle: req.bundle,
-        rootfs: req.rootfs,
-        io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
-        pid: init.pid,
-      });
-      log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
-      return { pid: init.pid };
-    },
+  private async startInit(c: ShimContainer, ctx: CallContext) {
+    const p = c.init;
+    p.life.begin('start');
+    try {
+      await this.vm.agent(`start container ${c.id}`).StartContainer({ container_id: c.id }, setupCall(ctx));
+    } catch (e) {
+      p.life.abandon();
+      throw e;
+    }
+    p.life.commit();
+    await p.attachStdio();
+    this.o.events.publish('TaskStart', { container_id: c.id, pid: p.pid });
+    c.followInit(() => this.vm.agent('end the execs of an exited init')).catch((err: unknown) => p.log.error({ err }, 'following the container failed'));
+    return { pid: p.pid };
+  }
 
-    Start: async (req) => {
-      const c = this.container(req.id);
-      if (!req.exec_id) {
-        if (c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is ${c.init.status}, not created`);
-        await this.agent().StartContainer({ container_id: req.id }, { timeoutMs: AGENT_SETUP_TIMEOUT_MS });
-        c.init.status = 'running';
-        await c.init.attachStdio();
-        this.o.events.publish('TaskStart', { container_id: req.id, pid: c.init.pid });
-        c.init.watch().then((e) => this.publishExit(c.init, e)).catch((err: unknown) => c.init.log.error({ err }, 'watching the container failed'));
-        return { pid: c.init.pid };
-      }
-      const p = this.proc(req.id, req.exec_id);
-      const spec = c.pendingExecs.get(req.exec_id);
-      if (!spec) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is ${p.status}, not created`);
+  private async startExec(c: ShimContainer, p: ShimProcess, ctx: CallContext) {
+    p.life.begin('start');
+    const spec = this.execSpecs.get(p)!;
+    try {
+      c.checkExecStart();
       // Before the process exists: an output that cannot be opened leaves nothing to kill.
       await p.openOutput().catch((e: Error) => {
-        throw new TtrpcError(Code.InvalidArgument, e.message);
+        throw invalid(e.message);
       });
-      c.pendingExecs.delete(req.exec_id);
+    } catch (e) {
+      p.life.abandon();
+      throw e;
+    }
+    try {
+      await this.vm.agent(`start exec ${p.execId}`).ExecProcess({ container_id: c.id, exec_id: p.execId, process: spec }, setupCall(ctx));
+    } catch (e) {
+      // Whatever the guest did, the exec is over for containerd: an exit it can wait for and delete.
+      this.vm.handle?.agent
+        .SignalProcess({ container_id: c.id, exec_id: p.execId, signal: 9 }, { timeoutMs: AGENT_TEARDOWN_TIMEOUT_MS })
+        .catch(() => undefined);
+      c.exitProcess(p, VM_DIED_EXIT);
+      throw e;
+    }
+    p.life.commit();
+    this.execSpecs.delete(p);
+    await p.attachStdio();
+    this.o.events.publish('TaskExecStarted', { container_id: c.id, exec_id: p.execId, pid: p.pid });
+    c.followExec(p).catch((err: unknown) => p.log.error({ err }, 'following the exec failed'));
+    return { pid: p.pid };
+  }
+
+  private async deleteProcess(c: ShimContainer, execId: string) {
+    const p = c.process(execId);
+    p.life.check('delete');
+    c.execs.delete(execId);
+    p.markDeleted();
+    await p.release();
+    return { pid: p.pid, exit_status: p.exit?.status ?? 0, exited_at: p.exit ? ts(p.exit.at) : null };
+  }
+
+  private async deleteContainer(c: ShimContainer) {
+    c.init.life.check('delete');
+    // A task created and never started ends here; one that ran has its exit already.
+    const exit = c.init.exit ?? c.init.setExited(0);
+    if (this.vm.state === 'ready') {
+      await this.vm
+        .agent(`delete container ${c.id}`)
+        .RemoveContainer({ container_id: c.id, timeout: 10 }, { timeoutMs: AGENT_TEARDOWN_TIMEOUT_MS })
+        .catch((err) => this.log.warn({ err, container: c.id }, 'RemoveContainer failed'));
+    }
+    for (const p of c.execs.values()) {
+      // Only an exec that outlived its init's wait (see container.ts) still runs: RemoveContainer killed it.
+      if (!p.exit && p.life.state !== 'created') c.exitProcess(p, 128 + 9);
+      p.markDeleted();
+    }
+    c.init.markDeleted();
+    await Promise.all([c.init, ...c.execs.values()].map((p) => p.release()));
+    await unshareContainerFiles(c.sharedDir);
+    this.containers.delete(c.id);
+    this.o.events.publish('TaskDelete', { container_id: c.id, pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at), id: c.id });
+    if (this.containers.size === 0 && this.creating.size === 0) await this.vm.stop();
+    return { pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at) };
+  }
+
+  readonly impl: TaskImpl = withWireErrors<TaskImpl>({
+    Create: async (req, ctx) => {
+      checkId(req.id, 'container id');
+      if (this.containers.has(req.id) || this.creating.has(req.id)) throw alreadyExists(`container ${req.id} already exists`);
+      this.creating.add(req.id);
       try {
-        await this.agent().ExecProcess({ container_id: req.id, exec_id: req.exec_id, process: spec });
-      } catch (e) {
-        this.publishExit(p, p.setExited(VM_DIED_EXIT));
-        throw e;
+        return await this.create(req, ctx);
+      } finally {
+        this.creating.delete(req.id);
       }
-      p.status = 'running';
-      await p.attachStdio();
-      this.o.events.publish('TaskExecStarted', { container_id: req.id, exec_id: req.exec_id, pid: p.pid });
-      p.watch().then((e) => this.publishExit(p, e)).catch((err: unknown) => p.log.error({ err }, 'watching the exec failed'));
-      return { pid: p.pid };
+    },
+
+    Start: async (req, ctx) => {
+      const c = this.container(req.id);
+      if (!req.exec_id) return this.startInit(c, ctx);
+      return this.startExec(c, c.process(req.exec_id), ctx);
     },
 
     Exec: async (req) => {
-      idArgument(req.exec_id, 'exec id');
+      checkId(req.exec_id, 'exec id');
       const c = this.container(req.id);
-      if (c.execs.has(req.exec_id)) throw new TtrpcError(Code.AlreadyExists, `exec ${req.exec_id} already exists in container ${req.id}`);
-      if (c.init.status !== 'running') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is not running`);
-      let process: grpc.Process;
+      c.init.life.check('exec');
+      let spec: grpc.Process;
       try {
-        process = ociToGrpcProcess(JSON.parse(Buffer.from(req.spec?.value ?? []).toString('utf8')));
+        spec = ociToGrpcProcess(JSON.parse(Buffer.from(req.spec?.value ?? []).toString('utf8')));
       } catch (e) {
-        throw new TtrpcError(Code.InvalidArgument, `exec ${req.exec_id}: bad process spec: ${(e as Error).message}`);
+        throw invalid(`exec ${req.exec_id}: bad process spec: ${(e as Error).message}`);
       }
-      process.Terminal = req.terminal;
+      spec.Terminal = req.terminal;
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
-      c.execs.set(req.exec_id, new ShimProcess(req.id, req.exec_id, stdio, this.agent(), c.init.log.child({ exec: req.exec_id }), this.o.namespace));
-      c.pendingExecs.set(req.exec_id, process);
+      const guest = await this.vm.ready(`exec in container ${req.id}`);
+      const p = this.newProcess(req.id, req.exec_id, stdio, guest, c.log.child({ exec: req.exec_id }));
+      c.addExec(p);
+      this.execSpecs.set(p, spec);
       this.o.events.publish('TaskExecAdded', { container_id: req.id, exec_id: req.exec_id });
       return {};
     },
 
     State: async (req) => {
       const c = this.container(req.id);
-      const p = this.proc(req.id, req.exec_id);
-      const status = p.exit ? Status.STOPPED : c.paused && p.isInit ? Status.PAUSED : p.status === 'created' ? Status.CREATED : Status.RUNNING;
+      const p = c.process(req.exec_id);
+      // An exec of a paused container is frozen with it.
+      const state = !p.isInit && p.life.state === 'running' && c.init.life.state === 'paused' ? 'paused' : p.life.state;
       return {
         id: req.id,
         exec_id: req.exec_id,
         bundle: c.bundle,
         pid: p.pid,
-        status,
+        status: STATUS_OF[state],
         stdin: p.stdio.stdin,
         stdout: p.stdio.stdout,
         stderr: p.stdio.stderr,
@@ -364,127 +362,113 @@ export class TaskService {
       };
     },
 
-    Kill: async (req) => {
-      const p = this.proc(req.id, req.exec_id);
-      if (p.exit) throw new TtrpcError(Code.NotFound, `process ${req.exec_id || req.id} already exited`);
-      if (p.status === 'created' && p.isInit) {
+    Kill: async (req, ctx) => {
+      const c = this.container(req.id);
+      const p = c.process(req.exec_id);
+      p.life.check('kill');
+      if (p.life.state === 'created' && !p.life.pending) {
         // Never started: there is nothing in the guest to signal; the task simply ends.
-        this.publishExit(p, p.setExited(128 + req.signal));
+        c.exitProcess(p, 128 + req.signal);
         return {};
       }
-      // An empty exec id with all=true reaches every process of the container, as crun kill --all does.
-      await this.agent().SignalProcess({ container_id: req.id, exec_id: req.all ? '' : req.exec_id, signal: req.signal });
+      // The init is addressed by the container's id; only `all` reaches every process of the
+      // container (the agent's empty exec id, as Kata's shim sends it for --all).
+      const execId = req.all && p.isInit ? '' : p.agentExecId;
+      await this.vm.agent(`signal ${p.life.label}`).SignalProcess({ container_id: req.id, exec_id: execId, signal: req.signal }, requestCall(ctx));
       return {};
     },
 
-    Wait: async (req, ctx: CallContext) => {
-      const p = this.proc(req.id, req.exec_id);
-      const e = await Promise.race([
-        p.wait(),
-        new Promise<never>((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason))),
-      ]);
+    Wait: async (req, ctx) => {
+      const p = this.container(req.id).process(req.exec_id);
+      const e = await untilAborted(p.wait(), ctx.signal);
       return { exit_status: e.status, exited_at: ts(e.at) };
     },
 
     Delete: async (req) => {
       const c = this.container(req.id);
-      if (req.exec_id) {
-        const p = this.proc(req.id, req.exec_id);
-        if (c.pendingExecs.delete(req.exec_id)) {
-          c.execs.delete(req.exec_id);
-          await p.release();
-          return { pid: p.pid, exit_status: 0 };
-        }
-        if (!p.exit) throw new TtrpcError(Code.FailedPrecondition, `exec ${req.exec_id} is still running`);
-        c.execs.delete(req.exec_id);
-        await p.release();
-        return { pid: p.pid, exit_status: p.exit.status, exited_at: ts(p.exit.at) };
-      }
-      if (!c.init.exit && c.init.status !== 'created') throw new TtrpcError(Code.FailedPrecondition, `container ${req.id} is still running`);
-      const exit = c.init.exit ?? c.init.setExited(0);
-      if (!this.vmDead) {
-        await this.agent()
-          .RemoveContainer({ container_id: req.id, timeout: 10 })
-          .catch((err) => this.log.warn({ err, container: req.id }, 'RemoveContainer failed'));
-      }
-      await Promise.all([c.init, ...c.execs.values()].map((p) => p.release()));
-      await removeTree(c.sharedDir);
-      this.containers.delete(req.id);
-      this.o.events.publish('TaskDelete', { container_id: req.id, pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at), id: req.id });
-      if (this.containers.size === 0) await this.stopSandbox();
-      return { pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at) };
+      return req.exec_id ? this.deleteProcess(c, req.exec_id) : this.deleteContainer(c);
     },
 
     Pids: async (req) => {
-      const c = this.container(req.id);
-      const procs = [c.init, ...c.execs.values()].filter((p) => !p.exit);
-      return { processes: procs.length ? [{ pid: c.init.pid }] : [] };
+      this.container(req.id);
+      // Kata's answer: the pod's one host process (the VMM) stands for the task's processes.
+      return { processes: [{ pid: this.taskPid }] };
     },
 
-    Pause: async (req) => {
+    Pause: async (req, ctx) => {
       const c = this.container(req.id);
-      await this.agent().PauseContainer({ container_id: req.id });
-      c.paused = true;
+      c.init.life.begin('pause');
+      try {
+        await this.vm.agent(`pause container ${req.id}`).PauseContainer({ container_id: req.id }, requestCall(ctx));
+      } catch (e) {
+        c.init.life.abandon();
+        throw e;
+      }
+      c.init.life.commit();
       this.o.events.publish('TaskPaused', { container_id: req.id });
       return {};
     },
 
-    Resume: async (req) => {
+    Resume: async (req, ctx) => {
       const c = this.container(req.id);
-      await this.agent().ResumeContainer({ container_id: req.id });
-      c.paused = false;
+      c.init.life.begin('resume');
+      try {
+        await this.vm.agent(`resume container ${req.id}`).ResumeContainer({ container_id: req.id }, requestCall(ctx));
+      } catch (e) {
+        c.init.life.abandon();
+        throw e;
+      }
+      c.init.life.commit();
       this.o.events.publish('TaskResumed', { container_id: req.id });
       return {};
     },
 
-    ResizePty: async (req) => {
-      this.proc(req.id, req.exec_id);
-      await this.agent().TtyWinResize({ container_id: req.id, exec_id: req.exec_id, row: req.height, column: req.width });
+    ResizePty: async (req, ctx) => {
+      const p = this.container(req.id).process(req.exec_id);
+      p.life.check('resize');
+      await this.vm.agent(`resize ${p.life.label}`).TtyWinResize({ container_id: req.id, exec_id: p.agentExecId, row: req.height, column: req.width }, requestCall(ctx));
       return {};
     },
 
     CloseIO: async (req) => {
-      const p = this.proc(req.id, req.exec_id);
+      const p = this.container(req.id).process(req.exec_id);
+      p.life.check('closeIO');
       if (req.stdin) await p.closeIO();
       return {};
     },
 
-    Update: async (req) => {
-      this.container(req.id);
+    Update: async (req, ctx) => {
+      const c = this.container(req.id);
+      c.init.life.check('update');
       let resources: grpc.LinuxResources;
       try {
         resources = ociToGrpcResources(JSON.parse(Buffer.from(req.resources?.value ?? []).toString('utf8')));
       } catch (e) {
-        throw new TtrpcError(Code.InvalidArgument, `update ${req.id}: bad resources: ${(e as Error).message}`);
+        throw invalid(`update ${req.id}: bad resources: ${(e as Error).message}`);
       }
-      await this.agent().UpdateContainer({ container_id: req.id, resources });
+      await this.vm.agent(`update container ${req.id}`).UpdateContainer({ container_id: req.id, resources }, requestCall(ctx));
       return {};
     },
 
-    Stats: async (req) => {
-      this.container(req.id);
-      return { stats: metricsAny(await this.agent().StatsContainer({ container_id: req.id })) };
+    Stats: async (req, ctx) => {
+      const c = this.container(req.id);
+      c.init.life.check('stats');
+      return { stats: metricsAny(await this.vm.agent(`read stats of container ${req.id}`).StatsContainer({ container_id: req.id }, requestCall(ctx))) };
     },
 
-    Connect: async () => ({ shim_pid: process.pid, task_pid: process.pid, version: '2' }),
+    // The version of the API this call came in on: containerd 2.x calls v3 when `start` announced it.
+    Connect: async (_req, ctx) => ({ shim_pid: process.pid, task_pid: this.taskPid, version: ctx.service === 'containerd.task.v3.Task' ? '3' : '2' }),
 
     Shutdown: async () => {
-      if (this.containers.size > 0) return {};
-      await this.stopSandbox();
+      if (this.containers.size > 0 || this.creating.size > 0) return {};
+      await this.vm.stop();
       this.o.onShutdown();
       return {};
     },
-  };
+  });
 
-  private async stopSandbox(): Promise<void> {
-    const g = this.guest;
-    if (!g) return;
-    this.guest = undefined;
-    this.vmDead = true;
-    await g.agent.DestroySandbox({}, { timeoutMs: 10_000 }).catch(() => undefined);
-    await g.stop();
-    this.log.info('sandbox VM stopped');
-  }
+  /** Exec specs between Exec and Start (the process object exists already, in state 'created'). */
+  private readonly execSpecs = new WeakMap<ShimProcess, grpc.Process>();
 
   /** For the daemon's exit path: tear everything down without containerd's help. */
   async forceCleanup(): Promise<void> {
@@ -492,53 +476,30 @@ export class TaskService {
       await unmountAll(c.sharedDir).catch(() => undefined);
     }
     this.containers.clear();
-    await this.stopSandbox().catch(() => undefined);
+    await this.vm.stop().catch(() => undefined);
+  }
+
+  /** The sandbox VM's state, for logs and tests. */
+  get vmState(): SandboxVm['state'] {
+    return this.vm.state;
   }
 }
 
-/** An id from containerd that becomes a path (here or in the guest): InvalidArgument naming it when it cannot. */
-function idArgument(id: string, what: string): void {
-  try {
-    checkId(id, what);
-  } catch (e) {
-    throw new TtrpcError(Code.InvalidArgument, (e as Error).message);
-  }
-}
-
-/** A bind of a private /dev/shm (CRI's sandbox shm dir on the host); the host's own /dev/shm is not one. */
-function isPodShm(m: grpc.Mount): boolean {
-  return m.destination === '/dev/shm' && m.source !== '/dev/shm';
-}
-
-/**
- * Size of the pod's /dev/shm from a CRI sandbox container's spec: 0 when the pod has none of its
- * own. Only CRI's pause container says that its /dev/shm is the pod's: elsewhere a bind onto
- * /dev/shm is the user's directory and goes through the share like any other.
- */
-function podShmBytes(spec: grpc.Spec): number {
-  if (spec.Annotations?.[CONTAINER_TYPE_ANNOTATION] !== 'sandbox') return 0;
-  const m = (spec.Mounts ?? []).find((x) => isPodShm(x) && (x.type === 'bind' || x.options.includes('bind') || x.options.includes('rbind')));
-  if (!m) return 0;
-  try {
-    const st = fs.statfsSync(m.source);
-    return st.blocks * st.bsize || DEFAULT_SHM_BYTES;
-  } catch {
-    return DEFAULT_SHM_BYTES;
-  }
-}
-
-/**
- * Host namespace paths mean nothing in the guest (Kata's constrainGRPCSpec and handlePidNamespace):
- * the network stack is the VM's and cgroup namespaces are the guest's own, so both go; a pid
- * namespace with a path asks to join the pod's (returned, for sandbox_pidns); other paths are
- * cleared, and the agent puts ipc and uts into the pod's shared namespaces.
- */
-function constrainNamespaces(spec: grpc.Spec): boolean {
-  if (!spec.Linux) return false;
-  let sandboxPidns = false;
-  spec.Linux.Namespaces = spec.Linux.Namespaces.filter((n) => n.Type !== 'network' && n.Type !== 'cgroup').map((n) => {
-    if (n.Type === 'pid' && n.Path) sandboxPidns = true;
-    return { ...n, Path: '' };
+/** `p`, or the abort's reason once `signal` aborts (containerd hung up on a Wait). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e as Error);
+      },
+    );
   });
-  return sandboxPidns;
 }

@@ -30,7 +30,15 @@ export interface LocalLauncher {
   cleanup(): Promise<void>;
 }
 
-export function localLauncher(o: { agent?: Partial<AgentConfig> | (() => Partial<AgentConfig>); bootDelayMs?: number } = {}): LocalLauncher {
+export interface LauncherOptions {
+  agent?: Partial<AgentConfig> | (() => Partial<AgentConfig>);
+  /** A pause before the agent starts, as a VM boot takes seconds: concurrent Creates overlap in it. */
+  bootDelayMs?: number;
+  /** Called with each guest before the Task service sees it (to watch the agent's server, say). */
+  onGuest?: (g: LocalGuest) => void;
+}
+
+export function localLauncher(o: LauncherOptions = {}): LocalLauncher {
   const l: LocalLauncher = {
     guests: [],
     inFlight: 0,
@@ -39,10 +47,10 @@ export function localLauncher(o: { agent?: Partial<AgentConfig> | (() => Partial
       l.inFlight++;
       l.peakInFlight = Math.max(l.peakInFlight, l.inFlight);
       try {
-        // A VM boot takes seconds: concurrent callers overlap in that window, as they do with QEMU.
         if (o.bootDelayMs) await new Promise((r) => setTimeout(r, o.bootDelayMs));
         const g = await startLocalGuest(request, typeof o.agent === 'function' ? o.agent() : (o.agent ?? {}));
         l.guests.push(g);
+        o.onGuest?.(g);
         return g.handle;
       } finally {
         l.inFlight--;

@@ -18,8 +18,7 @@ import { EventPublisher } from '../../shim/events.js';
 import { TaskService } from '../../shim/task-service.js';
 import { loadConfig } from '../../shim/config.js';
 import { busyboxRootfs, crunContainers, runnerProcesses } from '../agent/helpers.js';
-import { localLauncher, type LocalLauncher } from './local-guest.js';
-import type { AgentConfig } from '../../agent/config.js';
+import { localLauncher, type LauncherOptions, type LocalGuest, type LocalLauncher } from './local-guest.js';
 
 type TaskMethods = Services['containerd.task.v2.Task'];
 type Method = keyof TaskMethods;
@@ -124,6 +123,15 @@ export class FifoReader {
     return this.text;
   }
 
+  /** Stops reading: the FIFO fills and the shim's writer waits, as behind a slow reader. */
+  pause(): void {
+    this.sock.pause();
+  }
+
+  resume(): void {
+    this.sock.resume();
+  }
+
   close(): void {
     this.sock.destroy();
   }
@@ -196,7 +204,7 @@ export class TaskHarness {
     });
   }
 
-  static async start(sandboxId: string, o: { agent?: Partial<AgentConfig> | (() => Partial<AgentConfig>); bootDelayMs?: number } = {}): Promise<TaskHarness> {
+  static async start(sandboxId: string, o: LauncherOptions = {}): Promise<TaskHarness> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-ts-'));
     const sock = path.join(dir, 'events.sock');
     const server = new Server();
@@ -212,6 +220,13 @@ export class TaskHarness {
     await server.listen(sock);
     const publisher = new EventPublisher({ address: `unix://${sock}`, namespace: 'katats-test', logger: pino({ enabled: false }), retryDelayMs: 20 });
     return new TaskHarness({ dir, sandboxId, launcher: localLauncher(o), server, publisher, events });
+  }
+
+  /** The guest launched last. */
+  get guest(): LocalGuest {
+    const g = this.launcher.guests.at(-1);
+    if (!g) throw new Error('no guest was launched');
+    return g;
   }
 
   get shutdown(): boolean {
