@@ -11,17 +11,18 @@ import type { ServiceImpl } from '../proto/rpc.js';
 import type { grpc } from '../proto/gen/types.js';
 import { ociToGrpcProcess, ociToGrpcResources } from '../proto/oci.js';
 import { timestamp as ts } from '../proto/registry.js';
-import { sandboxConfig, type KatatsConfig } from './config.js';
+import type { KatatsConfig } from './config.js';
 import type { EventPublisher } from './events.js';
 import type { GuestHandle, GuestLauncher } from './guest.js';
 import { ShimProcess, type ExitInfo, type StdioPaths } from './process.js';
-import { planSandboxCgroups } from './sandbox-cgroups.js';
 import { metricsAny } from './metrics.js';
-import { sandboxDir } from './layout.js';
 import { SandboxVm } from './sandbox-vm.js';
+import type { ProcessLifecycle, Transition } from './process-state.js';
+import { createGuestSandbox, launchSandboxVm } from './sandbox-boot.js';
+import { createContainerInGuest } from './container-create.js';
 import { ShimContainer } from './container.js';
-import { constrainNamespaces, containerType, podShmBytes, readBundleSpec } from './container-spec.js';
-import { shareContainerFiles, sharedStorage, unshareContainerFiles } from './rootfs-share.js';
+import { containerType, readBundleSpec } from './container-spec.js';
+import { unshareContainerFiles } from './rootfs-share.js';
 import { alreadyExists, invalid, notFound, precondition, unimplemented, withWireErrors } from './errdefs.js';
 import { AGENT_TEARDOWN_TIMEOUT_MS, requestCall, setupCall } from './agent-calls.js';
 import { unmountAll } from '../sys/mount.js';
@@ -67,14 +68,6 @@ export class TaskService {
     });
   }
 
-  get accel(): string | undefined {
-    return this.vm.handle?.accel;
-  }
-
-  get vmmPid(): number | undefined {
-    return this.vm.handle?.vmmPid;
-  }
-
   /**
    * The pid containerd gets for every task of the pod: the VMM's, as Kata's shim reports it (its
    * hpid). Guest pids would name unrelated processes on the host, where containerd and its
@@ -112,49 +105,13 @@ export class TaskService {
 
   /** Launches the VM and creates the sandbox in the guest: what the pod's first Create does. */
   private bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined, ctx: CallContext): Promise<GuestHandle> {
-    const launch = async () => {
-      const cfg = sandboxConfig(this.o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => this.log.warn(f, msg) });
-      if (cfg.hypervisor.qemu.shared_fs === 'none') {
-        // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
-        // through the shared directory until block-device layers exist.
-        throw invalid(`shared_fs = none: sandbox ${this.o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
-      }
-      // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
-      // said where an operator looks, since the pod still runs, with loopback only.
-      const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
-      if (podNetns) this.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
-      const cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, this.o.sandboxId, cfg.runtime.sandbox_cgroup_only);
-      const guest = await this.o.launcher({
-        sandboxId: this.o.sandboxId,
-        config: cfg,
-        launchData: Buffer.alloc(32),
-        stateDir: sandboxDir(this.o.stateDir, this.o.sandboxId),
-        log: this.log,
-        ...(cgroups ? { cgroups } : {}),
-      });
-      this.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
-      return guest;
-    };
-    const setup = async (guest: GuestHandle) => {
-      const shmBytes = podShmBytes(spec);
-      await guest.agent.CreateSandbox(
-        {
-          hostname: spec.Hostname,
-          sandbox_id: this.o.sandboxId,
-          storages: [
-            ...sharedStorage(guest),
-            // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
-            ...(shmBytes
-              ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: guest.guestDirs.sandboxShm }]
-              : []),
-          ],
-        },
-        setupCall(ctx),
-      );
-      this.podShm = shmBytes > 0;
-      this.log.info({ podShmBytes: shmBytes || undefined }, 'sandbox created in the guest');
-    };
-    return this.vm.boot(launch, setup);
+    const boot = { sandboxId: this.o.sandboxId, config: this.o.config, stateDir: this.o.stateDir, launcher: this.o.launcher, log: this.log };
+    return this.vm.boot(
+      () => launchSandboxVm(boot, spec, options),
+      async (guest) => {
+        this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
+      },
+    );
   }
 
   private newProcess(containerId: string, execId: string, stdio: StdioPaths, guest: GuestHandle, log: Logger): ShimProcess {
@@ -174,7 +131,23 @@ export class TaskService {
     }
     const guest = isSandbox ? await this.bootSandbox(spec, req.options, ctx) : await this.vm.ready(`create container ${req.id}`);
     try {
-      return await this.createInGuest(req, ctx, spec, guest, { isSandbox, type, log });
+      const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+      const { init, sharedDir, sandboxPidns } = await createContainerInGuest({
+        id: req.id,
+        bundle: req.bundle,
+        rootfs: req.rootfs,
+        stdio,
+        spec,
+        guest,
+        podShm: this.podShm,
+        ctx,
+        log,
+        newInit: () => this.newProcess(req.id, '', stdio, guest, log),
+      });
+      this.containers.set(req.id, new ShimContainer(req.id, req.bundle, init, sharedDir, sandboxPidns, (p, e) => this.publishExit(p, e), log));
+      this.o.events.publish('TaskCreate', { container_id: req.id, bundle: req.bundle, rootfs: req.rootfs, io: stdio, pid: init.pid });
+      log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
+      return { pid: init.pid };
     } catch (e) {
       // A sandbox container that failed after its boot leaves no VM behind with nothing in it.
       if (isSandbox && this.containers.size === 0 && this.creating.size === 1) await this.vm.stop().catch((err: unknown) => log.error({ err }, 'stopping the VM after a failed create failed'));
@@ -182,58 +155,9 @@ export class TaskService {
     }
   }
 
-  private async createInGuest(
-    req: Parameters<NonNullable<TaskImpl['Create']>>[0],
-    ctx: CallContext,
-    spec: grpc.Spec,
-    guest: GuestHandle,
-    { isSandbox, type, log }: { isSandbox: boolean; type: string | undefined; log: Logger },
-  ) {
-    const sandboxPidns = constrainNamespaces(spec);
-    const sharedDir = await shareContainerFiles({ id: req.id, bundle: req.bundle, rootfs: req.rootfs, spec, guest, podShm: this.podShm });
-    log.debug({ rootfs: spec.Root?.Path }, 'rootfs shared with the guest');
-    const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
-    if (spec.Process) spec.Process.Terminal = req.terminal;
-    const init = this.newProcess(req.id, '', stdio, guest, log);
-    let inGuest = false;
-    try {
-      await this.vm.agent(`create container ${req.id}`).CreateContainer(
-        { container_id: req.id, exec_id: req.id, OCI: spec, storages: [], devices: [], sandbox_pidns: sandboxPidns },
-        setupCall(ctx),
-      );
-      inGuest = true;
-      await init.openOutput();
-    } catch (e) {
-      // Also after a timeout: the guest may have finished the create the shim gave up on.
-      await guest.agent
-        .RemoveContainer({ container_id: req.id, timeout: 10 }, { timeoutMs: AGENT_TEARDOWN_TIMEOUT_MS })
-        .catch((err) => log.debug({ err }, 'RemoveContainer after a failed create failed'));
-      await unshareContainerFiles(sharedDir);
-      throw inGuest ? invalid((e as Error).message) : e;
-    }
-    const c = new ShimContainer(req.id, req.bundle, init, sharedDir, sandboxPidns, (p, e) => this.publishExit(p, e), log);
-    this.containers.set(req.id, c);
-    this.o.events.publish('TaskCreate', {
-      container_id: req.id,
-      bundle: req.bundle,
-      rootfs: req.rootfs,
-      io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
-      pid: init.pid,
-    });
-    log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
-    return { pid: init.pid };
-  }
-
   private async startInit(c: ShimContainer, ctx: CallContext) {
     const p = c.init;
-    p.life.begin('start');
-    try {
-      await this.vm.agent(`start container ${c.id}`).StartContainer({ container_id: c.id }, setupCall(ctx));
-    } catch (e) {
-      p.life.abandon();
-      throw e;
-    }
-    p.life.commit();
+    await inGuest(p.life, 'start', () => this.vm.agent(`start container ${c.id}`).StartContainer({ container_id: c.id }, setupCall(ctx)));
     await p.attachStdio();
     this.o.events.publish('TaskStart', { container_id: c.id, pid: p.pid });
     c.followInit(() => this.vm.agent('end the execs of an exited init')).catch((err: unknown) => p.log.error({ err }, 'following the container failed'));
@@ -397,28 +321,14 @@ export class TaskService {
 
     Pause: async (req, ctx) => {
       const c = this.container(req.id);
-      c.init.life.begin('pause');
-      try {
-        await this.vm.agent(`pause container ${req.id}`).PauseContainer({ container_id: req.id }, requestCall(ctx));
-      } catch (e) {
-        c.init.life.abandon();
-        throw e;
-      }
-      c.init.life.commit();
+      await inGuest(c.init.life, 'pause', () => this.vm.agent(`pause container ${req.id}`).PauseContainer({ container_id: req.id }, requestCall(ctx)));
       this.o.events.publish('TaskPaused', { container_id: req.id });
       return {};
     },
 
     Resume: async (req, ctx) => {
       const c = this.container(req.id);
-      c.init.life.begin('resume');
-      try {
-        await this.vm.agent(`resume container ${req.id}`).ResumeContainer({ container_id: req.id }, requestCall(ctx));
-      } catch (e) {
-        c.init.life.abandon();
-        throw e;
-      }
-      c.init.life.commit();
+      await inGuest(c.init.life, 'resume', () => this.vm.agent(`resume container ${req.id}`).ResumeContainer({ container_id: req.id }, requestCall(ctx)));
       this.o.events.publish('TaskResumed', { container_id: req.id });
       return {};
     },
@@ -483,6 +393,18 @@ export class TaskService {
   get vmState(): SandboxVm['state'] {
     return this.vm.state;
   }
+}
+
+/** A transition whose guest call decides it: claimed first, made when the call succeeds. */
+async function inGuest(life: ProcessLifecycle, t: Transition, call: () => Promise<unknown>): Promise<void> {
+  life.begin(t);
+  try {
+    await call();
+  } catch (e) {
+    life.abandon();
+    throw e;
+  }
+  life.commit();
 }
 
 /** `p`, or the abort's reason once `signal` aborts (containerd hung up on a Wait). */

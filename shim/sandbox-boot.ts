@@ -1,0 +1,74 @@
+// What the pod's first Create does before its own container: resolve the sandbox's configuration,
+// launch the VM (through the launcher: QEMU in the daemon, a local agent in tests) and create the
+// sandbox in the guest with the storages every container needs (the shared directory, the pod's
+// /dev/shm).
+import type { Logger } from 'pino';
+import type { CallContext } from '../proto/ttrpc/index.js';
+import type { grpc } from '../proto/gen/types.js';
+import { sandboxConfig, type KatatsConfig } from './config.js';
+import type { GuestHandle, GuestLauncher } from './guest.js';
+import { planSandboxCgroups } from './sandbox-cgroups.js';
+import { sandboxDir } from './layout.js';
+import { podShmBytes } from './container-spec.js';
+import { sharedStorage } from './rootfs-share.js';
+import { invalid } from './errdefs.js';
+import { setupCall } from './agent-calls.js';
+
+export interface SandboxBootOptions {
+  sandboxId: string;
+  /** The shim's own configuration (runtime options and annotations apply on top). */
+  config: KatatsConfig;
+  stateDir: string;
+  launcher: GuestLauncher;
+  log: Logger;
+}
+
+export async function launchSandboxVm(
+  o: SandboxBootOptions,
+  spec: grpc.Spec,
+  /** CRI's runtime options for the handler (runtimeoptions.v1.Options). */
+  options: { type_url: string; value: Uint8Array } | null | undefined,
+): Promise<GuestHandle> {
+  const cfg = sandboxConfig(o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
+  if (cfg.hypervisor.qemu.shared_fs === 'none') {
+    // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
+    // through the shared directory until block-device layers exist.
+    throw invalid(`shared_fs = none: sandbox ${o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
+  }
+  // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
+  // said where an operator looks, since the pod still runs, with loopback only.
+  const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
+  if (podNetns) o.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
+  const cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, o.sandboxId, cfg.runtime.sandbox_cgroup_only);
+  const guest = await o.launcher({
+    sandboxId: o.sandboxId,
+    config: cfg,
+    launchData: Buffer.alloc(32),
+    stateDir: sandboxDir(o.stateDir, o.sandboxId),
+    log: o.log,
+    ...(cgroups ? { cgroups } : {}),
+  });
+  o.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
+  return guest;
+}
+
+/** CreateSandbox in the guest. Returns whether the guest now holds the pod's own /dev/shm. */
+export async function createGuestSandbox(o: SandboxBootOptions, guest: GuestHandle, spec: grpc.Spec, ctx: CallContext): Promise<boolean> {
+  const shmBytes = podShmBytes(spec);
+  await guest.agent.CreateSandbox(
+    {
+      hostname: spec.Hostname,
+      sandbox_id: o.sandboxId,
+      storages: [
+        ...sharedStorage(guest),
+        // A host tmpfs seen through the shared filesystem would share files but not memory: the pod's shm lives in the guest.
+        ...(shmBytes
+          ? [{ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', `size=${shmBytes}`], mount_point: guest.guestDirs.sandboxShm }]
+          : []),
+      ],
+    },
+    setupCall(ctx),
+  );
+  o.log.info({ podShmBytes: shmBytes || undefined }, 'sandbox created in the guest');
+  return shmBytes > 0;
+}
