@@ -291,7 +291,9 @@ export class TaskService {
       const p = c.process(req.exec_id);
       p.life.check('kill');
       if (p.life.state === 'created' && !p.life.pending) {
-        // Never started: there is nothing in the guest to signal; the task simply ends.
+        // An exec not started is no process yet (runc's shim says so too).
+        if (!p.isInit) throw precondition(`${p.life.label} is created: it has no process to signal`);
+        // A task created and never started: nothing runs in the guest to signal; the task simply ends.
         c.exitProcess(p, 128 + req.signal);
         return {};
       }

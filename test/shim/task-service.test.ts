@@ -124,6 +124,30 @@ describe('requests a state does not admit', () => {
   });
 });
 
+describe('kills before a start', () => {
+  let h: TaskHarness;
+  const harness = useHarness('ts-early');
+  beforeAll(() => {
+    h = harness();
+  });
+
+  it('a created exec has no process to signal; a created task killed simply ends, with its exit told', async () => {
+    await h.run('ts-early', ['sh', '-c', LOOP]);
+    const spec = { type_url: 'p', value: Buffer.from('{"args":["true"],"cwd":"/"}') };
+    await h.call('Exec', { id: 'ts-early', exec_id: 'idle', spec });
+    const e = await failure(h.call('Kill', { id: 'ts-early', exec_id: 'idle', signal: 9 }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.message).toMatch(/exec idle of container ts-early is created/);
+    await h.call('Delete', { id: 'ts-early', exec_id: 'idle' });
+    await h.call('Create', { id: 'ts-early-b', bundle: h.bundle('ts-early-b', ['true']) });
+    await h.call('Kill', { id: 'ts-early-b', signal: 15 });
+    expect((await h.call('Wait', { id: 'ts-early-b' })).exit_status).toBe(128 + 15);
+    expect((await h.call('Delete', { id: 'ts-early-b' })).exit_status).toBe(128 + 15);
+    expect(await h.topics('ts-early-b')).toEqual(['/tasks/create', '/tasks/exit', '/tasks/delete']);
+    await h.remove('ts-early');
+  });
+});
+
 describe('the sandbox boot', () => {
   let h: TaskHarness;
   const harness = useHarness('ts-boot', { bootDelayMs: 400 });
