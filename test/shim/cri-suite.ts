@@ -20,7 +20,7 @@ import { until } from './shim-helpers.js';
 
 const { POD, CONTAINER, NODE } = runtime.v1.NamespaceMode;
 const { SANDBOX_READY, SANDBOX_NOTREADY } = runtime.v1.PodSandboxState;
-const { CONTAINER_RUNNING } = runtime.v1.ContainerState;
+const { CONTAINER_RUNNING, CONTAINER_EXITED } = runtime.v1.ContainerState;
 
 export function criSuite(FLAVOR: ContainerdFlavor): void {
   let env: KatatsEnv;
@@ -173,6 +173,31 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
       expect(await exec('b', ['cat', '/shared/x'])).toMatchObject({ code: 0, out: 'from-a\n' });
       expect(qemuProcs()).toEqual(vm);
     }, 600_000);
+
+    it('a container the guest OOM-kills is OOMKilled for CRI, after a TaskOOM naming it', async () => {
+      const ev = helpers.startEvents(cd);
+      try {
+        const config = containerConfig('hog', ['awk', 'BEGIN { s = "x"; while (1) s = s s }']);
+        config.linux = { ...config.linux, resources: { memory_limit_in_bytes: 32 << 20 } };
+        const { container_id } = await cri.runtime.CreateContainer({ pod_sandbox_id: podId, sandbox_config: podConfig, config }, { timeoutMs: 180_000 });
+        ids['hog'] = container_id;
+        await cri.runtime.StartContainer({ container_id }, { timeoutMs: 180_000 });
+        const st = await until(() => cri.runtime.ContainerStatus({ container_id }), (r) => r.status?.state === CONTAINER_EXITED, 120_000);
+        expect(st.status?.state, logs()).toBe(CONTAINER_EXITED);
+        expect(st.status?.exit_code).toBe(137);
+        const oomLine = (l: string) => l.includes('/tasks/oom') && l.includes(container_id);
+        await until(() => ev.lines.some(oomLine), Boolean, 30_000);
+        expect(ev.lines.filter(oomLine).length, ev.lines.join('\n')).toBeGreaterThan(0);
+        expect(ev.lines.some((l) => l.includes('/tasks/exit') && l.includes(container_id))).toBe(true);
+        // CRI marks the container OOMKilled when the TaskOOM arrives.
+        expect((await until(() => cri.runtime.ContainerStatus({ container_id }), (r) => r.status?.reason === 'OOMKilled', 30_000)).status?.reason).toBe('OOMKilled');
+        await cri.runtime.RemoveContainer({ container_id });
+        delete ids['hog'];
+      } finally {
+        ev.child.kill();
+      }
+      expect(await exec('a', ['echo', 'after the OOM'])).toMatchObject({ code: 0, out: 'after the OOM\n' });
+    }, 300_000);
 
     it('the sandbox container ending and being deleted first does not take the other containers down', async () => {
       const vm = qemuProcs();
