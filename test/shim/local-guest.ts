@@ -1,15 +1,18 @@
 // A GuestLauncher for fast Task service tests: instead of booting a VM it starts the real agent in
 // local mode (in this process, on a unix socket, with the host's crun: test/agent/helpers.ts),
-// and hands the Task service a GuestHandle whose agent client talks to it. The shared directory
-// is a host temp dir that the local agent sees at its own path (sharedFs 'host'), so the rootfs
-// and bind sources the shim shares reach crun unchanged; the pod's /dev/shm goes to a dir of the
-// same temp tree. `exited` settles when the handle is stopped, or when a test crashes the "VM":
-// the agent's connections drop first, as a dying VM's channel does, then its containers go.
+// and hands the Task service a GuestHandle whose agent client talks to it. The agent's state dir
+// plays the guest's /run/kata-containers: the shared directory is its shared/containers and the
+// pod's /dev/shm its sandbox/shm, the places a guest agent has them; the local agent sees that
+// host dir at its own path (sharedFs 'host'), so nothing is mounted to share it and the rootfs and
+// bind sources the shim shares reach crun unchanged. `exited` settles when the handle is stopped,
+// or when a test crashes the "VM": the agent's connections drop first, as a dying VM's channel
+// does, then its containers go.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { GuestHandle, GuestLauncher, LaunchRequest, VmExit } from '../../shim/guest.js';
 import type { AgentConfig } from '../../agent/config.js';
 import { startAgent, type TestAgent } from '../agent/helpers.js';
+import { sandboxDir as agentSandboxDir, sharedDir as sharedDirOf } from '../../agent/places.js';
 
 export interface LocalGuest {
   handle: GuestHandle;
@@ -65,8 +68,8 @@ export function localLauncher(o: LauncherOptions = {}): LocalLauncher {
 
 async function startLocalGuest(request: LaunchRequest, over: Partial<AgentConfig>): Promise<LocalGuest> {
   const agent = await startAgent(over);
-  const sharedDir = path.join(agent.dir, 'shared');
-  fs.mkdirSync(sharedDir);
+  const sharedDir = sharedDirOf(agent.stateDir);
+  fs.mkdirSync(sharedDir, { recursive: true });
   let settle!: (x: VmExit) => void;
   const exited = new Promise<VmExit>((r) => (settle = r));
   let stopped: Promise<void> | undefined;
@@ -80,7 +83,7 @@ async function startLocalGuest(request: LaunchRequest, over: Partial<AgentConfig
     health: agent.health,
     sharedDir,
     sharedFs: 'host',
-    guestDirs: { shared: sharedDir, sandboxShm: path.join(agent.dir, 'sandbox-shm') },
+    guestDirs: { shared: sharedDir, sandboxShm: path.join(agentSandboxDir(agent.stateDir), 'shm') },
     accel: 'tcg',
     // No VMM: the process that runs the local agent stands for it.
     vmmPid: process.pid,
