@@ -4,14 +4,17 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openOutput, pump } from '../../shim/stdio.js';
 import { sleep } from '../agent/helpers.js';
 import { tempDir } from '../support/tmp.js';
 
 describe('the output copy', () => {
-  const tmp = tempDir('katats-pump-');
-  afterAll(() => tmp.cleanup());
+  let tmp: { dir: string; cleanup: () => void };
+  beforeAll(() => {
+    tmp = tempDir('katats-pump-');
+  });
+  afterAll(() => tmp?.cleanup());
 
   it('keeps one set of listeners on its sink however many times a slow reader pushes back', async () => {
     const fifo = path.join(tmp.dir, 'out');
