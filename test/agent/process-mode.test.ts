@@ -11,15 +11,55 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client, Code } from '../../proto/ttrpc/index.js';
 import { serviceClient } from '../../proto/rpc.js';
 import { buildAgent } from '../../agent/build.js';
-import { busyboxRootfs, containerSpec, crunContainers, readAll, runnerProcesses, sleep, type TestAgent } from './helpers.js';
+import { busyboxRootfs, containerSpec, crunContainers, readAll, runnerProcesses, sleep, TEST_CGROUP_PARENT, TEST_CRUN_ROOT, type TestAgent } from './helpers.js';
 
 const repo = path.resolve(import.meta.dirname, '..', '..');
 
-async function waitFor(file: string, ms = 20_000): Promise<void> {
+async function waitFor(file: string, ms = 20_000, agent?: Agent): Promise<void> {
   const end = Date.now() + ms;
   while (!fs.existsSync(file)) {
+    if (agent) agent.assertRunning();
     if (Date.now() > end) throw new Error(`${file} did not appear`);
     await sleep(50);
+  }
+}
+
+/** A spawned agent whose stderr is kept (its last 64 KiB), so a failure says why the agent went away. */
+interface Agent {
+  proc: ChildProcess;
+  stderr(): string;
+  assertRunning(): void;
+}
+
+/**
+ * Starts an agent process in this test process's own cgroup parent and crun root, so the
+ * afterAll checks see its containers and suites in other processes never share them.
+ */
+function spawnAgent(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Agent {
+  const proc = spawn(cmd, [...args, '--cgroup-parent', TEST_CGROUP_PARENT, '--crun-root', TEST_CRUN_ROOT], { stdio: ['ignore', 'ignore', 'pipe'], env });
+  let err = '';
+  proc.stderr!.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-65_536);
+  });
+  const agent: Agent = {
+    proc,
+    stderr: () => err,
+    assertRunning() {
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`agent exited (${proc.exitCode ?? proc.signalCode}): ${err}`);
+    },
+  };
+  return agent;
+}
+
+/** Waits for the agent's socket and connects; an agent that died says so with its stderr. */
+async function connectAgent(agent: Agent, sock: string): Promise<Client> {
+  await waitFor(sock, 20_000, agent);
+  try {
+    return await Client.connect(sock);
+  } catch (e) {
+    await sleep(200); // let the exit event arrive, if that is what happened
+    agent.assertRunning();
+    throw new Error(`${(e as Error).message}; agent still running, stderr: ${agent.stderr()}`);
   }
 }
 
@@ -58,12 +98,10 @@ describe('agent as a process', () => {
 
   it('local mode: tsx agent/main.ts --listen SOCK --state-dir DIR', async () => {
     const sock = path.join(dir, 'tsx.sock');
-    const p = spawn(path.join(repo, 'node_modules/.bin/tsx'), [path.join(repo, 'agent/main.ts'), '--listen', sock, '--state-dir', path.join(dir, 'state-tsx'), '--log-file', path.join(dir, 'tsx.log')], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-    });
+    const a = spawnAgent(path.join(repo, 'node_modules/.bin/tsx'), [path.join(repo, 'agent/main.ts'), '--listen', sock, '--state-dir', path.join(dir, 'state-tsx'), '--log-file', path.join(dir, 'tsx.log')]);
+    const p = a.proc;
     procs.push(p);
-    await waitFor(sock);
-    const c = await Client.connect(sock);
+    const c = await connectAgent(a, sock);
     await smoke(c, rootfs, 'pm-tsx');
     await c.close();
     await stop(p);
@@ -85,10 +123,10 @@ describe('agent as a process', () => {
       const text = fs.readFileSync(path.join(out, 'agent.js'), 'utf8');
       expect(text).not.toMatch(/require\(["'](pino|protobufjs)["']\)/);
       const sock = path.join(dir, 'bundle.sock');
-      const p = spawn(process.execPath, [path.join(out, 'agent.js'), '--listen', sock, '--state-dir', path.join(dir, 'state-bundle')], { stdio: ['ignore', 'ignore', 'ignore'] });
+      const a = spawnAgent(process.execPath, [path.join(out, 'agent.js'), '--listen', sock, '--state-dir', path.join(dir, 'state-bundle')]);
+      const p = a.proc;
       procs.push(p);
-      await waitFor(sock);
-      const c = await Client.connect(sock);
+      const c = await connectAgent(a, sock);
       await smoke(c, rootfs, 'pm-bundle');
       await c.close();
       await stop(p);
@@ -139,10 +177,12 @@ describe('agent as a process', () => {
       const raw = net.connect(hostSock);
       await new Promise((r) => raw.once('connect', r));
       await waitFor(port);
-      const p = spawn(process.execPath, [path.join(out, 'agent.js'), '--state-dir', path.join(dir, 'state-guest')], {
-        stdio: ['ignore', 'ignore', 'ignore'],
-        env: { ...process.env, KATATS_AGENT_CHANNEL: port, KATATS_HOST_DATA: hostData },
+      const a = spawnAgent(process.execPath, [path.join(out, 'agent.js'), '--state-dir', path.join(dir, 'state-guest')], {
+        ...process.env,
+        KATATS_AGENT_CHANNEL: port,
+        KATATS_HOST_DATA: hostData,
       });
+      const p = a.proc;
       procs.push(p);
       const c = new Client(raw);
       const health = serviceClient(c, 'grpc.Health');
@@ -151,6 +191,7 @@ describe('agent as a process', () => {
           expect((await health.Check({}, { timeoutMs: 500 })).status).toBe(1);
           break;
         } catch (e) {
+          a.assertRunning();
           if (i > 40) throw e;
         }
       }
