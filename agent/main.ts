@@ -13,6 +13,7 @@ import { findRunner } from './runtime/runner.js';
 import { readLaunchDigest } from './policy-hook.js';
 import { AgentPort } from './channel.js';
 import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
+import { exitAfterFlush } from '../sys/exit.js';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
              [--host-data FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
@@ -80,10 +81,7 @@ async function main(): Promise<void> {
     agent
       .shutdown()
       .catch((err: unknown) => log.error({ err }, 'agent shutdown failed'))
-      .finally(() => {
-        log.flush();
-        process.exit(0);
-      });
+      .finally(() => exitAfterFlush((cb) => log.flush(cb), 0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -12,11 +12,14 @@ import { TaskService } from './task-service.js';
 import { isSandboxProcess, privateDir, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchQemuSandbox } from './vm.js';
 import { removeTree } from '../sys/mount.js';
+import { exitAfterFlush } from '../sys/exit.js';
 
-function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): Logger {
+/** The shim's logger, and a flush of its file (pino's multistream cannot flush with a callback). */
+function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): { log: Logger; flushFile: (cb: (err?: Error) => void) => void } {
   const streams: pino.StreamEntry[] = [];
   privateDir(logDir);
-  streams.push({ stream: pino.destination({ dest: path.join(logDir, `${sandboxId}.log`), sync: false, mkdir: true }) });
+  const file = pino.destination({ dest: path.join(logDir, `${sandboxId}.log`), sync: false, mkdir: true });
+  streams.push({ stream: file });
   // containerd reads a FIFO named "log" in the bundle and folds it into its own log.
   const fifo = path.join(bundle, 'log');
   try {
@@ -29,14 +32,15 @@ function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: bo
   } catch {
     // No reader (or no FIFO): the file is enough.
   }
-  return pino({ level: debug ? 'debug' : 'info', base: { sandbox: sandboxId, pid: process.pid } }, pino.multistream(streams));
+  const log = pino({ level: debug ? 'debug' : 'info', base: { sandbox: sandboxId, pid: process.pid } }, pino.multistream(streams));
+  return { log, flushFile: (cb) => file.flush(cb) };
 }
 
 export async function serveShim(args: ShimArgs): Promise<void> {
   if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
   const cfg = loadConfig();
   const sandboxId = args.id;
-  const log = shimLogger(cfg.runtime.log_dir, sandboxId, args.bundle, args.debug || cfg.runtime.enable_debug);
+  const { log, flushFile } = shimLogger(cfg.runtime.log_dir, sandboxId, args.bundle, args.debug || cfg.runtime.enable_debug);
   const ttrpcAddress = process.env.TTRPC_ADDRESS ?? `${args.address.replace(/^unix:\/\//, '')}.ttrpc`;
   const events = new EventPublisher({ address: ttrpcAddress, namespace: args.namespace, logger: log });
 
@@ -67,15 +71,13 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     if (st && own.socket && st.ino === own.socket.ino && st.dev === own.socket.dev) fs.rmSync(args.socket, { force: true });
     await removeTree(sandboxDir(cfg.runtime.state_dir, sandboxId)).catch((err) => log.error({ err }, 'removing the sandbox state failed'));
     log.info('shim exiting');
-    log.flush();
-    setTimeout(() => process.exit(code), 50);
+    exitAfterFlush(flushFile, code);
   };
   // stop() catches every step itself; a throw that still escapes must end the process, not hang it.
   const stopSoon = (code: number) => {
     stop(code).catch((err: unknown) => {
       log.fatal({ err }, 'stopping the shim failed');
-      log.flush();
-      setTimeout(() => process.exit(code || 1), 50);
+      exitAfterFlush(flushFile, code || 1);
     });
   };
   const service: TaskService = new TaskService({

@@ -103,6 +103,8 @@ describe('shim start', () => {
     expect(h.daemons().length).toBe(1);
     await h.shutdown(address(first.stdout));
     expect(await until(() => h.daemons(), (d) => d.length === 0)).toEqual([]);
+    // Its last words reach its log before it exits.
+    expect(fs.readFileSync(path.join(h.logDir, 'live1.log'), 'utf8')).toContain('"msg":"shim exiting"');
   }, 120_000);
 
   it('two starts of one pod at once yield one daemon and the same address', async () => {
