@@ -2,7 +2,7 @@
 // only in these values (see main.ts).
 import type { Logger } from './log.js';
 import type { CgroupLayout } from './cgroups.js';
-import type { PolicyEngine } from './policy-hook.js';
+import type { Limits } from '../policy/index.js';
 
 export interface AgentConfig {
   /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
@@ -20,9 +20,12 @@ export interface AgentConfig {
   cgroups: CgroupLayout;
   /** where containers without a usable cgroupsPath go, e.g. /katats */
   cgroupParent: string;
-  /** sha256 (hex) of the launch data: SetPolicy accepts only a policy with this digest */
+  /** the VM's launch data (hex): a policy's sha256 binds that policy, zeros or none bind nothing (policy-hook.ts) */
   launchDigest?: string;
-  policyEngine?: PolicyEngine;
+  /** the policy in force until a SetPolicy; the built-in allow-all when unset */
+  defaultPolicy?: { text: string; source: string };
+  /** limits of every policy evaluation (steps above all: a hostile policy must not hold the agent) */
+  policyLimits?: Partial<Limits>;
   /** SetGuestDateTime changes the clock (guest) or only validates (local mode) */
   setClock: boolean;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */

@@ -1,7 +1,8 @@
 // The agent's entry point.
 //   local mode: tsx agent/main.ts --listen /path/agent.sock --state-dir DIR
 //   guest mode: node /agent/agent.js (channel from KATATS_AGENT_CHANNEL or --channel,
-//               launch-data digest from KATATS_HOST_DATA or --host-data)
+//               launch-data digest from KATATS_HOST_DATA or --host-data, default policy from
+//               --policy-file, KATATS_POLICY_FILE or the image's /etc/kata-opa/default-policy.rego)
 // Logs go to stderr (or --log-file), never to the channel.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,9 +15,10 @@ import { readLaunchDigest } from './policy-hook.js';
 import { AgentPort } from './channel.js';
 import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
 import { exitAfterFlush } from '../sys/exit.js';
+import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
-             [--host-data FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
+             [--host-data FILE] [--policy-file FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
              [--sysfs DIR] [--cgroup-parent PATH] [--log-level LEVEL] [--log-file FILE]`;
 
 async function main(): Promise<void> {
@@ -27,6 +29,7 @@ async function main(): Promise<void> {
       'state-dir': { type: 'string' },
       'copy-root': { type: 'string' },
       'host-data': { type: 'string' },
+      'policy-file': { type: 'string' },
       runner: { type: 'string' },
       crun: { type: 'string' },
       'crun-root': { type: 'string' },
@@ -48,6 +51,10 @@ async function main(): Promise<void> {
   const stateDir = path.resolve(values['state-dir'] ?? '/run/kata-containers');
   fs.mkdirSync(stateDir, { recursive: true });
   const hostData = values['host-data'] ?? process.env.KATATS_HOST_DATA;
+  // In the guest the image's default policy must be there: without it the agent does not serve
+  // (as Kata's aborts), rather than run pods with no policy at all.
+  const policyFile = values['policy-file'] ?? process.env.KATATS_POLICY_FILE ?? (local ? undefined : DEFAULT_POLICY_PATH);
+  const defaultPolicy = policyFile ? { text: fs.readFileSync(policyFile, 'utf8'), source: policyFile } : { text: allowAllPolicy(), source: 'built-in allow-all' };
   const config: AgentConfig = {
     stateDir,
     copyRoot: path.resolve(values['copy-root'] ?? path.join(stateDir, 'shared', 'containers')),
@@ -58,13 +65,14 @@ async function main(): Promise<void> {
     cgroups: detectCgroups(),
     cgroupParent: values['cgroup-parent'] ?? '/katats',
     launchDigest: hostData ? readLaunchDigest(hostData) : undefined,
+    defaultPolicy,
     setClock: !local,
     pciRescan: !local,
     outputBufferBytes: DEFAULT_OUTPUT_BUFFER,
     log,
   };
   const agent = createAgent(config);
-  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, policy_digest: config.launchDigest }, 'agent starting');
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: config.launchDigest }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {
     void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {

@@ -1,37 +1,32 @@
-// The policy hook: every AgentService request passes `check` before its handler runs (the
-// ttrpc server's interceptor). The engine that decides is pluggable; until a later issue brings
-// the Rego engine, the default one allows everything. SetPolicy stores the policy text, but only
-// when its sha256 equals the launch-data digest the VM was started with (when one is given).
+// The policy gate every AgentService request passes before its handler runs (the ttrpc server's
+// interceptor): the request, as Kata's agent serialises it (policy/input.ts), is decided by
+// `data.agent_policy.<Request>` of the policy in force (policy/agent-decision.ts). A denial is
+// PermissionDenied "<Request> is blocked by policy: <the failed checks>", also logged with the
+// input and the policy state, so that `katats policy explain` can replay it.
+//
+// Which policy is in force, and which SetPolicy is accepted, follows the VM's launch data (32
+// bytes the host bound at launch; an SEV-SNP host puts them in HOST_DATA, the report shows them):
+//   - no launch data, or 32 zero bytes: no policy is bound. The image's default policy (allow-all)
+//     applies, and a SetPolicy that policy allows replaces it, as in Kata without initdata. The
+//     host could do anything in such a pod anyway; a verifier sees zeros in the report and knows.
+//   - sha256 of a policy: only that policy. Until it is set every request but SetPolicy is refused
+//     (a host that binds the tenant's digest and never sends the policy gets nothing), and a
+//     SetPolicy with other text is refused. Once set, SetPolicy is decided by the policy itself
+//     (generated policies refuse it) and could only set the same text again.
+// ReadStdout/ReadStderr are decided after the read (Kata's order): a denied read returns no data.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import type protobuf from 'protobufjs';
 import type { CallContext, Interceptor } from '../proto/ttrpc/index.js';
 import { messageType, root } from '../proto/registry.js';
+import { AgentPolicy, type AgentDecision } from '../policy/agent-decision.js';
+import { policyInput } from '../policy/input.js';
+import type { Limits } from '../policy/index.js';
 import type { Logger } from './log.js';
-import { denied, invalid } from './errors.js';
+import { DecisionTimings } from './policy-timings.js';
+import { denied, internal, invalid } from './errors.js';
 
-export interface PolicyInput {
-  service: string;
-  method: string;
-  /** upstream's name for the endpoint: the request message, e.g. "CreateContainerRequest" */
-  endpoint: string;
-  /** the decoded request, decoded on first use */
-  request(): unknown;
-  /** the current policy text, if one was set */
-  policy: string | undefined;
-}
-
-export interface PolicyDecision {
-  allowed: boolean;
-  /** the rule that decided (named in the error when it denies) */
-  rule?: string;
-  reason?: string;
-}
-
-export type PolicyEngine = (input: PolicyInput) => PolicyDecision | Promise<PolicyDecision>;
-
-export const allowAll: PolicyEngine = () => ({ allowed: true });
-
-/** The launch-data digest file: 32 raw bytes, or 64 hex digits (optionally "sha256:"-prefixed). */
+/** The launch-data file: 32 raw bytes, or 64 hex digits (optionally "sha256:"-prefixed). */
 export function readLaunchDigest(file: string): string | undefined {
   let raw: Buffer;
   try {
@@ -46,60 +41,182 @@ export function readLaunchDigest(file: string): string | undefined {
   throw new Error(`launch data ${file}: want a sha256 digest (32 bytes or 64 hex digits), got ${raw.length} bytes`);
 }
 
-export class PolicyState {
+const NO_POLICY = '0'.repeat(64);
+/**
+ * Every evaluation is bounded in steps (deterministic, unlike a wall clock on a loaded TCG guest):
+ * Kata's and our generated policies take 1,500-5,000 steps for a CreateContainerRequest, so a
+ * million is ample for any real policy and stops a hostile one in well under a second on the host.
+ */
+export const AGENT_POLICY_LIMITS: Partial<Limits> = { maxSteps: 1_000_000 };
+/** A denied request's input is logged up to this size (a WriteStdin can carry a MiB). */
+const MAX_LOGGED_INPUT = 64 * 1024;
+/** Streams whose redaction was logged, so that a chatty container logs it once. */
+const MAX_REDACTED_NOTES = 256;
+
+interface Endpoint {
+  /** upstream's name for the request: its message, e.g. "CreateContainerRequest" */
+  name: string;
+  type: protobuf.Type;
+}
+
+const ENDPOINTS = new Map<string, Endpoint>(
+  root.lookupService('grpc.AgentService').methodsArray.map((m) => {
+    const full = (m.resolvedRequestType?.fullName ?? m.requestType).replace(/^\./, '');
+    return [m.name, { name: full.replace(/^.*\./, ''), type: messageType(full) }];
+  }),
+);
+
+export interface PolicyGateOptions {
+  /** sha256 (hex) from the launch data; undefined when the VM has none (local mode). */
+  launchDigest: string | undefined;
+  /** The policy in force until a SetPolicy: the image's default. */
+  defaultPolicy: { text: string; source: string };
+  limits?: Partial<Limits>;
+  log: Logger;
+}
+
+export class PolicyGate {
+  private current: AgentPolicy;
+  /** The policy text SetPolicy installed (undefined: the default is in force). */
   policy: string | undefined;
-  policyDigest: string | undefined;
+  /** sha256 of the policy in force. */
+  policyDigest: string;
+  /** The launch data names a policy (not zeros). */
+  readonly bound: boolean;
+  readonly timings = new DecisionTimings();
+  private readonly redactedNoted = new Set<string>();
+  private readonly log: Logger;
+  private readonly limits: Partial<Limits>;
 
-  constructor(
-    readonly launchDigest: string | undefined,
-    public engine: PolicyEngine = allowAll,
-    readonly log?: Logger,
-  ) {}
-
-  /** SetPolicy: refused unless the text hashes to the launch-data digest (when there is one). */
-  set(text: string): void {
-    const digest = createHash('sha256').update(text).digest('hex');
-    if (this.launchDigest !== undefined && digest !== this.launchDigest) {
-      throw denied(`SetPolicy: policy digest sha256:${digest} does not match the launch data sha256:${this.launchDigest}`);
-    }
-    if (!text.trim()) throw invalid('SetPolicy: empty policy');
-    this.policy = text;
-    this.policyDigest = digest;
-    this.log?.info({ policy_sha256: digest }, 'policy set');
+  constructor(private readonly o: PolicyGateOptions) {
+    this.log = o.log.child({ subsystem: 'policy' });
+    this.bound = o.launchDigest !== undefined && o.launchDigest !== NO_POLICY;
+    // Compiled even when bound, so that a broken image fails at start, not at the first pod.
+    this.limits = { ...AGENT_POLICY_LIMITS, ...o.limits };
+    this.current = AgentPolicy.compile(o.defaultPolicy.text, { file: 'default-policy.rego', limits: this.limits });
+    this.policyDigest = sha256(o.defaultPolicy.text);
+    this.log.info(
+      { default_policy: o.defaultPolicy.source, default_policy_sha256: this.policyDigest, launch_data: o.launchDigest ?? null, bound: this.bound },
+      this.bound ? 'the launch data binds a policy: only SetPolicy with it is accepted until it is set' : 'no policy bound by the launch data: the default policy applies until a SetPolicy',
+    );
   }
 
-  async check(ctx: CallContext, payload: Uint8Array): Promise<void> {
-    let decoded: unknown;
-    let done = false;
-    const method = root.lookupService(ctx.service).methods[ctx.method];
-    const endpoint = method?.requestType?.replace(/^.*\./, '') ?? ctx.method;
-    const input: PolicyInput = {
-      service: ctx.service,
-      method: ctx.method,
-      endpoint,
-      policy: this.policy,
-      request: () => {
-        if (!done && method) {
-          decoded = messageType(method.resolvedRequestType?.fullName.replace(/^\./, '') ?? method.requestType).decode(payload);
-          done = true;
-        }
-        return decoded;
-      },
-    };
-    const d = await this.engine(input);
-    if (!d.allowed) {
-      this.log?.warn({ method: `${ctx.service}/${ctx.method}`, rule: d.rule, reason: d.reason }, 'request denied by policy');
-      throw denied(
-        `${ctx.service}/${ctx.method} (${endpoint}) is blocked by policy${d.rule ? ` rule ${JSON.stringify(d.rule)}` : ''}${d.reason ? `: ${d.reason}` : ''}`,
-      );
+  /** Bound and not set yet: nothing but that SetPolicy is accepted. */
+  get awaitingPolicy(): boolean {
+    return this.bound && this.policy === undefined;
+  }
+
+  /** The interceptor's check of one request (ReadStdout/ReadStderr are decided after their read). */
+  check(ctx: CallContext, payload: Uint8Array): void {
+    const ep = ENDPOINTS.get(ctx.method);
+    // An unknown method: the server answers that it has none, nothing runs.
+    if (!ep || ep.name === 'ReadStreamRequest') return;
+    if (this.awaitingPolicy) {
+      // SetPolicy itself is decided by the launch data (set()).
+      if (ep.name === 'SetPolicyRequest') return;
+      this.log.warn({ request: ep.name }, 'request refused: the launch data binds a policy that was not set yet');
+      throw denied(`${ep.name} is blocked by policy: the VM's launch data binds policy sha256:${this.o.launchDigest}, which was not set yet (SetPolicy must come first)`);
     }
+    const t0 = performance.now();
+    let input: string;
+    try {
+      input = policyInput(ep.type.fullName.replace(/^\./, ''), ep.type.decode(payload));
+    } catch (e) {
+      throw invalid(`${ep.name}: cannot present the request to the policy: ${(e as Error).message}`);
+    }
+    const d = this.decide(ep.name, input, t0);
+    if (!d.allowed) throw denied(`${ep.name} is blocked by policy: ${this.explainDenial(ep.name, input)}`);
+  }
+
+  /** ReadStdout/ReadStderr after the read: false means the data is withheld (Kata redacts it). */
+  readAllowed(req: object, stream: 'stdout' | 'stderr'): boolean {
+    if (this.awaitingPolicy) return false;
+    const t0 = performance.now();
+    const input = policyInput('grpc.ReadStreamRequest', req);
+    const d = this.decide('ReadStreamRequest', input, t0);
+    if (!d.allowed) {
+      const r = req as { container_id?: string; exec_id?: string };
+      const key = `${r.container_id}/${r.exec_id}/${stream}`;
+      if (!this.redactedNoted.has(key) && this.redactedNoted.size < MAX_REDACTED_NOTES) {
+        this.redactedNoted.add(key);
+        this.log.info({ container_id: r.container_id, exec_id: r.exec_id || undefined, stream }, 'output withheld by policy (ReadStreamRequest denied)');
+      }
+    }
+    return d.allowed;
+  }
+
+  private decide(endpoint: string, input: string, t0: number): AgentDecision {
+    let d: AgentDecision;
+    try {
+      d = this.current.decide(endpoint, input);
+    } catch (e) {
+      // A limit, a conflict, a result that is no decision: the request is refused, the agent goes on.
+      this.log.error({ request: endpoint, err: e, policy_sha256: this.policyDigest }, 'policy evaluation failed');
+      throw internal(`${endpoint}: policy evaluation failed: ${(e as Error).message}`);
+    }
+    this.timings.record(endpoint, performance.now() - t0, d.evalMs, d.allowed);
+    if (d.failuresAllowed) this.log.warn({ request: endpoint }, 'request denied by policy but allowed (AllowRequestsFailingPolicy)');
+    return d;
+  }
+
+  /** The denial's explanation, logged with what a replay needs (`katats policy explain`). */
+  private explainDenial(endpoint: string, input: string): string {
+    let reason: string;
+    let failures: string[] = [];
+    let prints: string[] = [];
+    try {
+      ({ reason, failures, prints } = this.current.explain(endpoint, input));
+    } catch (e) {
+      reason = `(no explanation: ${(e as Error).message})`;
+    }
+    this.log.warn(
+      {
+        request: endpoint,
+        reason,
+        failures,
+        ...(prints.length ? { prints } : {}),
+        policy_sha256: this.policyDigest,
+        pstate: this.current.pstate,
+        ...(input.length <= MAX_LOGGED_INPUT ? { input } : { input_bytes: input.length }),
+      },
+      'request denied by policy',
+    );
+    return reason;
+  }
+
+  /** SetPolicy, once the interceptor let it through: the launch data's digest, then the text compiles. */
+  set(text: string): void {
+    const digest = sha256(text);
+    if (this.bound && digest !== this.o.launchDigest) {
+      this.log.warn({ policy_sha256: digest, launch_data: this.o.launchDigest }, 'SetPolicy refused: not the policy the launch data binds');
+      throw denied(`SetPolicy: policy digest sha256:${digest} does not match the launch data sha256:${this.o.launchDigest}`);
+    }
+    if (!text.trim()) throw invalid('SetPolicy: empty policy');
+    let next: AgentPolicy;
+    try {
+      next = AgentPolicy.compile(text, { limits: this.limits });
+    } catch (e) {
+      this.log.warn({ policy_sha256: digest, err: (e as Error).message }, 'SetPolicy refused: the policy does not compile');
+      throw invalid(`SetPolicy: ${(e as Error).message}`);
+    }
+    // A new policy starts with an empty state, as Kata's (a new engine).
+    this.current = next;
+    this.policy = text;
+    this.policyDigest = digest;
+    this.redactedNoted.clear();
+    this.log.info({ policy_sha256: digest, bound: this.bound, allow_failures: next.allowFailures || undefined }, 'policy set');
+    if (next.allowFailures) this.log.warn('the policy sets AllowRequestsFailingPolicy: denials are logged and then allowed');
   }
 }
 
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
 /** The ttrpc interceptor: AgentService requests go through the policy; Health is exempt. */
-export function policyInterceptor(state: PolicyState): Interceptor {
+export function policyInterceptor(gate: PolicyGate): Interceptor {
   return (ctx, payload) => {
     if (ctx.service !== 'grpc.AgentService') return;
-    return state.check(ctx, payload);
+    gate.check(ctx, payload);
   };
 }

@@ -8,7 +8,8 @@ import type { AgentConfig } from './config.js';
 import type { Logger } from './log.js';
 import type { Container } from './container.js';
 import { Crun } from './runtime/crun.js';
-import { PolicyState } from './policy-hook.js';
+import { PolicyGate } from './policy-hook.js';
+import { allowAllPolicy } from '../policy/allow-all.js';
 import { addStorage, removeStorage, type StorageHandle } from './storage.js';
 import { internal, notFound, TtrpcError, Code } from './errors.js';
 import { umount, isMounted } from '../sys/mount.js';
@@ -38,13 +39,18 @@ export class Sandbox {
   private oomQueue: string[] = [];
   private oomWaiters: Array<{ resolve: (cid: string) => void; reject: (e: Error) => void }> = [];
   readonly crun: Crun;
-  readonly policy: PolicyState;
+  readonly policy: PolicyGate;
   log: Logger;
 
   constructor(readonly config: AgentConfig) {
     this.log = config.log;
     this.crun = new Crun({ crun: config.crun, runner: config.runner, root: config.crunRoot, hideUnified: config.cgroups.hideUnified });
-    this.policy = new PolicyState(config.launchDigest, config.policyEngine, config.log);
+    this.policy = new PolicyGate({
+      launchDigest: config.launchDigest,
+      defaultPolicy: config.defaultPolicy ?? { text: allowAllPolicy(), source: 'built-in allow-all' },
+      ...(config.policyLimits ? { limits: config.policyLimits } : {}),
+      log: config.log,
+    });
   }
 
   get sandboxDir(): string {

@@ -109,7 +109,7 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
 
     GetMetrics: () =>
       guard('GetMetrics', () => ({
-        metrics: agentMetrics({ kata_agent_containers: sb.containers.size }),
+        metrics: agentMetrics({ kata_agent_containers: sb.containers.size }) + sb.policy.timings.text(),
       })),
 
     SetPolicy: (req) => guard('SetPolicy', () => (sb.policy.set(req.policy), {})),
@@ -208,12 +208,16 @@ async function readStream(
   const c = sb.container(req.container_id);
   const p = c.process(req.exec_id);
   const len = Math.min(req.len || MAX_READ, MAX_READ);
+  let data: Uint8Array;
   try {
-    return { data: await p[which].read(len, ctx.signal) };
+    data = await p[which].read(len, ctx.signal);
   } catch (e) {
     if (p[which].done) c.reapExec(p);
     throw e;
   }
+  // Decided after the read, as Kata's agent does: a denied stream is still drained (the process
+  // does not block on a full pipe), only its bytes are withheld.
+  return { data: sb.policy.readAllowed(req, which) ? data : new Uint8Array(0) };
 }
 
 export function healthService(): Partial<ServiceImpl<'grpc.Health'>> {

@@ -11,6 +11,7 @@ import { type ExtraFile, makeRootfsImage, stageRootfs, type RootfsType } from '.
 import { SNAPSHOT_GUEST_PATH } from './node-snapshot.js';
 import { withLock } from './lock.js';
 import { extractVmlinux, type KernelFormat } from './kernel.js';
+import { allowAllPolicy } from '../policy/allow-all.js';
 
 export type { GuestManifest } from './manifest.js';
 
@@ -95,6 +96,8 @@ export interface BuildOptions {
   keepImages?: number;
   /** more files for the rootfs (e.g. a static helper the agent runs), by absolute guest path */
   extraFiles?: ExtraFile[];
+  /** the agent policy of a pod that brings none (default: allow-all, as Kata's image) */
+  defaultPolicy?: string;
 }
 
 export interface GuestImage {
@@ -281,6 +284,7 @@ async function buildLocked(opts: BuildOptions, cacheDir: string): Promise<GuestI
 
   const agentBytes = await readFile(opts.agentBundle);
   const extraFiles = opts.extraFiles ?? [];
+  const defaultPolicy = opts.defaultPolicy ?? allowAllPolicy();
   const extraDigests: [string, string, number][] = [];
   for (const f of extraFiles) extraDigests.push([f.guestPath, sha256Hex(await readFile(f.hostPath)), f.mode ?? 0o755]);
   const initTemplate = await readFile(path.join(HERE, 'init.sh'), 'utf8');
@@ -307,6 +311,7 @@ async function buildLocked(opts: BuildOptions, cacheDir: string): Promise<GuestI
     agent: sha256Hex(agentBytes),
     agentPath,
     extraFiles: extraDigests,
+    defaultPolicy: sha256Hex(defaultPolicy),
     rootfsType,
     compression,
     kernelFormat,
@@ -342,6 +347,7 @@ async function buildLocked(opts: BuildOptions, cacheDir: string): Promise<GuestI
       agentBundle: opts.agentBundle,
       agentPath,
       extraFiles,
+      defaultPolicy,
       type: rootfsType,
       uuid,
       mtime: epoch,

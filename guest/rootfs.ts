@@ -5,6 +5,7 @@ import path from 'node:path';
 import { run, runText } from './exec.js';
 import { unpackDeb } from './packages.js';
 import { installNodeSnapshot, type SnapshotResult } from './node-snapshot.js';
+import { DEFAULT_POLICY_PATH } from '../policy/allow-all.js';
 
 export type RootfsType = 'erofs' | 'ext4';
 
@@ -23,6 +24,8 @@ export interface RootfsInput {
   /** where the agent lands in the guest, e.g. /agent/agent.js */
   agentPath: string;
   extraFiles?: ExtraFile[];
+  /** the agent's default policy, at Kata's path (the agent does not serve without it) */
+  defaultPolicy: string;
   type: RootfsType;
   /** a fixed UUID for the filesystem */
   uuid: string;
@@ -110,6 +113,9 @@ export async function stageRootfs(inp: RootfsInput): Promise<{ snapshot?: Snapsh
     await mkdir(path.dirname(path.join(root, rel)), { recursive: true });
     await writeFile(path.join(root, rel), text, { mode: 0o644 });
   }
+  const policyDest = path.join(root, DEFAULT_POLICY_PATH);
+  await mkdir(path.dirname(policyDest), { recursive: true });
+  await writeFile(policyDest, inp.defaultPolicy, { mode: 0o644 });
   const agentDest = path.join(root, inp.agentPath);
   await mkdir(path.dirname(agentDest), { recursive: true });
   await copyFile(inp.agentBundle, agentDest);

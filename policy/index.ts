@@ -56,7 +56,7 @@ export interface Decision {
   /** The value, or undefined when the rule is undefined for this input. */
   value: Value | undefined;
   prints: string[];
-  /** With `explain`: the failed checks that best explain a false or undefined decision. */
+  /** With `explain`: the failed checks that best explain a decision other than true (empty when none failed). */
   explanation?: Failure[];
   /** Builtin errors that were treated as undefined (non-strict mode). */
   builtinErrors: { location: string; message: string }[];
@@ -176,7 +176,8 @@ export class Policy {
       builtinErrors: ctx.budget.builtinErrors.map((e) => ({ location: `${e.loc.file}:${e.loc.row}:${e.loc.col}`, message: e.message })),
       steps: ctx.budget.steps,
     };
-    if (explainer && (value === undefined || value === false)) d.explanation = explainer.explain();
+    // A value other than true may be a denial too (Kata's {"allowed": false}): the caller judges.
+    if (explainer && value !== true) d.explanation = explainer.explain();
     return d;
   }
 

@@ -135,6 +135,7 @@ export function evalNode(node: DocNode, ctx: EvalCtx, loc: Loc): Value | undefin
   ctx.active.add(node);
   ctx.enter(loc);
   const mark = ctx.tracer ? ctx.tracer.mark() : 0;
+  defaultsApplied.delete(node);
   let v: Value | undefined;
   try {
     v = computeNode(node, ctx);
@@ -142,7 +143,8 @@ export function evalNode(node: DocNode, ctx: EvalCtx, loc: Loc): Value | undefin
     ctx.active.delete(node);
     ctx.leave();
   }
-  if (ctx.tracer && v !== undefined && v !== false) ctx.tracer.release(mark);
+  // The decision's own rule (depth 0 again) keeps its failures when its default decided.
+  if (ctx.tracer && v !== undefined && v !== false && !(ctx.budget.depth === 0 && defaultsApplied.has(node))) ctx.tracer.release(mark);
   ctx.cache.set(node, v === undefined ? CACHED_UNDEFINED : v);
   return v;
 }
@@ -168,9 +170,18 @@ function evalComplete(node: DocNode, ctx: EvalCtx): Value | undefined {
     if (result === undefined) result = v;
     else if (!equal(result, v)) throw conflict('complete rules must not produce multiple outputs', d.loc);
   }
-  if (result === undefined && node.defaultDef) result = runDef(node.defaultDef, ctx);
+  if (result === undefined && node.defaultDef) {
+    result = runDef(node.defaultDef, ctx);
+    if (ctx.tracer) defaultsApplied.add(node);
+  }
   return result;
 }
+
+/**
+ * Rules whose default gave their value while a tracer was on. The decision's own rule keeps its
+ * failures then: with `default r := {"allowed": false}` (Kata's shape) the failed bodies are why.
+ */
+const defaultsApplied = new WeakSet<DocNode>();
 
 /** One definition of a single-value rule: its body, then each else body until one gives a value. */
 export function runDef(d: CompiledDef, ctx: EvalCtx, f: Frame = newFrame(d.frameSize, ctx), first = false): Value | undefined {

@@ -12,6 +12,7 @@ import { Client, Code } from '../../proto/ttrpc/index.js';
 import { serviceClient } from '../../proto/rpc.js';
 import { buildAgent } from '../../agent/build.js';
 import { busyboxRootfs, containerSpec, crunContainers, readAll, runnerProcesses, sleep, TEST_CGROUP_PARENT, TEST_CRUN_ROOT, type TestAgent } from './helpers.js';
+import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const repo = path.resolve(import.meta.dirname, '..', '..');
 
@@ -170,7 +171,10 @@ describe('agent as a process', () => {
       const socat = spawn('socat', [`UNIX-LISTEN:${hostSock},fork`, `PTY,link=${port},raw,echo=0`], { stdio: 'ignore' });
       procs.push(socat);
       await waitFor(hostSock);
-      const policy = 'package agent_policy\n';
+      // The pod's policy: allow-all with a comment of its own (its digest differs from the default's).
+      const policy = `# the pod's\n${allowAllPolicy()}`;
+      const defaultPolicy = path.join(dir, 'default-policy.rego');
+      fs.writeFileSync(defaultPolicy, allowAllPolicy());
       const hostData = path.join(dir, 'host_data');
       fs.writeFileSync(hostData, createHash('sha256').update(policy).digest());
       // The pty exists once a host side connects; the agent opens it then.
@@ -181,6 +185,7 @@ describe('agent as a process', () => {
         ...process.env,
         KATATS_AGENT_CHANNEL: port,
         KATATS_HOST_DATA: hostData,
+        KATATS_POLICY_FILE: defaultPolicy,
       });
       const p = a.proc;
       procs.push(p);
@@ -196,6 +201,9 @@ describe('agent as a process', () => {
         }
       }
       const svc = serviceClient(c, 'grpc.AgentService');
+      // Bound by the launch data: nothing before its policy, and no other policy.
+      const early = await svc.GetGuestDetails({}).catch((e) => e);
+      expect(early.code).toBe(Code.PermissionDenied);
       const bad = await svc.SetPolicy({ policy: policy + 'x' }).catch((e) => e);
       expect(bad.code).toBe(Code.PermissionDenied);
       await svc.SetPolicy({ policy });

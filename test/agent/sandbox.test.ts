@@ -1,13 +1,10 @@
 // Sandbox-level requests: CreateSandbox/DestroySandbox, CopyFile, metrics, guest details,
-// CPU/memory onlining (against a fake sysfs), the clock, SetPolicy and the policy hook.
-import { createHash } from 'node:crypto';
+// CPU/memory onlining (against a fake sysfs), the clock. (The policy: policy.test.ts.)
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import { containerSpec, crunContainers, readAll, runToEnd, runnerProcesses, startAgent, type TestAgent } from './helpers.js';
-import type { PolicyInput } from '../../agent/policy-hook.js';
-import { readLaunchDigest } from '../../agent/policy-hook.js';
 
 function fakeSysfs(root: string): void {
   const cpu = path.join(root, 'devices/system/cpu');
@@ -27,18 +24,8 @@ function fakeSysfs(root: string): void {
 describe('sandbox requests', () => {
   let t: TestAgent;
   let sysfs: string;
-  const seen: PolicyInput[] = [];
-  let denyExec = false;
-  const policyText = 'package agent_policy\ndefault AllowRequestsFailingPolicy := true\n';
   beforeAll(async () => {
-    t = await startAgent({
-      launchDigest: createHash('sha256').update(policyText).digest('hex'),
-      policyEngine: (input) => {
-        seen.push(input);
-        if (denyExec && input.method === 'ExecProcess') return { allowed: false, rule: 'ExecProcessRequest', reason: 'exec is not allowed in this pod' };
-        return { allowed: true };
-      },
-    });
+    t = await startAgent();
     sysfs = path.join(t.dir, 'sysfs');
     fakeSysfs(sysfs);
     (t.agent.sandbox.config as { sysfsRoot: string }).sysfsRoot = sysfs;
@@ -194,50 +181,5 @@ describe('sandbox requests', () => {
     await t.svc.SetGuestDateTime({ Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 });
     const bad = await t.svc.SetGuestDateTime({ Sec: 1, Usec: 2_000_000 }).catch((e) => e);
     expect(bad.code).toBe(Code.InvalidArgument);
-  });
-
-  it('SetPolicy accepts only the policy whose sha256 is the launch-data digest', async () => {
-    const wrong = await t.svc.SetPolicy({ policy: policyText + '# tampered\n' }).catch((e) => e);
-    expect(wrong.code).toBe(Code.PermissionDenied);
-    expect(wrong.message).toMatch(/does not match the launch data/);
-    expect(t.agent.sandbox.policy.policy).toBeUndefined();
-    await t.svc.SetPolicy({ policy: policyText });
-    expect(t.agent.sandbox.policy.policy).toBe(policyText);
-  });
-
-  it('reads the launch-data digest as raw bytes or hex', () => {
-    const d = createHash('sha256').update('x').digest();
-    const f = path.join(t.dir, 'host_data');
-    fs.writeFileSync(f, d);
-    expect(readLaunchDigest(f)).toBe(d.toString('hex'));
-    fs.writeFileSync(f, `sha256:${d.toString('hex').toUpperCase()}\n`);
-    expect(readLaunchDigest(f)).toBe(d.toString('hex'));
-    expect(readLaunchDigest(path.join(t.dir, 'absent'))).toBeUndefined();
-    fs.writeFileSync(f, 'garbage');
-    expect(() => readLaunchDigest(f)).toThrow(/sha256/);
-  });
-
-  it('passes every AgentService request through the policy hook, which can deny one naming request and rule', async () => {
-    await t.svc.CreateSandbox({ hostname: 'policy', sandbox_id: 'sb-3' });
-    seen.length = 0;
-    await t.svc.CreateContainer({ container_id: 'sb-pol', OCI: containerSpec(t.rootfs, ['sleep', '1000']) });
-    await t.svc.StartContainer({ container_id: 'sb-pol' });
-    const create = seen.find((s) => s.method === 'CreateContainer')!;
-    expect(create.endpoint).toBe('CreateContainerRequest');
-    expect((create.request() as { container_id: string }).container_id).toBe('sb-pol');
-    expect(create.policy).toBe(policyText);
-    denyExec = true;
-    const err = await t.svc.ExecProcess({ container_id: 'sb-pol', exec_id: 'x', process: { Args: ['true'], Cwd: '/' } }).catch((e) => e);
-    expect(err.code).toBe(Code.PermissionDenied);
-    expect(err.message).toContain('ExecProcess');
-    expect(err.message).toContain('ExecProcessRequest');
-    expect(err.message).toContain('exec is not allowed in this pod');
-    expect(t.agent.sandbox.container('sb-pol').execs.size).toBe(0);
-    denyExec = false;
-    // Health is not an agent request and is not checked.
-    const before = seen.length;
-    await t.health.Check({});
-    expect(seen.length).toBe(before);
-    await t.svc.DestroySandbox({});
   });
 });

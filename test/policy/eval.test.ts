@@ -259,6 +259,26 @@ describe('explanations', () => {
     ]);
     expect(p.evaluate('data.t.allow', { cwd: '/', user: 0 }, { explain: true }).explanation).toBeUndefined();
   });
+
+  it("a denial by an object default (Kata's {\"allowed\": false}) is explained by the bodies that failed; an inner rule's default is not", () => {
+    const p = policy(
+      [
+        'package t',
+        'default r := {"allowed": false}',
+        'r := {"allowed": true} if {',
+        '  input.args == ["sleep"]',
+        '  quiet',
+        '}',
+        'default quiet := {"on": false}',
+        'quiet := {"on": true} if input.never',
+      ].join('\n'),
+    );
+    const d = p.evaluate('data.t.r', { args: ['sh'] }, { explain: true });
+    expect(d.explanation!.map((f) => f.expression)).toEqual(['input.args == ["sleep"]']);
+    // The inner rule's default gave it a value: its failed body explains nothing.
+    const ok = p.evaluate('data.t.r', { args: ['sleep'] }, { explain: true });
+    expect(ok.explanation).toEqual([]);
+  });
 });
 
 describe('packages', () => {

@@ -67,7 +67,8 @@ export function localLauncher(o: LauncherOptions = {}): LocalLauncher {
 }
 
 async function startLocalGuest(request: LaunchRequest, over: Partial<AgentConfig>): Promise<LocalGuest> {
-  const agent = await startAgent(over);
+  // The launch data the shim chose reaches the agent as a VM's would (zeros: no policy bound).
+  const agent = await startAgent({ launchDigest: request.launchData.toString('hex'), ...over });
   const sharedDir = sharedDirOf(agent.stateDir);
   fs.mkdirSync(sharedDir, { recursive: true });
   let settle!: (x: VmExit) => void;

@@ -5,20 +5,19 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../agent/helpers.js';
 import { TaskHarness } from './task-harness.js';
+import { allowAllPolicy } from '../../policy/allow-all.js';
 
 describe('stdin', () => {
-  let denied = 0;
   let h: TaskHarness;
+  const denied = () => h.guest.agent.agent.sandbox.policy.timings.denials('WriteStreamRequest');
   beforeAll(async () => {
     h = await TaskHarness.start('ts-stdin', {
-      // The guest refusing one write (here its policy): the copy must go on with the next one.
+      // The guest refusing one write (here its policy, for data starting with "poison"): the copy
+      // must go on with the next one.
       agent: {
-        policyEngine: (input) => {
-          if (input.method !== 'WriteStdin') return { allowed: true };
-          const data = Buffer.from((input.request() as { data: Uint8Array }).data).toString();
-          if (!data.includes('poison')) return { allowed: true };
-          denied++;
-          return { allowed: false, rule: 'test', reason: 'no poison' };
+        defaultPolicy: {
+          source: 'test',
+          text: `${allowAllPolicy()}\nWriteStreamRequest := false {\n  array.slice(input.data, 0, 6) == [112, 111, 105, 115, 111, 110]\n}\n`,
         },
       },
     });
@@ -33,8 +32,8 @@ describe('stdin', () => {
     await w.write('first\n');
     await io.out.waitFor('first\n');
     await w.write('poison\n');
-    for (let i = 0; i < 100 && denied === 0; i++) await sleep(20);
-    expect(denied).toBe(1);
+    for (let i = 0; i < 100 && denied() === 0; i++) await sleep(20);
+    expect(denied()).toBe(1);
     await w.write('after\n');
     await io.out.waitFor('after\n');
     expect(io.out.text).toBe('first\nafter\n');
