@@ -13,6 +13,7 @@ import { podShmBytes } from './container-spec.js';
 import { sharedStorage } from './rootfs-share.js';
 import { invalid } from './errdefs.js';
 import { setupCall } from './agent-calls.js';
+import type { PodPolicy } from './pod-policy.js';
 
 export interface SandboxBootOptions {
   sandboxId: string;
@@ -28,6 +29,7 @@ export async function launchSandboxVm(
   spec: grpc.Spec,
   /** CRI's runtime options for the handler (runtimeoptions.v1.Options). */
   options: { type_url: string; value: Uint8Array } | null | undefined,
+  policy: PodPolicy | undefined,
 ): Promise<GuestHandle> {
   const cfg = sandboxConfig(o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
   if (cfg.hypervisor.qemu.shared_fs === 'none') {
@@ -43,13 +45,26 @@ export async function launchSandboxVm(
   const guest = await o.launcher({
     sandboxId: o.sandboxId,
     config: cfg,
-    launchData: Buffer.alloc(32),
+    // The policy's digest, bound to the VM (an SEV-SNP host would put it in HOST_DATA); zeros: none.
+    launchData: policy?.digest ?? Buffer.alloc(32),
     stateDir: sandboxDir(o.stateDir, o.sandboxId),
     log: o.log,
     ...(cgroups ? { cgroups } : {}),
   });
   o.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
   return guest;
+}
+
+/** SetPolicy, before anything else reaches the agent: the agent takes only the policy the launch data binds. */
+export async function setGuestPolicy(o: SandboxBootOptions, guest: GuestHandle, policy: PodPolicy, ctx: CallContext): Promise<void> {
+  const digest = policy.digest.toString('hex');
+  try {
+    await guest.agent.SetPolicy({ policy: policy.text }, setupCall(ctx));
+  } catch (e) {
+    o.log.error({ err: e, policy_sha256: digest }, 'the guest refused the pod policy');
+    throw e;
+  }
+  o.log.info({ policy_sha256: digest }, 'pod policy set in the guest');
 }
 
 /** CreateSandbox in the guest. Returns whether the guest now holds the pod's own /dev/shm. */

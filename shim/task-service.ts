@@ -18,7 +18,8 @@ import { ShimProcess, type ExitInfo, type StdioPaths } from './process.js';
 import { metricsAny } from './metrics.js';
 import { SandboxVm } from './sandbox-vm.js';
 import type { ProcessLifecycle, Transition } from './process-state.js';
-import { createGuestSandbox, launchSandboxVm } from './sandbox-boot.js';
+import { createGuestSandbox, launchSandboxVm, setGuestPolicy } from './sandbox-boot.js';
+import { takePodPolicy, type PodPolicy } from './pod-policy.js';
 import { createContainerInGuest } from './container-create.js';
 import { ShimContainer } from './container.js';
 import { containerType, readBundleSpec } from './container-spec.js';
@@ -104,11 +105,17 @@ export class TaskService {
   }
 
   /** Launches the VM and creates the sandbox in the guest: what the pod's first Create does. */
-  private bootSandbox(spec: grpc.Spec, options: { type_url: string; value: Uint8Array } | null | undefined, ctx: CallContext): Promise<GuestHandle> {
+  private bootSandbox(
+    spec: grpc.Spec,
+    options: { type_url: string; value: Uint8Array } | null | undefined,
+    policy: PodPolicy | undefined,
+    ctx: CallContext,
+  ): Promise<GuestHandle> {
     const boot = { sandboxId: this.o.sandboxId, config: this.o.config, stateDir: this.o.stateDir, launcher: this.o.launcher, log: this.log };
     return this.vm.boot(
-      () => launchSandboxVm(boot, spec, options),
+      () => launchSandboxVm(boot, spec, options, policy),
       async (guest) => {
+        if (policy) await setGuestPolicy(boot, guest, policy, ctx);
         this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
       },
     );
@@ -122,6 +129,8 @@ export class TaskService {
     if (req.checkpoint) throw unimplemented('katats cannot restore from a checkpoint');
     const log = this.log.child({ container: req.id });
     const spec = readBundleSpec(req.bundle);
+    // Out of every spec (CRI passes pod annotations to containers too); only the sandbox's counts.
+    const policy = takePodPolicy(spec, `container ${req.id}`);
     const type = containerType(spec);
     // Without CRI's annotation (ctr, plain containerd clients) the pod's first container is its
     // sandbox. Decided and claimed before any await: a concurrent Create joins the boot instead.
@@ -129,7 +138,8 @@ export class TaskService {
     if (!isSandbox && this.vm.state === 'stopped') {
       throw precondition(`container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
     }
-    const guest = isSandbox ? await this.bootSandbox(spec, req.options, ctx) : await this.vm.ready(`create container ${req.id}`);
+    if (policy && !isSandbox) log.debug('the pod policy annotation on a container that is not the sandbox: taken out, not applied');
+    const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, ctx) : await this.vm.ready(`create container ${req.id}`);
     try {
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       const { init, sharedDir, sandboxPidns } = await createContainerInGuest({
