@@ -117,6 +117,12 @@ export class Container {
     ns.push(req.sandbox_pidns && sb.pidnsPath ? { type: 'pid', path: sb.pidnsPath } : { type: 'pid' });
     spec.linux.namespaces = ns;
     if (sb.sharedNsDir && ns.some((n) => n.type === 'uts' && n.path)) delete spec.hostname;
+    // No UTS namespace of its own (a host-network pod's containers): it shares the guest's, whose
+    // name is not the container's to set, and crun refuses a hostname without a UTS namespace.
+    if (spec.hostname && !ns.some((n) => n.type === 'uts')) {
+      log.debug({ hostname: spec.hostname }, 'no UTS namespace: the spec hostname is not applied');
+      delete spec.hostname;
+    }
     if (sb.guestHooks) {
       spec.hooks ??= {};
       for (const k of ['prestart', 'poststart', 'poststop'] as const) {

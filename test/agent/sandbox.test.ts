@@ -1,6 +1,7 @@
 // Sandbox-level requests: CreateSandbox/DestroySandbox, CopyFile, metrics, guest details,
 // CPU/memory onlining (against a fake sysfs), the clock. (The policy: policy.test.ts.)
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
@@ -84,6 +85,18 @@ describe('sandbox requests', () => {
       `${path.join(hooks, 'prestart', '10-mark.sh')} prestart`,
     ]);
     await t.svc.RemoveContainer({ container_id: 'sb-app' });
+  });
+
+  it("a container without a UTS namespace (a host-network pod's) runs with the guest's hostname, its spec's hostname not applied", async () => {
+    // Failed before: crun refused "hostname requires the UTS namespace".
+    const OCI = containerSpec(t.rootfs, ['hostname']);
+    OCI.Linux!.Namespaces = OCI.Linux!.Namespaces!.filter((n) => n.Type !== 'uts');
+    OCI.Hostname = 'node-1';
+    await t.svc.CreateContainer({ container_id: 'sb-hostnet', OCI });
+    await t.svc.StartContainer({ container_id: 'sb-hostnet' });
+    expect((await readAll(t, 'sb-hostnet')).toString()).toBe(`${os.hostname()}\n`);
+    expect((await t.svc.WaitProcess({ container_id: 'sb-hostnet', exec_id: '' })).status).toBe(0);
+    await t.svc.RemoveContainer({ container_id: 'sb-hostnet' });
   });
 
   it('DestroySandbox removes every container and the sandbox storages, and a new sandbox can follow', async () => {
