@@ -52,6 +52,8 @@ export interface RuntimeRegistration {
   options?: Record<string, unknown>;
   /** The snapshotter CRI uses for this runtime handler's pods (containerd 1.7+; CRI only). */
   snapshotter?: string;
+  /** Pod annotation keys (globs) CRI passes to this runtime's specs, e.g. `io.katacontainers.*` (CRI only). */
+  podAnnotations?: string[];
 }
 
 /** A proxy plugin containerd calls over gRPC: `[proxy_plugins.<name>] type = "snapshot" address = ...`. */
@@ -172,6 +174,7 @@ export function containerdConfig(c: {
       table[r.name] = {
         runtime_type: r.runtimeType,
         ...(r.snapshotter ? { snapshotter: r.snapshotter } : {}),
+        ...(r.podAnnotations ? { pod_annotations: r.podAnnotations } : {}),
         ...(Object.keys(options).length ? { options } : {}),
       };
     }

@@ -75,7 +75,8 @@ export function kubeletPod(pod: Obj, configs: Obj[], dir: string, uid: string): 
     metadata: { name, uid, namespace, attempt: 0 },
     log_directory: `/var/log/pods/${namespace}_${name}_${uid}`,
     labels: { 'io.kubernetes.pod.name': name, 'io.kubernetes.pod.namespace': namespace, 'io.kubernetes.pod.uid': uid },
-    annotations: { 'kubernetes.io/config.source': 'api' },
+    // The pod's own annotations (a policy among them), then kubelet's.
+    annotations: { ...((meta.annotations ?? {}) as Record<string, string>), 'kubernetes.io/config.source': 'api' },
     linux: {
       security_context: {
         namespace_options: nsOptions,
