@@ -4,6 +4,7 @@
 //   katats policy test [--v0-compatible] [-v] FILE|DIR...
 //       runs every test_* rule: PASS/FAIL per rule; exit 0 when all pass, 2 when one fails
 //   katats policy gen ...   (gen/cli.ts) a policy from a Kubernetes manifest and its images
+//   katats policy explain ... (explain-cli.ts) an agent's logged denials replayed against a policy
 // Data files (data.json, data.yaml) in a directory are placed at the directory's path under data,
 // as OPA places them; .rego files are modules; print() output goes to stderr.
 import fs from 'node:fs';
@@ -11,6 +12,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { RegoVersion } from './ast.js';
 import { genCommand, GEN_USAGE } from './gen/cli.js';
+import { explainCommand, EXPLAIN_USAGE } from './explain-cli.js';
 import { Policy, PolicyError, describeFailure, toJSON, type ModuleSource } from './index.js';
 import { parseJSON } from './json.js';
 import { RObject, RSet, fromJS, type Value } from './values.js';
@@ -22,7 +24,8 @@ export interface CliIO {
 
 const USAGE = `usage: katats policy eval [-d FILE|DIR]... [-i INPUT] [--v0-compatible] [--strict-builtin-errors] [--explain] QUERY
        katats policy test [--v0-compatible] [-v] FILE|DIR...
-${GEN_USAGE.replace(/^usage: /, '       ')}`;
+${GEN_USAGE.replace(/^usage: /, '       ')}
+${EXPLAIN_USAGE.replace(/^usage: /, '       ')}`;
 
 interface Loaded {
   modules: ModuleSource[];
@@ -243,6 +246,8 @@ export async function policyCommand(argv: string[], io: CliIO = { out: (s) => co
       return testCommand(args, io);
     case 'gen':
       return genCommand(args, io);
+    case 'explain':
+      return explainCommand(args, io);
     default:
       io.err(USAGE);
       return 2;

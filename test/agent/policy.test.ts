@@ -6,10 +6,12 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import { readLaunchDigest } from '../../agent/policy-hook.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
+import { policyCommand } from '../../policy/cli.js';
 import { containerSpec, crunContainers, readAll, startAgent, type TestAgent } from './helpers.js';
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -213,6 +215,40 @@ describe('the policy the launch data binds', () => {
       expect(t.agent.sandbox.policy.policyDigest).toBe(sha256(POD_POLICY));
     } finally {
       await t.close();
+    }
+  });
+});
+
+describe('katats policy explain', () => {
+  it("replays the agent's logged denials against the policy: the same decision and the same failed check", async () => {
+    const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'katats-explain-'));
+    const logFile = path.join(dir, 'agent.log');
+    const policyFile = path.join(dir, 'policy.rego');
+    fs.writeFileSync(policyFile, POD_POLICY);
+    const t = await startAgent({ log: pino({ level: 'info' }, pino.destination({ dest: logFile, sync: true })) });
+    try {
+      await t.svc.SetPolicy({ policy: POD_POLICY });
+      await t.svc.CreateSandbox({ hostname: 'explain', sandbox_id: 'sb-explain' });
+      const err = await t.svc.CreateContainer({ container_id: 'ex-1', OCI: containerSpec(t.rootfs, ['sh', '-c', 'id']) }).catch((e) => e);
+      expect(err.code).toBe(Code.PermissionDenied);
+      await t.svc.DestroySandbox({});
+    } finally {
+      await t.close();
+    }
+    try {
+      const out: string[] = [];
+      const errs: string[] = [];
+      const code = await policyCommand(['explain', policyFile, logFile], { out: (s) => out.push(s), err: (s) => errs.push(s) });
+      expect(code, errs.join('\n')).toBe(0);
+      expect(out[0]).toBe('CreateContainerRequest: denied');
+      expect(out.join('\n')).toMatch(/why: data\.agent_policy\.allow_args: input\.OCI\.Process\.Args == \["sleep", "1000"\] is false \(input\.OCI\.Process\.Args = \["sh", "-c", "id"\]\)/);
+      // Against another policy (here allow-all) the replay says so, and decides by that one.
+      fs.writeFileSync(policyFile, allowAllPolicy());
+      out.length = 0;
+      expect(await policyCommand(['explain', policyFile, logFile], { out: (s) => out.push(s), err: (s) => errs.push(s) })).toBe(0);
+      expect(out).toEqual([`note: the agent decided with policy sha256:${sha256(POD_POLICY)}, this is sha256:${sha256(allowAllPolicy())}`, 'CreateContainerRequest: allowed']);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
