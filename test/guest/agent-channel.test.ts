@@ -20,10 +20,12 @@ import { DEFAULT_VMM_CACHE_DIR, QemuVm } from '../../vmm/vm.js';
 import { resolveAccel } from '../../vmm/accel.js';
 import { buildFullGuestImage } from '../../scripts/guest-image.js';
 import { tempDir } from '../support/tmp.js';
+import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const tmp = tempDir('katats-agentch-');
 const logger = pino({ level: process.env.KATATS_TEST_LOG ?? 'warn' }, pino.destination(2));
-const POLICY = 'package agent_policy\ndefault allow := true\n';
+// The policy the launch data binds: allow-all with a line of its own.
+const POLICY = `# agent-channel.test\n${allowAllPolicy()}`;
 let vm: QemuVm;
 let socket: string;
 let runDir: string;
@@ -166,6 +168,8 @@ describe('the agent channel in a real guest', () => {
       const health = serviceClient(client, 'grpc.Health');
       const answers = await Promise.all(Array.from({ length: 32 }, () => health.Check({ service: '' }, { timeoutMs: 30_000 })));
       expect(answers.every((a) => a.status === 1)).toBe(true);
+      // The launch data binds POLICY: the agent serves nothing else before it.
+      await serviceClient(client, 'grpc.AgentService').SetPolicy({ policy: POLICY }, { timeoutMs: 30_000 });
       const details = await serviceClient(client, 'grpc.AgentService').GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: true }, { timeoutMs: 30_000 });
       expect(details.agent_details?.version).toBeTruthy();
       // node is not PID 1: katats-runner init is, and reaps what node cannot

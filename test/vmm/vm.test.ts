@@ -19,11 +19,13 @@ import { QMP_TIMEOUT } from '../../vmm/qmp.js';
 import { DEFAULT_VMM_CACHE_DIR, QemuVm, VmError } from '../../vmm/vm.js';
 import { busyboxRootfs, containerSpec } from '../agent/helpers.js';
 import { tempDir } from '../support/tmp.js';
+import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const tag = `vt${process.pid}`;
 const tmp = tempDir('katats-vmm-');
 const logger = pino({ level: process.env.KATATS_TEST_LOG ?? 'warn' }, pino.destination(2));
-const POLICY = 'package agent_policy\ndefault allow := true\n';
+// The pod's policy the launch data binds: allow-all with a line of its own.
+const POLICY = `# vm.test\n${allowAllPolicy()}`;
 const GUEST_SHARED = '/run/kata-containers/shared/containers';
 let image: GuestImage;
 
@@ -107,14 +109,17 @@ describe('QEMU driver with the real guest image and agent', () => {
         const readyMs = await vm.waitReady(healthProbe(cfg.agentSocket, conn), 180_000);
         expect(readyMs).toBeGreaterThan(0);
         const agent = serviceClient(conn.client!, 'grpc.AgentService');
-        const details = await agent.GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: false }, { timeoutMs: 30_000 });
-        expect(details.agent_details?.version).toBeTruthy();
 
-        // The launch data reached the agent through fw_cfg: it binds SetPolicy to it.
+        // The launch data reached the agent through fw_cfg: it binds the policy. Nothing else is
+        // served before it, and no other policy is taken.
+        const early = await agent.GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: false }, { timeoutMs: 30_000 }).catch((e: unknown) => e);
+        expect((early as TtrpcError).code).toBe(Code.PermissionDenied);
         const wrong = await agent.SetPolicy({ policy: `${POLICY}# changed\n` }, { timeoutMs: 30_000 }).catch((e: unknown) => e);
         expect((wrong as TtrpcError).code).toBe(Code.PermissionDenied);
         expect((wrong as Error).message).toContain(`launch data sha256:${createHash('sha256').update(POLICY).digest('hex')}`);
         await expect(agent.SetPolicy({ policy: POLICY }, { timeoutMs: 30_000 })).resolves.toEqual({});
+        const details = await agent.GetGuestDetails({ mem_block_size: true, mem_hotplug_probe: false }, { timeoutMs: 30_000 });
+        expect(details.agent_details?.version).toBeTruthy();
 
         // A disk attached at boot can be unplugged (DEVICE_DELETED needs the guest to let go of it).
         await vm.unplugDisk('boot0');
