@@ -118,6 +118,10 @@ export class PolicyGate {
       throw denied(`${ep.name} is blocked by policy: the VM's launch data binds policy sha256:${this.o.launchDigest}, which was not set yet (SetPolicy must come first)`);
     }
     const t0 = performance.now();
+    if (this.current.allowsAny(ep.name)) {
+      this.timings.record(ep.name, performance.now() - t0, 0, true);
+      return;
+    }
     let input: string;
     try {
       input = policyInput(ep.type.fullName.replace(/^\./, ''), ep.type.decode(payload));
@@ -132,6 +136,10 @@ export class PolicyGate {
   readAllowed(req: object, stream: 'stdout' | 'stderr'): boolean {
     if (this.awaitingPolicy) return false;
     const t0 = performance.now();
+    if (this.current.allowsAny('ReadStreamRequest')) {
+      this.timings.record('ReadStreamRequest', performance.now() - t0, 0, true);
+      return true;
+    }
     const input = policyInput('grpc.ReadStreamRequest', req);
     const d = this.decide('ReadStreamRequest', input, t0);
     if (!d.allowed) {

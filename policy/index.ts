@@ -9,7 +9,7 @@ import { buildProgram, type Program } from './compiler/compile.js';
 import { Resolver, Scope, type ResolveEnv } from './compiler/resolve.js';
 import { PolicyError } from './errors.js';
 import { DEFAULT_LIMITS, EvalCtx, newBudget, type Limits } from './eval/context.js';
-import { dataAt, type CT, type Lit } from './eval/docs.js';
+import { dataAt, type CT, type DocNode, type Lit } from './eval/docs.js';
 import { Explainer, type Failure } from './eval/explain.js';
 import { BodyGen } from './eval/gen.js';
 import { parseJSON } from './json.js';
@@ -86,6 +86,16 @@ export class Policy {
     private data: Value,
     private readonly opts: CompileOptions,
   ) {}
+
+  /**
+   * The value of rule `data.<path>` when no input or data can change it (`p := 1`, or only
+   * `default p := true`), without evaluating; undefined otherwise. Callers skip building an input.
+   */
+  fixedValue(path: string[]): Value | undefined {
+    let n: DocNode | undefined = this.program.root;
+    for (const k of path) n = n?.children.get(k);
+    return n?.fixedValue;
+  }
 
   /** Parses and compiles modules, with `data` as the base document. Throws PolicyError. */
   static compile(input: { modules: (ModuleSource | Module)[]; data?: unknown }, opts: CompileOptions = {}): Policy {

@@ -154,6 +154,10 @@ function compileNode(node: DocNode, env: Env, irOf: Map<DocNode, IR[]>): void {
   if (node.complete.length === 1 && !node.defaultDef && constDefs.has(defs[0]!)) {
     node.constValue = defs[0]!.bodies[0]!.value!.det!(null as never);
   }
+  if (node.constValue !== undefined) node.fixedValue = node.constValue;
+  else if (node.defaultDef && constDefs.has(node.defaultDef) && defs.length === 0 && node.children.size === 0) {
+    node.fixedValue = node.defaultDef.bodies[0]!.value!.det!(null as never);
+  }
 }
 
 /**
@@ -230,6 +234,7 @@ function compileDef(rule: Rule, node: DocNode, { program, packageRules, importsO
     if (!isGround(v)) fail('rego_compile_error', 'default rule value cannot contain variables or calls', rule.head.loc);
     bodies.length = 0;
     bodies.push({ run: (_f, k) => k(), test: () => true, keys: [], member: null, value: gen.term(v, new Set(argSlots)), firstSolution: false, loc: rule.loc });
+    constant = true; // ground, checked above
   }
   const def: CompiledDef = {
     rule,

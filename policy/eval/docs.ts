@@ -87,6 +87,8 @@ export class DocNode {
   defaults: Rule[] = [];
   /** A complete rule whose value is a constant: computed once at compile time. */
   constValue: Value | undefined = undefined;
+  /** The rule's value whatever the input and data: constValue, or a constant default and no other rule. */
+  fixedValue: Value | undefined = undefined;
   /**
    * Every body of every definition gives the same constant (`true` for most Kata functions):
    * no conflict is possible, so the first body that holds decides. OPA stops there; regorus goes

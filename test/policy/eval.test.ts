@@ -281,6 +281,15 @@ describe('explanations', () => {
   });
 });
 
+describe('rules fixed whatever the input', () => {
+  it('a constant rule or a lone constant default is known without evaluating; any other rule is not', () => {
+    const p = policy(['package t', 'default a := true', 'b := {"allowed": true}', 'default c := false', 'c if input.x', 'd if input.x'].join('\n'));
+    expect(p.fixedValue(['t', 'a'])).toBe(true);
+    expect(canonical(p.fixedValue(['t', 'b'])!)).toBe('{"allowed":true}');
+    for (const r of ['c', 'd', 'missing']) expect(p.fixedValue(['t', r])).toBeUndefined();
+  });
+});
+
 describe('packages', () => {
   it('a package without rules is an empty object in its parent document', () => {
     const p = policy(['package t\np := 1', 'package t.empty']);
