@@ -5,7 +5,7 @@
 //                  [--katats-config FILE] [--bin-dir DIR]      wire katats into containerd
 //   katats demo                                       runc, gVisor and katats side by side (the
 //                                                     demo of the checkout this binary was built from)
-//   katats policy eval|test ...                       the Rego engine, shaped like opa eval / opa test
+//   katats policy eval|test|gen|explain ...           the Rego engine (opa eval / opa test), policy generation, denial replay
 //                                                     (policy/cli.ts has the flags)
 //   katats verity format DATA [HASH] [--salt HEX] [--hash-offset N]
 //                                                     a dm-verity tree (format 1, sha256, 4096) as
@@ -36,7 +36,7 @@ const USAGE = [
   '       katats env [--config FILE]',
   '       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]',
   '       katats demo',
-  '       katats policy eval|test ...',
+  '       katats policy eval|test|gen|explain ...',
   '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
   '       katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE] [--log-level LEVEL]',
