@@ -12,6 +12,10 @@ import { Code } from '../../proto/ttrpc/index.js';
 import { readLaunchDigest } from '../../agent/policy-hook.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
 import { policyCommand } from '../../policy/cli.js';
+import { generate } from '../../policy/gen/generate.js';
+import { ImageResolver, LayerCache, OciArchive } from '../../policy/gen/image.js';
+import { busyboxImage } from '../../harness/images/busybox.js';
+import { pauseImage } from '../../harness/images/pause.js';
 import { containerSpec, crunContainers, readAll, startAgent, type TestAgent } from './helpers.js';
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -250,5 +254,52 @@ describe('katats policy explain', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a generated policy on the real agent', () => {
+  // The requests containerd 1.6 and the shim sent for the fixture pod (test/policy/fixtures/gen),
+  // sent over the wire to a local agent holding the policy `katats policy gen` makes for that pod.
+  // Their handlers fail here after the policy admitted them (the guest's paths and 9p share are
+  // not on this host; test/shim/cri-policy.test.ts runs the pod in a real guest): what counts is
+  // that the policy decides on what the agent decodes as it decided on what was captured.
+  type Req = Record<string, unknown> & { kind: string };
+  const fix = path.join(import.meta.dirname, '..', 'policy', 'fixtures', 'gen');
+  const captured = (JSON.parse(fs.readFileSync(path.join(fix, 'cri-bookworm.json'), 'utf8')) as { requests: Req[] }).requests;
+  let t: TestAgent;
+  let generated: string;
+  const send = (r: Req) => {
+    const { kind, ...fields } = r;
+    const method = kind.replace(/Request$/, '') as 'CreateSandbox' | 'CreateContainer' | 'ExecProcess';
+    return (t.svc[method] as (q: unknown) => Promise<unknown>)({ exec_id: fields.container_id, storages: [], devices: [], ...fields }).then(
+      () => 'ok',
+      (e: Error & { code: number }) => (e.code === Code.PermissionDenied && /is blocked by policy/.test(e.message) ? `refused: ${e.message}` : 'ok'),
+    );
+  };
+  beforeAll(async () => {
+    const [busybox, pause] = [await busyboxImage(), await pauseImage()];
+    const r = await generate(fs.readFileSync(path.join(fix, 'pod.yaml'), 'utf8'), { images: new ImageResolver([new OciArchive(busybox.archive), new OciArchive(pause.archive)], new LayerCache(undefined)) });
+    generated = r.pods[0]!.text;
+    t = await startAgent({ launchDigest: sha256(generated) });
+    await t.svc.SetPolicy({ policy: generated });
+  }, 120_000);
+  afterAll(async () => {
+    await t.close();
+  });
+
+  it('admits every request of the pod it was made for, and refuses a changed command, an added mount and another exec', async () => {
+    for (const r of captured) expect(await send(r), r.kind).toBe('ok');
+    const app = captured.find((r) => r.kind === 'CreateContainerRequest' && (r.OCI as { Annotations: Record<string, string> }).Annotations['io.kubernetes.cri.container-name'] === 'app')!;
+    const changed = structuredClone(app) as Req & { OCI: { Process: { Args: string[] }; Mounts: unknown[] } };
+    changed.OCI.Process.Args = ['sh', '-c', 'cat /etc/secret/TOKEN'];
+    expect(await send(changed)).toMatch(/^refused: CreateContainerRequest is blocked by policy: .*allow_args/);
+    const mounted = structuredClone(app) as typeof changed;
+    mounted.OCI.Mounts.push({ destination: '/host', source: '/', type_: 'bind', options: ['rbind', 'rw'] });
+    expect(await send(mounted)).toMatch(/^refused: CreateContainerRequest is blocked by policy: .*mounts_not_allowed = \[\{"destination": "\/host"/);
+    const exec = structuredClone(captured.find((r) => r.kind === 'ExecProcessRequest')!) as Req & { process: { Args: string[] } };
+    exec.process.Args = ['sh'];
+    expect(await send(exec)).toMatch(/^refused: ExecProcessRequest is blocked by policy: .*args in p\.exec_commands is false/);
+    // Still serving, still by the same policy.
+    expect(await send(captured.find((r) => r.kind === 'ExecProcessRequest')!)).toBe('ok');
   });
 });
