@@ -148,6 +148,17 @@ describe('a generated policy in the guest, through containerd CRI', () => {
     expect(e.details).toMatch(/CreateContainerRequest is blocked by policy: .*mounts_not_allowed = \[\{"destination": "\/host"/);
   }, 300_000);
 
+  it('refuses a changed environment variable and an added capability', async () => {
+    const env = configOf('app');
+    env.metadata = { name: 'app', attempt: 2 };
+    env.envs = (env.envs ?? []).map((e) => (e.key === 'MODE' ? { key: 'MODE', value: 'debug' } : e));
+    expect((await startRefused(env)).details).toMatch(/CreateContainerRequest is blocked by policy: .*allow_env: env_missing == set\(\) is false \(env_missing = \{"MODE=prod"\}\)/);
+    const caps = configOf('sidecar');
+    caps.metadata = { name: 'sidecar', attempt: 2 };
+    caps.linux!.security_context!.capabilities = { add_capabilities: ['SYS_ADMIN'], drop_capabilities: ['NET_RAW'] };
+    expect((await startRefused(caps)).details).toMatch(/CreateContainerRequest is blocked by policy: .*caps_not_allowed = \{"Bounding:SYS_ADMIN"/);
+  }, 300_000);
+
   it('the pod still serves: both containers run and the probe still execs', async () => {
     const { containers } = await cri.runtime.ListContainers({ filter: { pod_sandbox_id: podId } });
     expect(containers.filter((c) => c.state === CONTAINER_RUNNING).map((c) => c.metadata?.name).sort()).toEqual(['app', 'sidecar']);
@@ -156,4 +167,13 @@ describe('a generated policy in the guest, through containerd CRI', () => {
     await cri.runtime.RemovePodSandbox({ pod_sandbox_id: podId }, { timeoutMs: 60_000 });
     expect(helpers.qemuProcs(env.stateDir)).toEqual([]);
   }, 300_000);
+
+  it('a pod whose policy is not valid Rego fails with the parse error, and leaves no VM', async () => {
+    const sandbox = structuredClone(pod.sandbox);
+    sandbox.metadata = { ...sandbox.metadata!, name: 'policy-pod-broken', uid: randomUUID() };
+    sandbox.annotations = { ...sandbox.annotations, [POLICY_ANNOTATION]: Buffer.from('package agent_policy\n\nCreateContainerRequest {\n').toString('base64') };
+    const e = await rpcError(cri.runtime.RunPodSandbox({ config: sandbox, runtime_handler: 'katats' }, { timeoutMs: 300_000 }));
+    expect(e.details).toMatch(/SetPolicy: policy\.rego:\d+:\d+: rego_parse_error/);
+    expect(await helpers.until(() => helpers.qemuProcs(env.stateDir), (q) => q.length === 0, 60_000)).toEqual([]);
+  }, 400_000);
 });
