@@ -108,6 +108,15 @@ export const TEST_CGROUP_PARENT = `/katats-test-${process.pid}`;
 /** crun's state root likewise: suites in other processes (or checkouts) use the same container ids. */
 export const TEST_CRUN_ROOT = `/run/katats-test-crun-${process.pid}`;
 
+/** Removes this process's crun root when empty: a container left behind keeps it, and crunContainers() names it. */
+export function removeTestCrunRoot(): void {
+  try {
+    fs.rmdirSync(TEST_CRUN_ROOT);
+  } catch {
+    /* in use by another agent of this process, not empty, or gone */
+  }
+}
+
 /** An agent on a unix socket in a fresh temp dir, with a busybox rootfs next to it. */
 export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestAgent> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-agent-'));
@@ -155,12 +164,7 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
         }
       }
       fs.rmSync(dir, { recursive: true, force: true });
-      // Removed only when empty: a container left behind keeps it, and crunContainers() names it.
-      try {
-        fs.rmdirSync(TEST_CRUN_ROOT);
-      } catch {
-        /* in use by another agent of this process, not empty, or gone */
-      }
+      removeTestCrunRoot();
     },
   };
 }

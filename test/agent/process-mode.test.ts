@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Client, Code } from '../../proto/ttrpc/index.js';
 import { serviceClient } from '../../proto/rpc.js';
 import { buildAgent } from '../../agent/build.js';
-import { busyboxRootfs, containerSpec, crunContainers, readAll, runnerProcesses, sleep, TEST_CGROUP_PARENT, TEST_CRUN_ROOT, type TestAgent } from './helpers.js';
+import { busyboxRootfs, containerSpec, crunContainers, readAll, removeTestCrunRoot, runnerProcesses, sleep, TEST_CGROUP_PARENT, TEST_CRUN_ROOT, type TestAgent } from './helpers.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const repo = path.resolve(import.meta.dirname, '..', '..');
@@ -95,6 +95,8 @@ describe('agent as a process', () => {
     fs.rmSync(dir, { recursive: true, force: true });
     expect(crunContainers('pm-')).toEqual([]);
     expect(runnerProcesses(dir)).toEqual([]);
+    removeTestCrunRoot();
+    expect(fs.existsSync(TEST_CRUN_ROOT)).toBe(false);
   });
 
   it('local mode: tsx agent/main.ts --listen SOCK --state-dir DIR', async () => {
