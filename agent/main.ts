@@ -81,6 +81,7 @@ async function main(): Promise<void> {
     });
   }
   log.info({ listen: values.listen, channel }, 'agent serving');
+  tellInitServing(log);
   let stopping = false;
   const stop = (sig: string) => {
     if (stopping) return;
@@ -93,6 +94,22 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/**
+ * Tells katats-runner init (the guest's PID 1) that the agent runs: from then on an exit is the
+ * agent's own, not node refusing its startup snapshot, and is never answered by a restart.
+ */
+function tellInitServing(log: { warn: (o: object, m: string) => void }): void {
+  const fd = Number(process.env.KATATS_INIT_READY_FD);
+  delete process.env.KATATS_INIT_READY_FD;
+  if (!Number.isInteger(fd) || fd < 3) return;
+  try {
+    fs.writeSync(fd, 'r');
+    fs.closeSync(fd);
+  } catch (err) {
+    log.warn({ err }, 'cannot tell the init the agent serves');
+  }
 }
 
 // Channel reads block a thread-pool thread each; keep room for file system work.

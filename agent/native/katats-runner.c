@@ -24,9 +24,9 @@
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
  *                                           SIGINT, SIGHUP, SIGUSR1/2 on to PROG, and powers the VM off
- *                                           when PROG ends (a node that refuses its --snapshot-blob at
- *                                           once is started again without it). Not PID 1 (tests): a
- *                                           child subreaper that exits with PROG's status.
+ *                                           when PROG ends (a node that refuses its --snapshot-blob, ending
+ *                                           before the agent serves, is started again without it). Not
+ *                                           PID 1 (tests): a child subreaper that exits with PROG's status.
  *
  * --hide-unified: on a cgroup "hybrid" host (v1 controllers plus a cgroup2 mount at
  * /sys/fs/cgroup/unified that holds a controller) crun refuses to run. The command then runs in
@@ -500,12 +500,18 @@ static void init_fail(const char *what) {
   exit(1);
 }
 
-/* Forks PROG with the signal mask it should have; the parent keeps every signal blocked. */
-static pid_t init_spawn(char **argv, const sigset_t *old) {
+/* Forks PROG with the signal mask it should have; the parent keeps every signal blocked. A
+ * ready_fd >= 0 is left open in PROG and named in KATATS_INIT_READY_FD. */
+static pid_t init_spawn(char **argv, const sigset_t *old, int ready_fd) {
   pid_t child = fork();
   if (child < 0) init_fail("fork");
   if (child == 0) {
     sigprocmask(SIG_SETMASK, old, NULL);
+    if (ready_fd >= 0) {
+      char num[16];
+      snprintf(num, sizeof num, "%d", ready_fd);
+      setenv("KATATS_INIT_READY_FD", num, 1);
+    }
     execvp(argv[0], argv);
     fprintf(stderr, "katats-runner init: exec %s: %s\n", argv[0], strerror(errno));
     _exit(127);
@@ -513,18 +519,12 @@ static pid_t init_spawn(char **argv, const sigset_t *old) {
   return child;
 }
 
-static double init_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* V8 refuses a startup snapshot made on a CPU whose V8-visible features differ, and node then exits
- * with status 1 at once. The init's CPU signature catches most such guests, not all (TCG's CPU
- * model can match it and still differ), so a node that ends that way right after starting with
- * --snapshot-blob is started once more without it. */
-#define SNAPSHOT_REFUSAL_WINDOW_S 10.0
-
+ * with status 1 before running any of the agent. The init's CPU signature catches most such guests,
+ * not all (TCG's CPU model can match it and still differ), so a node started with --snapshot-blob
+ * that ends with status 1 before the agent said it serves (a byte on the KATATS_INIT_READY_FD pipe)
+ * is started once more without it. A time window stood for "before it served" until a loaded host
+ * made the refusal itself outlast it and the VM powered off. */
 static int drop_snapshot_args(char **argv) {
   int w = 0, dropped = 0;
   for (int r = 0; argv[r]; r++) {
@@ -545,8 +545,11 @@ static int mode_init(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &all, &old);
   int with_snapshot = 0;
   for (int i = 0; argv[i]; i++) if (!strcmp(argv[i], "--snapshot-blob")) with_snapshot = 1;
-  double started = init_now();
-  pid_t child = init_spawn(argv, &old);
+  int ready[2] = {-1, -1};
+  if (with_snapshot && pipe(ready) < 0) init_fail("pipe");
+  if (ready[0] >= 0) fcntl(ready[0], F_SETFD, FD_CLOEXEC);
+  pid_t child = init_spawn(argv, &old, ready[1]);
+  if (ready[1] >= 0) close(ready[1]);
   unsigned long orphans = 0;
   int code = -1;
   while (code < 0) {
@@ -567,11 +570,18 @@ static int mode_init(int argc, char **argv) {
       if (p == child) code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
       else orphans++;
     }
-    if (code == 1 && with_snapshot && init_now() - started < SNAPSHOT_REFUSAL_WINDOW_S && drop_snapshot_args(argv)) {
-      fprintf(stderr, "katats-runner init: %s ended at once with the startup snapshot; starting it without\n", argv[0]);
-      with_snapshot = 0;
-      code = -1;
-      child = init_spawn(argv, &old);
+    if (code >= 0 && ready[0] >= 0) {
+      /* PROG has ended, so the pipe holds its byte or reads as EOF: this read cannot block. */
+      char b;
+      ssize_t n;
+      do n = read(ready[0], &b, 1); while (n < 0 && errno == EINTR);
+      close(ready[0]);
+      ready[0] = -1;
+      if (code == 1 && n <= 0 && drop_snapshot_args(argv)) {
+        fprintf(stderr, "katats-runner init: %s ended with the startup snapshot before serving; starting it without\n", argv[0]);
+        code = -1;
+        child = init_spawn(argv, &old, -1);
+      }
     }
   }
   fprintf(stderr, "katats-runner init: %s exited with status %d; %lu orphan(s) reaped\n", argv[0], code, orphans);
