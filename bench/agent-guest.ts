@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { buildFullGuestImage } from '../scripts/guest-image.js';
-import { launchQemuSandbox } from '../shim/vm.js';
+import { launchSandbox } from '../shim/vm.js';
 import { parseConfig } from '../shim/config.js';
 import { busyboxImage } from '../harness/images/busybox.js';
 import { pauseImage } from '../harness/images/pause.js';
@@ -32,7 +32,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kb-'));
 const image = await buildFullGuestImage((m) => process.stderr.write(`guest: ${m}\n`));
 const cfg = parseConfig(`[hypervisor.qemu]\nguest_manifest = "${image.manifestPath}"\n[runtime]\nstate_dir = "${dir}/run"\nlog_dir = "${dir}/log"\n`);
 process.stderr.write('booting a guest\n');
-const guest = await launchQemuSandbox({ sandboxId: 'agentbench', config: cfg, launchData: Buffer.alloc(32), stateDir: path.join(dir, 'run', 'sb'), log: pino({ level: 'warn' }, pino.destination(2)) });
+const guest = await launchSandbox({ sandboxId: 'agentbench', config: cfg, launchData: Buffer.alloc(32), stateDir: path.join(dir, 'run', 'sb'), log: pino({ level: 'warn' }, pino.destination(2)) });
 try {
   const metric = (text: string, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
   const m = (await guest.agent.GetMetrics({})).metrics;

@@ -133,11 +133,18 @@ export interface DialAgentOptions {
  * positioned just after the agent's ack, every earlier byte dropped. The socket is returned
  * paused; a ttrpc Channel resumes it.
  */
-export function dialAgentChannel(socketPath: string, o: DialAgentOptions): Promise<net.Socket> {
+export function dialAgentChannel(target: string | (() => Promise<net.Socket>), o: DialAgentOptions): Promise<net.Socket> {
+  if (typeof target === 'function') {
+    // A connector (hybrid vsock: the VMM's socket after its CONNECT handshake): connected already.
+    return target().then((sock) => sayHello(sock, 'the agent channel', o, true));
+  }
+  return sayHello(net.connect(target), target, o, false);
+}
+
+function sayHello(sock: net.Socket, socketPath: string, o: DialAgentOptions, connected: boolean): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const nonce = randomBytes(NONCE_LENGTH);
     const ack = ackFrame(nonce);
-    const sock = net.connect(socketPath);
     let held: Buffer = Buffer.alloc(0);
     let skipped = 0;
     let settled = false;
@@ -182,9 +189,12 @@ export function dialAgentChannel(socketPath: string, o: DialAgentOptions): Promi
     o.signal?.addEventListener('abort', onAbort, { once: true });
     sock.on('error', onError);
     sock.on('close', onClose);
-    sock.once('connect', () => {
+    const hello = () => {
       sock.on('data', onData);
       sock.write(helloFrame(nonce));
-    });
+      sock.resume();
+    };
+    if (connected) hello();
+    else sock.once('connect', hello);
   });
 }

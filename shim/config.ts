@@ -31,10 +31,50 @@ export interface QemuConfig {
   enable_annotations: string[];
 }
 
+/**
+ * [hypervisor.clh], Kata's configuration-clh.toml keys. cloud-hypervisor shares the guest only
+ * over virtio-fs (it has no 9p). `vmm` says what serves its API: the real binary at `path`, or
+ * katats-chv (the same API on QEMU, run per [hypervisor.qemu]'s path, accel and machine_type).
+ */
+export interface ClhConfig {
+  path: string;
+  guest_manifest: string;
+  kernel: string;
+  initrd: string;
+  image: string;
+  kernel_params: string;
+  default_vcpus: number;
+  default_memory: number;
+  default_maxvcpus: number;
+  default_maxmemory: number;
+  shared_fs: 'virtio-fs' | 'none';
+  virtio_fs_daemon: string;
+  enable_annotations: string[];
+  /** 'auto': the real binary when it runs here (it needs /dev/kvm or /dev/mshv), else katats-chv. */
+  vmm: 'auto' | 'cloud-hypervisor' | 'katats-chv';
+  /** Seconds one API call may take (vm.boot has boot_timeout): Kata's fixed 1 s half-booted guests. */
+  api_timeout: number;
+  /** Seconds vm.boot may take to be answered. */
+  boot_timeout: number;
+}
+
+export type HypervisorKind = 'qemu' | 'clh';
+
 export interface KatatsConfig {
-  hypervisor: { qemu: QemuConfig };
+  hypervisor: { qemu: QemuConfig; clh: ClhConfig };
   agent: { katats: { dial_timeout: number; debug_console_enabled: boolean; kernel_modules: string[] } };
-  runtime: { enable_debug: boolean; sandbox_cgroup_only: boolean; log_dir: string; state_dir: string };
+  runtime: {
+    /**
+     * Which [hypervisor.X] runs the pods. Empty in a file: the one hypervisor table the file has
+     * (a Kata configuration-clh.toml has only [hypervisor.clh]), qemu when it has both or none.
+     * Always resolved after parsing.
+     */
+    hypervisor: '' | HypervisorKind;
+    enable_debug: boolean;
+    sandbox_cgroup_only: boolean;
+    log_dir: string;
+    state_dir: string;
+  };
   /** Where the config came from, for `katats env` and logs. */
   source: string;
 }
@@ -61,9 +101,27 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       accel: 'auto',
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },
+    clh: {
+      path: '/usr/bin/cloud-hypervisor',
+      guest_manifest: '/usr/share/katats/guest/manifest.json',
+      kernel: '',
+      initrd: '',
+      image: '',
+      kernel_params: '',
+      default_vcpus: 1,
+      default_memory: 512,
+      default_maxvcpus: 0,
+      default_maxmemory: 0,
+      shared_fs: 'virtio-fs',
+      virtio_fs_daemon: '',
+      enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
+      vmm: 'auto',
+      api_timeout: 10,
+      boot_timeout: 60,
+    },
   },
   agent: { katats: { dial_timeout: 60, debug_console_enabled: false, kernel_modules: [] } },
-  runtime: { enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats' },
+  runtime: { hypervisor: '', enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats' },
 };
 
 export class ConfigError extends Error {
@@ -95,11 +153,23 @@ function merge<T extends Section>(base: T, over: Section | undefined, where: str
 
 const SHARED_FS = ['virtio-9p', 'virtio-fs', 'none'];
 
-function checkSharedFs(q: QemuConfig, where: string): void {
+function checkSharedFs(cfg: Omit<KatatsConfig, 'source'>, where: string): void {
+  const q = cfg.hypervisor.qemu;
   if (!SHARED_FS.includes(q.shared_fs)) throw new ConfigError(`${where}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none, not ${JSON.stringify(q.shared_fs)}`);
   if (!['mapped-xattr', 'none'].includes(q.virtio_9p_security_model)) {
     throw new ConfigError(`${where}: hypervisor.qemu.virtio_9p_security_model must be mapped-xattr or none, not ${JSON.stringify(q.virtio_9p_security_model)}`);
   }
+  if (!['virtio-fs', 'none'].includes(cfg.hypervisor.clh.shared_fs)) throw new ConfigError(`${where}: hypervisor.clh.shared_fs must be virtio-fs or none (cloud-hypervisor has no 9p), not ${JSON.stringify(cfg.hypervisor.clh.shared_fs)}`);
+}
+
+/** The selected hypervisor's section: what sizes, shares and boots the pods' VMs. */
+export function hypervisorSection(cfg: Omit<KatatsConfig, 'source'>): QemuConfig | ClhConfig {
+  return cfg.runtime.hypervisor === 'clh' ? cfg.hypervisor.clh : cfg.hypervisor.qemu;
+}
+
+/** The selected hypervisor (resolved at parse time; qemu for a config built by hand without one). */
+export function hypervisorKind(cfg: Omit<KatatsConfig, 'source'>): HypervisorKind {
+  return cfg.runtime.hypervisor === 'clh' ? 'clh' : 'qemu';
 }
 
 /** Parses TOML text over the defaults; unknown keys and wrong types are errors naming the key. */
@@ -113,18 +183,35 @@ export function parseConfig(text: string, source = '<inline>'): KatatsConfig {
   return parseDoc(doc, source);
 }
 
+function checkSizes(q: QemuConfig | ClhConfig, where: string): void {
+  if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${where}.default_vcpus must be a positive integer`);
+  if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${where}.default_memory must be at least 64 (MiB)`);
+  for (const k of ['default_maxvcpus', 'default_maxmemory'] as const) {
+    if (!Number.isInteger(q[k]) || q[k] < 0) throw new ConfigError(`${where}.${k} must be a non-negative integer (0: the host's limit)`);
+  }
+  if (q.default_maxvcpus && q.default_vcpus > q.default_maxvcpus) throw new ConfigError(`${where}.default_vcpus (${q.default_vcpus}) exceeds default_maxvcpus (${q.default_maxvcpus})`);
+  if (q.default_maxmemory && q.default_memory > q.default_maxmemory) throw new ConfigError(`${where}.default_memory (${q.default_memory}) exceeds default_maxmemory (${q.default_maxmemory})`);
+}
+
 function parseDoc(doc: Section, source: string): KatatsConfig {
   const cfg = merge(DEFAULTS as unknown as Section, doc, source) as unknown as KatatsConfig;
   const q = cfg.hypervisor.qemu;
-  checkSharedFs(q, source);
+  checkSharedFs(cfg, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
-  if (!Number.isInteger(q.default_vcpus) || q.default_vcpus < 1) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus must be a positive integer`);
-  if (!Number.isInteger(q.default_memory) || q.default_memory < 64) throw new ConfigError(`${source}: hypervisor.qemu.default_memory must be at least 64 (MiB)`);
-  for (const k of ['default_maxvcpus', 'default_maxmemory'] as const) {
-    if (!Number.isInteger(q[k]) || q[k] < 0) throw new ConfigError(`${source}: hypervisor.qemu.${k} must be a non-negative integer (0: the host's limit)`);
+  checkSizes(q, `${source}: hypervisor.qemu`);
+  const clh = cfg.hypervisor.clh;
+  checkSizes(clh, `${source}: hypervisor.clh`);
+  if (!['auto', 'cloud-hypervisor', 'katats-chv'].includes(clh.vmm)) throw new ConfigError(`${source}: hypervisor.clh.vmm must be auto, cloud-hypervisor or katats-chv`);
+  for (const k of ['api_timeout', 'boot_timeout'] as const) {
+    if (!(clh[k] > 0)) throw new ConfigError(`${source}: hypervisor.clh.${k} must be a positive number of seconds`);
   }
-  if (q.default_maxvcpus && q.default_vcpus > q.default_maxvcpus) throw new ConfigError(`${source}: hypervisor.qemu.default_vcpus (${q.default_vcpus}) exceeds default_maxvcpus (${q.default_maxvcpus})`);
-  if (q.default_maxmemory && q.default_memory > q.default_maxmemory) throw new ConfigError(`${source}: hypervisor.qemu.default_memory (${q.default_memory}) exceeds default_maxmemory (${q.default_maxmemory})`);
+  const hv = cfg.runtime.hypervisor;
+  if (!['', 'qemu', 'clh'].includes(hv)) throw new ConfigError(`${source}: runtime.hypervisor must be "qemu" or "clh", not ${JSON.stringify(hv)}`);
+  if (!hv) {
+    const tables = Object.keys((doc.hypervisor as Section | undefined) ?? {});
+    // A fresh object: merge() shares untouched tables with DEFAULTS.
+    cfg.runtime = { ...cfg.runtime, hypervisor: tables.length === 1 && tables[0] === 'clh' ? 'clh' : 'qemu' };
+  }
   // Kata's key, kept so its configs parse; silently ignoring a list would run pods without the modules.
   if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);
   return { ...cfg, source };
@@ -142,7 +229,8 @@ export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.e
   for (const p of [...candidates, ...DEFAULT_CONFIG_PATHS]) {
     if (fs.existsSync(p)) return parseConfig(fs.readFileSync(p, 'utf8'), path.resolve(p));
   }
-  return { ...structuredClone(DEFAULTS), source: '<defaults>' };
+  const d = structuredClone(DEFAULTS);
+  return { ...d, runtime: { ...d.runtime, hypervisor: 'qemu' }, source: '<defaults>' };
 }
 
 const ANNOTATION_PREFIX = 'io.katacontainers.config.hypervisor.';
@@ -153,15 +241,16 @@ const ANNOTATION_PREFIX = 'io.katacontainers.config.hypervisor.';
  * operator said so.
  */
 export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, string>, host: HostLimits = hostLimits()): KatatsConfig {
-  const caps = vmCaps(cfg.hypervisor.qemu, host);
+  const kind = hypervisorKind(cfg);
+  const caps = vmCaps(hypervisorSection(cfg), host, kind);
   const out = structuredClone(cfg);
-  const q = out.hypervisor.qemu as unknown as Record<string, unknown>;
-  const allowed = cfg.hypervisor.qemu.enable_annotations.map((r) => new RegExp(`^(?:${r})$`));
+  const q = hypervisorSection(out) as unknown as Record<string, unknown>;
+  const allowed = hypervisorSection(cfg).enable_annotations.map((r) => new RegExp(`^(?:${r})$`));
   for (const [key, value] of Object.entries(annotations)) {
     if (!key.startsWith(ANNOTATION_PREFIX)) continue;
     const name = key.slice(ANNOTATION_PREFIX.length);
     if (!(name in q)) throw new ConfigError(`annotation ${key}: no such hypervisor option`);
-    if (!allowed.some((r) => r.test(name))) throw new ConfigError(`annotation ${key} is not allowed by hypervisor.qemu.enable_annotations`);
+    if (!allowed.some((r) => r.test(name))) throw new ConfigError(`annotation ${key} is not allowed by hypervisor.${kind}.enable_annotations`);
     const cur = q[name];
     if (typeof cur === 'number') {
       const n = Number(value);
@@ -178,10 +267,10 @@ export function applyAnnotations(cfg: KatatsConfig, annotations: Record<string, 
       throw new ConfigError(`annotation ${key}: option cannot be set by annotation`);
     }
   }
-  checkSharedFs(out.hypervisor.qemu, `annotations ${ANNOTATION_PREFIX}*`);
-  const after = out.hypervisor.qemu;
+  checkSharedFs(out, `annotations ${ANNOTATION_PREFIX}*`);
+  const after = hypervisorSection(out);
   if (after.default_memory < 64) throw new ConfigError(`annotation ${ANNOTATION_PREFIX}default_memory: at least 64 (MiB)`);
-  const lowered = vmCaps(after, host);
+  const lowered = vmCaps(after, host, kind);
   if (after.default_vcpus > lowered.vcpus.value) throw new ConfigError(`annotations: default_vcpus ${after.default_vcpus} is above ${lowered.vcpus.what} (${lowered.vcpus.value})`);
   if (after.default_memory > lowered.memoryMiB.value) throw new ConfigError(`annotations: default_memory ${after.default_memory} is above ${lowered.memoryMiB.what} (${lowered.memoryMiB.value})`);
   return out;
@@ -205,9 +294,9 @@ export function hostLimits(): HostLimits {
 }
 
 /** The caps in force: Kata's default_max* keys (0: the host's), never above the host's limits. */
-export function vmCaps(q: QemuConfig, host: HostLimits): { vcpus: { value: number; what: string }; memoryMiB: { value: number; what: string } } {
+export function vmCaps(q: QemuConfig | ClhConfig, host: HostLimits, kind: HypervisorKind = 'qemu'): { vcpus: { value: number; what: string }; memoryMiB: { value: number; what: string } } {
   const pick = (configured: number, hostValue: number, key: string, hostWhat: string) =>
-    configured > 0 && configured <= hostValue ? { value: configured, what: `hypervisor.qemu.${key}` } : { value: hostValue, what: hostWhat };
+    configured > 0 && configured <= hostValue ? { value: configured, what: `hypervisor.${kind}.${key}` } : { value: hostValue, what: hostWhat };
   return {
     vcpus: pick(q.default_maxvcpus, host.cpus, 'default_maxvcpus', "the host's online CPUs"),
     memoryMiB: pick(q.default_maxmemory, host.memoryMiB, 'default_maxmemory', "the host's memory in MiB"),

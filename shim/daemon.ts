@@ -10,7 +10,7 @@ import { loadConfig } from './config.js';
 import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
 import { isSandboxProcess, privateDir, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
-import { launchQemuSandbox } from './vm.js';
+import { launchSandbox } from './vm.js';
 import { removeTree } from '../sys/mount.js';
 import { exitAfterFlush } from '../sys/exit.js';
 
@@ -86,7 +86,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     config: cfg,
     launcher: async (req) => {
       let rec: SandboxRecord = { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket };
-      const guest = await launchQemuSandbox({
+      const guest = await launchSandbox({
         ...req,
         // Recorded before the boot: a shim killed while the VM boots must not leave virtiofsd or
         // host cgroups to `delete`'s guesswork.

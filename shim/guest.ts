@@ -1,10 +1,11 @@
 // What the Task service needs from a running sandbox VM: an agent to call, a host directory the
 // guest sees as its shared filesystem, and word when the VMM dies. shim/vm.ts makes one with
-// QEMU; the Task service does not care how.
+// QEMU or cloud-hypervisor; the Task service does not care how.
 import type { Logger } from 'pino';
 import type { ServiceClient } from '../proto/rpc.js';
 import type { KatatsConfig } from './config.js';
 import type { SandboxCgroupPlan } from './sandbox-cgroups.js';
+import type { Hypervisor } from '../vmm/hypervisor.js';
 
 /** Where the guest mounts the shared filesystem, as Kata lays it out. */
 export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
@@ -41,6 +42,8 @@ export interface GuestHandle {
   sharedFs: 'virtio-9p' | 'virtio-fs' | 'host';
   guestDirs: GuestDirs;
   accel: 'kvm' | 'tcg';
+  /** The VM's driver (hotplug, pause, info); none for a guest that is no VM (the local agent of tests). */
+  hypervisor?: Hypervisor;
   /** The VMM's pid, recorded so `shim delete` can clean up after a dead shim. */
   vmmPid: number;
   /** The virtiofsd serving sharedDir (shared_fs = virtio-fs), recorded for the same reason. */

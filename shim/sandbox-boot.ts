@@ -1,11 +1,11 @@
 // What the pod's first Create does before its own container: resolve the sandbox's configuration,
-// launch the VM (through the launcher: QEMU in the daemon, a local agent in tests) and create the
+// launch the VM (through the launcher: QEMU or cloud-hypervisor in the daemon, a local agent in tests) and create the
 // sandbox in the guest with the storages every container needs (the shared directory, the pod's
 // /dev/shm).
 import type { Logger } from 'pino';
 import type { CallContext } from '../proto/ttrpc/index.js';
 import type { grpc } from '../proto/gen/types.js';
-import { sandboxConfig, type KatatsConfig } from './config.js';
+import { hypervisorKind, hypervisorSection, sandboxConfig, type KatatsConfig } from './config.js';
 import type { GuestHandle, GuestLauncher } from './guest.js';
 import { planSandboxCgroups } from './sandbox-cgroups.js';
 import { sandboxDir } from './layout.js';
@@ -32,10 +32,10 @@ export async function launchSandboxVm(
   policy: PodPolicy | undefined,
 ): Promise<GuestHandle> {
   const cfg = sandboxConfig(o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
-  if (cfg.hypervisor.qemu.shared_fs === 'none') {
+  if (hypervisorSection(cfg).shared_fs === 'none') {
     // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
     // through the shared directory until block-device layers exist.
-    throw invalid(`shared_fs = none: sandbox ${o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs"`);
+    throw invalid(`shared_fs = none: sandbox ${o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.${hypervisorKind(cfg)}] shared_fs to ${hypervisorKind(cfg) === 'clh' ? '"virtio-fs"' : '"virtio-9p" or "virtio-fs"'}`);
   }
   // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
   // said where an operator looks, since the pod still runs, with loopback only.

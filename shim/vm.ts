@@ -1,20 +1,23 @@
-// Boots a sandbox VM with QEMU (vmm/) from the configured guest image and waits until the agent
-// inside answers grpc.Health/Check on the agent channel.
+// Boots a sandbox VM on the configured hypervisor (runtime.hypervisor: QEMU, or cloud-hypervisor
+// through its REST API) from the guest image and waits until the agent inside answers
+// grpc.Health/Check. What differs per hypervisor is only how its VMM is made (vm-qemu.ts,
+// vm-clh.ts); the rest (state dirs, launch data, cgroups, virtiofsd, the agent) is shared here.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { Client } from '../proto/ttrpc/index.js';
 import { dialAgentChannel } from '../proto/agent-session.js';
 import { serviceClient } from '../proto/rpc.js';
-import { QemuVm } from '../vmm/vm.js';
-import type { VmConfig } from '../vmm/config.js';
+import type { Hypervisor } from '../vmm/hypervisor.js';
 import type { GuestManifest } from '../guest/manifest.js';
-import type { QemuConfig } from './config.js';
-import { KATA_GUEST_DIRS, SHARED_FS_TAG, type GuestHandle, type LaunchRequest } from './guest.js';
+import { type ClhConfig, hypervisorKind, hypervisorSection, type HypervisorKind, type QemuConfig } from './config.js';
+import { KATA_GUEST_DIRS, type GuestHandle, type LaunchRequest } from './guest.js';
 import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 import { privateDir } from './layout.js';
+import { qemuHypervisor } from './vm-qemu.js';
+import { clhHypervisor } from './vm-clh.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -25,14 +28,14 @@ export interface GuestFiles {
 }
 
 /** Kernel, initrd and rootfs from explicit keys, else from the guest image manifest. */
-export function resolveGuestFiles(q: QemuConfig): GuestFiles {
+export function resolveGuestFiles(q: Pick<QemuConfig | ClhConfig, 'guest_manifest' | 'kernel' | 'initrd' | 'image'>, kind: HypervisorKind = 'qemu'): GuestFiles {
   let manifest: GuestManifest | undefined;
   const dir = path.dirname(q.guest_manifest);
   if (q.guest_manifest && fs.existsSync(q.guest_manifest)) manifest = JSON.parse(fs.readFileSync(q.guest_manifest, 'utf8')) as GuestManifest;
   const pick = (explicit: string, fromManifest: string | undefined, key: string): string => {
     const p = explicit || (fromManifest ? path.join(dir, fromManifest) : '');
-    if (!p) throw new Error(`hypervisor.qemu.${key} is not set and no guest image manifest was found at ${q.guest_manifest} (build one: npx tsx guest/cli.ts build)`);
-    if (!fs.existsSync(p)) throw new Error(`hypervisor.qemu.${key}: ${p} does not exist`);
+    if (!p) throw new Error(`hypervisor.${kind}.${key} is not set and no guest image manifest was found at ${q.guest_manifest} (build one: npx tsx guest/cli.ts build)`);
+    if (!fs.existsSync(p)) throw new Error(`hypervisor.${kind}.${key}: ${p} does not exist`);
     return p;
   };
   return {
@@ -44,23 +47,55 @@ export function resolveGuestFiles(q: QemuConfig): GuestFiles {
   };
 }
 
+/** What every hypervisor's VM is made of; a launcher turns it into its VMM's configuration. */
+export interface LaunchPlan {
+  /** A VMM-safe id derived from the sandbox id. */
+  vmId: string;
+  files: GuestFiles;
+  kernelParams: string[];
+  vcpus: number;
+  memoryMiB: number;
+  sharedFs: 'virtio-9p' | 'virtio-fs';
+  /** Host directory the guest mounts as its shared filesystem. */
+  sharedDir: string;
+  /** virtiofsd's socket, when sharedFs is virtio-fs. */
+  virtiofsSocket: string;
+  /** 32 bytes bound to the VM at launch, also in a file for VMMs that take one. */
+  launchData: Buffer;
+  launchDataFile: string;
+  /** Directory for the VMM's own sockets and files. */
+  runDir: string;
+  /** Where the agent channel's host end is served. */
+  agentSocket: string;
+  consoleLogFile: string;
+  agentLogFile: string;
+  /** The shim's state dir for VMM-wide caches (the KVM probe). */
+  cacheDir: string;
+}
+
+export type HypervisorLauncher = (req: LaunchRequest, plan: LaunchPlan) => Promise<Hypervisor>;
+
+const LAUNCHERS: Record<HypervisorKind, HypervisorLauncher> = { qemu: qemuHypervisor, clh: clhHypervisor };
+
 /** How long a redial of a running agent may take to be answered (the first dial has the boot's deadline). */
 const AGENT_REDIAL_TIMEOUT_MS = 10_000;
 
 /**
  * One client for the VM's whole life. Its connection starts with the agent channel's session
- * hello (proto/agent-session.ts), sent at once: it waits in QEMU while the guest boots, and the
+ * hello (proto/agent-session.ts), sent at once: it waits in the VMM while the guest boots, and the
  * agent's ack marks where this connection's bytes begin, so nothing an earlier host connection
  * left in the port (the tail of an answer) can be taken for ours. Then Health is polled until the
  * agent answers. Random first stream ids stay as a second guard.
  */
-async function waitForAgent(socket: string, signal: AbortSignal, bootTimeoutMs: number): Promise<Client> {
-  let first: Duplex | undefined = await dialAgentChannel(socket, { timeoutMs: bootTimeoutMs, signal });
+async function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: number): Promise<Client> {
+  const dial = (timeoutMs: number, s?: AbortSignal) =>
+    dialAgentChannel(() => hv.connectAgent({ timeoutMs, ...(s ? { signal: s } : {}) }), { timeoutMs, signal: s });
+  let first: Duplex | undefined = await dial(bootTimeoutMs, signal);
   const client = new Client(
     () => {
       const s = first;
       first = undefined;
-      return s ?? dialAgentChannel(socket, { timeoutMs: AGENT_REDIAL_TIMEOUT_MS });
+      return s ?? dial(AGENT_REDIAL_TIMEOUT_MS);
     },
     { randomStreamIds: true },
   );
@@ -79,89 +114,88 @@ async function waitForAgent(socket: string, signal: AbortSignal, bootTimeoutMs: 
   }
 }
 
-export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle> {
-  const q = req.config.hypervisor.qemu;
+export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
+  const kind = hypervisorKind(req.config);
+  const h = hypervisorSection(req.config);
   // The Task service refuses containers before booting under shared_fs = none; this is the backstop.
-  if (q.shared_fs === 'none') throw new Error('shared_fs = none: katats has no way yet to give the guest container rootfs without a shared filesystem');
-  const files = resolveGuestFiles(q);
+  if (h.shared_fs === 'none') throw new Error('shared_fs = none: katats has no way yet to give the guest container rootfs without a shared filesystem');
+  const files = resolveGuestFiles(h, kind);
   privateDir(req.stateDir);
   privateDir(req.config.runtime.log_dir);
   const sharedDir = privateDir(path.join(req.stateDir, 'shared'));
   const launchDataFile = path.join(req.stateDir, 'host_data');
   fs.writeFileSync(launchDataFile, req.launchData, { mode: 0o600 });
-  const agentSocket = path.join(req.stateDir, 'agent.sock');
-  const kernelParams = q.kernel_params.split(/\s+/).filter(Boolean);
+  const kernelParams = h.kernel_params.split(/\s+/).filter(Boolean);
   if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
   if (req.config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
-  const vmId = `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`;
-  // Before any helper starts: virtiofsd and QEMU are born in the cgroup the shim moves into.
-  const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
-  if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
-  const cfg: VmConfig = {
-    id: vmId,
-    vcpus: q.default_vcpus,
-    memoryMiB: q.default_memory,
-    kernel: files.kernel,
-    initrd: files.initrd,
-    rootfs: files.rootfs,
-    baseCmdline: files.cmdline,
+  const plan: LaunchPlan = {
+    vmId: `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`,
+    files,
     kernelParams,
-    agentSocket,
+    vcpus: h.default_vcpus,
+    memoryMiB: h.default_memory,
+    sharedFs: h.shared_fs,
+    sharedDir,
+    virtiofsSocket: path.join(req.stateDir, 'vfs.sock'),
+    launchData: req.launchData,
+    launchDataFile,
+    runDir: path.join(req.stateDir, 'vm'),
+    agentSocket: path.join(req.stateDir, 'agent.sock'),
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
-    // The driver caps, rotates and rate-limits both (a guest may write without end).
+    // The drivers cap, rotate and rate-limit both (a guest may write without end).
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
     consoleLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`),
-    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(req.stateDir, 'vfs.sock'), tag: SHARED_FS_TAG } } : { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } }),
-    launchDataFile,
-    accel: q.accel,
-    machine: q.machine_type as VmConfig['machine'],
-    runDir: path.join(req.stateDir, 'vm'),
-    qemuBinary: q.path,
+    cacheDir: path.join(req.config.runtime.state_dir, 'vmm'),
   };
+  // Before any helper starts: virtiofsd and the VMM are born in the cgroup the shim moves into.
+  const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
+  if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
   let virtiofsd: Virtiofsd | undefined;
-  let started: QemuVm | undefined;
+  let hv: Hypervisor | undefined;
   // One undo for every failure before the VM is ours to supervise, in reverse order of making.
   try {
-    if (q.shared_fs === 'virtio-fs') {
+    if (h.shared_fs === 'virtio-fs') {
       virtiofsd = await startVirtiofsd({
-        binary: q.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
+        binary: h.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
         source: sharedDir,
-        socket: path.join(req.stateDir, 'vfs.sock'),
+        socket: plan.virtiofsSocket,
         logFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-virtiofsd.log`),
         log: req.log,
       });
       req.onHostResources?.({ virtiofsdPid: virtiofsd.pid });
     }
-    started = await QemuVm.start(cfg, { logger: req.log, cacheDir: path.join(req.config.runtime.state_dir, 'vmm') });
-    if (started.pid) cgroups?.placeVcpus(started.pid);
+    hv = await LAUNCHERS[kind](req, plan);
+    await hv.boot();
+    if (hv.vcpuPid) cgroups?.placeVcpus(hv.vcpuPid);
   } catch (e) {
-    if (started?.running) await started.kill();
+    if (hv?.running) await hv.kill();
     await virtiofsd?.stop();
     await cgroups?.leave();
     throw e;
   }
-  const vm = started;
+  const vm = hv;
   // Without its virtiofsd the guest's file accesses would hang forever: a dead daemon is a dead VM.
   let stopping = false;
   virtiofsd?.exited.then(async (x) => {
-    // When QEMU goes away virtiofsd follows it, possibly before we have seen QEMU's exit.
+    // When the VMM goes away virtiofsd follows it, possibly before we have seen the VMM's exit.
     if (stopping || !vm.running) return;
     req.log.error({ code: x.code, signal: x.signal }, 'virtiofsd exited under a running VM; killing the VM');
-    await vm.kill('crashed');
+    await vm.kill();
   }).catch((err: unknown) => req.log.error({ err }, 'killing the VM after virtiofsd died failed'));
   let client: Client | undefined;
   try {
     await vm.waitReady(async (signal) => {
-      client = await waitForAgent(agentSocket, signal, req.config.agent.katats.dial_timeout * 1000);
+      client = await waitForAgent(vm, signal, req.config.agent.katats.dial_timeout * 1000);
     }, req.config.agent.katats.dial_timeout * 1000);
   } catch (e) {
     stopping = true;
+    if (vm.running) await vm.kill();
     await cleanup();
     throw e;
   }
   const agentClient = client!;
   async function cleanup(): Promise<void> {
-    // QEMU is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
+    // The VMM is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
     await virtiofsd?.stop();
     await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
@@ -170,9 +204,10 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     agent: serviceClient(agentClient, 'grpc.AgentService'),
     health: serviceClient(agentClient, 'grpc.Health'),
     sharedDir,
-    sharedFs: q.shared_fs,
+    sharedFs: h.shared_fs,
     guestDirs: KATA_GUEST_DIRS,
     accel: vm.accel,
+    hypervisor: vm,
     vmmPid: vm.pid ?? 0,
     ...(virtiofsd ? { virtiofsdPid: virtiofsd.pid } : {}),
     cgroupDirs: cgroups?.made ?? [],
@@ -180,10 +215,8 @@ export async function launchQemuSandbox(req: LaunchRequest): Promise<GuestHandle
     stop: async () => {
       stopping = true;
       await agentClient.close();
-      if (vm.running) {
-        // The guest has nothing to save: powering off gracefully only costs boot-scale time on TCG.
-        await vm.quit().catch(() => vm.kill());
-      }
+      // The guest has nothing to save: the VMM's own shutdown, then SIGKILL past its grace.
+      if (vm.running) await vm.stop().catch(() => vm.kill());
       await cleanup();
     },
   };

@@ -65,6 +65,32 @@ sandbox_cgroup_only = true
   });
 });
 
+describe('hypervisor selection', () => {
+  it('takes runtime.hypervisor, else the one [hypervisor.X] table a file has (as Kata\'s configuration-clh.toml), else qemu', () => {
+    expect(parseConfig('').runtime.hypervisor).toBe('qemu');
+    expect(parseConfig('[hypervisor.qemu]\ndefault_memory = 256').runtime.hypervisor).toBe('qemu');
+    const clh = parseConfig('[hypervisor.clh]\npath = "/opt/ch"\nkernel_params = "quiet"\ndefault_vcpus = 2\ndefault_memory = 384\nshared_fs = "virtio-fs"');
+    expect(clh.runtime.hypervisor).toBe('clh');
+    expect(clh.hypervisor.clh).toMatchObject({ path: '/opt/ch', default_vcpus: 2, default_memory: 384, vmm: 'auto', api_timeout: 10, boot_timeout: 60 });
+    expect(parseConfig('[hypervisor.qemu]\n[hypervisor.clh]\n').runtime.hypervisor).toBe('qemu');
+    expect(parseConfig('[hypervisor.qemu]\n[hypervisor.clh]\n[runtime]\nhypervisor = "clh"').runtime.hypervisor).toBe('clh');
+    expect(parseConfig('[hypervisor.clh]\n[runtime]\nhypervisor = "qemu"').runtime.hypervisor).toBe('qemu');
+    expect(() => parseConfig('[runtime]\nhypervisor = "firecracker"')).toThrow(/runtime.hypervisor must be "qemu" or "clh"/);
+    expect(() => parseConfig('[hypervisor.clh]\nshared_fs = "virtio-9p"')).toThrow(/clh.shared_fs must be virtio-fs or none/);
+    expect(() => parseConfig('[hypervisor.clh]\nvmm = "firecracker"')).toThrow(/clh.vmm/);
+    expect(() => parseConfig('[hypervisor.clh]\napi_timeout = 0')).toThrow(/api_timeout must be a positive/);
+    expect(() => parseConfig('[hypervisor.clh]\ndefault_vcpus = 4\ndefault_maxvcpus = 2')).toThrow(/hypervisor.clh.default_vcpus \(4\) exceeds/);
+  });
+
+  it('applies annotations to the selected hypervisor within its own enable_annotations', () => {
+    const cfg = parseConfig('[hypervisor.clh]\nenable_annotations = ["default_memory"]');
+    const out = applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.default_memory': '640' });
+    expect(out.hypervisor.clh.default_memory).toBe(640);
+    expect(out.hypervisor.qemu.default_memory).toBe(512);
+    expect(() => applyAnnotations(cfg, { 'io.katacontainers.config.hypervisor.default_vcpus': '2' })).toThrow(/not allowed by hypervisor.clh.enable_annotations/);
+  });
+});
+
 describe('shim command line', () => {
   it('parses the flags containerd passes, in Go flag syntax', () => {
     const a = parseShimArgs(['-namespace', 'k8s.io', '-address', '/run/containerd/containerd.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'abc', '-debug', 'start'], '/bundle');
