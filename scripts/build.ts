@@ -2,6 +2,7 @@
 // a shim starts in tens of milliseconds without a TypeScript loader.
 //   dist/shim.mjs + dist/bin/containerd-shim-katats-v2 (the name containerd looks up on PATH)
 //   dist/katats.mjs + dist/bin/katats
+//   dist/chv.mjs + dist/bin/katats-chv (the cloud-hypervisor-compatible VMM the shim spawns)
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +14,7 @@ const dist = path.join(root, 'dist');
 const ENTRIES: { entry: string; out: string; bin: string }[] = [
   { entry: 'shim/main.ts', out: 'shim.mjs', bin: 'containerd-shim-katats-v2' },
   { entry: 'shim/cli/katats.ts', out: 'katats.mjs', bin: 'katats' },
+  { entry: 'vmm/chv/cli.ts', out: 'chv.mjs', bin: 'katats-chv' },
 ];
 
 export async function buildHostBinaries(log: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<{ binDir: string }> {

@@ -2,7 +2,7 @@
 // cloud-hypervisor's API is spoken. Written here rather than taken from undici or node:http because
 // of vm.add-net: its TAP fds must travel as SCM_RIGHTS on the same write as the request, which only
 // the native helper can do (vmm/native/katats-fds.c), so the request bytes must be ours to hand to
-// it on our own connected socket, and the response read back from that socket. The parser is
+// it; it connects, sends them with the fds, and gives the answer back on its stdout. The parser is
 // small and bounded: a status line, headers (64 KiB), a Content-Length or chunked body (1 MiB).
 import { spawn } from 'node:child_process';
 import net from 'node:net';
@@ -103,16 +103,17 @@ function incomplete(ended: boolean, what: string): Parsed {
 export function httpRequest(socketPath: string, method: string, urlPath: string, body: Buffer | undefined, o: HttpRequestOptions): Promise<HttpResponse> {
   return new Promise<HttpResponse>((resolve, reject) => {
     const maxBody = o.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-    const sock = net.connect(socketPath);
-    let helper: ReturnType<typeof spawn> | undefined;
+    const bytes = encodeRequest(method, urlPath, body, o.headers);
+    let sock: net.Socket | undefined;
+    const proc: { helper?: ReturnType<typeof spawn> } = {};
     let got: Buffer = Buffer.alloc(0);
     let settled = false;
     const finish = (err: Error | undefined, res?: HttpResponse) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      sock.destroy();
-      if (helper && helper.exitCode === null) helper.kill('SIGKILL');
+      sock?.destroy();
+      if (proc.helper && proc.helper.exitCode === null) proc.helper.kill('SIGKILL');
       if (err) reject(err);
       else resolve(res!);
     };
@@ -126,46 +127,48 @@ export function httpRequest(socketPath: string, method: string, urlPath: string,
         finish(e as Error);
       }
     };
-    sock.on('data', (d: Buffer) => {
+    const onData = (d: Buffer) => {
       got = got.length ? Buffer.concat([got, d]) : d;
       step(false);
+    };
+    if (!o.fds?.length) {
+      const s = net.connect(socketPath);
+      sock = s;
+      s.on('data', onData);
+      s.on('end', () => step(true));
+      s.on('close', () => step(true));
+      s.on('error', (e) => finish(new Error(`${o.what}: ${e.message}`)));
+      s.once('connect', () => s.write(bytes));
+      return;
+    }
+    // The helper connects, writes the request with the fds in one sendmsg, and hands back the answer on its stdout.
+    const args = ['send', '--connect', socketPath];
+    const stdio: (number | 'pipe' | 'ignore')[] = ['pipe', 'pipe', 'pipe'];
+    for (const f of o.fds) {
+      if ('fd' in f) {
+        args.push('--fd', String(stdio.length));
+        stdio.push(f.fd);
+      } else if ('tap' in f) args.push('--tap', f.tap);
+      else args.push('--take', f.take);
+    }
+    let bin: string;
+    try {
+      bin = findFdsHelper();
+    } catch (e) {
+      finish(e as Error);
+      return;
+    }
+    const h = spawn(bin, args, { stdio });
+    proc.helper = h;
+    let errText = '';
+    h.stdout!.on('data', onData);
+    h.stderr!.on('data', (d: Buffer) => (errText = (errText + d.toString()).slice(-2000)));
+    h.on('error', (e) => finish(new Error(`${o.what}: cannot run ${bin}: ${e.message}`)));
+    h.on('close', (code) => {
+      if (code !== 0) finish(new Error(`${o.what}: sending the request with its fds failed: ${errText.trim() || `exit ${code}`}`));
+      else step(true);
     });
-    sock.on('end', () => step(true));
-    sock.on('close', () => step(true));
-    sock.on('error', (e) => finish(new Error(`${o.what}: ${e.message}`)));
-    sock.once('connect', () => {
-      const bytes = encodeRequest(method, urlPath, body, o.headers);
-      if (!o.fds?.length) {
-        sock.write(bytes);
-        return;
-      }
-      // The helper writes the request with the fds in one sendmsg on this very connection (its fd 3).
-      const args = ['send'];
-      const stdio: (number | 'pipe' | 'ignore' | net.Socket)[] = ['pipe', 'ignore', 'pipe', sock];
-      for (const f of o.fds) {
-        if ('fd' in f) {
-          args.push('--fd', String(stdio.length));
-          stdio.push(f.fd);
-        } else if ('tap' in f) args.push('--tap', f.tap);
-        else args.push('--take', f.take);
-      }
-      let bin: string;
-      try {
-        bin = findFdsHelper();
-      } catch (e) {
-        finish(e as Error);
-        return;
-      }
-      const h = spawn(bin, args, { stdio });
-      helper = h;
-      let errText = '';
-      h.stderr!.on('data', (d: Buffer) => (errText = (errText + d.toString()).slice(-2000)));
-      h.on('error', (e) => finish(new Error(`${o.what}: cannot run ${bin}: ${e.message}`)));
-      h.on('exit', (code) => {
-        if (code !== 0) finish(new Error(`${o.what}: sending the request with its fds failed: ${errText.trim() || `exit ${code}`}`));
-      });
-      h.stdin!.on('error', () => {});
-      h.stdin!.end(bytes);
-    });
+    h.stdin!.on('error', () => {});
+    h.stdin!.end(bytes);
   });
 }

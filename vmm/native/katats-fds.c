@@ -3,11 +3,14 @@
  * API takes TAP fds as SCM_RIGHTS on the same write as the HTTP request; QEMU's QMP getfd takes
  * them the same way). Node can neither send nor receive SCM_RIGHTS on a stream socket, so:
  *
- *   send [--fd N]... [--tap NAME]... [--take PID:FD]...
- *        fd 3 is a connected unix socket. Reads the payload from stdin (at most 1 MiB) and writes
- *        it to fd 3 in one sendmsg carrying the fds: inherited ones (--fd), TAP queues it opens
- *        itself (--tap, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; a missing TAP is created), or fds taken
- *        from another process with pidfd_getfd (--take). Exits 0 once everything is written.
+ *   send --connect SOCKET [--fd N]... [--tap NAME]... [--take PID:FD]...
+ *        Connects the unix socket SOCKET, reads the payload from stdin (at most 1 MiB) and writes
+ *        it in one sendmsg carrying the fds: inherited ones (--fd), TAP queues it opens itself
+ *        (--tap, IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; a missing TAP is created), or fds taken from
+ *        another process with pidfd_getfd (--take). Then copies what the peer answers to stdout
+ *        until the peer closes (the caller bounds it). Without --connect the socket is fd 3 and
+ *        nothing is read back. (Node cannot keep reading a socket it handed to a child's stdio,
+ *        so the answer comes back through the helper.)
  *
  *   front LISTEN BACKEND
  *        Listens on the unix socket LISTEN (mode 0600) and relays every connection to the unix
@@ -78,11 +81,16 @@ static int take_fd(const char *spec) {
   return fd;
 }
 
+static int connect_unix(const char *path);
+static int write_all(int fd, const char *p, size_t n);
+
 static int mode_send(int argc, char **argv) {
-  int fds[MAX_FDS], n = 0;
+  int fds[MAX_FDS], n = 0, sock = 3;
+  const char *connect_to = NULL;
   for (int i = 0; i < argc; i++) {
     if (n >= MAX_FDS) die("more than %d fds", MAX_FDS);
-    if (!strcmp(argv[i], "--fd") && i + 1 < argc) fds[n++] = atoi(argv[++i]);
+    if (!strcmp(argv[i], "--connect") && i + 1 < argc) connect_to = argv[++i];
+    else if (!strcmp(argv[i], "--fd") && i + 1 < argc) fds[n++] = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--tap") && i + 1 < argc) fds[n++] = open_tap(argv[++i]);
     else if (!strcmp(argv[i], "--take") && i + 1 < argc) fds[n++] = take_fd(argv[++i]);
     else die("send: unknown argument %s", argv[i]);
@@ -101,6 +109,10 @@ static int mode_send(int argc, char **argv) {
     if (len == MAX_PAYLOAD) die("payload larger than %d bytes", MAX_PAYLOAD);
   }
   if (len == 0) die("empty payload: the fds must travel with bytes");
+  if (connect_to) {
+    sock = connect_unix(connect_to);
+    if (sock < 0) die("connect %s: %s", connect_to, strerror(errno));
+  }
   char ctl[CMSG_SPACE(sizeof(int) * MAX_FDS)];
   memset(ctl, 0, sizeof ctl);
   struct iovec iov = { .iov_base = buf, .iov_len = len };
@@ -116,10 +128,10 @@ static int mode_send(int argc, char **argv) {
   }
   size_t off = 0;
   while (off < len) {
-    ssize_t w = sendmsg(3, &msg, MSG_NOSIGNAL);
+    ssize_t w = sendmsg(sock, &msg, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
     if (w < 0 && errno == EAGAIN) {
-      struct pollfd p = { .fd = 3, .events = POLLOUT };
+      struct pollfd p = { .fd = sock, .events = POLLOUT };
       poll(&p, 1, 1000);
       continue;
     }
@@ -131,7 +143,14 @@ static int mode_send(int argc, char **argv) {
     msg.msg_control = NULL;
     msg.msg_controllen = 0;
   }
-  return 0;
+  if (!connect_to) return 0;
+  for (;;) {
+    ssize_t r = read(sock, buf, MAX_PAYLOAD);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) die("read answer: %s", strerror(errno));
+    if (r == 0) return 0;
+    if (write_all(1, buf, (size_t)r) < 0) die("write answer: %s", strerror(errno));
+  }
 }
 
 /* ---------------------------------------------------------------- front */
