@@ -13,6 +13,7 @@ import { isSandboxProcess, privateDir, readRecord, sandboxDir, writeRecord, type
 import { launchSandbox } from './vm.js';
 import { removeTree } from '../sys/mount.js';
 import { exitAfterFlush } from '../sys/exit.js';
+import { hasExited, signalWithGroup } from '../sys/proc.js';
 
 /** The shim's logger, and a flush of its file (pino's multistream cannot flush with a callback). */
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): { log: Logger; flushFile: (cb: (err?: Error) => void) => void } {
@@ -56,12 +57,9 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     const rec = readRecord(cfg.runtime.state_dir, sandboxId);
     for (const [what, pid] of [['VMM', rec?.vmmPid], ['virtiofsd', rec?.virtiofsdPid]] as const) {
       if (!pid || !isSandboxProcess(pid, sandboxDir(cfg.runtime.state_dir, sandboxId))) continue;
-      try {
-        process.kill(pid, 'SIGKILL');
-        log.warn({ pid }, `killed a ${what} the cleanup had not stopped`);
-      } catch {
-        // Already gone, as it should be.
-      }
+      if (hasExited(pid)) continue;
+      signalWithGroup(pid, 'SIGKILL');
+      log.warn({ pid }, `killed a ${what} the cleanup had not stopped`);
     }
     // Each step on its own: a failure in one must not leave the socket and state behind.
     await server.close({ graceMs: 2000 }).catch((err) => log.error({ err }, 'closing the server failed'));

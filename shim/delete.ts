@@ -6,7 +6,7 @@ import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, isSandboxProcess, readRecord, sandboxDir } from './layout.js';
 import { removeTree } from '../sys/mount.js';
-import { hasExited } from '../sys/proc.js';
+import { hasExited, signalWithGroup } from '../sys/proc.js';
 import { sleep } from '../sys/timeout.js';
 import { removeCgroupDirs } from './cgroups.js';
 import { overheadRoots } from './sandbox-cgroups.js';
@@ -15,7 +15,7 @@ import { removeStaleSocket } from '../proto/ttrpc/index.js';
 
 async function killAndWait(pid: number): Promise<void> {
   if (hasExited(pid)) return;
-  process.kill(pid, 'SIGKILL');
+  signalWithGroup(pid, 'SIGKILL');
   for (let i = 0; i < 100 && !hasExited(pid); i++) await sleep(50);
 }
 

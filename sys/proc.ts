@@ -41,3 +41,22 @@ export async function terminate(child: ChildProcess, exited: Promise<unknown>, o
   await exited;
   return 'killed';
 }
+
+/**
+ * Sends `sig` to `pid` and, when it leads a process group of its own (a VMM spawned detached,
+ * such as katats-chv with its QEMU), to the whole group: what it started must not outlive it.
+ */
+export function signalWithGroup(pid: number, sig: NodeJS.Signals): void {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+    if (pgrp === pid) process.kill(-pid, sig);
+  } catch {
+    // not a group leader, or gone
+  }
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone
+  }
+}

@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import type { KatatsConfig } from '../config.js';
 import { resolveGuestFiles } from '../vm.js';
 import { probeKvm } from '../../vmm/accel.js';
+import { chooseClhVmm, probeRealClh } from '../../vmm/clh/vmm-binary.js';
 
 export interface Check {
   name: string;
@@ -54,6 +55,19 @@ export async function doctor(cfg: KatatsConfig, opts: { containerdSocket: string
       ...(ok ? {} : { fix: 'set hypervisor.qemu.accel = "tcg" or "auto"' }),
     });
   }
+  // cloud-hypervisor: the real binary where it is installed and a hypervisor device works, else
+  // katats-chv (its API on QEMU) backs hypervisor = "clh".
+  const c = cfg.hypervisor.clh;
+  const real = await probeRealClh(c.path);
+  checks.push({ name: 'cloud-hypervisor', ok: true, detail: real.usable ? `${c.path}: ${real.version ?? '?'}, usable` : `not usable: ${real.why ?? 'unknown'}` });
+  try {
+    const vmm = await chooseClhVmm(c.vmm, c.path);
+    const under = vmm.flavour === 'katats-chv' ? `katats-chv (cloud-hypervisor's API, QEMU ${q.path} under it${qemu.status === 0 ? '' : ', which does not run'})` : `cloud-hypervisor ${c.path}`;
+    checks.push({ name: 'hypervisor = "clh"', ok: vmm.flavour === 'cloud-hypervisor' ? real.usable : qemu.status === 0, detail: `runs on ${under}: ${vmm.why}` });
+  } catch (e) {
+    checks.push({ name: 'hypervisor = "clh"', ok: cfg.runtime.hypervisor !== 'clh', detail: (e as Error).message, fix: 'set hypervisor.clh.vmm = "auto" or "katats-chv"' });
+  }
+  checks.push({ name: 'selected hypervisor', ok: true, detail: `runtime.hypervisor = ${cfg.runtime.hypervisor || 'qemu'} (from ${cfg.source})` });
   // The guest brings its own crun; on the host it only serves the agent's local-mode tests, so
   // its absence is reported but does not fail the host.
   const crun = spawnSync('crun', ['--version'], { encoding: 'utf8' });

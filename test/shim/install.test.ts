@@ -142,7 +142,8 @@ describe('katats install', () => {
     const written = fs.readFileSync(path.join(dir, 'katats', 'configuration.toml'), 'utf8');
     const { source, ...loaded } = parseConfig(written, 'written');
     expect(source).toBe('written');
-    expect(loaded).toEqual(DEFAULTS);
+    // runtime.hypervisor is resolved at parse time: a file without a [hypervisor.X] table means qemu.
+    expect(loaded).toEqual({ ...DEFAULTS, runtime: { ...DEFAULTS.runtime, hypervisor: 'qemu' } });
     // Again: nothing more is appended.
     const once = fs.readFileSync(config, 'utf8');
     const again = await katats(installArgs(dir, config));
@@ -189,6 +190,11 @@ describe('katats doctor', () => {
     expect(accel![2]).toBe(env.accel === 'kvm' ? 'passed' : 'failed');
     expect(ok.stdout).toMatch(/^ok +shim on PATH/m);
     expect(ok.stdout).toMatch(/^ok +containerd: answering/m);
+    // Which hypervisors work here: no cloud-hypervisor binary on this host, katats-chv backs "clh".
+    const realClh = fs.existsSync(DEFAULTS.hypervisor.clh.path);
+    expect(ok.stdout).toMatch(realClh ? /^ok +cloud-hypervisor: / : /^ok +cloud-hypervisor: not usable: .*is not installed/m);
+    if (!realClh) expect(ok.stdout).toMatch(/^ok +hypervisor = "clh": runs on katats-chv \(cloud-hypervisor's API, QEMU /m);
+    expect(ok.stdout).toMatch(/^ok +selected hypervisor: runtime\.hypervisor = qemu/m);
 
     // Forced TCG (no probe), no guest image, no containerd, no shim on PATH.
     const bad = path.join(tmp, 'bad.toml');

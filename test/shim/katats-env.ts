@@ -26,7 +26,17 @@ export interface KatatsEnv {
   cleanup(): void;
 }
 
-export async function katatsEnv(opts: { onProgress?: (s: string) => void; accel?: 'auto' | 'tcg' | 'kvm'; extraToml?: string; qemuToml?: string } = {}): Promise<KatatsEnv> {
+export interface KatatsEnvOptions {
+  onProgress?: (s: string) => void;
+  accel?: 'auto' | 'tcg' | 'kvm';
+  extraToml?: string;
+  qemuToml?: string;
+  /** runtime.hypervisor; "clh" adds a [hypervisor.clh] table on the same guest image */
+  hypervisor?: 'qemu' | 'clh';
+  clhToml?: string;
+}
+
+export async function katatsEnv(opts: KatatsEnvOptions = {}): Promise<KatatsEnv> {
   const say = opts.onProgress ?? (() => {});
   const { binDir } = await buildHostBinaries(say);
   const image = await buildFullGuestImage(say);
@@ -49,7 +59,9 @@ export async function katatsEnv(opts: { onProgress?: (s: string) => void; accel?
       `accel = "${opts.accel ?? 'auto'}"`,
       // TOML forbids opening [hypervisor.qemu] twice: keys for it cannot go into extraToml.
       opts.qemuToml ?? '',
+      ...(opts.hypervisor === 'clh' ? ['[hypervisor.clh]', `guest_manifest = "${path.join(imageDir, 'manifest.json')}"`, opts.clhToml ?? ''] : []),
       '[runtime]',
+      ...(opts.hypervisor ? [`hypervisor = "${opts.hypervisor}"`] : []),
       `state_dir = "${stateDir}"`,
       `log_dir = "${logDir}"`,
       'enable_debug = true',
