@@ -10,6 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
+import { exitAfterFlush } from '../../sys/exit.js';
 import { settleWithin, withTimeout } from '../../sys/timeout.js';
 import type { AccelChoice } from '../config.js';
 import { findFdsHelper } from '../native.js';
@@ -110,7 +111,8 @@ function startFront(api: string, backend: string): Promise<ChildProcess> {
 
 export async function runChv(argv: string[]): Promise<void> {
   const args = parseChvArgs(argv);
-  const log = pino({ level: process.env.KATATS_CHV_LOG ?? 'info', base: { vmm: 'katats-chv' } }, args.logFile ? pino.destination({ dest: args.logFile, mkdir: true }) : pino.destination(2));
+  const dest = args.logFile ? pino.destination({ dest: args.logFile, mkdir: true }) : pino.destination(2);
+  const log = pino({ level: process.env.KATATS_CHV_LOG ?? 'info', base: { vmm: 'katats-chv' } }, dest);
   const events = args.eventMonitor ? ('fd' in args.eventMonitor ? fs.createWriteStream('', { fd: args.eventMonitor.fd }) : fs.createWriteStream(args.eventMonitor.path, { flags: 'a', mode: 0o600 })) : undefined;
   events?.on('error', (err) => log.warn({ err }, 'event monitor write failed'));
   fs.mkdirSync(args.runDir, { recursive: true, mode: 0o700 });
@@ -152,7 +154,7 @@ export async function runChv(argv: string[]): Promise<void> {
       .finally(() => {
         for (const f of [args.apiSocket, listen]) fs.rmSync(f, { force: true });
         events?.end();
-        process.exit(code);
+        exitAfterFlush((cb) => dest.flush(cb), code);
       })
       .catch((err: unknown) => log.error({ err }, 'katats-chv: ending failed'));
   }
