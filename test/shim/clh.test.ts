@@ -42,7 +42,7 @@ afterAll(() => endKatatsSuite(c, env, vmmProcs), 120_000);
 describe('hypervisor = "clh" with io.containerd.katats.v2', () => {
   it('runs a container through the cloud-hypervisor API (katats-chv here), and nothing of it outlives the pod', async () => {
     const id = 'clh1';
-    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, id, 'sh', '-c', 'echo "K=$(uname -r)"; grep " / " /proc/mounts'], { timeoutMs: 300_000 });
+    const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, id, 'sh', '-c', 'echo "K=$(uname -r)"; grep " / " /proc/mounts'], { timeoutMs: 240_000 });
     expect(r.code, `${r.stderr}\n${logsOf(env.logDir, id)}`).toBe(0);
     expect(r.stdout).toContain(`K=${env.image.manifest.kernel.release}`);
     expect(r.stdout).toMatch(/^\S+ \/ virtiofs /m);
@@ -59,7 +59,7 @@ describe('hypervisor = "clh" with io.containerd.katats.v2', () => {
 
   it('pause and resume a running container; kill -9 of its shim takes katats-chv and its QEMU with it', async () => {
     const id = 'clh2';
-    await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, id, 'sh', '-c', 'while true; do sleep 0.5; done'], { timeoutMs: 300_000 });
+    await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, id, 'sh', '-c', 'while true; do sleep 0.5; done'], { timeoutMs: 240_000 });
     expect(qemus(id).length).toBe(1);
     expect(vmmProcs().length).toBeGreaterThanOrEqual(2); // katats-chv, its front (and virtiofsd)
     await c.ctrOk(['task', 'pause', id]);
