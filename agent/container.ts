@@ -12,7 +12,7 @@ import { ContainerProcess } from './process.js';
 import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
 import { umount, isMounted } from '../sys/mount.js';
-import { bindRootfs } from './places.js';
+import { bindRootfs, bundleDir } from './places.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
 import { checkId as checkSysId } from '../sys/ids.js';
@@ -134,15 +134,18 @@ export class Container {
     const cgPath = usable ? given! : `${cfg.cgroupParent}/${cid}`;
     spec.linux.cgroupsPath = cgPath;
 
-    // A dir of their own: a container named `sandbox` or `shared` must not land on the pod's dirs.
-    const bundle = path.join(cfg.stateDir, 'containers', cid);
+    const bundle = bundleDir(cfg.stateDir, cid);
     const c = new Container(cid, sb, bundle, new ContainerCgroup(cfg.cgroups, cgPath), !usable, log);
     sb.creating.add(cid);
     try {
       await applyDevices(req.devices ?? [], spec, cfg.sysfsRoot, cfg.pciRescan);
-      c.storageMounts = await sb.addStorages(req.storages ?? []);
-      await bindRootfs(spec.root!.path, path.join(bundle, 'rootfs'), cfg.stateDir);
-      c.rootfsMounted = true;
+      c.storageMounts = await sb.addStorages(req.storages ?? [], cid);
+      // The overlay of the container's layers is a storage mounted on its rootfs already.
+      const rootfs = path.join(bundle, 'rootfs');
+      if (!(path.resolve(spec.root!.path) === rootfs && c.storageMounts.some((m) => path.resolve(m) === rootfs))) {
+        await bindRootfs(spec.root!.path, rootfs, cfg.stateDir);
+        c.rootfsMounted = true;
+      }
       spec.root = { path: path.join(bundle, 'rootfs'), readonly: spec.root!.readonly };
       fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
       const io = path.join(bundle, 'io', 'init');

@@ -6,11 +6,17 @@
 //   <state>/shared/containers        CopyFile's root (upstream's KATA_GUEST_SHARE_DIR); the shared
 //                                    filesystem is mounted on it; storages at or below it
 //   <state>/sandbox/storage/...      block-device storages (upstream's spath)
+//   <state>/sandbox/layers/<name>    image layers: an EROFS layer through dm-verity (genpolicy's
+//                                    layers path), only for `blk` storages marked is-layer
 //   <state>/sandbox/ephemeral/...    tmpfs storages
 //   <state>/sandbox/local/...        local storages
 //   <state>/sandbox/shm              the pod's /dev/shm
 //   <state>/sandbox/{resolv.conf,ns} the agent's own: DNS, the pod's IPC/UTS namespaces
-//   bundles (<state>/<id>)           config.json and the rootfs mount
+//   <state>/containers/<id>          the container's bundle: config.json, io/, and at rootfs/ the
+//                                    rootfs (a bind of the host-named source, or the overlay of its
+//                                    layers, the storage CreateContainer of <id> itself names;
+//                                    Kata's /run/kata-containers/<id>/rootfs), upper/ its writable
+//                                    layer (a tmpfs of its own)
 //
 // Sources of bind mounts (a storage's, a container's rootfs) and overlay's directories are paths
 // in the guest the host names; they are opened from / without following any symlink and given
@@ -19,6 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { mount, type PinnedTarget } from '../sys/mount.js';
 import { denied, invalid } from './errors.js';
+import { isLayerOverlay, isLayerStorage, LAYERS_SUBDIR } from '../proto/layer-storage.js';
 import { fdPath, namesBelow, openDirBeneath, openLeaf, openRoot, walk, type Dir } from './beneath.js';
 
 const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
@@ -28,14 +35,34 @@ export const sandboxDir = (stateDir: string): string => path.join(path.resolve(s
 
 const atOrBelow = (p: string, dir: string): boolean => p === dir || p.startsWith(dir === '/' ? '/' : `${dir}/`);
 
-/** Storage mount points the agent accepts, as upstream's policy allows them (genpolicy's cpath, spath, ephemeral, shm). */
-export function checkStorageMountPoint(stateDir: string, mountPoint: string, driver: string): void {
-  const mp = path.resolve(mountPoint);
+export const layersDir = (stateDir: string): string => path.join(path.resolve(stateDir), LAYERS_SUBDIR);
+/** A container's bundle (its own dir: a container named `sandbox` or `shared` must not land on the pod's dirs). */
+export const bundleDir = (stateDir: string, cid: string): string => path.join(path.resolve(stateDir), 'containers', cid);
+
+/**
+ * Storage mount points the agent accepts, as upstream's policy allows them (genpolicy's cpath,
+ * spath, ephemeral, shm, layers, and a container's own rootfs for the overlay of its layers).
+ * `cid`: the container whose CreateContainer brings the storage (none in CreateSandbox).
+ */
+export function checkStorageMountPoint(stateDir: string, s: { mount_point: string; driver: string; options: string[] }, cid?: string): void {
+  const mp = path.resolve(s.mount_point);
   const shared = sharedDir(stateDir);
   const sb = sandboxDir(stateDir);
+  const layers = layersDir(stateDir);
+  if (isLayerStorage(s)) {
+    if (path.dirname(mp) !== layers || !/^[0-9a-f]{64}$/.test(path.basename(mp))) {
+      throw denied(`layer storage mount_point ${s.mount_point} is not ${layers}/<layer name: 64 hex digits>`);
+    }
+    return;
+  }
+  if (isLayerOverlay(s)) {
+    const own = cid === undefined ? undefined : path.join(bundleDir(stateDir, cid), 'rootfs');
+    if (mp !== own) throw denied(`layer overlay mount_point ${s.mount_point} is not the rootfs of the container being created (${own ?? 'only CreateContainer brings one'})`);
+    return;
+  }
   const ok = atOrBelow(mp, shared) || mp === path.join(sb, 'shm') || ['storage', 'ephemeral', 'local'].some((d) => mp.startsWith(`${sb}/${d}/`));
   if (!ok) {
-    throw denied(`storage (driver ${driver}) mount_point ${mountPoint} is outside the storage dirs: ${shared}, ${sb}/{storage,ephemeral,local}/, ${sb}/shm`);
+    throw denied(`storage (driver ${s.driver}) mount_point ${s.mount_point} is outside the storage dirs: ${shared}, ${sb}/{storage,ephemeral,local}/, ${sb}/shm`);
   }
 }
 

@@ -11,7 +11,10 @@ import { Crun } from './runtime/crun.js';
 import { PolicyGate } from './policy-hook.js';
 import { allowAllPolicy } from '../policy/allow-all.js';
 import { addStorage, removeStorage, type StorageHandle } from './storage.js';
-import { internal, notFound, TtrpcError, Code } from './errors.js';
+import type { MountedLayer } from './layers.js';
+import { internal, notFound, precondition, TtrpcError, Code } from './errors.js';
+import { ROOT_HASH } from '../proto/layer-mounts.js';
+import { isLayerStorage } from '../proto/layer-storage.js';
 import { umount, isMounted } from '../sys/mount.js';
 import { runTool } from '../sys/exec.js';
 import type { OciHook } from './spec.js';
@@ -68,19 +71,28 @@ export class Sandbox {
     return c;
   }
 
-  /** Mounts storages (sharing ones already mounted at the same point); returns their mount points. */
-  async addStorages(list: grpc.Storage[]): Promise<string[]> {
+  /**
+   * Mounts storages (sharing ones already mounted at the same point); returns their mount points.
+   * `cid`: the container whose CreateContainer brings them.
+   */
+  async addStorages(list: grpc.Storage[], cid?: string): Promise<string[]> {
     const done: string[] = [];
     try {
       for (const s of list) {
         const have = this.storages.get(s.mount_point);
         if (have) {
+          // A layer is shared only with the same content: the root hash it was opened with.
+          const rh = s.options.find((o) => o.startsWith(ROOT_HASH))?.slice(ROOT_HASH.length);
+          if (have.handle.layer && isLayerStorage(s) && rh !== have.handle.layer.rootHash) {
+            throw precondition(`layer ${have.handle.layer.name} is open with root hash ${have.handle.layer.rootHash}, not ${rh ?? '(none)'}`);
+          }
           have.refs++;
           done.push(s.mount_point);
           continue;
         }
-        const { stateDir, sysfsRoot, pciRescan } = this.config;
-        const handle = await addStorage(s, { log: this.log, stateDir, sysfsRoot, pciRescan });
+        const { stateDir, sysfsRoot, pciRescan, runner } = this.config;
+        const layerOf = (name: string) => this.layer(name);
+        const handle = await addStorage(s, { log: this.log, stateDir, sysfsRoot, pciRescan, runner, ...(cid !== undefined ? { cid } : {}), layerOf });
         this.storages.set(s.mount_point, { handle, refs: 1 });
         done.push(s.mount_point);
       }
@@ -99,6 +111,12 @@ export class Sandbox {
       this.storages.delete(m);
       await removeStorage(s.handle, this.log).catch((e) => this.log.warn({ err: e, mount_point: m }, 'storage cleanup failed'));
     }
+  }
+
+  /** A layer mounted in this sandbox, by name. */
+  layer(name: string): MountedLayer | undefined {
+    for (const s of this.storages.values()) if (s.handle.layer?.name === name) return s.handle.layer;
+    return undefined;
   }
 
   get storageCount(): number {

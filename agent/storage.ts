@@ -15,6 +15,8 @@ import { umount, isMounted } from '../sys/mount.js';
 import { resolveBlockSource } from './devices.js';
 import { Dir, fdPath, namesBelow, openDirBeneath, openLeaf, removeAt } from './beneath.js';
 import { checkStorageMountPoint, closePlace, mountOnPlace, openSource, preparePlace, type Place } from './places.js';
+import { isLayerOverlay, isLayerStorage } from '../proto/layer-storage.js';
+import { addLayer, addLayerOverlay, type MountedLayer } from './layers.js';
 
 const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
 
@@ -28,6 +30,12 @@ export interface StorageContext {
   blockTimeoutMs?: number;
   /** rescan the PCI bus before looking for a disk (guest only) */
   pciRescan?: boolean;
+  /** the native helper (dm-verity for layers) */
+  runner: string;
+  /** the container whose CreateContainer brings the storages (none in CreateSandbox) */
+  cid?: string;
+  /** a layer this sandbox has mounted, by name (for the overlay of a container's layers) */
+  layerOf?: (name: string) => MountedLayer | undefined;
 }
 
 /** What a mounted storage leaves to undo. */
@@ -36,6 +44,10 @@ export interface StorageHandle {
   mountPoint: string;
   mounted: boolean;
   createdDir: boolean;
+  /** an image layer opened through dm-verity */
+  layer?: MountedLayer;
+  /** what goes after the mount point (a verity device, an overlay's upper) */
+  undo?: () => Promise<void>;
 }
 
 /** "key=value" options of a storage (mode=, fsgid=) as a map. */
@@ -124,10 +136,20 @@ export async function addStorage(s: grpc.Storage, ctx: StorageContext): Promise<
     throw invalid(`storage ${s.mount_point || s.source}: unknown storage driver ${JSON.stringify(s.driver)}`);
   }
   checkAbsolute(s.mount_point, `storage (driver ${s.driver}) mount_point`);
-  checkStorageMountPoint(ctx.stateDir, s.mount_point, s.driver);
+  checkStorageMountPoint(ctx.stateDir, s, ctx.cid);
   const log = ctx.log.child({ storage_driver: s.driver, mount_point: s.mount_point });
   const what = 'mount point';
+  const newPlace = () => preparePlace(ctx.stateDir, s.mount_point, 'dir', what);
   try {
+    if (isLayerStorage(s)) {
+      const { handle, createdDir } = await addLayer(s, newPlace, { ...ctx, log });
+      return { stateDir: ctx.stateDir, mountPoint: s.mount_point, mounted: true, createdDir, ...handle };
+    }
+    if (isLayerOverlay(s)) {
+      if (ctx.cid === undefined || !ctx.layerOf) throw invalid(`storage ${s.mount_point}: a layer overlay comes with CreateContainer only`);
+      const { handle, createdDir } = await addLayerOverlay(s, newPlace, ctx.cid, ctx.layerOf, { ...ctx, log });
+      return { stateDir: ctx.stateDir, mountPoint: s.mount_point, mounted: true, createdDir, ...handle };
+    }
     switch (s.driver) {
       case 'local': {
         const opts = keyed(s.options);
@@ -219,4 +241,5 @@ export async function removeStorage(h: StorageHandle, log: Logger): Promise<void
   } finally {
     parent.close();
   }
+  await h.undo?.();
 }

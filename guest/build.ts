@@ -33,7 +33,10 @@ export const GUEST_MODULES = [
   '9p',
   'virtiofs',
   'overlay',
+  // Verified image layers: dm-verity (dm-mod, dm-bufio come through modules.dep) under EROFS,
+  // loaded whatever the rootfs's own filesystem is.
   'dm_verity',
+  'erofs',
   'vsock?',
   'vmw_vsock_virtio_transport?',
   'qemu_fw_cfg',

@@ -20,6 +20,17 @@
  *   ns      DIR HOSTNAME                    persistent IPC and UTS namespaces bind-mounted at DIR/ipc and
  *                                           DIR/uts, the UTS one carrying HOSTNAME
  *   settime SEC USEC                        settimeofday(2)
+ *   verity-open NAME DEVICE DATA_BLOCKS HASH_START ROOT_HASH SALT DEVICE_BYTES
+ *                                           a read-only dm-verity device NAME over the block device
+ *                                           DEVICE (format 1, sha256, 4096-byte blocks, the tree at
+ *                                           block HASH_START of the same device; SALT hex or "-"),
+ *                                           through the device-mapper ioctls. DEVICE must be exactly
+ *                                           DEVICE_BYTES long (checked before anything is created).
+ *                                           Then every data block is read once through it with
+ *                                           O_DIRECT, so that a block that fails verification
+ *                                           refuses the layer now rather than a read later. Prints
+ *                                           "dev MAJOR MINOR"; on failure nothing is left.
+ *   verity-close NAME                       removes the device (deferred if still open)
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
@@ -44,6 +55,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/sysmacros.h>
+#include <linux/dm-ioctl.h>
+#include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -486,6 +500,192 @@ static int mode_settime(int argc, char **argv) {
   return 0;
 }
 
+/* ---------------------------------------------------------------- verity */
+
+#define VERITY_BLOCK 4096
+#define SCAN_CHUNK (1 << 20)
+
+/* One device-mapper call on the control device; `io` heads a buffer of io->data_size bytes. */
+static int dm_call(int ctl, unsigned long req, struct dm_ioctl *io) {
+  int r;
+  do r = ioctl(ctl, req, io); while (r < 0 && errno == EINTR);
+  return r;
+}
+
+static void dm_head(struct dm_ioctl *io, size_t size, const char *name, uint32_t flags) {
+  memset(io, 0, size);
+  io->version[0] = DM_VERSION_MAJOR;
+  io->data_size = (uint32_t)size;
+  io->data_start = sizeof *io;
+  io->flags = flags;
+  snprintf(io->name, sizeof io->name, "%s", name);
+}
+
+static int dm_open_control(void) {
+  int ctl = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) fprintf(stderr, "verity: /dev/mapper/control: %s (no device-mapper in this kernel?)\n", strerror(errno));
+  return ctl;
+}
+
+/* Removes NAME; when it is still open (a lazy unmount in progress), the kernel removes it on last close. */
+static int dm_remove(int ctl, const char *name) {
+  struct dm_ioctl io;
+  for (int attempt = 0; attempt < 20; attempt++) {
+    dm_head(&io, sizeof io, name, 0);
+    if (dm_call(ctl, DM_DEV_REMOVE, &io) == 0) return 0;
+    if (errno == ENXIO) return 0;
+    if (errno != EBUSY) return -1;
+    usleep(50 * 1000);
+  }
+  dm_head(&io, sizeof io, name, DM_DEFERRED_REMOVE);
+  return dm_call(ctl, DM_DEV_REMOVE, &io);
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-') return -1;
+  *out = v;
+  return 0;
+}
+
+static int hex_ok(const char *s, size_t max) {
+  size_t n = strlen(s);
+  if (n > max || n % 2) return 0;
+  for (size_t i = 0; i < n; i++) if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+  return 1;
+}
+
+/* The device node of a dm minor: devtmpfs names it dm-MINOR once the table is live. */
+static int open_dm_node(unsigned maj, unsigned min) {
+  char node[64];
+  snprintf(node, sizeof node, "/dev/dm-%u", min);
+  for (int i = 0; i < 100; i++) {
+    int fd = open(node, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd >= 0) {
+      struct stat st;
+      if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode) && major(st.st_rdev) == maj && minor(st.st_rdev) == min) return fd;
+      close(fd);
+      errno = ENODEV;
+      return -1;
+    }
+    if (errno != ENOENT) return -1;
+    usleep(20 * 1000);
+  }
+  return -1;
+}
+
+/* Reads every data block once; returns 0, or the first block that failed (+1) with errno set. */
+static uint64_t scan_blocks(int fd, uint64_t blocks) {
+  void *buf;
+  if (posix_memalign(&buf, VERITY_BLOCK, SCAN_CHUNK) != 0) { errno = ENOMEM; return 1; }
+  uint64_t total = blocks * VERITY_BLOCK, off = 0, bad = 0;
+  while (off < total && !bad) {
+    size_t want = total - off < SCAN_CHUNK ? (size_t)(total - off) : SCAN_CHUNK;
+    ssize_t r = pread(fd, buf, want, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      /* Narrow a failed chunk down to its first bad block, for the message. */
+      int err = r < 0 ? errno : EIO;
+      bad = off / VERITY_BLOCK + 1;
+      for (uint64_t b = off; b < off + want; b += VERITY_BLOCK) {
+        if (pread(fd, buf, VERITY_BLOCK, (off_t)b) != VERITY_BLOCK) { bad = b / VERITY_BLOCK + 1; break; }
+      }
+      errno = err;
+      break;
+    }
+    off += (uint64_t)r;
+  }
+  free(buf);
+  return bad;
+}
+
+static int mode_verity_open(int argc, char **argv) {
+  if (argc < 7) { fprintf(stderr, "usage: katats-runner verity-open NAME DEVICE DATA_BLOCKS HASH_START ROOT_HASH SALT DEVICE_BYTES\n"); return 2; }
+  const char *name = argv[0], *dev = argv[1], *root = argv[4], *salt = argv[5];
+  uint64_t data_blocks, hash_start, want_bytes;
+  if (strlen(name) == 0 || strlen(name) >= DM_NAME_LEN || strchr(name, '/')) { fprintf(stderr, "verity: bad device name\n"); return 2; }
+  if (parse_u64(argv[2], &data_blocks) || parse_u64(argv[3], &hash_start) || parse_u64(argv[6], &want_bytes) || data_blocks == 0 ||
+      data_blocks > (UINT64_MAX / VERITY_BLOCK) || !hex_ok(root, 128) || strlen(root) == 0 || (strcmp(salt, "-") && !hex_ok(salt, 512))) {
+    fprintf(stderr, "verity: bad arguments\n");
+    return 2;
+  }
+  int dfd = open(dev, O_RDONLY | O_CLOEXEC);
+  if (dfd < 0) { fprintf(stderr, "verity: %s: %s\n", dev, strerror(errno)); return 1; }
+  struct stat st;
+  uint64_t have_bytes = 0;
+  if (fstat(dfd, &st) < 0 || !S_ISBLK(st.st_mode)) { fprintf(stderr, "verity: %s is not a block device\n", dev); return 1; }
+  if (ioctl(dfd, BLKGETSIZE64, &have_bytes) < 0) { fprintf(stderr, "verity: %s: BLKGETSIZE64: %s\n", dev, strerror(errno)); return 1; }
+  /* Before anything trusts the data size (it comes from an unverified superblock): the device holds
+   * exactly that much data and its tree, so no shorter "data" area made of hash blocks is taken. */
+  if (have_bytes != want_bytes) {
+    fprintf(stderr, "verity: %s is %llu bytes, but its data and hash tree make %llu\n", dev, (unsigned long long)have_bytes, (unsigned long long)want_bytes);
+    return 1;
+  }
+  if (hash_start < data_blocks || hash_start > want_bytes / VERITY_BLOCK) { fprintf(stderr, "verity: hash start %llu outside the device\n", (unsigned long long)hash_start); return 1; }
+  int ctl = dm_open_control();
+  if (ctl < 0) return 1;
+
+  char params[1024];
+  int plen = snprintf(params, sizeof params, "1 %u:%u %u:%u %d %d %llu %llu sha256 %s %s", major(st.st_rdev), minor(st.st_rdev), major(st.st_rdev),
+                      minor(st.st_rdev), VERITY_BLOCK, VERITY_BLOCK, (unsigned long long)data_blocks, (unsigned long long)hash_start, root, salt);
+  if (plen < 0 || plen >= (int)sizeof params) { fprintf(stderr, "verity: table too long\n"); return 2; }
+  size_t size = sizeof(struct dm_ioctl) + sizeof(struct dm_target_spec) + (size_t)plen + 1;
+  size = (size + 7) & ~(size_t)7;
+  struct dm_ioctl *io = calloc(1, size);
+  if (!io) return 1;
+
+  dm_head(io, sizeof *io, name, 0);
+  if (dm_call(ctl, DM_DEV_CREATE, io) < 0) { fprintf(stderr, "verity: create %s: %s\n", name, strerror(errno)); return 1; }
+  unsigned maj = major(io->dev), min = minor(io->dev);
+  const char *step = "load the table";
+  dm_head(io, size, name, DM_READONLY_FLAG);
+  io->target_count = 1;
+  struct dm_target_spec *t = (struct dm_target_spec *)((char *)io + sizeof *io);
+  t->sector_start = 0;
+  t->length = data_blocks * (VERITY_BLOCK / 512);
+  snprintf(t->target_type, sizeof t->target_type, "verity");
+  memcpy((char *)(t + 1), params, (size_t)plen + 1);
+  int ok = dm_call(ctl, DM_TABLE_LOAD, io) == 0;
+  if (ok) {
+    step = "activate";
+    dm_head(io, sizeof *io, name, 0);
+    ok = dm_call(ctl, DM_DEV_SUSPEND, io) == 0; /* without DM_SUSPEND_FLAG: resume, making the table live */
+  }
+  int err = errno;
+  if (!ok) {
+    dm_remove(ctl, name);
+    fprintf(stderr, "verity: %s %s: %s\n", step, name, strerror(err));
+    return 1;
+  }
+  int vfd = open_dm_node(maj, min);
+  if (vfd < 0) {
+    err = errno;
+    dm_remove(ctl, name);
+    fprintf(stderr, "verity: open /dev/dm-%u: %s\n", min, strerror(err));
+    return 1;
+  }
+  uint64_t bad = scan_blocks(vfd, data_blocks);
+  err = errno;
+  close(vfd);
+  if (bad) {
+    dm_remove(ctl, name);
+    fprintf(stderr, "verity: data block %llu of %llu fails verification (%s)\n", (unsigned long long)(bad - 1), (unsigned long long)data_blocks, strerror(err));
+    return 1;
+  }
+  printf("dev %u %u\n", maj, min);
+  return 0;
+}
+
+static int mode_verity_close(int argc, char **argv) {
+  if (argc < 1) { fprintf(stderr, "usage: katats-runner verity-close NAME\n"); return 2; }
+  int ctl = dm_open_control();
+  if (ctl < 0) return 1;
+  if (dm_remove(ctl, argv[0]) < 0) { fprintf(stderr, "verity: remove %s: %s\n", argv[0], strerror(errno)); return 1; }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- init */
 
 /* die() reports on the status fd of the other modes and exits; PID 1 must instead power off
@@ -595,7 +795,7 @@ static int mode_init(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|init ...\n");
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|init ...\n");
     return 2;
   }
   if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
@@ -604,6 +804,8 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "ns")) return mode_ns(argc - 2, argv + 2);
   if (!strcmp(argv[1], "settime")) return mode_settime(argc - 2, argv + 2);
   if (!strcmp(argv[1], "init")) return mode_init(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "verity-open")) return mode_verity_open(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "verity-close")) return mode_verity_close(argc - 2, argv + 2);
   if (!strcmp(argv[1], "--version")) { printf("katats-runner 1\n"); return 0; }
   fprintf(stderr, "katats-runner: unknown mode %s\n", argv[1]);
   return 2;
