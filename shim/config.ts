@@ -22,6 +22,8 @@ export interface QemuConfig {
   /** Kata's cap on a VM's memory in MiB; 0: the host's MemTotal. Never above that. */
   default_maxmemory: number;
   shared_fs: 'virtio-9p' | 'virtio-fs' | 'none';
+  /** PCIe root ports for hot-plugged disks (q35): one per image layer a pod uses at once. */
+  pcie_root_port: number;
   /** QEMU's 9p security model for shared_fs = virtio-9p (see vmm/config.ts SharedDirConfig). */
   virtio_9p_security_model: 'mapped-xattr' | 'none';
   virtio_fs_daemon: string;
@@ -96,6 +98,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       default_maxvcpus: 0,
       default_maxmemory: 0,
       shared_fs: 'virtio-9p',
+      pcie_root_port: 8,
       virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
       accel: 'auto',
@@ -156,6 +159,9 @@ const SHARED_FS = ['virtio-9p', 'virtio-fs', 'none'];
 function checkSharedFs(cfg: Omit<KatatsConfig, 'source'>, where: string): void {
   const q = cfg.hypervisor.qemu;
   if (!SHARED_FS.includes(q.shared_fs)) throw new ConfigError(`${where}: hypervisor.qemu.shared_fs must be virtio-9p, virtio-fs or none, not ${JSON.stringify(q.shared_fs)}`);
+  if (!Number.isInteger(q.pcie_root_port) || q.pcie_root_port < 0 || q.pcie_root_port > 32) {
+    throw new ConfigError(`${where}: hypervisor.qemu.pcie_root_port must be an integer 0..32, not ${q.pcie_root_port}`);
+  }
   if (!['mapped-xattr', 'none'].includes(q.virtio_9p_security_model)) {
     throw new ConfigError(`${where}: hypervisor.qemu.virtio_9p_security_model must be mapped-xattr or none, not ${JSON.stringify(q.virtio_9p_security_model)}`);
   }

@@ -6,6 +6,7 @@ import type { ServiceClient } from '../proto/rpc.js';
 import type { KatatsConfig } from './config.js';
 import type { SandboxCgroupPlan } from './sandbox-cgroups.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
+import type { PodLayers } from './layer-disks.js';
 
 /** Where the guest mounts the shared filesystem, as Kata lays it out. */
 export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
@@ -37,9 +38,12 @@ export interface GuestHandle {
   sharedDir: string;
   /**
    * How sharedDir reaches the guest: decides the storage the agent mounts. 'host': the agent runs
-   * on this host (local mode) and sees sharedDir where it is, so nothing is mounted.
+   * on this host (local mode) and sees sharedDir where it is, so nothing is mounted. 'none':
+   * nothing reaches the guest through it (rootfs come as verified layers).
    */
-  sharedFs: 'virtio-9p' | 'virtio-fs' | 'host';
+  sharedFs: 'virtio-9p' | 'virtio-fs' | 'host' | 'none';
+  /** Image layers hot-plugged as read-only disks (a VMM with hotplug); without it, rootfs are shared. */
+  layers?: PodLayers;
   guestDirs: GuestDirs;
   accel: 'kvm' | 'tcg';
   /** The VM's driver (hotplug, pause, info); none for a guest that is no VM (the local agent of tests). */

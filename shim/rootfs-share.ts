@@ -14,7 +14,7 @@ import { invalid } from './errdefs.js';
 /** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
 export function sharedStorage(g: GuestHandle) {
   const mount_point = g.guestDirs.shared;
-  if (g.sharedFs === 'host') return [];
+  if (g.sharedFs === 'host' || g.sharedFs === 'none') return [];
   if (g.sharedFs === 'virtio-fs') return [{ driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point }];
   return [{ driver: '9p', source: SHARED_FS_TAG, fstype: '9p', options: ['trans=virtio', 'version=9p2000.L', 'msize=512000', 'cache=mmap'], mount_point }];
 }
@@ -27,6 +27,8 @@ export interface ShareRequest {
   guest: GuestHandle;
   /** The guest holds the pod's /dev/shm (the sandbox had a private one): binds of it go there. */
   podShm: boolean;
+  /** The guest assembles the rootfs from verified layers (spec.Root set already): only binds are shared. */
+  rootfsInGuest?: boolean;
 }
 
 /**
@@ -45,17 +47,20 @@ export async function shareContainerFiles(r: ShareRequest): Promise<string> {
   return dir;
 }
 
-async function share({ id, bundle, rootfs, spec, guest, podShm }: ShareRequest, dir: string): Promise<void> {
-  const target = path.join(dir, 'rootfs');
-  fs.mkdirSync(target, { recursive: true, mode: 0o700 });
-  if (rootfs.length > 0) {
-    for (const m of rootfs) await mount({ type: m.type, source: m.source, options: m.options }, target);
-  } else {
-    const root = spec.Root?.Path ?? 'rootfs';
-    await bindMount(path.resolve(bundle, root), target);
-  }
+async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest }: ShareRequest, dir: string): Promise<void> {
   const guestDir = `${guest.guestDirs.shared}/${id}`;
-  spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
+  if (!rootfsInGuest) {
+    if (guest.sharedFs === 'none') throw invalid(`container ${id}: shared_fs = none and its rootfs is not made of verified layers (run it with the tardev snapshotter, or set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs")`);
+    const target = path.join(dir, 'rootfs');
+    fs.mkdirSync(target, { recursive: true, mode: 0o700 });
+    if (rootfs.length > 0) {
+      for (const m of rootfs) await mount({ type: m.type, source: m.source, options: m.options }, target);
+    } else {
+      const root = spec.Root?.Path ?? 'rootfs';
+      await bindMount(path.resolve(bundle, root), target);
+    }
+    spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
+  }
   for (const m of spec.Mounts ?? []) {
     if (!isBindMount(m) || !m.source.startsWith('/')) continue;
     if (isPodShm(m) && podShm) {
@@ -64,6 +69,7 @@ async function share({ id, bundle, rootfs, spec, guest, podShm }: ShareRequest, 
     }
     if (isHostSystemPath(m.source)) continue;
     if (!fs.existsSync(m.source)) throw invalid(`container ${id}: bind mount source ${m.source} does not exist`);
+    if (guest.sharedFs === 'none') throw invalid(`container ${id}: bind mount of host path ${m.source} at ${m.destination}: shared_fs = none shares nothing with the guest`);
     const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
     await bindMount(m.source, path.join(dir, 'mounts', name), { readonly: m.options.includes('ro'), recursive: m.type === 'rbind' || m.options.includes('rbind') });
     m.source = `${guestDir}/mounts/${name}`;

@@ -4,7 +4,8 @@
 // /dev/shm).
 import type { Logger } from 'pino';
 import type { CallContext } from '../proto/ttrpc/index.js';
-import type { grpc } from '../proto/gen/types.js';
+import type { containerd, grpc } from '../proto/gen/types.js';
+import { parseLayerMounts } from '../proto/layer-mounts.js';
 import { hypervisorKind, hypervisorSection, sandboxConfig, type KatatsConfig } from './config.js';
 import type { GuestHandle, GuestLauncher } from './guest.js';
 import { planSandboxCgroups } from './sandbox-cgroups.js';
@@ -24,18 +25,28 @@ export interface SandboxBootOptions {
   log: Logger;
 }
 
+function describesLayers(rootfs: containerd.types.Mount[]): boolean {
+  try {
+    return parseLayerMounts(rootfs.map((m) => ({ type: m.type, options: m.options }))) !== null;
+  } catch {
+    return false;
+  }
+}
+
 export async function launchSandboxVm(
   o: SandboxBootOptions,
   spec: grpc.Spec,
   /** CRI's runtime options for the handler (runtimeoptions.v1.Options). */
   options: { type_url: string; value: Uint8Array } | null | undefined,
   policy: PodPolicy | undefined,
+  /** The sandbox container's rootfs mounts. */
+  rootfs: containerd.types.Mount[],
 ): Promise<GuestHandle> {
   const cfg = sandboxConfig(o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
-  if (hypervisorSection(cfg).shared_fs === 'none') {
-    // Refused before booting: every container rootfs (the sandbox's own too) reaches the guest
-    // through the shared directory until block-device layers exist.
-    throw invalid(`shared_fs = none: sandbox ${o.sandboxId} cannot get container rootfs into the guest without a shared filesystem (block-device rootfs are not implemented); set [hypervisor.${hypervisorKind(cfg)}] shared_fs to ${hypervisorKind(cfg) === 'clh' ? '"virtio-fs"' : '"virtio-9p" or "virtio-fs"'}`);
+  if (hypervisorSection(cfg).shared_fs === 'none' && !describesLayers(rootfs)) {
+    // Refused before booting: without a shared filesystem only verified layers reach the guest.
+    const kind = hypervisorKind(cfg);
+    throw invalid(`shared_fs = none: sandbox ${o.sandboxId}'s rootfs is not made of verified layers (the tardev snapshotter's), and nothing else reaches the guest without a shared filesystem; use the tardev snapshotter or set [hypervisor.${kind}] shared_fs to ${kind === 'clh' ? '"virtio-fs"' : '"virtio-9p" or "virtio-fs"'}`);
   }
   // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
   // said where an operator looks, since the pod still runs, with loopback only.

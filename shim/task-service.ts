@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { CallContext } from '../proto/ttrpc/index.js';
 import type { ServiceImpl } from '../proto/rpc.js';
-import type { grpc } from '../proto/gen/types.js';
+import type { containerd, grpc } from '../proto/gen/types.js';
 import { ociToGrpcProcess, ociToGrpcResources } from '../proto/oci.js';
 import { timestamp as ts } from '../proto/registry.js';
 import type { KatatsConfig } from './config.js';
@@ -109,11 +109,12 @@ export class TaskService {
     spec: grpc.Spec,
     options: { type_url: string; value: Uint8Array } | null | undefined,
     policy: PodPolicy | undefined,
+    rootfs: containerd.types.Mount[],
     ctx: CallContext,
   ): Promise<GuestHandle> {
     const boot = { sandboxId: this.o.sandboxId, config: this.o.config, stateDir: this.o.stateDir, launcher: this.o.launcher, log: this.log };
     return this.vm.boot(
-      () => launchSandboxVm(boot, spec, options, policy),
+      () => launchSandboxVm(boot, spec, options, policy, rootfs),
       async (guest) => {
         if (policy) await setGuestPolicy(boot, guest, policy, ctx);
         this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
@@ -139,7 +140,7 @@ export class TaskService {
       throw precondition(`container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
     }
     if (policy && !isSandbox) log.debug('the pod policy annotation on a container that is not the sandbox: taken out, not applied');
-    const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, ctx) : await this.vm.ready(`create container ${req.id}`);
+    const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, req.rootfs, ctx) : await this.vm.ready(`create container ${req.id}`);
     try {
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       const { init, sharedDir, sandboxPidns } = await createContainerInGuest({
@@ -232,6 +233,8 @@ export class TaskService {
     c.init.markDeleted();
     await Promise.all([c.init, ...c.execs.values()].map((p) => p.release()));
     await unshareContainerFiles(c.sharedDir);
+    // After RemoveContainer: the guest has let go of the layers no other container uses.
+    if (this.vm.state === 'ready') await this.vm.handle?.layers?.release(c.id);
     this.containers.delete(c.id);
     this.o.events.publish('TaskDelete', { container_id: c.id, pid: c.init.pid, exit_status: exit.status, exited_at: ts(exit.at), id: c.id });
     if (this.containers.size === 0 && this.creating.size === 0) await this.vm.stop();

@@ -18,6 +18,8 @@ import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.j
 import { privateDir } from './layout.js';
 import { qemuHypervisor } from './vm-qemu.js';
 import { clhHypervisor } from './vm-clh.js';
+import { PodLayers, type DiskHotplug } from './layer-disks.js';
+import { precondition } from './errdefs.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -55,7 +57,9 @@ export interface LaunchPlan {
   kernelParams: string[];
   vcpus: number;
   memoryMiB: number;
-  sharedFs: 'virtio-9p' | 'virtio-fs';
+  sharedFs: 'virtio-9p' | 'virtio-fs' | 'none';
+  /** Free slots for hot-plugged devices (image layer disks); 0: none. */
+  hotplugSlots: number;
   /** Host directory the guest mounts as its shared filesystem. */
   sharedDir: string;
   /** virtiofsd's socket, when sharedFs is virtio-fs. */
@@ -76,6 +80,9 @@ export interface LaunchPlan {
 export type HypervisorLauncher = (req: LaunchRequest, plan: LaunchPlan) => Promise<Hypervisor>;
 
 const LAUNCHERS: Record<HypervisorKind, HypervisorLauncher> = { qemu: qemuHypervisor, clh: clhHypervisor };
+
+/** Layer disks a cloud-hypervisor pod may have plugged at once (its PCI segment has 32 device slots, some taken at boot). */
+const HOTPLUG_SLOTS_CLH = 16;
 
 /** How long a redial of a running agent may take to be answered (the first dial has the boot's deadline). */
 const AGENT_REDIAL_TIMEOUT_MS = 10_000;
@@ -117,8 +124,6 @@ async function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: 
 export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
   const kind = hypervisorKind(req.config);
   const h = hypervisorSection(req.config);
-  // The Task service refuses containers before booting under shared_fs = none; this is the backstop.
-  if (h.shared_fs === 'none') throw new Error('shared_fs = none: katats has no way yet to give the guest container rootfs without a shared filesystem');
   const files = resolveGuestFiles(h, kind);
   privateDir(req.stateDir);
   privateDir(req.config.runtime.log_dir);
@@ -146,6 +151,8 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
     agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
     consoleLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`),
     cacheDir: path.join(req.config.runtime.state_dir, 'vmm'),
+    // cloud-hypervisor plugs PCI devices without root ports; QEMU's q35 needs one per device.
+    hotplugSlots: kind === 'qemu' ? (req.config.hypervisor.qemu.machine_type === 'microvm' ? 0 : req.config.hypervisor.qemu.pcie_root_port) : HOTPLUG_SLOTS_CLH,
   };
   // Before any helper starts: virtiofsd and the VMM are born in the cgroup the shim moves into.
   const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
@@ -200,7 +207,31 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
     await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
   }
+  let plugged = 0;
+  const disks: DiskHotplug = {
+    attachReadonly: async (id, file) => {
+      if (plugged >= plan.hotplugSlots) {
+        const key = kind === 'qemu' ? `[hypervisor.qemu] pcie_root_port (${plan.hotplugSlots})` : `the ${plan.hotplugSlots} disks a cloud-hypervisor pod may hot-plug`;
+        throw precondition(`no free hotplug slot for disk ${id}: the pod's containers use more image layers at once than ${key} allows`);
+      }
+      plugged++;
+      try {
+        return (await vm.addDisk({ id, path: file, readonly: true })).pciPath;
+      } catch (e) {
+        // Plugged but not found in the guest's PCI tree: take it out again, or the slot stays lost.
+        await vm.removeDevice(id).catch((err: unknown) => req.log.debug({ err, disk: id }, 'removing a disk whose plug failed'));
+        plugged--;
+        throw e;
+      }
+    },
+    detach: async (id) => {
+      await vm.removeDevice(id);
+      plugged--;
+    },
+  };
   return {
+    // Without hot-plug slots (microvm, or none configured) a tardev rootfs goes over the share, unverified.
+    ...(plan.hotplugSlots > 0 ? { layers: new PodLayers(disks, req.log) } : {}),
     agent: serviceClient(agentClient, 'grpc.AgentService'),
     health: serviceClient(agentClient, 'grpc.Health'),
     sharedDir,

@@ -11,7 +11,7 @@ import { busyboxBinary, busyboxLayer } from './busybox.js';
 import { buildOciImage, type Descriptor } from './oci.js';
 import { writeTar } from './tar.js';
 
-const BUILDER_VERSION = 1;
+const BUILDER_VERSION = 2;
 
 export const LAYERED_IMAGE = 'katats.local/layered:latest';
 /** The index name for `ctr images import --index-name` (must differ from the manifest's name). */
@@ -29,6 +29,21 @@ export interface LayeredImage {
   layerTars: string[];
 }
 
+/**
+ * A file of whole blocks in layer 2 (EROFS keeps it in the layer file's data area, not inline):
+ * the tamper tests flip a byte in one of its blocks. Line i is `big-block line <i>` padded to 32
+ * bytes; `/data/big` is 64 KiB.
+ */
+export const LAYERED_BIG = {
+  path: '/data/big',
+  bytes: 64 * 1024,
+  content(): Buffer {
+    const lines: string[] = [];
+    for (let i = 0; i < (64 * 1024) / 32; i++) lines.push(`big-block line ${String(i).padStart(5, '0')}`.padEnd(31, '.') + '\n');
+    return Buffer.from(lines.join(''));
+  },
+};
+
 /** What `ls`/`stat`/`cat` in a container of this image must show. */
 export const LAYERED_EXPECT = {
   /** Present, with these contents. */
@@ -45,6 +60,7 @@ const upper = (): Buffer =>
     { type: 'file', path: 'data/kept', data: Buffer.from(LAYERED_EXPECT.files['/data/kept']), mode: 0o640, uid: 1000, gid: 1000, xattrs: { 'user.origin': 'layer 2' } },
     { type: 'file', path: 'data/deleted', data: Buffer.from('deleted by layer 3\n') },
     { type: 'file', path: 'data/setuid', data: Buffer.from('#!/bin/sh\necho setuid\n'), mode: 0o4755 },
+    { type: 'file', path: 'data/big', data: LAYERED_BIG.content() },
     { type: 'dir', path: 'data/subdir-deleted' },
     { type: 'file', path: 'data/subdir-deleted/inner', data: Buffer.from('gone with its dir\n') },
     { type: 'dir', path: 'opq', mode: 0o750 },
