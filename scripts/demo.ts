@@ -9,6 +9,7 @@ import { startContainerd, type Containerd, type RuntimeRegistration } from '../h
 import { prepareRunsc, runscRuntime, cleanupRunsc } from '../harness/runsc.js';
 import { busyboxImage, BUSYBOX_INDEX } from '../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from '../test/shim/katats-env.js';
+import { tamperDemo } from './demo-tamper.js';
 
 const say = (s: string) => process.stdout.write(s + '\n');
 const progress = (s: string) => process.stderr.write(`  … ${s}\n`);
@@ -27,6 +28,11 @@ async function runOne(c: Containerd, name: string, image: string, note: string, 
   const seconds = (performance.now() - t0) / 1000;
   if (r.code !== 0) return { runtime: label, kernel: '-', seconds: undefined, note: `failed: ${(r.stderr || r.stdout).trim().split('\n').pop()}` };
   return { runtime: label, kernel: r.stdout.trim(), seconds, note };
+}
+
+if (process.argv.includes('--tamper')) {
+  process.exitCode = await tamperDemo();
+  process.exit();
 }
 
 say(`katats demo on ${os.hostname()} (host kernel ${os.release()}, ${os.cpus().length} cores)`);

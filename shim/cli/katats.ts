@@ -3,8 +3,9 @@
 //   katats env     [--config FILE]                    the effective configuration, as TOML sections
 //   katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR]
 //                  [--katats-config FILE] [--bin-dir DIR]      wire katats into containerd
-//   katats demo                                       runc, gVisor and katats side by side (the
-//                                                     demo of the checkout this binary was built from)
+//   katats demo [--tamper]                            runc, gVisor and katats side by side (the
+//                                                     demo of the checkout this binary was built from);
+//                                                     --tamper: a flipped byte in a layer file refused
 //   katats policy eval|test|gen|explain ...           the Rego engine (opa eval / opa test), policy generation, denial replay
 //                                                     (policy/cli.ts has the flags)
 //   katats verity format DATA [HASH] [--salt HEX] [--hash-offset N]
@@ -35,7 +36,7 @@ const USAGE = [
   'usage: katats doctor [--config FILE] [--address SOCK]',
   '       katats env [--config FILE]',
   '       katats install [--prefix DIR] [--containerd-config FILE] [--drop-in-dir DIR] [--katats-config FILE] [--bin-dir DIR]',
-  '       katats demo',
+  '       katats demo [--tamper]',
   '       katats policy eval|test|gen|explain ...',
   '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
@@ -85,7 +86,7 @@ async function main(argv: string[]): Promise<number> {
         console.error(`katats demo runs the demo of the katats checkout this binary was built from; none found next to ${here} (run \`npm run demo\` in a katats checkout)`);
         return 1;
       }
-      return spawnSync('bash', [path.join(root, 'scripts', 'demo.sh')], { stdio: 'inherit' }).status ?? 1;
+      return spawnSync('bash', [path.join(root, 'scripts', 'demo.sh'), ...args.filter((a) => a === '--tamper')], { stdio: 'inherit' }).status ?? 1;
     }
     default:
       console.error(USAGE);
