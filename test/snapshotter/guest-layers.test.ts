@@ -4,7 +4,8 @@
 // through dm-verity with the root hash the snapshotter computed. A three-layer image (whiteouts, an
 // opaque dir) runs from its layers; a byte flipped in a layer file on the host makes the create
 // fail with the agent's verity error naming the layer while the pod serves the next request; a
-// byte flipped under a running container makes the read of that block fail, and nothing else.
+// byte flipped under a running container makes the read of that block fail, and nothing else; two
+// pods of the image open the same layer files read-only.
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -68,7 +69,7 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
-  for (const id of [POD, 'lay-run']) {
+  for (const id of ['lay-other', POD, 'lay-run']) {
     await cd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]);
     await cd?.ctr(['task', 'rm', '-f', id]);
     await cd?.ctr(['container', 'rm', id]);
@@ -152,5 +153,27 @@ describe('verified layers in a katats guest (shared_fs = none)', () => {
     }
     const alive = await cd.ctr(['task', 'exec', '--exec-id', 'r3', POD, 'echo', 'alive']);
     expect(alive.stdout).toBe('alive\n');
+  }, 600_000);
+
+  it('two pods of the image share its layer files: one file per layer on the host, open read-only in each VM', async () => {
+    await cd.ctrOk(['run', '-d', ...tardev, ...cd.runtimeArgs('katats'), img.name, 'lay-other', 'sh', '-c', 'while :; do sleep 1; done'], { timeoutMs: 300_000 });
+    try {
+      const files = chains.map((_, i) => layerFile(i));
+      for (const pod of [POD, 'lay-other']) {
+        const [qemu] = helpers.qemuProcs(env.stateDir, pod);
+        expect(qemu, logsOf(pod)).toBeDefined();
+        const open = new Map<string, number>();
+        for (const fd of fs.readdirSync(`/proc/${qemu}/fd`)) {
+          const target = fs.readlinkSync(`/proc/${qemu}/fd/${fd}`);
+          if (files.includes(target)) open.set(target, parseInt(/^flags:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${qemu}/fdinfo/${fd}`, 'utf8'))![1]!, 8));
+        }
+        expect([...open.keys()].sort(), pod).toEqual([...files].sort());
+        for (const flags of open.values()) expect(flags & 3).toBe(fs.constants.O_RDONLY);
+      }
+    } finally {
+      await cd.ctr(['task', 'kill', '-s', 'SIGKILL', 'lay-other']);
+      await cd.ctr(['task', 'rm', '-f', 'lay-other']);
+      await cd.ctr(['container', 'rm', 'lay-other']);
+    }
   }, 600_000);
 });
