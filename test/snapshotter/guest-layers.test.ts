@@ -69,7 +69,7 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
-  for (const id of ['lay-other', POD, 'lay-run']) {
+  for (const id of ['lay1', POD, 'lay-run']) {
     await cd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]);
     await cd?.ctr(['task', 'rm', '-f', id]);
     await cd?.ctr(['container', 'rm', id]);
@@ -92,7 +92,9 @@ describe('verified layers in a katats guest (shared_fs = none)', () => {
       'echo written > /data/new && cat /data/new',
       'true',
     ].join('; ');
-    const r = await cd.ctr(['run', '--rm', ...tardev, ...cd.runtimeArgs('katats'), img.name, 'lay1', 'sh', '-c', script], { timeoutMs: 300_000 });
+    // It stays running: the last case compares its VM's open files with another pod's.
+    await cd.ctrOk(['run', '-d', ...tardev, ...cd.runtimeArgs('katats'), img.name, 'lay1', 'sh', '-c', 'while :; do sleep 1; done'], { timeoutMs: 300_000 });
+    const r = await cd.ctr(['task', 'exec', '--exec-id', 'check', 'lay1', 'sh', '-c', script]);
     expect(r.code, `${r.stderr}\n${logsOf('lay1')}`).toBe(0);
     for (const text of Object.values(LAYERED_EXPECT.files)) expect(r.stdout).toContain(text);
     expect(r.stdout).not.toMatch(/PRESENT/);
@@ -106,7 +108,6 @@ describe('verified layers in a katats guest (shared_fs = none)', () => {
     expect(agentLog.match(/layer verified through dm-verity/g)?.length, logsOf('lay1')).toBe(3);
     expect(agentLog).toContain('rootfs assembled from verified layers');
     for (const c of chains) expect(agentLog).toContain(layerName(c));
-    expect(helpers.qemuProcs(env.stateDir)).toEqual([]);
   }, 600_000);
 
   it('a byte flipped in a layer file: the create fails with the verity error naming the layer, the pod serves the next request', async () => {
@@ -155,25 +156,28 @@ describe('verified layers in a katats guest (shared_fs = none)', () => {
     expect(alive.stdout).toBe('alive\n');
   }, 600_000);
 
+  it('more layers than hot-plug slots: the create fails naming the setting, and the pod leaves nothing behind', async () => {
+    const two = path.join(env.dir, 'two-slots.toml');
+    fs.writeFileSync(two, fs.readFileSync(env.configFile, 'utf8').replace('shared_fs = "none"', 'shared_fs = "none"\npcie_root_port = 2'));
+    const r = await cd.ctr(['run', '--rm', ...tardev, ...cd.runtimeArgs('katats'), '--runtime-config-path', two, img.name, 'lay-slots', 'true'], { timeoutMs: 300_000 });
+    expect(r.code, logsOf('lay-slots')).not.toBe(0);
+    expect(r.stderr).toMatch(/no free hotplug slot.*pcie_root_port \(2\)/);
+    await cd.ctr(['container', 'rm', 'lay-slots']);
+    expect(helpers.qemuProcs(env.stateDir, 'lay-slots')).toEqual([]);
+  }, 600_000);
+
   it('two pods of the image share its layer files: one file per layer on the host, open read-only in each VM', async () => {
-    await cd.ctrOk(['run', '-d', ...tardev, ...cd.runtimeArgs('katats'), img.name, 'lay-other', 'sh', '-c', 'while :; do sleep 1; done'], { timeoutMs: 300_000 });
-    try {
-      const files = chains.map((_, i) => layerFile(i));
-      for (const pod of [POD, 'lay-other']) {
-        const [qemu] = helpers.qemuProcs(env.stateDir, pod);
-        expect(qemu, logsOf(pod)).toBeDefined();
-        const open = new Map<string, number>();
-        for (const fd of fs.readdirSync(`/proc/${qemu}/fd`)) {
-          const target = fs.readlinkSync(`/proc/${qemu}/fd/${fd}`);
-          if (files.includes(target)) open.set(target, parseInt(/^flags:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${qemu}/fdinfo/${fd}`, 'utf8'))![1]!, 8));
-        }
-        expect([...open.keys()].sort(), pod).toEqual([...files].sort());
-        for (const flags of open.values()) expect(flags & 3).toBe(fs.constants.O_RDONLY);
+    const files = chains.map((_, i) => layerFile(i));
+    for (const pod of [POD, 'lay1']) {
+      const [qemu] = helpers.qemuProcs(env.stateDir, pod);
+      expect(qemu, logsOf(pod)).toBeDefined();
+      const open = new Map<string, number>();
+      for (const fd of fs.readdirSync(`/proc/${qemu}/fd`)) {
+        const target = fs.readlinkSync(`/proc/${qemu}/fd/${fd}`);
+        if (files.includes(target)) open.set(target, parseInt(/^flags:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${qemu}/fdinfo/${fd}`, 'utf8'))![1]!, 8));
       }
-    } finally {
-      await cd.ctr(['task', 'kill', '-s', 'SIGKILL', 'lay-other']);
-      await cd.ctr(['task', 'rm', '-f', 'lay-other']);
-      await cd.ctr(['container', 'rm', 'lay-other']);
+      expect([...open.keys()].sort(), pod).toEqual([...files].sort());
+      for (const flags of open.values()) expect(flags & 3).toBe(fs.constants.O_RDONLY);
     }
   }, 600_000);
 });
