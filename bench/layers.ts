@@ -19,7 +19,7 @@ import { busyboxBinary, busyboxLayer } from '../harness/images/busybox.js';
 import { layeredImage, LAYERED_INDEX } from '../harness/images/layered.js';
 import { buildOciImage } from '../harness/images/oci.js';
 import { writeTar } from '../harness/images/tar.js';
-import { SnapshotterProcess } from '../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../harness/snapshotter.js';
 import { katatsEnv, type KatatsEnv } from '../test/shim/katats-env.js';
 import { buildHostBinaries } from '../scripts/build.js';
 
@@ -61,6 +61,7 @@ try {
   sn = SnapshotterProcess.prepare({ katats: path.join(binDir, 'katats') });
   c = await startContainerd({ runtimes: [env.runtime], proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
   await sn.start(30_000, c.address);
+  await untilContainerdReaches(c, 'tardev');
   const layered = await layeredImage();
   const bigTar = writeTar([{ type: 'file', path: 'big', data: randomBytes(MIB << 20) }]);
   const big = buildOciImage({ name: 'katats.local/bigread:latest', layers: [await busyboxLayer((await busyboxBinary()).file), bigTar], gzip: false });

@@ -108,3 +108,19 @@ export class SnapshotterProcess {
     return unmounted;
   }
 }
+
+/**
+ * Waits until containerd reaches the proxy snapshotter `name`. containerd dials its proxy plugins
+ * when it starts, before the snapshotter (which needs containerd's address) runs; the failed dial
+ * leaves gRPC in reconnect back-off, and until the next attempt a request fails at once with the
+ * old "connection refused".
+ */
+export async function untilContainerdReaches(cd: { ctr(args: string[]): Promise<{ code: number | null; stderr: string }> }, name: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await cd.ctr(['snapshots', '--snapshotter', name, 'ls']);
+    if (r.code === 0) return;
+    if (Date.now() > deadline) throw new Error(`containerd did not reach the snapshotter ${name} within ${timeoutMs} ms: ${r.stderr.trim()}`);
+    await sleep(500);
+  }
+}

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startContainerd, type Containerd } from '../harness/containerd.js';
 import { layeredImage, LAYERED_INDEX } from '../harness/images/layered.js';
-import { SnapshotterProcess } from '../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../harness/snapshotter.js';
 import { chainIdOf } from '../snapshotter/resolve.js';
 import { layerName } from '../snapshotter/store.js';
 import { katatsEnv, type KatatsEnv } from '../test/shim/katats-env.js';
@@ -40,6 +40,7 @@ export async function tamperDemo(): Promise<number> {
     sn = SnapshotterProcess.prepare({ katats: path.join(binDir, 'katats') });
     c = await startContainerd({ runtimes: [env.runtime], proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }], onProgress: progress });
     await sn.start(30_000, c.address);
+    await untilContainerdReaches(c, 'tardev');
     await c.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
     // The default snapshotter too, for the shared-filesystem comparison.
     await c.ctrOk(['images', 'import', '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });

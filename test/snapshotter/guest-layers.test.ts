@@ -13,7 +13,7 @@ import { startContainerd, type Containerd } from '../../harness/containerd.js';
 import { busyboxImage } from '../../harness/images/busybox.js';
 import { layeredImage, LAYERED_BIG, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
 import { listProcs } from '../../harness/procs.js';
-import { SnapshotterProcess } from '../../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
@@ -62,6 +62,7 @@ beforeAll(async () => {
   sn = SnapshotterProcess.prepare({ katats: path.join(binDir, 'katats') });
   cd = await startContainerd({ runtimes: [env.runtime], proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
   await sn.start(30_000, cd.address);
+  await untilContainerdReaches(cd, 'tardev');
   await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
   const bb = await busyboxImage();
   await cd.ctrOk(['images', 'import', ...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000 });
