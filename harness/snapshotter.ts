@@ -115,7 +115,11 @@ export class SnapshotterProcess {
  * leaves gRPC in reconnect back-off, and until the next attempt a request fails at once with the
  * old "connection refused".
  */
-export async function untilContainerdReaches(cd: { ctr(args: string[]): Promise<{ code: number | null; stderr: string }> }, name: string, timeoutMs = 60_000): Promise<void> {
+export async function untilContainerdReaches(
+  cd: { ctr(args: string[]): Promise<{ code: number | null; stderr: string }> },
+  name: string,
+  timeoutMs = 60_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const r = await cd.ctr(['snapshots', '--snapshotter', name, 'ls']);

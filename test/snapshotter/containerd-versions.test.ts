@@ -7,7 +7,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startContainerd, type Containerd, type ContainerdFlavor } from '../../harness/containerd.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
-import { SnapshotterProcess } from '../../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
@@ -29,6 +29,7 @@ for (const flavor of ['trixie', 'sid'] as ContainerdFlavor[]) {
       sn = SnapshotterProcess.prepare({ katats });
       cd = await startContainerd({ flavor, proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
       await sn.start(30_000, cd.address);
+      await untilContainerdReaches(cd, 'tardev');
     }, 300_000);
 
     afterAll(async () => {

@@ -14,7 +14,7 @@ import { startContainerd, type Containerd } from '../../harness/containerd.js';
 import { buildOciImage } from '../../harness/images/oci.js';
 import { writeTar } from '../../harness/images/tar.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
-import { SnapshotterProcess } from '../../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
 import { SnapshotsCallError, SnapshotsClient } from '../../harness/snapshots.js';
 import { ROOT_HASH_LABEL } from '../../proto/layer-mounts.js';
 import { buildHostBinaries } from '../../scripts/build.js';
@@ -38,6 +38,7 @@ beforeAll(async () => {
   sn = SnapshotterProcess.prepare({ katats: path.join(binDir, 'katats') });
   cd = await startContainerd({ proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
   await sn.start(30_000, cd.address);
+  await untilContainerdReaches(cd, 'tardev');
 }, 300_000);
 
 afterAll(async () => {
@@ -93,6 +94,7 @@ describe('the tardev snapshotter in containerd 1.6', () => {
       expect(during.stdout).toBe(LAYERED_EXPECT.files['/data/kept']);
       expect((await cd.ctr(['snapshots', ...tardev, 'ls'], { timeoutMs: 30_000 })).code).not.toBe(0);
       await sn.start(30_000, cd.address);
+      await untilContainerdReaches(cd, 'tardev');
       const after = await cd.ctrOk(['task', 'exec', '--exec-id', 'e2', 'layered-long', 'cat', '/opq/new']);
       expect(after.stdout).toBe(LAYERED_EXPECT.files['/opq/new']);
       const fresh = await cd.ctrOk(['run', '--rm', ...tardev, ...cd.runtimeArgs('runc'), img.name, 'layered-2', 'cat', '/etc/motd']);
