@@ -175,13 +175,15 @@ describe('20 create/delete cycles', () => {
     // Twelve pods, three at a time: leaks show after one cycle; overlapping pods (shims, VMs, the
     // shared katats_overhead cgroup) are where the cleanup races live, and it keeps CI time down.
     for (let round = 0; round < CYCLES / 3; round++) {
-      await Promise.all(
+      // allSettled: a pod that fails must not end the test while its two neighbours still run.
+      const runs = await Promise.allSettled(
         [0, 1, 2].map(async (k) => {
           const i = round * 3 + k;
           const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, `cycle${i}`, 'echo', `cycle ${i}`], { timeoutMs: 300_000 });
           expect(r.stdout, `ctr exit ${r.code}: ${r.stderr}\n${logsOf(`cycle${i}`)}`).toBe(`cycle ${i}\n`);
         }),
       );
+      for (const r of runs) if (r.status === 'rejected') throw r.reason;
     }
     await until(() => qemuProcs().length + shimProcs().length, (n) => n === 0, 30_000);
     expect(qemuProcs()).toEqual([]);
