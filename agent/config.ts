@@ -3,6 +3,7 @@
 import type { Logger } from './log.js';
 import type { CgroupLayout } from './cgroups.js';
 import type { Limits } from '../policy/index.js';
+import type { NetworkTools } from './network.js';
 
 export interface AgentConfig {
   /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
@@ -30,6 +31,8 @@ export interface AgentConfig {
   setClock: boolean;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
   pciRescan: boolean;
+  /** how UpdateInterface/UpdateRoutes/AddARPNeighbors reach the network; none: refused (local mode) */
+  network?: NetworkTools;
   /** bytes buffered per output stream before the agent stops reading the pipe */
   outputBufferBytes: number;
   log: Logger;

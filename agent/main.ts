@@ -16,10 +16,11 @@ import { AgentPort } from './channel.js';
 import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
 import { exitAfterFlush } from '../sys/exit.js';
 import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
+import { GUEST_NETWORK_TOOLS, netnsTools } from './network.js';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
              [--host-data FILE] [--policy-file FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
-             [--sysfs DIR] [--cgroup-parent PATH] [--log-level LEVEL] [--log-file FILE]`;
+             [--sysfs DIR] [--cgroup-parent PATH] [--netns PATH] [--log-level LEVEL] [--log-file FILE]`;
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -35,6 +36,7 @@ async function main(): Promise<void> {
       'crun-root': { type: 'string' },
       sysfs: { type: 'string' },
       'cgroup-parent': { type: 'string' },
+      netns: { type: 'string' },
       'log-level': { type: 'string' },
       'log-file': { type: 'string' },
       help: { type: 'boolean' },
@@ -68,6 +70,8 @@ async function main(): Promise<void> {
     defaultPolicy,
     setClock: !local,
     pciRescan: !local,
+    // Local mode configures a network only in a namespace it is given: never the host's.
+    ...(local ? (values.netns ? { network: netnsTools(values.netns) } : {}) : { network: GUEST_NETWORK_TOOLS }),
     outputBufferBytes: DEFAULT_OUTPUT_BUFFER,
     log,
   };

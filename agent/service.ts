@@ -9,6 +9,7 @@ import { diagnosticData } from './diagnostics.js';
 import { agentMetrics } from './metrics.js';
 import { guestDetails, onlineCpuMem, setGuestDateTime, AGENT_VERSION, API_VERSION } from './guest.js';
 import { checkAbsolute } from './spec.js';
+import { GuestNetwork, noGuestNetwork } from './network.js';
 import { invalid, unavailable, withContext, TtrpcError, Code } from './errors.js';
 
 const MAX_READ = 1 << 20;
@@ -46,6 +47,7 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     warn: (...a: Parameters<Sandbox['log']['warn']>) => sb.log.warn(...a),
   };
   const proc = (cid: string, eid: string) => sb.container(cid).process(eid);
+  const network = sb.config.network ? new GuestNetwork(sb.config.network) : undefined;
 
   return {
     // ---- sandbox
@@ -120,6 +122,29 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
       }),
 
     GetDiagnosticData: (req) => guard(`GetDiagnosticData ${req.container_id}`, () => diagnosticData(sb.container(req.container_id), req.log_type)),
+
+    // ---- network (Kata's order: after SetPolicy, before CreateSandbox)
+    UpdateInterface: (req) =>
+      guard('UpdateInterface', async () => {
+        const r = await (network ?? noGuestNetwork('UpdateInterface')).updateInterface(req.interface);
+        log.info({ interface: r.name, mac: r.hwAddr, addresses: r.IPAddresses.map((a) => `${a.address}/${a.mask}`), mtu: r.mtu }, 'interface configured');
+        return r;
+      }),
+
+    UpdateRoutes: (req) =>
+      guard('UpdateRoutes', async () => {
+        const routes = await (network ?? noGuestNetwork('UpdateRoutes')).updateRoutes(req.routes?.Routes ?? []);
+        log.info({ routes: routes.map((r) => `${r.dest || 'default'}${r.gateway ? ` via ${r.gateway}` : ''} dev ${r.device}`) }, 'routes configured');
+        return { Routes: routes };
+      }),
+
+    AddARPNeighbors: (req) =>
+      guard('AddARPNeighbors', async () => {
+        const list = req.neighbors?.ARPNeighbors ?? [];
+        await (network ?? noGuestNetwork('AddARPNeighbors')).addNeighbours(list);
+        log.info({ neighbours: list.map((n) => `${n.toIPAddress?.address ?? ''} ${n.lladdr} dev ${n.device}`) }, 'neighbours added');
+        return {};
+      }),
 
     // ---- containers
     CreateContainer: (req) =>

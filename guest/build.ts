@@ -29,6 +29,8 @@ export const GUEST_MODULES = [
   'virtio_pci',
   'virtio_blk',
   'virtio_console',
+  // The pod's NICs (shim/network/): virtio-net on the TAPs wired to the pod's veths.
+  'virtio_net',
   '9pnet_virtio',
   '9p',
   'virtiofs',

@@ -1,0 +1,208 @@
+// The guest's side of the pod network: UpdateInterface, UpdateRoutes, AddARPNeighbors (Kata's
+// messages) applied with `ip` and `arp`. Why those and not netlink: node has no AF_NETLINK socket,
+// and the guest image carries busybox, whose `ip` and `arp` applets do what these calls need;
+// the words and flags used here are the ones busybox and iproute2 share. Every request is checked
+// whole before anything changes, so bad input gets a clear error and the sandbox keeps its network.
+import net from 'node:net';
+import type { types } from '../proto/gen/types.js';
+import { runTool } from '../sys/exec.js';
+import { invalid, internal, notFound, precondition } from './errors.js';
+
+/** How long one ip/arp call may take. */
+export const NET_TOOL_TIMEOUT_MS = 15_000;
+export const NET_TOOL_TIMEOUT = 'KATATS_AGENT_NET_TOOL_TIMEOUT';
+
+/** How the agent reaches its network: the commands (argv prefixes) for ip and arp. */
+export interface NetworkTools {
+  ip: string[];
+  arp: string[];
+}
+
+/** The guest's own tools (busybox applets on PATH). */
+export const GUEST_NETWORK_TOOLS: NetworkTools = { ip: ['ip'], arp: ['arp'] };
+
+/** Local mode with --netns: the same busybox applets, in a network namespace a test made. */
+export function netnsTools(netns: string): NetworkTools {
+  return { ip: ['nsenter', `--net=${netns}`, '--', 'busybox', 'ip'], arp: ['nsenter', `--net=${netns}`, '--', 'busybox', 'arp'] };
+}
+
+const IFF_NOARP = 0x80;
+const RTNH_F_ONLINK = 0x4;
+const NUD_PERMANENT = 0x80;
+/** A link name the kernel accepts and a tool can be handed as one argument. */
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+const SCOPE_NAMES: Record<number, string> = { 0: 'global', 200: 'site', 253: 'link', 254: 'host' };
+/** Bounds on one request (a pod has a handful of each). */
+const MAX_ADDRESSES = 64;
+const MAX_ROUTES = 1024;
+const MAX_NEIGHBOURS = 1024;
+
+export interface GuestLink {
+  index: number;
+  name: string;
+  mac: string;
+  mtu: number;
+  flags: string[];
+}
+
+async function tool(cmd: string[], args: string[]): Promise<string> {
+  const r = await runTool(cmd[0]!, [...cmd.slice(1), ...args], { timeoutMs: NET_TOOL_TIMEOUT_MS, timeoutCode: NET_TOOL_TIMEOUT, maxOutputBytes: 1 << 20 });
+  if (r.code !== 0) throw internal(`${cmd.at(-1)!} ${args.join(' ')}: ${(r.stderr || r.stdout).trim() || `exit ${r.code ?? r.signal}`}`);
+  return r.stdout;
+}
+
+/** `ip -o link show`, read: the shape busybox and iproute2 share ("2: eth0@if5: <UP,...> mtu 1500 ... link/ether MAC ..."). */
+export function parseLinks(out: string): GuestLink[] {
+  const links: GuestLink[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^(\d+):\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>.*?\bmtu (\d+).*?link\/\S+\s+([0-9a-f:]+)/i.exec(line);
+    if (m) links.push({ index: Number(m[1]), name: m[2]!, flags: m[3]!.split(',').filter(Boolean), mtu: Number(m[4]), mac: m[5]!.toLowerCase() });
+  }
+  return links;
+}
+
+/** `ip -o addr show dev X`: its addresses as ADDR/PREFIX with their scope. */
+export function parseAddresses(out: string): { cidr: string; scope: string }[] {
+  const r: { cidr: string; scope: string }[] = [];
+  for (const line of out.split('\n')) {
+    const m = /\binet6?\s+(\S+)(?:\s+peer\s+\S+)?(?:\s+brd\s+\S+)?\s+scope\s+(\S+)/.exec(line);
+    if (m) r.push({ cidr: m[1]!, scope: m[2]! });
+  }
+  return r;
+}
+
+const isZeroMac = (m: string) => /^(00:){5}00$/.test(m);
+
+function checkMac(mac: string, what: string): string {
+  const m = mac.toLowerCase();
+  if (!MAC.test(m)) throw invalid(`${what}: ${JSON.stringify(mac)} is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+  if (isZeroMac(m)) throw invalid(`${what}: the zero MAC names no interface`);
+  return m;
+}
+
+function checkName(name: string, what: string): string {
+  if (!IFNAME.test(name)) throw invalid(`${what}: ${JSON.stringify(name)} is not an interface name`);
+  if (name === 'lo') throw invalid(`${what}: the loopback interface is the guest's own and is not configured by the host`);
+  return name;
+}
+
+function checkIp(a: string, family: types.IPFamily | undefined, what: string): 4 | 6 {
+  const v = net.isIP(a);
+  if (!v) throw invalid(`${what}: ${JSON.stringify(a)} is not an IP address`);
+  if (family !== undefined && (family === 1) !== (v === 6)) throw invalid(`${what}: ${a} does not match its family (${family === 1 ? 'v6' : 'v4'})`);
+  return v as 4 | 6;
+}
+
+function checkPrefix(mask: string, v: 4 | 6, what: string): number {
+  const n = Number(mask);
+  if (!/^\d{1,3}$/.test(mask) || n > (v === 4 ? 32 : 128)) throw invalid(`${what}: prefix length ${JSON.stringify(mask)} out of range for IPv${v}`);
+  return n;
+}
+
+/** "10.0.0.0/24" or "" (default) as a route destination for `ip route`. */
+function checkDest(dest: string, what: string): { arg: string; v?: 4 | 6 } {
+  if (dest === '' || dest === 'default') return { arg: 'default' };
+  const [addr, prefix, extra] = dest.split('/');
+  if (extra !== undefined) throw invalid(`${what}: destination ${JSON.stringify(dest)} is not ADDRESS[/PREFIX]`);
+  const v = checkIp(addr!, undefined, what);
+  if (prefix !== undefined) checkPrefix(prefix, v, what);
+  return { arg: dest, v };
+}
+
+export class GuestNetwork {
+  constructor(private readonly tools: NetworkTools) {}
+
+  async links(): Promise<GuestLink[]> {
+    return parseLinks(await tool(this.tools.ip, ['-o', 'link', 'show']));
+  }
+
+  /** UpdateInterface: the link with the request's MAC gets its name, MTU, ARP flag and addresses, and goes up. */
+  async updateInterface(iface: types.Interface | null | undefined): Promise<types.Interface> {
+    if (!iface) throw invalid('UpdateInterface: no interface given');
+    const mac = checkMac(iface.hwAddr, 'interface hwAddr');
+    const name = checkName(iface.name || iface.device, 'interface name');
+    if (iface.mtu && (iface.mtu < 68 || iface.mtu > 65535)) throw invalid(`interface ${name}: MTU ${iface.mtu} out of range (68..65535)`);
+    if (iface.raw_flags & ~IFF_NOARP) throw invalid(`interface ${name}: raw_flags 0x${iface.raw_flags.toString(16)}: only NOARP (0x80) may be set`);
+    if (iface.IPAddresses.length > MAX_ADDRESSES) throw invalid(`interface ${name}: ${iface.IPAddresses.length} addresses (at most ${MAX_ADDRESSES})`);
+    const wanted = iface.IPAddresses.map((a, i) => {
+      const v = checkIp(a.address, a.family, `interface ${name} address ${i}`);
+      return `${a.address}/${checkPrefix(a.mask || (v === 4 ? '32' : '128'), v, `interface ${name} address ${a.address}`)}`;
+    });
+    const links = await this.links();
+    const link = links.find((l) => l.mac === mac);
+    if (!link) throw notFound(`interface with MAC ${mac} (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
+    if (link.flags.includes('LOOPBACK') || link.name === 'lo') throw invalid(`interface ${mac}: the loopback interface is not configured by the host`);
+    if (name !== link.name && links.some((l) => l.name === name)) throw invalid(`interface ${link.name}: cannot rename to ${name}: another interface has that name`);
+    // Down while renamed (the kernel refuses to rename a running link), then set and up.
+    await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'down']);
+    if (name !== link.name) await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'name', name]);
+    if (iface.mtu) await tool(this.tools.ip, ['link', 'set', 'dev', name, 'mtu', String(iface.mtu)]);
+    await tool(this.tools.ip, ['link', 'set', 'dev', name, 'arp', iface.raw_flags & IFF_NOARP ? 'off' : 'on']);
+    const have = parseAddresses(await tool(this.tools.ip, ['-o', 'addr', 'show', 'dev', name])).filter((a) => a.scope === 'global');
+    for (const a of have) if (!wanted.includes(a.cidr)) await tool(this.tools.ip, ['addr', 'del', a.cidr, 'dev', name]);
+    for (const a of wanted) if (!have.some((h) => h.cidr === a)) await tool(this.tools.ip, ['addr', 'add', a, 'dev', name]);
+    await tool(this.tools.ip, ['link', 'set', 'dev', name, 'up']);
+    return { ...iface, name, device: name, hwAddr: mac };
+  }
+
+  /**
+   * UpdateRoutes: every route of the request, those without a gateway first (a gateway must be
+   * reachable through one of them), with `replace` so a route the kernel already made from an
+   * address is not a "file exists" error.
+   */
+  async updateRoutes(routes: types.Route[]): Promise<types.Route[]> {
+    if (routes.length > MAX_ROUTES) throw invalid(`UpdateRoutes: ${routes.length} routes (at most ${MAX_ROUTES})`);
+    const names = new Set((await this.links()).map((l) => l.name));
+    const cmds = routes.map((r, i) => {
+      const what = `route ${i} (${r.dest || 'default'})`;
+      const dev = checkName(r.device, `${what} device`);
+      if (!names.has(dev)) throw notFound(`${what}: device ${dev}`);
+      const dest = checkDest(r.dest, what);
+      let v = dest.v ?? (r.family === 1 ? 6 : 4);
+      const args = ['route', 'replace', dest.arg];
+      if (r.gateway) {
+        v = checkIp(r.gateway, r.family, `${what} gateway`);
+        args.push('via', r.gateway);
+      }
+      args.push('dev', dev);
+      if (r.source) {
+        checkIp(r.source, r.family, `${what} source`);
+        args.push('src', r.source);
+      }
+      if (r.scope) {
+        const s = SCOPE_NAMES[r.scope];
+        if (!s) throw invalid(`${what}: scope ${r.scope} is not global, site, link or host`);
+        args.push('scope', s);
+      }
+      if (r.mtu) args.push('mtu', String(r.mtu));
+      if (r.flags & ~RTNH_F_ONLINK) throw invalid(`${what}: flags 0x${r.flags.toString(16)}: only onlink (0x4) is supported`);
+      if (r.flags & RTNH_F_ONLINK) args.push('onlink');
+      return { gw: !!r.gateway, args: v === 6 ? ['-6', ...args] : args };
+    });
+    for (const c of [...cmds.filter((c) => !c.gw), ...cmds.filter((c) => c.gw)]) await tool(this.tools.ip, c.args);
+    return routes;
+  }
+
+  /** AddARPNeighbors: permanent IPv4 neighbours (busybox has no `ip neigh add`; its `arp -s` makes PERMANENT entries). */
+  async addNeighbours(list: types.ARPNeighbor[]): Promise<void> {
+    if (list.length > MAX_NEIGHBOURS) throw invalid(`AddARPNeighbors: ${list.length} neighbours (at most ${MAX_NEIGHBOURS})`);
+    const names = new Set((await this.links()).map((l) => l.name));
+    const cmds = list.map((n, i) => {
+      const what = `neighbour ${i}`;
+      const to = n.toIPAddress?.address ?? '';
+      if (checkIp(to, n.toIPAddress?.family, what) !== 4) throw invalid(`${what}: ${to}: IPv6 neighbours cannot be added in this guest (no ip neigh)`);
+      const mac = checkMac(n.lladdr, `${what} lladdr`);
+      const dev = checkName(n.device, `${what} device`);
+      if (!names.has(dev)) throw notFound(`${what}: device ${dev}`);
+      if (n.state && !(n.state & NUD_PERMANENT)) throw invalid(`${what}: state 0x${n.state.toString(16)}: only permanent neighbours are added`);
+      return ['-i', dev, '-s', to, mac];
+    });
+    for (const c of cmds) await tool(this.tools.arp, c);
+  }
+}
+
+/** What local mode answers when no namespace was given: the host's own network is never the pod's. */
+export function noGuestNetwork(method: string): never {
+  throw precondition(`${method}: this agent runs in local mode without a network namespace (--netns): the host's network is not configured`);
+}

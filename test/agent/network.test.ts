@@ -1,0 +1,130 @@
+// The agent's network requests against a real kernel: a local agent configures a network
+// namespace this test makes (a veth whose peer stays outside, busybox's ip and arp as in the
+// guest), and what the kernel then holds is read back with iproute2. Bad input (lo, the zero MAC,
+// an unknown device) gets a clear error and leaves the namespace's network as it was.
+import { execFileSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Code } from '../../proto/ttrpc/index.js';
+import type { types } from '../../proto/gen/types.js';
+import { netnsTools } from '../../agent/network.js';
+import { startAgent, type TestAgent } from './helpers.js';
+
+const NS = `katats-agent-net-${process.pid}`;
+const OUTER = `kan${process.pid % 100000}o`;
+const INNER = `kan${process.pid % 100000}i`;
+const MAC = '02:4b:41:54:00:05';
+
+const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
+const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
+const snapshot = () => ({ addr: ip('-o', 'addr', 'show'), route: ip('route', 'show'), neigh: ip('neigh', 'show', 'nud', 'permanent') });
+
+const iface = (over: Partial<types.Interface> = {}): types.Interface => ({
+  device: 'eth0',
+  name: 'eth0',
+  IPAddresses: [{ family: 0, address: '10.251.7.5', mask: '24' }],
+  mtu: 1400,
+  hwAddr: MAC,
+  devicePath: '',
+  type: '',
+  raw_flags: 0,
+  ...over,
+});
+const route = (over: Partial<types.Route>): types.Route => ({ dest: '', gateway: '', device: 'eth0', source: '', scope: 0, family: 0, flags: 0, mtu: 0, ...over });
+
+async function code(p: Promise<unknown>): Promise<{ code: number; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    return { code: (e as { code: number }).code, message: (e as Error).message };
+  }
+  throw new Error('the request succeeded');
+}
+
+describe('agent network requests (a private network namespace, busybox ip/arp)', () => {
+  let t: TestAgent;
+  let local: TestAgent;
+  beforeAll(async () => {
+    execFileSync('ip', ['netns', 'add', NS]);
+    execFileSync('ip', ['link', 'add', OUTER, 'type', 'veth', 'peer', 'name', INNER]);
+    execFileSync('ip', ['link', 'set', INNER, 'netns', NS, 'address', MAC]);
+    execFileSync('ip', ['link', 'set', OUTER, 'up']);
+    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`) });
+    local = await startAgent();
+  });
+  afterAll(async () => {
+    await t?.close();
+    await local?.close();
+    execFileSync('ip', ['link', 'del', OUTER], { stdio: 'ignore' });
+    execFileSync('ip', ['netns', 'del', NS]);
+  });
+
+  it('UpdateInterface finds the link by MAC, renames it, sets MTU and addresses, brings it up', async () => {
+    const r = await t.svc.UpdateInterface({ interface: iface() });
+    expect(r.name).toBe('eth0');
+    const [l] = ipJ<{ ifname: string; mtu: number; operstate: string; flags: string[]; addr_info: { local: string; prefixlen: number; scope: string }[] }>('addr', 'show', 'dev', 'eth0');
+    expect(l!.mtu).toBe(1400);
+    expect(l!.flags).toContain('UP');
+    expect(l!.addr_info.filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`)).toEqual(['10.251.7.5/24']);
+    // Again with other addresses: the old one goes, the new ones come, nothing doubles.
+    await t.svc.UpdateInterface({ interface: iface({ IPAddresses: [{ family: 0, address: '10.251.7.6', mask: '24' }, { family: 1, address: 'fd00:4b::6', mask: '64' }] }) });
+    const [l2] = ipJ<{ addr_info: { local: string; scope: string }[] }>('addr', 'show', 'dev', 'eth0');
+    expect(l2!.addr_info.filter((a) => a.scope === 'global').map((a) => a.local).sort()).toEqual(['10.251.7.6', 'fd00:4b::6']);
+  });
+
+  it('UpdateRoutes takes all routes in one call, gateway routes after the ones they go through, without "file exists"', async () => {
+    const routes = [
+      route({ dest: '', gateway: '10.251.7.1' }),
+      route({ dest: '10.252.0.0/16', gateway: '10.251.7.1' }),
+      // The connected route the kernel made from the address: sent anyway, it must not fail.
+      route({ dest: '10.251.7.0/24', scope: 253, source: '10.251.7.6' }),
+      route({ dest: '10.251.9.1/32', scope: 253 }),
+      route({ dest: '10.253.0.0/16', gateway: '10.251.9.1' }),
+    ];
+    const r = await t.svc.UpdateRoutes({ routes: { Routes: routes } });
+    expect(r.Routes).toHaveLength(5);
+    const shown = ipJ<{ dst: string; gateway?: string; dev: string }>('-4', 'route', 'show');
+    expect(shown.map((x) => `${x.dst}${x.gateway ? ` via ${x.gateway}` : ''}`).sort()).toEqual(['10.251.7.0/24', '10.251.9.1', '10.252.0.0/16 via 10.251.7.1', '10.253.0.0/16 via 10.251.9.1', 'default via 10.251.7.1']);
+    // The same call twice is the same network.
+    await t.svc.UpdateRoutes({ routes: { Routes: routes } });
+    expect(ipJ('-4', 'route', 'show')).toHaveLength(5);
+  });
+
+  it('AddARPNeighbors adds permanent neighbours', async () => {
+    await t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.1', mask: '' }, device: 'eth0', lladdr: '02:4b:41:54:00:01', state: 0x80, flags: 0 }] } });
+    const n = ipJ<{ dst: string; lladdr: string; state: string[] }>('neigh', 'show', 'dev', 'eth0');
+    expect(n).toContainEqual(expect.objectContaining({ dst: '10.251.7.1', lladdr: '02:4b:41:54:00:01', state: ['PERMANENT'] }));
+  });
+
+  it('bad input gets a clear error and the network stays as it was', async () => {
+    const before = snapshot();
+    // Thunks: each request is sent after the one before has been answered.
+    const cases: [() => Promise<unknown>, number, RegExp][] = [
+      [() => t.svc.UpdateInterface({ interface: iface({ name: 'lo', device: 'lo' }) }), Code.InvalidArgument, /loopback/],
+      [() => t.svc.UpdateInterface({ interface: iface({ hwAddr: '00:00:00:00:00:00' }) }), Code.InvalidArgument, /zero MAC/],
+      [() => t.svc.UpdateInterface({ interface: iface({ hwAddr: '02:00:00:00:00:99' }) }), Code.NotFound, /MAC 02:00:00:00:00:99/],
+      [() => t.svc.UpdateInterface({ interface: iface({ IPAddresses: [{ family: 0, address: '10.251.7.300', mask: '24' }] }) }), Code.InvalidArgument, /not an IP address/],
+      [() => t.svc.UpdateInterface({ interface: iface({ raw_flags: 0x1 }) }), Code.InvalidArgument, /only NOARP/],
+      [() => t.svc.UpdateInterface({ interface: null }), Code.InvalidArgument, /no interface/],
+      // One bad route fails the whole call before any route changes.
+      [() => t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.254.0.0/16', gateway: '10.251.7.1' }), route({ dest: '10.255.0.0/16', device: 'nosuch0' })] } }), Code.NotFound, /device nosuch0/],
+      [() => t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '127.0.0.0/8', device: 'lo' })] } }), Code.InvalidArgument, /loopback/],
+      [() => t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.254.0.0/99' })] } }), Code.InvalidArgument, /prefix length/],
+      [() => t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.9', mask: '' }, device: 'eth0', lladdr: '00:00:00:00:00:00', state: 0x80, flags: 0 }] } }), Code.InvalidArgument, /zero MAC/],
+      [() => t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.9', mask: '' }, device: 'nosuch0', lladdr: '02:00:00:00:00:09', state: 0x80, flags: 0 }] } }), Code.NotFound, /device nosuch0/],
+    ];
+    for (const [p, c, m] of cases) {
+      const e = await code(p());
+      expect(e.code, e.message).toBe(c);
+      expect(e.message).toMatch(m);
+    }
+    expect(snapshot()).toEqual(before);
+    // And the agent keeps serving.
+    await t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.251.9.1/32', scope: 253 })] } });
+  });
+
+  it('local mode without a namespace refuses: the host network is never configured', async () => {
+    const e = await code(local.svc.UpdateInterface({ interface: iface() }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.message).toMatch(/local mode/);
+  });
+});
