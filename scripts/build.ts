@@ -3,10 +3,13 @@
 //   dist/shim.mjs + dist/bin/containerd-shim-katats-v2 (the name containerd looks up on PATH)
 //   dist/katats.mjs + dist/bin/katats
 //   dist/chv.mjs + dist/bin/katats-chv (the cloud-hypervisor-compatible VMM the shim spawns)
+// and the native helper the shim runs for its host modes (sys/runner.ts), built ahead into .cache/
+// so that no shim compiles it on a pod's first boot.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { findRunner } from '../sys/runner.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = path.join(root, 'dist');
@@ -37,6 +40,7 @@ export async function buildHostBinaries(log: (s: string) => void = (s) => proces
     fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, e.out)} "$@"\n`, { mode: 0o755 });
     log(`build: ${path.relative(root, wrapper)} -> ${path.relative(root, path.join(dist, e.out))}`);
   }
+  log(`build: native helper ${path.relative(root, findRunner())}`);
   return { binDir: path.join(dist, 'bin') };
 }
 

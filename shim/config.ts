@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { decode } from '../proto/registry.js';
+import { INTERNETWORKING_MODELS, type InternetworkingModel } from './network/pod-network.js';
 
 export interface QemuConfig {
   path: string;
@@ -76,6 +77,8 @@ export interface KatatsConfig {
     sandbox_cgroup_only: boolean;
     log_dir: string;
     state_dir: string;
+    /** Kata's key: how the pod's network namespace reaches the VM (tcfilter: TAPs glued to the veths by tc; none: not at all). */
+    internetworking_model: InternetworkingModel;
   };
   /** Where the config came from, for `katats env` and logs. */
   source: string;
@@ -124,7 +127,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
     },
   },
   agent: { katats: { dial_timeout: 60, debug_console_enabled: false, kernel_modules: [] } },
-  runtime: { hypervisor: '', enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats' },
+  runtime: { hypervisor: '', enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats', internetworking_model: 'tcfilter' },
 };
 
 export class ConfigError extends Error {
@@ -217,6 +220,9 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
     const tables = Object.keys((doc.hypervisor as Section | undefined) ?? {});
     // A fresh object: merge() shares untouched tables with DEFAULTS.
     cfg.runtime = { ...cfg.runtime, hypervisor: tables.length === 1 && tables[0] === 'clh' ? 'clh' : 'qemu' };
+  }
+  if (!INTERNETWORKING_MODELS.includes(cfg.runtime.internetworking_model)) {
+    throw new ConfigError(`${source}: runtime.internetworking_model must be ${INTERNETWORKING_MODELS.join(' or ')}, not ${JSON.stringify(cfg.runtime.internetworking_model)} (Kata's macvtap is not supported)`);
   }
   // Kata's key, kept so its configs parse; silently ignoring a list would run pods without the modules.
   if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);

@@ -11,6 +11,7 @@ import { EventPublisher } from './events.js';
 import { TaskService } from './task-service.js';
 import { isSandboxProcess, privateDir, readRecord, sandboxDir, writeRecord, type SandboxRecord } from './layout.js';
 import { launchSandbox } from './vm.js';
+import { withPodNetwork } from './network/pod-network.js';
 import { removeTree } from '../sys/mount.js';
 import { exitAfterFlush } from '../sys/exit.js';
 import { hasExited, signalWithGroup } from '../sys/proc.js';
@@ -82,7 +83,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     sandboxId,
     namespace: args.namespace,
     config: cfg,
-    launcher: async (req) => {
+    launcher: withPodNetwork(async (req) => {
       let rec: SandboxRecord = { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket };
       const guest = await launchSandbox({
         ...req,
@@ -93,7 +94,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
       const { vmmPid, virtiofsdPid, sharedDir, cgroupDirs } = guest;
       writeRecord(cfg.runtime.state_dir, { ...rec, vmmPid, virtiofsdPid, sharedDir, cgroupDirs });
       return guest;
-    },
+    }),
     events,
     stateDir: cfg.runtime.state_dir,
     log,

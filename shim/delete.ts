@@ -12,6 +12,7 @@ import { removeCgroupDirs } from './cgroups.js';
 import { overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 import { removeStaleSocket } from '../proto/ttrpc/index.js';
+import { removeRecordedNetwork } from './network/pod-network.js';
 
 async function killAndWait(pid: number): Promise<void> {
   if (hasExited(pid)) return;
@@ -36,6 +37,8 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       for (const pid of [rec.vmmPid, rec.virtiofsdPid]) if (pid && isSandboxProcess(pid, dir)) await killAndWait(pid);
       // Only a socket nothing listens on: a new daemon of the pod may be serving there already.
       await removeStaleSocket(rec.socket).catch((e: unknown) => process.stderr.write(`shim delete: keeping ${rec.socket}: ${(e as Error).message}\n`));
+      // The VMM is gone: the TAPs and tc filters it used in the pod's namespace go too.
+      await removeRecordedNetwork(dir).catch((e: unknown) => process.stderr.write(`shim delete: pod network: ${(e as Error).message}\n`));
       await removeTree(dir);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
       if (rec.cgroupDirs?.length) await removeCgroupDirs([...rec.cgroupDirs, ...overheadRoots()]);

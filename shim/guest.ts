@@ -7,6 +7,7 @@ import type { KatatsConfig } from './config.js';
 import type { SandboxCgroupPlan } from './sandbox-cgroups.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import type { PodLayers } from './layer-disks.js';
+import type { GuestNic, PodNetwork } from './network/pod-network.js';
 
 /** Where the guest mounts the shared filesystem, as Kata lays it out. */
 export const GUEST_SHARED_DIR = '/run/kata-containers/shared/containers';
@@ -19,10 +20,12 @@ export interface GuestDirs {
   shared: string;
   /** The pod's /dev/shm: a tmpfs of the guest's own that every container binds. */
   sandboxShm: string;
+  /** The resolv.conf the agent writes from CreateSandbox's dns: every container's /etc/resolv.conf binds it. */
+  sandboxDns: string;
 }
 
 /** Kata's layout in a VM guest (its kataGuestSharedDir() and kataGuestSandboxDir()/shm). */
-export const KATA_GUEST_DIRS: GuestDirs = { shared: GUEST_SHARED_DIR, sandboxShm: '/run/kata-containers/sandbox/shm' };
+export const KATA_GUEST_DIRS: GuestDirs = { shared: GUEST_SHARED_DIR, sandboxShm: '/run/kata-containers/sandbox/shm', sandboxDns: '/run/kata-containers/sandbox/resolv.conf' };
 
 export interface VmExit {
   code: number | null;
@@ -56,6 +59,8 @@ export interface GuestHandle {
   exited: Promise<VmExit>;
   /** Host cgroup directories made for the sandbox (empty when it asked for none). */
   cgroupDirs: string[];
+  /** The pod's network wired to the VM's NICs (withPodNetwork): the agent is given it before CreateSandbox. */
+  podNetwork?: PodNetwork;
   /** Powers the VM off (gracefully, then by force) and removes what it made on the host. */
   stop(): Promise<void>;
 }
@@ -69,6 +74,10 @@ export interface LaunchRequest {
   log: Logger;
   /** Where the host processes go (see sandbox-cgroups.ts); none when undefined. */
   cgroups?: SandboxCgroupPlan;
+  /** The pod's network namespace (CNI's), from the sandbox spec; none for host-network pods. */
+  podNetns?: string;
+  /** The pod's network: TAPs wired in its namespace, one guest NIC each (shim/network/). */
+  network?: { netns: string; nics: GuestNic[] };
   /**
    * Called as soon as something exists that a killed shim would leave behind (a helper process, host
    * cgroups), before the boot: `shim delete` must be able to find it.

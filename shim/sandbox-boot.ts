@@ -2,6 +2,7 @@
 // launch the VM (through the launcher: QEMU or cloud-hypervisor in the daemon, a local agent in tests) and create the
 // sandbox in the guest with the storages every container needs (the shared directory, the pod's
 // /dev/shm).
+import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { CallContext } from '../proto/ttrpc/index.js';
 import type { containerd, grpc } from '../proto/gen/types.js';
@@ -15,6 +16,29 @@ import { sharedStorage } from './rootfs-share.js';
 import { invalid } from './errdefs.js';
 import { setupCall } from './agent-calls.js';
 import type { PodPolicy } from './pod-policy.js';
+import { configureGuestNetwork } from './network/pod-network.js';
+
+/** resolv.conf is a few lines; more is not a resolv.conf. */
+const MAX_RESOLV_CONF = 64 * 1024;
+
+/** The lines of the resolv.conf the sandbox spec mounts (CreateSandboxRequest.dns, as Kata sends it); none without one. */
+export function sandboxDns(spec: grpc.Spec, log: Logger): string[] {
+  const m = spec.Mounts.find((x) => x.destination === '/etc/resolv.conf' && x.source);
+  if (!m) return [];
+  try {
+    const fd = fs.openSync(m.source, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.alloc(MAX_RESOLV_CONF);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      return buf.subarray(0, n).toString('utf8').split('\n').filter((l) => l.trim() !== '');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (e) {
+    log.warn({ err: e, source: m.source }, 'the sandbox resolv.conf could not be read: the guest gets no DNS settings from it');
+    return [];
+  }
+}
 
 export interface SandboxBootOptions {
   sandboxId: string;
@@ -48,10 +72,8 @@ export async function launchSandboxVm(
     const kind = hypervisorKind(cfg);
     throw invalid(`shared_fs = none: sandbox ${o.sandboxId}'s rootfs is not made of verified layers (the tardev snapshotter's), and nothing else reaches the guest without a shared filesystem; use the tardev snapshotter or set [hypervisor.${kind}] shared_fs to ${kind === 'clh' ? '"virtio-fs"' : '"virtio-9p" or "virtio-fs"'}`);
   }
-  // CRI makes the pod's network namespace (CNI's veth in it) but nothing connects it to the VM yet:
-  // said where an operator looks, since the pod still runs, with loopback only.
+  // CRI's pod network namespace, CNI's veths in it; host-network pods have none.
   const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
-  if (podNetns) o.log.warn({ netns: podNetns }, 'the pod network namespace is not connected to the VM: containers get loopback only (host-network pods are unaffected)');
   const cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, o.sandboxId, cfg.runtime.sandbox_cgroup_only);
   const guest = await o.launcher({
     sandboxId: o.sandboxId,
@@ -60,6 +82,7 @@ export async function launchSandboxVm(
     launchData: policy?.digest ?? Buffer.alloc(32),
     stateDir: sandboxDir(o.stateDir, o.sandboxId),
     log: o.log,
+    ...(podNetns ? { podNetns } : {}),
     ...(cgroups ? { cgroups } : {}),
   });
   o.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
@@ -81,9 +104,13 @@ export async function setGuestPolicy(o: SandboxBootOptions, guest: GuestHandle, 
 /** CreateSandbox in the guest. Returns whether the guest now holds the pod's own /dev/shm. */
 export async function createGuestSandbox(o: SandboxBootOptions, guest: GuestHandle, spec: grpc.Spec, ctx: CallContext): Promise<boolean> {
   const shmBytes = podShmBytes(spec);
+  // Kata's order: the network before CreateSandbox (after SetPolicy, where a pod has a policy).
+  if (guest.podNetwork) await configureGuestNetwork(guest.agent, guest.podNetwork, setupCall(ctx), o.log);
+  const dns = sandboxDns(spec, o.log);
   await guest.agent.CreateSandbox(
     {
       hostname: spec.Hostname,
+      dns,
       sandbox_id: o.sandboxId,
       storages: [
         ...sharedStorage(guest),

@@ -4,6 +4,15 @@ import type { Hypervisor } from '../vmm/hypervisor.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { SHARED_FS_TAG, type LaunchRequest } from './guest.js';
 import type { LaunchPlan } from './vm.js';
+import { findRunner } from '../sys/runner.js';
+
+/** Where the native helper puts the first TAP for QEMU (tap-exec in agent/native/katats-runner.c). */
+const TAP_FIRST_FD = 3;
+
+/** The helper that enters the pod's namespace, opens its TAPs at 3, 4, ... and execs QEMU in place. */
+function tapExec(netns: string, taps: string[]): string[] {
+  return [findRunner(), 'tap-exec', '--netns', netns, ...taps.flatMap((t) => ['--tap', t]), '--'];
+}
 
 export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hypervisor> {
   const q = req.config.hypervisor.qemu;
@@ -23,10 +32,18 @@ export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hyper
     ...(p.sharedFs === 'virtio-9p' ? { sharedDir: { path: p.sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } } : {}),
     hotplugSlots: p.hotplugSlots,
     launchDataFile: p.launchDataFile,
+    ...(req.network?.nics.length ? { netdevs: req.network.nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],
     runDir: p.runDir,
     qemuBinary: q.path,
   };
-  return Promise.resolve(QemuHypervisor.create(cfg, { logger: req.log, cacheDir: p.cacheDir }));
+  return Promise.resolve(
+    QemuHypervisor.create(cfg, {
+      logger: req.log,
+      cacheDir: p.cacheDir,
+      // QEMU runs in the pod's network namespace (as Kata's does) holding its TAPs at 3, 4, ...
+      ...(req.network?.nics.length ? { launchWrapper: tapExec(req.network.netns, req.network.nics.map((n) => n.tap)) } : {}),
+    }),
+  );
 }

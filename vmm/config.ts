@@ -37,6 +37,21 @@ export interface VirtioFsConfig {
   tag: string;
 }
 
+/**
+ * A NIC backed by a TAP descriptor QEMU inherits (`-netdev tap,fd=N`): whoever spawns QEMU opens
+ * the TAP at that number (see StartOptions.launchWrapper). No vhost-net: QEMU moves the frames.
+ */
+export interface NetdevConfig {
+  /** QEMU id of the netdev; the NIC is `<id>-nic` */
+  id: string;
+  /** the inherited descriptor (3 and up) */
+  fd: number;
+  /** the guest NIC's MAC, aa:bb:cc:dd:ee:ff */
+  mac: string;
+  /** told to the guest (virtio-net's MTU feature); 0 or absent: not told */
+  mtu?: number;
+}
+
 export interface VmConfig {
   /** sandbox id: names the log lines and files */
   id: string;
@@ -64,6 +79,8 @@ export interface VmConfig {
   sharedDir?: SharedDirConfig;
   /** a virtio-fs device backed by a running virtiofsd; guest RAM then becomes a shared memfd */
   virtioFs?: VirtioFsConfig;
+  /** NICs, in PCI order */
+  netdevs?: NetdevConfig[];
   /** file with the launch data (32-byte policy digest) exposed as fw_cfg opt/katats/host_data */
   launchDataFile?: string;
   accel: AccelChoice;
@@ -99,6 +116,14 @@ export function validateConfig(c: VmConfig): void {
     else if (Buffer.byteLength(c.virtioFs.socket) > 107) errs.push('virtioFs.socket path longer than a unix socket allows');
     // The virtio-fs device config holds the tag in 36 bytes.
     if (!c.virtioFs.tag || Buffer.byteLength(c.virtioFs.tag) > 36) errs.push(`virtioFs.tag ${JSON.stringify(c.virtioFs.tag)} must be 1..36 bytes`);
+  }
+  const fds = new Set<number>();
+  for (const n of c.netdevs ?? []) {
+    if (!ID_RE.test(n.id)) errs.push(`netdev id ${JSON.stringify(n.id)} is not a valid QEMU id`);
+    if (!Number.isInteger(n.fd) || n.fd < 3 || fds.has(n.fd)) errs.push(`netdev ${n.id}: fd ${n.fd} must be a distinct descriptor number from 3 up`);
+    fds.add(n.fd);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac) || (parseInt(n.mac.slice(0, 2), 16) & 1) === 1) errs.push(`netdev ${n.id}: ${JSON.stringify(n.mac)} is not a unicast MAC`);
+    if (n.mtu !== undefined && (!Number.isInteger(n.mtu) || n.mtu < 0 || n.mtu > 65535)) errs.push(`netdev ${n.id}: mtu ${n.mtu} out of range`);
   }
   for (const p of [c.kernelParams ?? []].flat()) if (/\s/.test(p)) errs.push(`kernel param ${JSON.stringify(p)} contains whitespace`);
   if (errs.length) throw new Error(`invalid VM config: ${errs.join('; ')}`);

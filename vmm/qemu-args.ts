@@ -100,6 +100,11 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
     a.push('-chardev', `socket,id=vfs,path=${qemuEscape(c.virtioFs.socket)}`);
     a.push('-device', `vhost-user-fs-pci,chardev=vfs,tag=${qemuEscape(c.virtioFs.tag)},${slot()}`);
   }
+  // NICs on the root bus: present from boot, never unplugged (the pod's network lives as long as its VM).
+  for (const n of c.netdevs ?? []) {
+    a.push('-netdev', `tap,id=${n.id},fd=${n.fd}`);
+    a.push('-device', `virtio-net-pci,netdev=${n.id},id=${n.id}-nic,mac=${n.mac}${n.mtu ? `,host_mtu=${n.mtu}` : ''},${slot()}`);
+  }
   // Boot-time disks sit where they can be unplugged later: their own PCIe root port on q35
   // (devices on the root complex itself are not hot-removable), a hotplug-capable slot otherwise.
   (c.disks ?? []).forEach((d, i) => {

@@ -92,6 +92,11 @@ export interface StartOptions {
   firmware?: string | null;
   /** caps on what the guest writes (defaults: DEFAULT_GUEST_OUTPUT_LIMITS) */
   outputLimits?: Partial<GuestOutputLimits>;
+  /**
+   * argv of a program that prepares what QEMU inherits (the TAP descriptors VmConfig.netdevs
+   * name) and then execs the command line appended to it in place, so QEMU keeps its pid.
+   */
+  launchWrapper?: string[];
 }
 
 export interface GuestOutputStats {
@@ -151,7 +156,16 @@ export class QemuVm extends EventEmitter {
 
   private constructor(
     readonly config: VmConfig,
-    args: { accel: Accel; layout: QemuLayout; argv: string[]; log: Logger; probe?: KvmProbeResult; tailMax: number; limits: GuestOutputLimits },
+    args: {
+      accel: Accel;
+      layout: QemuLayout;
+      argv: string[];
+      log: Logger;
+      probe?: KvmProbeResult;
+      tailMax: number;
+      limits: GuestOutputLimits;
+      wrapper?: string[];
+    },
   ) {
     super();
     this.id = config.id;
@@ -175,7 +189,8 @@ export class QemuVm extends EventEmitter {
     // through 9p; nothing else QEMU does needs it.
     const umask = process.umask(0o077);
     try {
-      this.child = spawn('setpriv', ['--bounding-set', '-mknod', '--', bin, ...this.argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const cmd = [...(args.wrapper ?? []), 'setpriv', '--bounding-set', '-mknod', '--', bin, ...this.argv];
+      this.child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     } finally {
       process.umask(umask);
     }
@@ -259,7 +274,8 @@ export class QemuVm extends EventEmitter {
     log.info({ vcpus: config.vcpus, memoryMiB: config.memoryMiB, cmdline: built.layout.cmdline }, 'starting qemu');
     log.debug({ argv }, 'qemu argv');
     const limits: GuestOutputLimits = { ...DEFAULT_GUEST_OUTPUT_LIMITS, ...opts.outputLimits };
-    const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40, limits });
+    const wrapper = opts.launchWrapper ? { wrapper: opts.launchWrapper } : {};
+    const vm = new QemuVm(config, { accel, layout: built.layout, argv, log, probe, tailMax: opts.consoleTail ?? 40, limits, ...wrapper });
     if (opts.quitGraceMs) vm.quitGraceMs = opts.quitGraceMs;
     const abort = new AbortController();
     const abortOnExit = () => abort.abort(new Error('qemu exited'));

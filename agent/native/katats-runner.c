@@ -31,6 +31,14 @@
  *                                           refuses the layer now rather than a read later. Prints
  *                                           "dev MAJOR MINOR"; on failure nothing is left.
  *   verity-close NAME                       removes the device (deferred if still open)
+ *   tap-exec --netns PATH [--tap NAME]... -- PROG ARGS
+ *                                           host side (the shim): enters the network namespace at
+ *                                           PATH, attaches to each named TAP device there (which must
+ *                                           exist: made persistent beforehand) with TUNSETIFF, puts
+ *                                           the n-th TAP's descriptor at fd 3+n without close-on-exec,
+ *                                           and execs PROG in place (same pid) in that namespace:
+ *                                           QEMU gets its TAPs as `-netdev tap,fd=3+n`. Node can
+ *                                           neither setns(2) nor ioctl(2).
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
@@ -45,6 +53,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -684,6 +694,60 @@ static int mode_verity_close(int argc, char **argv) {
   if (ctl < 0) return 1;
   if (dm_remove(ctl, argv[0]) < 0) { fprintf(stderr, "verity: remove %s: %s\n", argv[0], strerror(errno)); return 1; }
   return 0;
+
+/* ---------------------------------------------------------------- tap-exec */
+
+#define TAP_FIRST_FD 3
+#define TAP_MAX 16
+
+static int mode_tap_exec(int argc, char **argv) {
+  const char *netns = NULL, *taps[TAP_MAX];
+  int ntaps = 0, i = 0;
+  for (; i < argc; i++) {
+    if (!strcmp(argv[i], "--netns") && i + 1 < argc) netns = argv[++i];
+    else if (!strcmp(argv[i], "--tap") && i + 1 < argc) {
+      if (ntaps == TAP_MAX) { fprintf(stderr, "katats-runner tap-exec: more than %d TAPs\n", TAP_MAX); return 2; }
+      taps[ntaps++] = argv[++i];
+    } else if (!strcmp(argv[i], "--")) { i++; break; }
+    else { fprintf(stderr, "katats-runner tap-exec: unknown option %s\n", argv[i]); return 2; }
+  }
+  if (!netns || i >= argc) { fprintf(stderr, "usage: katats-runner tap-exec --netns PATH [--tap NAME]... -- PROG ARGS\n"); return 2; }
+  int nsfd = open(netns, O_RDONLY | O_CLOEXEC);
+  if (nsfd < 0) { fprintf(stderr, "katats-runner tap-exec: open %s: %s\n", netns, strerror(errno)); return 125; }
+  if (setns(nsfd, CLONE_NEWNET) < 0) { fprintf(stderr, "katats-runner tap-exec: setns %s: %s\n", netns, strerror(errno)); return 125; }
+  close(nsfd);
+  /* A socket made after setns asks the pod's namespace: the TAP must be there already, or
+     TUNSETIFF would quietly make a new one that nothing has wired to the pod's veth. */
+  int probe = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) { fprintf(stderr, "katats-runner tap-exec: socket: %s\n", strerror(errno)); return 125; }
+  int opened[TAP_MAX];
+  for (int k = 0; k < ntaps; k++) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (strlen(taps[k]) >= IFNAMSIZ) { fprintf(stderr, "katats-runner tap-exec: TAP name too long: %s\n", taps[k]); return 125; }
+    strcpy(ifr.ifr_name, taps[k]);
+    if (ioctl(probe, SIOCGIFINDEX, &ifr) < 0) { fprintf(stderr, "katats-runner tap-exec: TAP %s is not in %s: %s\n", taps[k], netns, strerror(errno)); return 125; }
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) { fprintf(stderr, "katats-runner tap-exec: open /dev/net/tun: %s\n", strerror(errno)); return 125; }
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, taps[k]);
+    /* virtio-net's header passes checksum and segmentation offloads through (no vhost here). */
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) { fprintf(stderr, "katats-runner tap-exec: TUNSETIFF %s: %s\n", taps[k], strerror(errno)); return 125; }
+    /* Out of the way of the target numbers first, so no dup2 below overwrites another TAP. */
+    opened[k] = fcntl(fd, F_DUPFD_CLOEXEC, TAP_FIRST_FD + TAP_MAX);
+    if (opened[k] < 0) { fprintf(stderr, "katats-runner tap-exec: dup: %s\n", strerror(errno)); return 125; }
+    close(fd);
+  }
+  close(probe);
+  for (int k = 0; k < ntaps; k++) {
+    /* dup2 leaves the new descriptor without close-on-exec: PROG inherits it. */
+    if (dup2(opened[k], TAP_FIRST_FD + k) < 0) { fprintf(stderr, "katats-runner tap-exec: dup2: %s\n", strerror(errno)); return 125; }
+    close(opened[k]);
+  }
+  execvp(argv[i], argv + i);
+  fprintf(stderr, "katats-runner tap-exec: %s: %s\n", argv[i], strerror(errno));
+  return 127;
 }
 
 /* ---------------------------------------------------------------- init */
@@ -796,6 +860,7 @@ static int mode_init(int argc, char **argv) {
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|init ...\n");
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|init|tap-exec ...\n");
     return 2;
   }
   if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
@@ -806,6 +871,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "init")) return mode_init(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-open")) return mode_verity_open(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-close")) return mode_verity_close(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "tap-exec")) return mode_tap_exec(argc - 2, argv + 2);
   if (!strcmp(argv[1], "--version")) { printf("katats-runner 1\n"); return 0; }
   fprintf(stderr, "katats-runner: unknown mode %s\n", argv[1]);
   return 2;

@@ -36,6 +36,9 @@ sandbox_cgroup_only = true
     expect(parseConfig('').hypervisor.qemu.shared_fs).toBe('virtio-9p');
     expect(() => parseConfig('[hypervisor.qemu\n')).toThrow(ConfigError);
     expect(parseConfig('[agent.katats]\nkernel_modules = []').agent.katats.kernel_modules).toEqual([]);
+    expect(parseConfig('').runtime.internetworking_model).toBe('tcfilter');
+    expect(parseConfig('[runtime]\ninternetworking_model = "none"').runtime.internetworking_model).toBe('none');
+    expect(() => parseConfig('[runtime]\ninternetworking_model = "macvtap"')).toThrow(/internetworking_model must be tcfilter or none/);
     expect(() => parseConfig('[agent.katats]\nkernel_modules = ["e1000e EEE=1"]')).toThrow(/kernel_modules: loading guest kernel modules is not supported/);
   });
 

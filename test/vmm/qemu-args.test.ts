@@ -85,6 +85,22 @@ describe('VmConfig -> QEMU argv', () => {
     expect(opt(buildQemuArgs(base, 'tcg').argv, '-numa')).toEqual([]);
   });
 
+  it('gives each inherited TAP descriptor a virtio-net NIC with the veth MAC and MTU', () => {
+    const netdevs = [
+      { id: 'net0', fd: 3, mac: '02:4b:50:00:00:01', mtu: 1450 },
+      { id: 'net1', fd: 4, mac: '02:4b:50:00:00:02' },
+    ];
+    const { argv } = buildQemuArgs({ ...base, netdevs }, 'tcg');
+    expect(opt(argv, '-netdev')).toEqual(['tap,id=net0,fd=3', 'tap,id=net1,fd=4']);
+    const nics = opt(argv, '-device').filter((d) => d.startsWith('virtio-net-pci'));
+    expect(nics[0]).toMatch(/^virtio-net-pci,netdev=net0,id=net0-nic,mac=02:4b:50:00:00:01,host_mtu=1450,bus=pcie\.0,addr=0x[0-9a-f]+$/);
+    expect(nics[1]).toMatch(/^virtio-net-pci,netdev=net1,id=net1-nic,mac=02:4b:50:00:00:02,bus=/);
+    expect(opt(buildQemuArgs(base, 'tcg').argv, '-netdev')).toEqual([]);
+    expect(() => validateConfig({ ...base, netdevs: [{ id: 'n', fd: 3, mac: '03:00:00:00:00:01' }] })).toThrow(/not a unicast MAC/);
+    expect(() => validateConfig({ ...base, netdevs: [{ id: 'n', fd: 2, mac: '02:00:00:00:00:01' }] })).toThrow(/fd 2/);
+    expect(() => validateConfig({ ...base, netdevs: [netdevs[0]!, { ...netdevs[1]!, fd: 3 }] })).toThrow(/distinct/);
+  });
+
   it('rejects bad configs', () => {
     expect(() => validateConfig({ ...base, virtioFs: { socket: '/run/vfs.sock', tag: 'x'.repeat(37) } })).toThrow(/virtioFs.tag/);
     expect(() => validateConfig({ ...base, virtioFs: { socket: `/${'s'.repeat(120)}`, tag: 'kataShared' } })).toThrow(/virtioFs.socket/);
