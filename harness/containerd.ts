@@ -12,6 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { stringify } from 'smol-toml';
 import { run, runOk, type RunOptions, type RunResult } from './exec.js';
 import { unpackDeb } from './debs.js';
+import { removeCniBridge, setupCniNetwork, type CniNetwork } from './cni.js';
 import { fileLogger, type FileLogger, type Logger } from './log.js';
 import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
@@ -76,6 +77,11 @@ export interface ContainerdOptions {
    * configs and plugins inside the instance dir only, so pods meant to run are host-network pods.
    */
   cri?: boolean;
+  /**
+   * With cri: a bridge network of its own for the pods (harness/cni.ts), so pods that are not
+   * host-network get an address on this machine; the bridge goes with stop().
+   */
+  cni?: boolean;
   /** Default: a fresh `katats-<hex>` (unique, so runc state, cgroups and shims of two instances never mix). */
   namespace?: string;
   /** Parent of the instance dir (default os.tmpdir()). Unix socket paths must stay short: keep it short. */
@@ -248,6 +254,8 @@ export class Containerd {
   private criClient: CriClient | undefined;
   /** Whether the CRI plugin is on (startContainerd's `cri`). */
   cri = false;
+  /** The pods' bridge network (startContainerd with cni). */
+  cniNetwork: CniNetwork | undefined;
 
   constructor(
     readonly dir: string,
@@ -462,8 +470,9 @@ export class Containerd {
     // 3. Whatever survived: shims of our socket, their children, runsc sandboxes and gofers of our roots.
     report.killed = await killMatching(this.needles());
     if (report.killed.length) this.logger.warn({ killed: report.killed }, 'killed leftover processes');
-    // 4. Mounts, cgroups, sockets, dirs.
+    // 4. Mounts, cgroups, sockets, dirs, the pods' bridge.
     report.unmounted = await unmountUnder(this.dir);
+    if (this.cniNetwork) await removeCniBridge(this.cniNetwork.bridge).catch((err: unknown) => this.logger.warn({ err }, 'removing the CNI bridge failed'));
     if (report.unmounted.length) this.logger.warn({ unmounted: report.unmounted }, 'unmounted leftovers');
     if (!(await removeNamespaceCgroups(this.namespace))) this.logger.warn({ namespace: this.namespace }, 'cgroups of the namespace could not all be removed');
     for (const s of shimSockets) fs.rmSync(s, { force: true });
@@ -688,8 +697,13 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     proxyPlugins: opts.proxyPlugins,
     disableSnapshotAnnotations: opts.disableSnapshotAnnotations,
   };
+  let cniNetwork: CniNetwork | undefined;
   if (cfg.cri) {
     for (const d of ['net.d', 'bin']) fs.mkdirSync(path.join(cfg.root, 'cni', d), { recursive: true });
+    if (opts.cni) {
+      const c = path.join(cfg.root, 'cni');
+      cniNetwork = await setupCniNetwork({ confDir: path.join(c, 'net.d'), binDir: path.join(c, 'bin'), dataDir: path.join(c, 'ipam'), namespace, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+    }
   }
   fs.writeFileSync(path.join(dir, 'config.toml'), containerdConfig(cfg));
   const out = fs.openSync(path.join(logDir, 'containerd.log'), 'a');
@@ -699,6 +713,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   const cd = new Containerd(dir, binaries, namespace, logDir, log, proc, runtimes);
   cd.spawnEnv = spawnEnv;
   cd.cri = cfg.cri;
+  cd.cniNetwork = cniNetwork;
   logger.info({ dir, namespace, version: binaries.version, flavor: binaries.flavor, runtimes }, 'starting containerd');
   // Wait until it answers (or dies).
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
