@@ -4,7 +4,8 @@
 //   dist/katats.mjs + dist/bin/katats
 //   dist/chv.mjs + dist/bin/katats-chv (the cloud-hypervisor-compatible VMM the shim spawns)
 // and the native helper the shim runs for its host modes (sys/runner.ts), built ahead into .cache/
-// so that no shim compiles it on a pod's first boot.
+// so that no shim compiles it on a pod's first boot, and copied to dist/bin/katats-runner, where a
+// bundle without a checkout around it looks.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -40,7 +41,12 @@ export async function buildHostBinaries(log: (s: string) => void = (s) => proces
     fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, e.out)} "$@"\n`, { mode: 0o755 });
     log(`build: ${path.relative(root, wrapper)} -> ${path.relative(root, path.join(dist, e.out))}`);
   }
-  log(`build: native helper ${path.relative(root, findRunner())}`);
+  const runner = findRunner();
+  const copy = path.join(dist, 'bin', 'katats-runner');
+  fs.copyFileSync(runner, `${copy}.tmp`);
+  fs.chmodSync(`${copy}.tmp`, 0o755);
+  fs.renameSync(`${copy}.tmp`, copy);
+  log(`build: ${path.relative(root, copy)} (native helper) <- ${path.relative(root, runner)}`);
   return { binDir: path.join(dist, 'bin') };
 }
 
