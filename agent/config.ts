@@ -33,6 +33,8 @@ export interface AgentConfig {
   pciRescan: boolean;
   /** how UpdateInterface/UpdateRoutes/AddARPNeighbors reach the network; none: refused (local mode) */
   network?: NetworkTools;
+  /** the network namespace every container joins (the guest's own; local mode: --netns); none: as the spec says */
+  netnsPath?: string;
   /** bytes buffered per output stream before the agent stops reading the pipe */
   outputBufferBytes: number;
   log: Logger;

@@ -115,7 +115,10 @@ export class Container {
       else if (n.type === 'ipc' || n.type === 'uts') delete n.path;
     }
     ns.push(req.sandbox_pidns && sb.pidnsPath ? { type: 'pid', path: sb.pidnsPath } : { type: 'pid' });
-    spec.linux.namespaces = ns;
+    // The pod's network is the VM's: every container joins it by path, whatever the host asked.
+    // Joined rather than inherited so that crun lets the pod's net.* sysctls through (containerd
+    // 2.x sets net.ipv4.ip_unprivileged_port_start); they apply to the pod's network, as in runc.
+    spec.linux.namespaces = cfg.netnsPath ? [...ns.filter((n) => n.type !== 'network'), { type: 'network', path: cfg.netnsPath }] : ns;
     if (sb.sharedNsDir && ns.some((n) => n.type === 'uts' && n.path)) delete spec.hostname;
     // No UTS namespace of its own (a host-network pod's containers): it shares the guest's, whose
     // name is not the container's to set, and crun refuses a hostname without a UTS namespace.

@@ -71,7 +71,7 @@ async function main(): Promise<void> {
     setClock: !local,
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
-    ...(local ? (values.netns ? { network: netnsTools(values.netns) } : {}) : { network: GUEST_NETWORK_TOOLS }),
+    ...(local ? (values.netns ? { network: netnsTools(values.netns), netnsPath: values.netns } : {}) : { network: GUEST_NETWORK_TOOLS, netnsPath: `/proc/${process.pid}/ns/net` }),
     outputBufferBytes: DEFAULT_OUTPUT_BUFFER,
     log,
   };

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import type { types } from '../../proto/gen/types.js';
 import { netnsTools } from '../../agent/network.js';
-import { startAgent, type TestAgent } from './helpers.js';
+import { containerSpec, readAll, startAgent, type TestAgent } from './helpers.js';
 
 const NS = `katats-agent-net-${process.pid}`;
 const OUTER = `kan${process.pid % 100000}o`;
@@ -48,7 +48,7 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     execFileSync('ip', ['link', 'add', OUTER, 'type', 'veth', 'peer', 'name', INNER]);
     execFileSync('ip', ['link', 'set', INNER, 'netns', NS, 'address', MAC]);
     execFileSync('ip', ['link', 'set', OUTER, 'up']);
-    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`) });
+    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`), netnsPath: `/run/netns/${NS}` });
     local = await startAgent();
   });
   afterAll(async () => {
@@ -120,6 +120,19 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     expect(snapshot()).toEqual(before);
     // And the agent keeps serving.
     await t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.251.9.1/32', scope: 253 })] } });
+  });
+
+  it('containers join the pod network, and its net.* sysctls (containerd 2.x sets one) apply there', async () => {
+    const spec = containerSpec(t.rootfs, ['sh', '-c', 'cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ip -o addr show eth0']);
+    spec.Linux!.Sysctl = { 'net.ipv4.ip_unprivileged_port_start': '0' };
+    await t.svc.CreateContainer({ container_id: 'netsysctl', OCI: spec });
+    await t.svc.StartContainer({ container_id: 'netsysctl' });
+    const out = (await readAll(t, 'netsysctl')).toString();
+    expect((await t.svc.WaitProcess({ container_id: 'netsysctl', exec_id: '' })).status, out).toBe(0);
+    await t.svc.RemoveContainer({ container_id: 'netsysctl' });
+    expect(out).toMatch(/^0\n/);
+    expect(out).toContain('inet 10.251.7.6/24');
+    expect(execFileSync('ip', ['netns', 'exec', NS, 'cat', '/proc/sys/net/ipv4/ip_unprivileged_port_start'], { encoding: 'utf8' }).trim()).toBe('0');
   });
 
   it('local mode without a namespace refuses: the host network is never configured', async () => {
