@@ -11,6 +11,8 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NETWORK_RECORD, removeRecordedNetwork, setupPodNetwork } from '../../shim/network/pod-network.js';
 import { tempDir } from '../support/tmp.js';
+import { sandboxDns } from '../../shim/sandbox-boot.js';
+import type { grpc } from '../../proto/gen/types.js';
 
 const NS = `katats-podnet-${process.pid}`;
 const NSPATH = `/run/netns/${NS}`;
@@ -106,5 +108,16 @@ describe('pod network, host side (tcfilter in a namespace made here)', () => {
     await expect(setupPodNetwork({ netns: '/run/netns/katats-no-such-ns', stateDir: state.dir, log })).rejects.toThrow(/katats-no-such-ns/);
     expect(fs.existsSync(path.join(state.dir, NETWORK_RECORD))).toBe(false);
     expect(links()).toEqual(['eth0', 'lo', 'net1']);
+  });
+
+  it("CreateSandbox's dns: the lines of the resolv.conf the sandbox spec mounts, not a symlink's target", () => {
+    const conf = path.join(state.dir, 'resolv.conf');
+    fs.writeFileSync(conf, 'nameserver 10.222.0.53\n\nsearch katats.test\noptions ndots:3\n');
+    const spec = (source: string) => ({ Mounts: [{ destination: '/etc/resolv.conf', source, type: 'bind', options: ['rbind'] }] }) as unknown as grpc.Spec;
+    expect(sandboxDns(spec(conf), log)).toEqual(['nameserver 10.222.0.53', 'search katats.test', 'options ndots:3']);
+    expect(sandboxDns({ Mounts: [] } as unknown as grpc.Spec, log)).toEqual([]);
+    const link = path.join(state.dir, 'resolv-link');
+    fs.symlinkSync('/etc/shadow', link);
+    expect(sandboxDns(spec(link), log)).toEqual([]);
   });
 });
