@@ -137,6 +137,42 @@ describe('ctr run with io.containerd.katats.v2', () => {
     expect(sockets).toEqual([]);
   }, 600_000);
 
+  it('kill -9 of the shim of a container in a network namespace: `shim delete` also removes its TAPs and tc filters', async () => {
+    // A namespace of the test's own with a veth, named in the spec as CNI's is (ctr --with-ns):
+    // unlike CRI's, it outlives the container, so what is left in it is what the shim left.
+    const ns = `katats-kill-${process.pid}`;
+    const host = `kk${process.pid % 100000}h`;
+    const ipn = (...a: string[]) => execFileSync('ip', ['-n', ns, ...a], { encoding: 'utf8' });
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      execFileSync('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+      ipn('addr', 'add', '10.226.1.5/24', 'dev', 'eth0');
+      ipn('link', 'set', 'eth0', 'up');
+      await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), '--with-ns', `network:/run/netns/${ns}`, image, 'netorphan', 'sleep', '1000'], { timeoutMs: 300_000 });
+      expect(ipn('-o', 'link', 'show'), logsOf('netorphan')).toMatch(/tap0_kata/);
+      expect(execFileSync('tc', ['-n', ns, 'filter', 'show', 'dev', 'eth0', 'ingress'], { encoding: 'utf8' })).toMatch(/mirred/);
+      // The guest has the namespace's address.
+      const ex = await c.ctr(['task', 'exec', '--exec-id', 'ip1', 'netorphan', 'ip', '-o', 'addr', 'show', 'eth0']);
+      expect(ex.stdout, logsOf('netorphan')).toContain('inet 10.226.1.5/24');
+      const shims = shimProcs('netorphan');
+      expect(shims.length).toBe(1);
+      process.kill(shims[0]!, 'SIGKILL');
+      await until(() => qemuProcs('netorphan'), (p) => p.length === 0, 60_000);
+      await until(() => ipn('-o', 'link', 'show'), (l) => !l.includes('tap0_kata'), 30_000);
+      expect(ipn('-o', 'link', 'show')).not.toMatch(/tap\d+_kata/);
+      expect(execFileSync('tc', ['-n', ns, 'qdisc', 'show', 'dev', 'eth0'], { encoding: 'utf8' })).not.toMatch(/ingress/);
+      await c.ctr(['task', 'rm', '-f', 'netorphan']);
+      await c.ctrOk(['container', 'rm', 'netorphan']);
+    } finally {
+      try {
+        execFileSync('ip', ['link', 'del', host], { stdio: 'ignore' });
+      } catch {
+        /* never made */
+      }
+      execFileSync('ip', ['netns', 'del', ns]);
+    }
+  }, 600_000);
+
   it('containerd restarted while a katats container runs: it reconnects and the container survives', async () => {
     await c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'survivor', 'sh', '-c', 'while true; do sleep 0.5; done'], { timeoutMs: 300_000 });
     const vmBefore = qemuProcs('survivor');
