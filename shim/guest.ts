@@ -20,12 +20,10 @@ export interface GuestDirs {
   shared: string;
   /** The pod's /dev/shm: a tmpfs of the guest's own that every container binds. */
   sandboxShm: string;
-  /** The resolv.conf the agent writes from CreateSandbox's dns: every container's /etc/resolv.conf binds it. */
-  sandboxDns: string;
 }
 
 /** Kata's layout in a VM guest (its kataGuestSharedDir() and kataGuestSandboxDir()/shm). */
-export const KATA_GUEST_DIRS: GuestDirs = { shared: GUEST_SHARED_DIR, sandboxShm: '/run/kata-containers/sandbox/shm', sandboxDns: '/run/kata-containers/sandbox/resolv.conf' };
+export const KATA_GUEST_DIRS: GuestDirs = { shared: GUEST_SHARED_DIR, sandboxShm: '/run/kata-containers/sandbox/shm' };
 
 export interface VmExit {
   code: number | null;

@@ -84,7 +84,7 @@ async function startLocalGuest(request: LaunchRequest, over: Partial<AgentConfig
     health: agent.health,
     sharedDir,
     sharedFs: 'host',
-    guestDirs: { shared: sharedDir, sandboxShm: path.join(agentSandboxDir(agent.stateDir), 'shm'), sandboxDns: path.join(agentSandboxDir(agent.stateDir), 'resolv.conf') },
+    guestDirs: { shared: sharedDir, sandboxShm: path.join(agentSandboxDir(agent.stateDir), 'shm') },
     accel: 'tcg',
     // No VMM: the process that runs the local agent stands for it.
     vmmPid: process.pid,
