@@ -102,3 +102,14 @@ export async function removeCniBridge(bridge: string): Promise<void> {
   const r = await run('ip', ['link', 'del', 'dev', bridge], { timeoutMs: 15_000 });
   if (r.code !== 0 && !/Cannot find device/.test(r.stderr)) throw new Error(`ip link del ${bridge}: ${r.stderr.trim()}`);
 }
+
+/** The bridge an instance's conf dir names (ours only: kt + 10 hex digits), for reaping a dead instance's. */
+export function cniBridgeOf(confDir: string): string | undefined {
+  try {
+    const conf = JSON.parse(fs.readFileSync(path.join(confDir, '10-katats.conflist'), 'utf8')) as { plugins?: { type?: string; bridge?: string }[] };
+    const b = conf.plugins?.find((p) => p.type === 'bridge')?.bridge;
+    return b && /^kt[0-9a-f]{10}$/.test(b) ? b : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { stringify } from 'smol-toml';
 import { run, runOk, type RunOptions, type RunResult } from './exec.js';
 import { unpackDeb } from './debs.js';
-import { removeCniBridge, setupCniNetwork, type CniNetwork } from './cni.js';
+import { cniBridgeOf, removeCniBridge, setupCniNetwork, type CniNetwork } from './cni.js';
 import { fileLogger, type FileLogger, type Logger } from './log.js';
 import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
@@ -648,6 +648,8 @@ export async function reapStaleInstances(baseDir = os.tmpdir()): Promise<string[
     } catch {
       /* no namespace recorded */
     }
+    const bridge = cniBridgeOf(path.join(dir, 'root', 'cni', 'net.d'));
+    if (bridge) await removeCniBridge(bridge).catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
     reaped.push(dir);
   }
