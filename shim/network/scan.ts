@@ -4,8 +4,8 @@
 // with the link's MAC, MTU, NOARP flag and global addresses; routes of the main table through
 // those links go along except the kernel's own (proto kernel: the connected routes the guest's
 // kernel makes itself once the addresses are set; sending them is what makes "file exists"
-// errors); neighbours go along when static (PERMANENT), and so does an entry the namespace
-// already holds for a route's gateway.
+// errors); IPv4 neighbours go along when static (PERMANENT): learnt ones the guest's kernel learns
+// itself, and what the guest's agent and generated policies accept is the permanent state.
 import type { types } from '../../proto/gen/types.js';
 import { ipJson } from './netns.js';
 
@@ -156,16 +156,12 @@ export function planPodNetwork(s: NetnsState): PodNetworkPlan {
       });
     }
   }
-  const gateways = new Set(routes.map((r) => `${r.device}/${r.gateway}`).filter((g) => !g.endsWith('/')));
   const neighbours: types.ARPNeighbor[] = [];
   for (const n of s.neighbours) {
-    if (!n.dev || !wired.has(n.dev) || !n.lladdr || isZeroMac(n.lladdr)) continue;
+    if (!n.dev || !wired.has(n.dev) || !n.lladdr || isZeroMac(n.lladdr) || n.dst.includes(':')) continue;
     const state = (n.state ?? []).reduce((acc, w) => acc | (NUD[w] ?? 0), 0);
-    const permanent = (state & NUD_PERMANENT) !== 0;
-    const resolvedGateway = gateways.has(`${n.dev}/${n.dst}`) && (state & (NUD.REACHABLE! | NUD.STALE! | NUD.DELAY! | NUD.PROBE!)) !== 0;
-    if (!permanent && !resolvedGateway) continue;
-    const v6 = n.dst.includes(':');
-    neighbours.push({ toIPAddress: { family: family(v6), address: n.dst, mask: '' }, device: n.dev, lladdr: n.lladdr.toLowerCase(), state, flags: 0 });
+    if (!(state & NUD_PERMANENT)) continue;
+    neighbours.push({ toIPAddress: { family: family(false), address: n.dst, mask: '' }, device: n.dev, lladdr: n.lladdr.toLowerCase(), state: NUD_PERMANENT, flags: 0 });
   }
   return { endpoints, routes, neighbours, skipped };
 }

@@ -41,6 +41,9 @@ describe('pod network, host side (tcfilter in a namespace made here)', () => {
     ipn('route', 'add', 'default', 'via', '10.223.5.1', 'dev', 'eth0');
     ipn('route', 'add', '10.225.0.0/16', 'via', '10.224.6.1', 'dev', 'net1');
     ipn('neigh', 'add', '10.223.5.1', 'lladdr', '02:4b:50:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
+    // Left to the guest's kernel: a learnt gateway entry, and an IPv6 one (the guest's busybox cannot add those).
+    ipn('neigh', 'add', '10.224.6.1', 'lladdr', '02:4b:50:00:00:98', 'dev', 'net1', 'nud', 'reachable');
+    ipn('neigh', 'add', 'fd00:4b::1', 'lladdr', '02:4b:50:00:00:97', 'dev', 'eth0', 'nud', 'permanent');
   });
   afterAll(() => {
     for (const i of [0, 1]) execFileSync('ip', ['link', 'del', `${tag}h${i}`], { stdio: 'ignore' });
