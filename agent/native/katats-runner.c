@@ -694,6 +694,7 @@ static int mode_verity_close(int argc, char **argv) {
   if (ctl < 0) return 1;
   if (dm_remove(ctl, argv[0]) < 0) { fprintf(stderr, "verity: remove %s: %s\n", argv[0], strerror(errno)); return 1; }
   return 0;
+}
 
 /* ---------------------------------------------------------------- tap-exec */
 
