@@ -92,6 +92,13 @@ export interface VmConfig {
   /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
   hotplugSlots?: number;
   qemuBinary?: string;
+  /**
+   * Guest RAM in a file (VM templates, vmm/template/): shared, the template writes its RAM there;
+   * private, a clone maps it copy-on-write.
+   */
+  memoryFile?: { path: string; shared: boolean };
+  /** Start paused, waiting for a migration stream (QMP migrate-incoming): a template clone. */
+  incoming?: boolean;
 }
 
 export const DEFAULT_MACHINE: MachineType = 'q35';
@@ -111,6 +118,7 @@ export function validateConfig(c: VmConfig): void {
   // runDir holds qmp.sock and log.sock (the agent log port): short names, since a CRI sandbox id
   // alone is 64 characters of the path.
   if (c.runDir && Buffer.byteLength(c.runDir) > 107 - 'log.sock'.length - 1) errs.push('runDir path too long for its unix sockets');
+  if (c.memoryFile && c.virtioFs) errs.push('memoryFile and virtioFs exclude each other (virtio-fs guests cannot be templated)');
   if (c.virtioFs) {
     if (!c.virtioFs.socket) errs.push('virtioFs.socket is empty');
     else if (Buffer.byteLength(c.virtioFs.socket) > 107) errs.push('virtioFs.socket path longer than a unix socket allows');

@@ -61,7 +61,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
   ];
   const machineOpts: Record<string, string> = { q35: 'q35,vmport=off,sata=off,smbus=off', pc: 'pc,vmport=off', microvm: 'microvm,pcie=on,rtc=on' };
-  a.push('-machine', machineOpts[machine]!);
+  a.push('-machine', `${machineOpts[machine]!}${c.memoryFile ? ',memory-backend=mem' : ''}`);
   a.push('-accel', accel === 'kvm' ? 'kvm' : c.vcpus > 1 ? 'tcg,thread=multi' : 'tcg');
   a.push('-cpu', c.cpu ?? (accel === 'kvm' ? KVM_CPU : TCG_CPU));
   a.push('-m', `${c.memoryMiB}M`, '-smp', String(c.vcpus));
@@ -69,6 +69,10 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
     // virtiofsd reads and writes guest buffers directly: guest RAM must be memory it can map too.
     a.push('-object', `memory-backend-memfd,id=mem,size=${c.memoryMiB}M,share=on`, '-numa', 'node,memdev=mem');
   }
+  if (c.memoryFile) {
+    a.push('-object', `memory-backend-file,id=mem,size=${c.memoryMiB}M,mem-path=${qemuEscape(c.memoryFile.path)},share=${c.memoryFile.shared ? 'on' : 'off'}`);
+  }
+  if (c.incoming) a.push('-incoming', 'defer');
   const firmware = opts.firmware === undefined ? (machine === 'microvm' ? null : QBOOT_ROM) : opts.firmware;
   if (firmware) a.push('-bios', firmware);
   a.push('-kernel', c.kernel, '-initrd', c.initrd, '-append', cmdline);
