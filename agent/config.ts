@@ -4,6 +4,7 @@ import type { Logger } from './log.js';
 import type { CgroupLayout } from './cgroups.js';
 import type { Limits } from '../policy/index.js';
 import type { NetworkTools } from './network.js';
+import type { Keeper } from './keeper.js';
 
 export interface AgentConfig {
   /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
@@ -21,14 +22,20 @@ export interface AgentConfig {
   cgroups: CgroupLayout;
   /** where containers without a usable cgroupsPath go, e.g. /katats */
   cgroupParent: string;
-  /** the VM's launch data (hex): a policy's sha256 binds that policy, zeros or none bind nothing (policy-hook.ts) */
-  launchDigest?: string;
+  /**
+   * the VM's launch data (hex): a policy's sha256 binds that policy, zeros or none bind nothing
+   * (policy-hook.ts). A function is asked at each decision: in the guest it reads fw_cfg, which a VM
+   * restored from a template holds for itself (a copy made at boot would be the template's).
+   */
+  launchDigest?: string | (() => string | undefined);
   /** the policy in force until a SetPolicy; the built-in allow-all when unset */
   defaultPolicy?: { text: string; source: string };
   /** limits of every policy evaluation (steps above all: a hostile policy must not hold the agent) */
   policyLimits?: Partial<Limits>;
-  /** SetGuestDateTime changes the clock (guest) or only validates (local mode) */
+  /** SetGuestDateTime changes the clock and ReseedRandomDev the kernel's CRNG (guest) or only validate (local mode) */
   setClock: boolean;
+  /** the runner's keeper (guest): clock and entropy without spawning a process */
+  keeper?: Keeper;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
   pciRescan: boolean;
   /** how UpdateInterface/UpdateRoutes/AddARPNeighbors reach the network; none: refused (local mode) */

@@ -8,6 +8,7 @@ import { internal, invalid, precondition } from './errors.js';
 import { STORAGE_DRIVERS } from './storage.js';
 import { DEVICE_DRIVERS } from './devices.js';
 import { runTool } from '../sys/exec.js';
+import { type Keeper, MAX_SEED_BYTES } from './keeper.js';
 
 export const AGENT_VERSION = '0.1.0';
 export const API_VERSION = '0.0.1';
@@ -81,10 +82,21 @@ export async function onlineCpuMem(req: grpc.OnlineCPUMemRequest, sysfs: string)
   return { cpus, memory };
 }
 
-/** settimeofday through the runner; `apply` false only checks and reports (local mode). */
-export function setGuestDateTime(req: grpc.SetGuestDateTimeRequest, runner: string, apply: boolean): Promise<boolean> {
+/**
+ * settimeofday through the keeper (no process spawned), else through a one-shot runner; `apply`
+ * false only checks and reports (local mode).
+ */
+export function setGuestDateTime(req: grpc.SetGuestDateTimeRequest, runner: string, apply: boolean, keeper?: Keeper): Promise<boolean> {
   if (req.Sec < 0 || req.Usec < 0 || req.Usec >= 1_000_000) throw invalid(`SetGuestDateTime: invalid time ${req.Sec}s ${req.Usec}us`);
   if (!apply) return Promise.resolve(false);
+  if (keeper?.alive) {
+    return keeper.setTime(Number(req.Sec), Number(req.Usec)).then(
+      () => true,
+      (e: Error) => {
+        throw internal(`SetGuestDateTime: ${e.message}`);
+      },
+    );
+  }
   return runTool(runner, ['settime', String(req.Sec), String(req.Usec)], { timeoutMs: 10_000, timeoutCode: 'KATATS_SETTIME_TIMEOUT' }).then(
     (r) => {
       if (r.code !== 0) throw internal(`SetGuestDateTime: ${r.stderr.trim() || `exit ${r.code ?? r.signal}`}`);
@@ -94,4 +106,22 @@ export function setGuestDateTime(req: grpc.SetGuestDateTimeRequest, runner: stri
       throw internal(`SetGuestDateTime: ${e.message}`);
     },
   );
+}
+
+/**
+ * ReseedRandomDev: the host's bytes credited to the kernel's pool and its CRNG reseeded at once
+ * (a template's clones would otherwise share its CRNG state until the next scheduled reseed).
+ * `apply` false (local mode) only checks.
+ */
+export async function reseedRandomDev(req: grpc.ReseedRandomDevRequest, apply: boolean, keeper?: Keeper): Promise<boolean> {
+  const data = req.data ?? new Uint8Array();
+  if (!data.length || data.length > MAX_SEED_BYTES) throw invalid(`ReseedRandomDev: want 1..${MAX_SEED_BYTES} bytes, got ${data.length}`);
+  if (!apply) return false;
+  if (!keeper?.alive) throw internal('ReseedRandomDev: the keeper is not running');
+  try {
+    await keeper.seed(data);
+  } catch (e) {
+    throw internal(`ReseedRandomDev: ${(e as Error).message}`);
+  }
+  return true;
 }

@@ -17,6 +17,10 @@ import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
 import { exitAfterFlush } from '../sys/exit.js';
 import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
 import { GUEST_NETWORK_TOOLS, netnsTools } from './network.js';
+import { Keeper } from './keeper.js';
+
+/** The launch data as QEMU serves it (fw_cfg opt/katats/host_data). */
+const FW_CFG_HOST_DATA = '/sys/firmware/qemu_fw_cfg/by_name/opt/katats/host_data/raw';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
              [--host-data FILE] [--policy-file FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
@@ -53,6 +57,11 @@ async function main(): Promise<void> {
   const stateDir = path.resolve(values['state-dir'] ?? '/run/kata-containers');
   fs.mkdirSync(stateDir, { recursive: true });
   const hostData = values['host-data'] ?? process.env.KATATS_HOST_DATA;
+  // In the guest the launch data is read from fw_cfg at each decision rather than from the init's
+  // copy: a VM restored from a template has its own fw_cfg but the template's copy.
+  const liveLaunchData = !local && !!hostData && fs.existsSync(FW_CFG_HOST_DATA);
+  const launchDigest = liveLaunchData ? () => readLaunchDigest(FW_CFG_HOST_DATA) : hostData ? readLaunchDigest(hostData) : undefined;
+  const runner = findRunner(values.runner);
   // In the guest the image's default policy must be there: without it the agent does not serve
   // (as Kata's aborts), rather than run pods with no policy at all.
   const policyFile = values['policy-file'] ?? process.env.KATATS_POLICY_FILE ?? (local ? undefined : DEFAULT_POLICY_PATH);
@@ -60,15 +69,16 @@ async function main(): Promise<void> {
   const config: AgentConfig = {
     stateDir,
     copyRoot: path.resolve(values['copy-root'] ?? path.join(stateDir, 'shared', 'containers')),
-    runner: findRunner(values.runner),
+    runner,
     crun: values.crun ?? 'crun',
     crunRoot: values['crun-root'],
     sysfsRoot: values.sysfs ?? '/sys',
     cgroups: detectCgroups(),
     cgroupParent: values['cgroup-parent'] ?? '/katats',
-    launchDigest: hostData ? readLaunchDigest(hostData) : undefined,
+    launchDigest,
     defaultPolicy,
     setClock: !local,
+    ...(local ? {} : { keeper: Keeper.start(runner, log) }),
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
     ...(local ? (values.netns ? { network: netnsTools(values.netns), netnsPath: values.netns } : {}) : { network: GUEST_NETWORK_TOOLS, netnsPath: `/proc/${process.pid}/ns/net` }),
@@ -76,7 +86,7 @@ async function main(): Promise<void> {
     log,
   };
   const agent = createAgent(config);
-  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: config.launchDigest }, 'agent starting');
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: typeof launchDigest === 'function' ? launchDigest() : launchDigest }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {
     void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {

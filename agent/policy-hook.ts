@@ -67,8 +67,12 @@ const ENDPOINTS = new Map<string, Endpoint>(
 );
 
 export interface PolicyGateOptions {
-  /** sha256 (hex) from the launch data; undefined when the VM has none (local mode). */
-  launchDigest: string | undefined;
+  /**
+   * sha256 (hex) from the launch data; undefined when the VM has none (local mode). A function is
+   * asked afresh at each decision that depends on it: in the guest it reads fw_cfg, which a VM
+   * restored from a template holds for itself (a copy made at boot would be the template's).
+   */
+  launchDigest: string | undefined | (() => string | undefined);
   /** The policy in force until a SetPolicy: the image's default. */
   defaultPolicy: { text: string; source: string };
   limits?: Partial<Limits>;
@@ -81,8 +85,16 @@ export class PolicyGate {
   policy: string | undefined;
   /** sha256 of the policy in force. */
   policyDigest: string;
+  /** The launch data's digest now. */
+  get launchDigest(): string | undefined {
+    return typeof this.o.launchDigest === 'function' ? this.o.launchDigest() : this.o.launchDigest;
+  }
+
   /** The launch data names a policy (not zeros). */
-  readonly bound: boolean;
+  get bound(): boolean {
+    const d = this.launchDigest;
+    return d !== undefined && d !== NO_POLICY;
+  }
   readonly timings = new DecisionTimings();
   private readonly redactedNoted = new Set<string>();
   private readonly log: Logger;
@@ -90,20 +102,19 @@ export class PolicyGate {
 
   constructor(private readonly o: PolicyGateOptions) {
     this.log = o.log.child({ subsystem: 'policy' });
-    this.bound = o.launchDigest !== undefined && o.launchDigest !== NO_POLICY;
     // Compiled even when bound, so that a broken image fails at start, not at the first pod.
     this.limits = { ...AGENT_POLICY_LIMITS, ...o.limits };
     this.current = AgentPolicy.compile(o.defaultPolicy.text, { file: 'default-policy.rego', limits: this.limits });
     this.policyDigest = sha256(o.defaultPolicy.text);
     this.log.info(
-      { default_policy: o.defaultPolicy.source, default_policy_sha256: this.policyDigest, launch_data: o.launchDigest ?? null, bound: this.bound },
+      { default_policy: o.defaultPolicy.source, default_policy_sha256: this.policyDigest, launch_data: this.launchDigest ?? null, bound: this.bound },
       this.bound ? 'the launch data binds a policy: only SetPolicy with it is accepted until it is set' : 'no policy bound by the launch data: the default policy applies until a SetPolicy',
     );
   }
 
   /** Bound and not set yet: nothing but that SetPolicy is accepted. */
   get awaitingPolicy(): boolean {
-    return this.bound && this.policy === undefined;
+    return this.policy === undefined && this.bound;
   }
 
   /** The interceptor's check of one request (ReadStdout/ReadStderr are decided after their read). */
@@ -115,7 +126,7 @@ export class PolicyGate {
       // SetPolicy itself is decided by the launch data (set()).
       if (ep.name === 'SetPolicyRequest') return;
       this.log.warn({ request: ep.name }, 'request refused: the launch data binds a policy that was not set yet');
-      throw denied(`${ep.name} is blocked by policy: the VM's launch data binds policy sha256:${this.o.launchDigest}, which was not set yet (SetPolicy must come first)`);
+      throw denied(`${ep.name} is blocked by policy: the VM's launch data binds policy sha256:${this.launchDigest}, which was not set yet (SetPolicy must come first)`);
     }
     const t0 = performance.now();
     if (this.current.allowsAny(ep.name)) {
@@ -195,9 +206,11 @@ export class PolicyGate {
   /** SetPolicy, once the interceptor let it through: the launch data's digest, then the text compiles. */
   set(text: string): void {
     const digest = sha256(text);
-    if (this.bound && digest !== this.o.launchDigest) {
-      this.log.warn({ policy_sha256: digest, launch_data: this.o.launchDigest }, 'SetPolicy refused: not the policy the launch data binds');
-      throw denied(`SetPolicy: policy digest sha256:${digest} does not match the launch data sha256:${this.o.launchDigest}`);
+    const launch = this.launchDigest;
+    const bound = launch !== undefined && launch !== NO_POLICY;
+    if (bound && digest !== launch) {
+      this.log.warn({ policy_sha256: digest, launch_data: launch }, 'SetPolicy refused: not the policy the launch data binds');
+      throw denied(`SetPolicy: policy digest sha256:${digest} does not match the launch data sha256:${launch}`);
     }
     if (!text.trim()) throw invalid('SetPolicy: empty policy');
     let next: AgentPolicy;
@@ -212,7 +225,7 @@ export class PolicyGate {
     this.policy = text;
     this.policyDigest = digest;
     this.redactedNoted.clear();
-    this.log.info({ policy_sha256: digest, bound: this.bound, allow_failures: next.allowFailures || undefined }, 'policy set');
+    this.log.info({ policy_sha256: digest, bound, allow_failures: next.allowFailures || undefined }, 'policy set');
     if (next.allowFailures) this.log.warn('the policy sets AllowRequestsFailingPolicy: denials are logged and then allowed');
   }
 }

@@ -7,7 +7,7 @@ import type { Sandbox } from './sandbox.js';
 import { copyFile } from './copy-file.js';
 import { diagnosticData } from './diagnostics.js';
 import { agentMetrics } from './metrics.js';
-import { guestDetails, onlineCpuMem, setGuestDateTime, AGENT_VERSION, API_VERSION } from './guest.js';
+import { guestDetails, onlineCpuMem, reseedRandomDev, setGuestDateTime, AGENT_VERSION, API_VERSION } from './guest.js';
 import { checkAbsolute } from './spec.js';
 import { GuestNetwork, noGuestNetwork } from './network.js';
 import { invalid, unavailable, withContext, TtrpcError, Code } from './errors.js';
@@ -100,8 +100,15 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
 
     SetGuestDateTime: (req) =>
       guard('SetGuestDateTime', async () => {
-        const applied = await setGuestDateTime(req, sb.config.runner, sb.config.setClock);
+        const applied = await setGuestDateTime(req, sb.config.runner, sb.config.setClock, sb.config.keeper);
         log.info({ sec: req.Sec, usec: req.Usec, applied }, applied ? 'guest clock set' : 'guest clock not set (local mode)');
+        return {};
+      }),
+
+    ReseedRandomDev: (req) =>
+      guard('ReseedRandomDev', async () => {
+        const applied = await reseedRandomDev(req, sb.config.setClock, sb.config.keeper);
+        log.info({ bytes: req.data?.length ?? 0, applied }, applied ? 'kernel CRNG reseeded' : 'kernel CRNG not reseeded (local mode)');
         return {};
       }),
 

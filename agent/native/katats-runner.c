@@ -39,6 +39,12 @@
  *                                           and execs PROG in place (same pid) in that namespace:
  *                                           QEMU gets its TAPs as `-netdev tap,fd=3+n`. Node can
  *                                           neither setns(2) nor ioctl(2).
+ *   keeper                                  long-lived, started with the agent: requests on stdin, one
+ *                                           answer line each ("ok" or "error TEXT") on stdout:
+ *                                           "time SEC USEC" settimeofday(2); "seed HEX" credits the
+ *                                           bytes to the kernel's pool (RNDADDENTROPY) and reseeds its
+ *                                           CRNG (RNDRESEEDCRNG). A VM restored from a template needs
+ *                                           both at once, and a fork+exec costs ~0.5 s under TCG.
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
@@ -78,6 +84,7 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <linux/random.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -751,6 +758,65 @@ static int mode_tap_exec(int argc, char **argv) {
   return 127;
 }
 
+/* ---------------------------------------------------------------- keeper */
+
+#define KEEPER_LINE 2200
+#define KEEPER_SEED_MAX 512
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static void keeper_seed(const char *hex) {
+  struct { struct rand_pool_info info; unsigned char buf[KEEPER_SEED_MAX]; } req;
+  size_t n = strlen(hex);
+  if (n == 0 || n % 2 || n / 2 > KEEPER_SEED_MAX) { printf("error seed wants 1..%d bytes as hex\n", KEEPER_SEED_MAX); return; }
+  for (size_t i = 0; i < n / 2; i++) {
+    int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) { printf("error seed is not hex\n"); return; }
+    req.buf[i] = (unsigned char)(hi << 4 | lo);
+  }
+  req.info.entropy_count = (int)(n / 2 * 8);
+  req.info.buf_size = (int)(n / 2);
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) { printf("error open /dev/urandom: %s\n", strerror(errno)); return; }
+  if (ioctl(fd, RNDADDENTROPY, &req.info) < 0) { printf("error RNDADDENTROPY: %s\n", strerror(errno)); close(fd); return; }
+  if (ioctl(fd, RNDRESEEDCRNG) < 0) { printf("error RNDRESEEDCRNG: %s\n", strerror(errno)); close(fd); return; }
+  close(fd);
+  printf("ok\n");
+}
+
+static int mode_keeper(void) {
+  static char line[KEEPER_LINE];
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  while (fgets(line, sizeof line, stdin)) {
+    size_t n = strlen(line);
+    if (n && line[n - 1] != '\n' && !feof(stdin)) {
+      /* over-long request: answered once, its rest skipped */
+      int c;
+      while ((c = getchar()) != EOF && c != '\n') {}
+      printf("error request longer than %d bytes\n", KEEPER_LINE - 2);
+      continue;
+    }
+    if (n && line[n - 1] == '\n') line[--n] = 0;
+    long long sec; long usec; char extra;
+    if (!strncmp(line, "time ", 5)) {
+      if (sscanf(line + 5, "%lld %ld %c", &sec, &usec, &extra) != 2 || sec < 0 || usec < 0 || usec >= 1000000) { printf("error time wants SEC USEC\n"); continue; }
+      struct timeval tv = { .tv_sec = (time_t)sec, .tv_usec = (suseconds_t)usec };
+      if (settimeofday(&tv, NULL) < 0) printf("error settimeofday: %s\n", strerror(errno));
+      else printf("ok\n");
+    } else if (!strncmp(line, "seed ", 5)) {
+      keeper_seed(line + 5);
+    } else {
+      printf("error unknown request\n");
+    }
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- init */
 
 /* die() reports on the status fd of the other modes and exits; PID 1 must instead power off
@@ -860,8 +926,7 @@ static int mode_init(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|init ...\n");
-    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|init|tap-exec ...\n");
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|keeper|tap-exec|init ...\n");
     return 2;
   }
   if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
@@ -869,6 +934,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "oom-v1")) return mode_oom_v1(argc - 2, argv + 2);
   if (!strcmp(argv[1], "ns")) return mode_ns(argc - 2, argv + 2);
   if (!strcmp(argv[1], "settime")) return mode_settime(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "keeper")) return mode_keeper();
   if (!strcmp(argv[1], "init")) return mode_init(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-open")) return mode_verity_open(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-close")) return mode_verity_close(argc - 2, argv + 2);

@@ -1,0 +1,101 @@
+// The runner's keeper mode: one helper process started with the agent, kept for its whole life,
+// that sets the clock and feeds the kernel's entropy pool on request. A VM restored from a
+// template needs both the moment it runs (its clock is the template's, its CRNG state every other
+// clone's too), and a fork+exec per request costs ~0.5 s under TCG; the keeper was forked before
+// the template was saved, so a clone spawns nothing.
+import { type ChildProcess, spawn } from 'node:child_process';
+import type { Logger } from './log.js';
+import { withTimeout } from '../sys/timeout.js';
+
+export const KEEPER_TIMEOUT = 'KATATS_KEEPER_TIMEOUT';
+const KEEPER_TIMEOUT_MS = 10_000;
+/** An answer is one short line; more than this unanswered is a broken keeper. */
+const MAX_ANSWER_BYTES = 4096;
+/** What RNDADDENTROPY takes from one request (the runner's bound). */
+export const MAX_SEED_BYTES = 512;
+
+export class Keeper {
+  private queue: Promise<unknown> = Promise.resolve();
+  private pending: { resolve: (l: string) => void; reject: (e: Error) => void } | undefined;
+  private buf = '';
+  private dead: Error | undefined;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly log: Logger,
+  ) {
+    child.stdout!.setEncoding('latin1');
+    child.stdout!.on('data', (d: string) => this.onData(d));
+    child.stderr!.on('data', (d: Buffer) => log.warn({ stderr: d.toString('utf8', 0, 1024) }, 'keeper stderr'));
+    const gone = (why: string) => {
+      this.dead ??= new Error(`keeper ${why}`);
+      this.pending?.reject(this.dead);
+      this.pending = undefined;
+    };
+    child.once('exit', (code, signal) => {
+      gone(`exited (${signal ?? code})`);
+      log.error({ code, signal }, 'keeper exited');
+    });
+    child.once('error', (e) => gone(`failed: ${e.message}`));
+    child.stdin!.on('error', (e) => gone(`stdin: ${e.message}`));
+  }
+
+  static start(runner: string, log: Logger): Keeper {
+    return new Keeper(spawn(runner, ['keeper'], { stdio: ['pipe', 'pipe', 'pipe'] }), log);
+  }
+
+  get alive(): boolean {
+    return !this.dead;
+  }
+
+  private onData(d: string): void {
+    this.buf += d;
+    if (this.buf.length > MAX_ANSWER_BYTES) {
+      this.dead = new Error('keeper answered more than a line');
+      this.child.kill('SIGKILL');
+      return;
+    }
+    const nl = this.buf.indexOf('\n');
+    if (nl < 0) return;
+    const line = this.buf.slice(0, nl);
+    this.buf = this.buf.slice(nl + 1);
+    const p = this.pending;
+    this.pending = undefined;
+    p?.resolve(line);
+  }
+
+  /** One request, answered in order; rejects with the keeper's error text. */
+  private request(line: string): Promise<void> {
+    const run = async (): Promise<void> => {
+      if (this.dead) throw this.dead;
+      const answer = new Promise<string>((resolve, reject) => (this.pending = { resolve, reject }));
+      this.child.stdin!.write(`${line}\n`);
+      const a = await withTimeout(answer, KEEPER_TIMEOUT_MS, {
+        code: KEEPER_TIMEOUT,
+        what: `keeper answering ${line.split(' ')[0]}`,
+        onTimeout: () => {
+          this.dead = new Error('keeper did not answer in time');
+          this.child.kill('SIGKILL');
+        },
+      });
+      if (a !== 'ok') throw new Error(a.replace(/^error /, ''));
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  setTime(sec: number, usec: number): Promise<void> {
+    return this.request(`time ${sec} ${usec}`);
+  }
+
+  seed(data: Uint8Array): Promise<void> {
+    if (!data.length || data.length > MAX_SEED_BYTES) return Promise.reject(new Error(`seed wants 1..${MAX_SEED_BYTES} bytes, got ${data.length}`));
+    return this.request(`seed ${Buffer.from(data).toString('hex')}`);
+  }
+
+  stop(): void {
+    this.child.stdin!.end();
+    this.child.kill('SIGTERM');
+  }
+}
