@@ -80,6 +80,12 @@ export interface KatatsConfig {
     /** Kata's key: how the pod's network namespace reaches the VM (tcfilter: TAPs glued to the veths by tc; none: not at all). */
     internetworking_model: InternetworkingModel;
   };
+  /**
+   * Kata's [factory]: with enable_template a pod's VM is a clone of a template booted once (`katats
+   * factory init`) under template_path (a tmpfs; init mounts one there when it is not), when the
+   * pod's VM has the template's shape; else a cold boot, with a log line saying why. QEMU only.
+   */
+  factory: { enable_template: boolean; template_path: string };
   /** Where the config came from, for `katats env` and logs. */
   source: string;
 }
@@ -128,6 +134,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
   },
   agent: { katats: { dial_timeout: 60, debug_console_enabled: false, kernel_modules: [] } },
   runtime: { hypervisor: '', enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats', internetworking_model: 'tcfilter' },
+  factory: { enable_template: false, template_path: '/run/katats/template' },
 };
 
 export class ConfigError extends Error {
@@ -226,6 +233,9 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   }
   // Kata's key, kept so its configs parse; silently ignoring a list would run pods without the modules.
   if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);
+  if (cfg.factory.enable_template && !/^\/[A-Za-z0-9/._-]*$/.test(cfg.factory.template_path)) {
+    throw new ConfigError(`${source}: factory.template_path must be an absolute path of letters, digits, '/', '.', '_' and '-'`);
+  }
   return { ...cfg, source };
 }
 

@@ -3,6 +3,7 @@ import type { VmConfig } from '../vmm/config.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { SHARED_FS_TAG, type LaunchRequest } from './guest.js';
+import { cloneForPod } from './factory.js';
 import type { LaunchPlan } from './vm.js';
 import { findRunner } from '../sys/runner.js';
 
@@ -38,12 +39,17 @@ export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hyper
     runDir: p.runDir,
     qemuBinary: q.path,
   };
+  // The factory's clone when there is a template for this VM's shape, else a cold boot.
   return Promise.resolve(
-    QemuHypervisor.create(cfg, {
-      logger: req.log,
-      cacheDir: p.cacheDir,
-      // QEMU runs in the pod's network namespace (as Kata's does) holding its TAPs at 3, 4, ...
-      ...(req.network?.nics.length ? { launchWrapper: tapExec(req.network.netns, req.network.nics.map((n) => n.tap)) } : {}),
-    }),
+    QemuHypervisor.create(
+      cfg,
+      {
+        logger: req.log,
+        cacheDir: p.cacheDir,
+        // QEMU runs in the pod's network namespace (as Kata's does) holding its TAPs at 3, 4, ...
+        ...(req.network?.nics.length ? { launchWrapper: tapExec(req.network.netns, req.network.nics.map((n) => n.tap)) } : {}),
+      },
+      (c, o) => cloneForPod(req.config, c, o, req.log),
+    ),
   );
 }

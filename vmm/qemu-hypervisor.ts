@@ -47,6 +47,12 @@ export function connectUnix(socketPath: string, o: ConnectOptions, code = AGENT_
   });
 }
 
+/**
+ * A running QEMU for this config restored from somewhere else (a VM template: shim/factory.ts),
+ * or undefined to boot it cold.
+ */
+export type RestoreHook = (config: VmConfig, opts: StartOptions) => Promise<QemuVm | undefined>;
+
 export class QemuHypervisor extends EventEmitter implements Hypervisor {
   readonly kind = 'qemu' as const;
   readonly capabilities: HypervisorCapabilities = { diskHotplug: true, netHotplug: false, fsHotplug: false, pause: true, snapshot: false };
@@ -58,14 +64,15 @@ export class QemuHypervisor extends EventEmitter implements Hypervisor {
   private constructor(
     readonly config: VmConfig,
     private readonly opts: StartOptions,
+    private readonly restore?: RestoreHook,
   ) {
     super();
     this.exited = new Promise((r) => (this.settleExit = r));
   }
 
-  static create(config: VmConfig, opts: StartOptions = {}): QemuHypervisor {
+  static create(config: VmConfig, opts: StartOptions = {}, restore?: RestoreHook): QemuHypervisor {
     validateConfig(config);
-    return new QemuHypervisor(config, opts);
+    return new QemuHypervisor(config, opts, restore);
   }
 
   get id(): string {
@@ -96,7 +103,7 @@ export class QemuHypervisor extends EventEmitter implements Hypervisor {
 
   async boot(): Promise<void> {
     if (this.vm) throw new VmError('QEMU is already booted', this.id, this.accel, []);
-    const vm = await QemuVm.start(this.config, this.opts);
+    const vm = (await this.restore?.(this.config, this.opts)) ?? (await QemuVm.start(this.config, this.opts));
     this.vm = vm;
     for (const d of this.config.disks ?? []) this.disks.add(d.id);
     vm.on('qmp-event', (ev: QmpEvent) => this.emit('event', { source: 'qmp', event: ev.event, atMs: vm.elapsed(), ...(ev.data ? { properties: ev.data } : {}) }));

@@ -13,6 +13,8 @@
 //                                                     veritysetup --no-superblock prints it
 //   katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]
 //                                                     a layer file (EROFS + verity tree); its root hash
+//   katats factory init|status [--json]|destroy [--config FILE]
+//                                                     the VM template ([factory] enable_template)
 //   katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE]
 //                                                     the tardev snapshotter (containerd proxy plugin)
 import { spawnSync } from 'node:child_process';
@@ -23,6 +25,7 @@ import { stringify as toToml } from 'smol-toml';
 import { policyCommand } from '../../policy/cli.js';
 import { loadConfig } from '../config.js';
 import { doctor } from './doctor.js';
+import { factoryCommand } from './factory.js';
 import { install } from './install.js';
 import { layerCommand, verityCommand } from './layer.js';
 import { snapshotterCommand } from '../../snapshotter/main.js';
@@ -40,6 +43,7 @@ const USAGE = [
   '       katats policy eval|test|gen|explain ...',
   '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
+  '       katats factory init|status [--json]|destroy [--config FILE]',
   '       katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE] [--log-level LEVEL]',
 ].join('\n');
 
@@ -78,6 +82,8 @@ async function main(argv: string[]): Promise<number> {
       );
       return 0;
     }
+    case 'factory':
+      return factoryCommand(cfg, args, USAGE);
     case 'demo': {
       // The demo needs the checkout's harness, image builders and npm packages: it runs there.
       const here = path.dirname(fileURLToPath(import.meta.url));

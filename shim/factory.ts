@@ -1,0 +1,270 @@
+// The VM factory (Kata's [factory] enable_template): a pod's VM as a clone of a template booted
+// once, when the pod's VM has exactly the template's shape (vmm/template/key.ts); a cold boot
+// otherwise, with a log line saying why. After a restore the guest is told the host's time and
+// given fresh entropy before anything else runs in it; its launch data is its own (fw_cfg comes
+// from the clone's argv and the agent reads it there at SetPolicy).
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { serviceClient } from '../proto/rpc.js';
+import type { GuestManifest } from '../guest/manifest.js';
+import { resolveAccel } from '../vmm/accel.js';
+import type { VmConfig } from '../vmm/config.js';
+import type { QemuVm, StartOptions } from '../vmm/vm.js';
+import { NotTemplatableError, templateKey, templateKeyInput, type TemplateKeyInput } from '../vmm/template/key.js';
+import { TemplateStore, type Template } from '../vmm/template/store.js';
+import { buildTemplate, cloneTemplate } from '../vmm/template/qemu-template.js';
+import { isMounted, mount, umount } from '../sys/mount.js';
+import { sleep, withTimeout } from '../sys/timeout.js';
+import type { KatatsConfig, QemuConfig } from './config.js';
+import { SHARED_FS_TAG } from './guest.js';
+import { privateDir } from './layout.js';
+import { resolveGuestFiles } from './vm.js';
+import { dialAgentChannel } from '../proto/agent-session.js';
+import { Client } from '../proto/ttrpc/index.js';
+import { connectUnix } from '../vmm/qemu-hypervisor.js';
+
+export const AFTER_RESTORE_TIMEOUT = 'KATATS_AFTER_RESTORE_TIMEOUT';
+const AFTER_RESTORE_TIMEOUT_MS = 10_000;
+/** Bytes of host entropy a clone's kernel gets (its CRNG is reseeded from them at once). */
+const SEED_BYTES = 64;
+/** Marks a tmpfs that `factory init` mounted (and `destroy` unmounts). */
+const MOUNT_MARKER = '.katats-tmpfs';
+const TMPFS_MAGIC = 0x01021994;
+
+/** The guest image's digests, or why there are none. */
+function imageDigests(q: QemuConfig): TemplateKeyInput['image'] | string {
+  if (q.kernel || q.initrd || q.image) return 'hypervisor.qemu kernel/initrd/image are set explicitly: no digests to key a template on';
+  try {
+    const m = JSON.parse(fs.readFileSync(q.guest_manifest, 'utf8')) as GuestManifest;
+    return { kernel: m.kernel.sha256, initrd: m.initrd.sha256, rootfs: m.rootfs.sha256 };
+  } catch (e) {
+    return `guest image manifest ${q.guest_manifest}: ${(e as Error).message}`;
+  }
+}
+
+/** The key inputs for a VM of this config, or why it cannot come from a template. */
+export async function keyInputFor(config: KatatsConfig, vm: VmConfig): Promise<TemplateKeyInput | string> {
+  const image = imageDigests(config.hypervisor.qemu);
+  if (typeof image === 'string') return image;
+  try {
+    const { accel } = await resolveAccel(vm.accel, { cacheDir: path.join(config.runtime.state_dir, 'vmm'), kernel: vm.kernel, qemuBinary: vm.qemuBinary });
+    return templateKeyInput(vm, accel, image);
+  } catch (e) {
+    if (e instanceof NotTemplatableError) return e.message;
+    throw e;
+  }
+}
+
+/**
+ * A running clone for this pod, its guest reseeded and its clock set, or undefined (after logging
+ * why) when the pod's VM must boot cold: factory off, no template for its key, or any failure while
+ * restoring (the clone's QEMU is gone by then). The shim then dials the agent as after a cold boot.
+ */
+export async function cloneForPod(config: KatatsConfig, cfg: VmConfig, start: StartOptions, log: Logger): Promise<QemuVm | undefined> {
+  if (!config.factory.enable_template) return undefined;
+  const t0 = Date.now();
+  const input = await keyInputFor(config, cfg).catch((e: Error) => `computing the template key failed: ${e.message}`);
+  if (typeof input === 'string') {
+    log.warn({ boot: 'cold', reason: input }, 'factory: cold boot');
+    return undefined;
+  }
+  const found = new TemplateStore(config.factory.template_path).lookup(input);
+  if ('reason' in found) {
+    log.warn({ boot: 'cold', reason: found.reason }, 'factory: cold boot');
+    return undefined;
+  }
+  let vm: QemuVm | undefined;
+  let client: Client | undefined;
+  try {
+    vm = await cloneTemplate(found.template, cfg, start);
+    const restored = vm;
+    const deadline = config.agent.katats.dial_timeout * 1000;
+    await restored.waitReady(async (signal) => {
+      client = await agentReady(cfg.agentSocket, signal, deadline);
+    }, deadline);
+    await afterRestore(client!, log);
+    log.info({ boot: 'template', template: found.template.meta.key.slice(0, 12), ms: Date.now() - t0, restoredMs: restored.timeline.readyMs }, 'factory: VM cloned from template');
+    return restored;
+  } catch (e) {
+    if (vm?.running) await vm.kill();
+    log.warn({ boot: 'cold', reason: `restoring the template failed: ${(e as Error).message}`, template: found.template.meta.key.slice(0, 12) }, 'factory: cold boot');
+    return undefined;
+  } finally {
+    await client?.close().catch(() => {});
+  }
+}
+
+/** How long one Health.Check may take while the agent of a restored or template VM is polled. */
+const HEALTH_POLL_TIMEOUT_MS = 1000;
+
+/**
+ * A client of the agent behind a QEMU agent socket, once it answers Health.Check (the session
+ * hello first, as the shim's own dial: proto/agent-session.ts).
+ */
+export async function agentReady(socket: string, signal: AbortSignal, timeoutMs: number): Promise<Client> {
+  const first = await dialAgentChannel(() => connectUnix(socket, { timeoutMs, signal }), { timeoutMs, signal });
+  let used = false;
+  const client = new Client(
+    () => {
+      if (used) return dialAgentChannel(() => connectUnix(socket, { timeoutMs }), { timeoutMs });
+      used = true;
+      return first;
+    },
+    { randomStreamIds: true },
+  );
+  const health = serviceClient(client, 'grpc.Health');
+  for (;;) {
+    if (signal.aborted) {
+      await client.close();
+      throw signal.reason;
+    }
+    try {
+      await health.Check({ service: '' }, { timeoutMs: HEALTH_POLL_TIMEOUT_MS });
+      return client;
+    } catch {
+      await sleep(100);
+    }
+  }
+}
+
+/** The guest's clock from the host and its kernel CRNG reseeded from host entropy (no process spawned in the guest). */
+export async function afterRestore(client: Client, log: Logger): Promise<void> {
+  const agent = serviceClient(client, 'grpc.AgentService');
+  const now = Date.now();
+  const work = (async () => {
+    await agent.ReseedRandomDev({ data: randomBytes(SEED_BYTES) });
+    // Kata's SetGuestDateTime: seconds and microseconds.
+    const t = Date.now();
+    await agent.SetGuestDateTime({ Sec: Math.floor(t / 1000), Usec: (t % 1000) * 1000 });
+  })();
+  await withTimeout(work, AFTER_RESTORE_TIMEOUT_MS, { code: AFTER_RESTORE_TIMEOUT, what: 'setting up a restored guest (entropy, clock)' });
+  log.debug({ ms: Date.now() - now }, 'restored guest reseeded and clock set');
+}
+
+/** The template's own VM config: what a pod's would be (shim/vm.ts), in a build directory. */
+function templateVmConfig(config: KatatsConfig, dir: string): VmConfig {
+  const q = config.hypervisor.qemu;
+  const files = resolveGuestFiles(q);
+  const kernelParams = q.kernel_params.split(/\s+/).filter(Boolean);
+  if (config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
+  if (config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
+  const sharedDir = privateDir(path.join(dir, 'shared'));
+  const launchDataFile = path.join(dir, 'host_data');
+  // Zeros: any launch-data check a clone passes is against its own fw_cfg, never this.
+  fs.writeFileSync(launchDataFile, Buffer.alloc(32), { mode: 0o600 });
+  return {
+    id: 'ktemplate',
+    vcpus: q.default_vcpus,
+    memoryMiB: q.default_memory,
+    kernel: files.kernel,
+    initrd: files.initrd,
+    rootfs: files.rootfs,
+    baseCmdline: files.cmdline,
+    kernelParams,
+    agentSocket: path.join(dir, 'agent.sock'),
+    agentLogFile: path.join(config.runtime.log_dir, 'factory-template-agent.log'),
+    consoleLogFile: path.join(config.runtime.log_dir, 'factory-template-console.log'),
+    sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model },
+    launchDataFile,
+    accel: q.accel,
+    machine: q.machine_type as VmConfig['machine'],
+    runDir: path.join(dir, 'vm'),
+    qemuBinary: q.path,
+  };
+}
+
+function isTmpfs(dir: string): boolean {
+  try {
+    return fs.statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/** `katats factory init`: the template for the configured VM shape, built unless there is one. */
+export async function factoryInit(config: KatatsConfig, log: Logger): Promise<{ template: Template; built: boolean }> {
+  const root = config.factory.template_path;
+  const store = new TemplateStore(root);
+  fs.mkdirSync(root, { recursive: true, mode: 0o700 });
+  if (!isTmpfs(root)) {
+    // Guest RAM belongs in memory: a template on disk would page every clone's reads from it.
+    const sizeMiB = config.hypervisor.qemu.default_memory * 2 + 64;
+    await mount('tmpfs', root, 'tmpfs', [`size=${sizeMiB}m`, 'mode=0700', 'nosuid', 'nodev', 'noexec']);
+    fs.writeFileSync(path.join(root, MOUNT_MARKER), '');
+    log.info({ root, sizeMiB }, 'factory: tmpfs mounted for templates');
+  }
+  const buildRoot = privateDir(path.join(config.runtime.state_dir, 'factory'));
+  privateDir(config.runtime.log_dir);
+  const dir = fs.mkdtempSync(path.join(buildRoot, 'b'));
+  try {
+    const cfg = templateVmConfig(config, dir);
+    const input = await keyInputFor(config, cfg);
+    if (typeof input === 'string') throw new Error(`this configuration's VMs cannot be templated: ${input}`);
+    const found = store.lookup(input);
+    if ('template' in found) return { template: found.template, built: false };
+    const deadline = config.agent.katats.dial_timeout * 1000;
+    const template = await buildTemplate({
+      store,
+      input,
+      config: cfg,
+      start: { logger: log, cacheDir: path.join(config.runtime.state_dir, 'vmm') },
+      log,
+      ready: async (vm) => {
+        let client: Client | undefined;
+        await vm.waitReady(async (signal) => {
+          client = await agentReady(cfg.agentSocket, signal, deadline);
+        }, deadline);
+        await client!.close();
+        return { warmMs: 0 };
+      },
+    });
+    return { template, built: true };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export interface FactoryStatus {
+  root: string;
+  enabled: boolean;
+  tmpfs: boolean;
+  /** the key this configuration's pods need, or why they cannot use a template */
+  wanted: string;
+  templates: { key: string; createdAt: string; memoryMiB: number; buildMs: Template['meta']['buildMs']; matches: boolean }[];
+}
+
+export async function factoryStatus(config: KatatsConfig): Promise<FactoryStatus> {
+  const root = config.factory.template_path;
+  const store = new TemplateStore(root);
+  const dir = fs.mkdtempSync(path.join(privateDir(path.join(config.runtime.state_dir, 'factory')), 's'));
+  let wanted: string;
+  try {
+    const input = await keyInputFor(config, templateVmConfig(config, dir));
+    wanted = typeof input === 'string' ? `not templatable: ${input}` : templateKey(input);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return {
+    root,
+    enabled: config.factory.enable_template,
+    tmpfs: isTmpfs(root),
+    wanted,
+    templates: store.list().map((t) => ({
+      key: t.meta.key,
+      createdAt: t.meta.createdAt,
+      memoryMiB: t.meta.memoryMiB,
+      buildMs: t.meta.buildMs,
+      matches: t.meta.key === wanted,
+    })),
+  };
+}
+
+/** `katats factory destroy`: every template gone; a tmpfs init mounted is detached (clones still mapping it keep it until they exit). */
+export async function factoryDestroy(config: KatatsConfig): Promise<string[]> {
+  const root = config.factory.template_path;
+  const removed = new TemplateStore(root).destroy();
+  if (fs.existsSync(path.join(root, MOUNT_MARKER)) && isMounted(root)) await umount(root, true);
+  return removed;
+}
