@@ -24,6 +24,7 @@ import { resolveGuestFiles } from './vm.js';
 import { dialAgentChannel } from '../proto/agent-session.js';
 import { Client } from '../proto/ttrpc/index.js';
 import { connectUnix } from '../vmm/qemu-hypervisor.js';
+import { warmTemplate } from './factory-warm.js';
 
 export const AFTER_RESTORE_TIMEOUT = 'KATATS_AFTER_RESTORE_TIMEOUT';
 const AFTER_RESTORE_TIMEOUT_MS = 10_000;
@@ -216,8 +217,16 @@ export async function factoryInit(config: KatatsConfig, log: Logger): Promise<{ 
         await vm.waitReady(async (signal) => {
           client = await agentReady(cfg.agentSocket, signal, deadline);
         }, deadline);
-        await client!.close();
-        return { warmMs: 0 };
+        try {
+          const t0 = Date.now();
+          // The calls every clone starts with, then a pod's lifecycle: compiled and cached in the template.
+          await afterRestore(client!, log);
+          const warmed = await warmTemplate(client!, cfg.sharedDir!.path, log);
+          log.info({ ...warmed, ms: Date.now() - t0 }, 'factory: template warmed');
+          return { warmMs: Date.now() - t0 };
+        } finally {
+          await client!.close();
+        }
       },
     });
     return { template, built: true };

@@ -12,7 +12,7 @@ import { isBindMount, isPodShm } from './container-spec.js';
 import { invalid } from './errdefs.js';
 
 /** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
-export function sharedStorage(g: GuestHandle) {
+export function sharedStorage(g: Pick<GuestHandle, 'sharedFs' | 'guestDirs'>) {
   const mount_point = g.guestDirs.shared;
   if (g.sharedFs === 'host' || g.sharedFs === 'none') return [];
   if (g.sharedFs === 'virtio-fs') return [{ driver: 'virtio-fs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point }];

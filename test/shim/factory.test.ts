@@ -124,5 +124,14 @@ describe('katats factory with containerd', () => {
     const r = await c.ctr(['run', '--rm', ...c.runtimeArgs('katats'), image, 'after1', 'echo', 'after'], { timeoutMs: 300_000 });
     expect(r.stdout).toBe('after\n');
     expect(logLines('after1', 'factory: cold boot')[0]?.reason).toBe(`no template at ${templates} (run: katats factory init)`);
+    // Nothing of the pods or the template builds is left: no socket, no build directory, no QEMU.
+    const sockets = (dir: string): string[] =>
+      fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+        const p = path.join(dir, e.name);
+        return e.isDirectory() ? sockets(p) : e.isSocket() ? [p] : [];
+      });
+    expect(sockets(env.stateDir)).toEqual([]);
+    expect(fs.readdirSync(path.join(env.stateDir, 'factory'))).toEqual([]);
+    expect(helpers.qemuProcs(env.stateDir)).toEqual([]);
   }, 900_000);
 });
