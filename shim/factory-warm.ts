@@ -48,18 +48,19 @@ function warmRootfs(sharedHostDir: string): string | undefined {
 }
 
 /** Runs the throwaway lifecycle; returns what it covered. Any failure fails the template build. */
-export async function warmTemplate(client: Client, sharedHostDir: string, log: Logger): Promise<{ container: boolean }> {
+export async function warmTemplate(client: Client, sharedHostDir: string | undefined, log: Logger): Promise<{ container: boolean }> {
   const agent = serviceClient(client, 'grpc.AgentService');
   const work = async (): Promise<{ container: boolean }> => {
     await agent.CreateSandbox({
       hostname: 'warm',
       sandbox_id: WARM_SANDBOX,
       storages: [
-        ...sharedStorage({ sharedFs: 'virtio-9p', guestDirs: KATA_GUEST_DIRS }),
+        ...(sharedHostDir ? sharedStorage({ sharedFs: 'virtio-9p', guestDirs: KATA_GUEST_DIRS }) : []),
         { driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['noexec', 'nosuid', 'nodev', 'mode=1777', 'size=1048576'], mount_point: KATA_GUEST_DIRS.sandboxShm },
       ],
     });
-    const rootfs = warmRootfs(sharedHostDir);
+    // Without a shared directory (verified layers only) there is no way in for a rootfs: sandbox only.
+    const rootfs = sharedHostDir ? warmRootfs(sharedHostDir) : undefined;
     if (rootfs) {
       const ids = { container_id: WARM_CONTAINER, exec_id: WARM_CONTAINER };
       await agent.CreateContainer({

@@ -168,7 +168,10 @@ function templateVmConfig(config: KatatsConfig, dir: string): VmConfig {
     agentSocket: path.join(dir, 'agent.sock'),
     agentLogFile: path.join(config.runtime.log_dir, 'factory-template-agent.log'),
     consoleLogFile: path.join(config.runtime.log_dir, 'factory-template-console.log'),
-    sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model },
+    // As shim/vm.ts and vm-qemu.ts make a pod's (the key catches any drift: pods then boot cold, saying where).
+    ...(q.shared_fs === 'virtio-9p' ? { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } } : {}),
+    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(dir, 'vfs.sock'), tag: SHARED_FS_TAG } } : {}),
+    hotplugSlots: q.machine_type === 'microvm' ? 0 : q.pcie_root_port,
     launchDataFile,
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],
@@ -222,7 +225,7 @@ export async function factoryInit(config: KatatsConfig, log: Logger): Promise<{ 
           const t0 = Date.now();
           // The calls every clone starts with, then a pod's lifecycle: compiled and cached in the template.
           await afterRestore(client!, log);
-          const warmed = await warmTemplate(client!, cfg.sharedDir!.path, log);
+          const warmed = await warmTemplate(client!, cfg.sharedDir?.path, log);
           log.info({ ...warmed, ms: Date.now() - t0 }, 'factory: template warmed');
           return { warmMs: Date.now() - t0 };
         } finally {
