@@ -21,11 +21,30 @@ const ENTRIES: { entry: string; out: string; bin: string }[] = [
   { entry: 'vmm/chv/cli.ts', out: 'chv.mjs', bin: 'katats-chv' },
 ];
 
+/**
+ * Replaces `file` with `data` by a rename, and only when it differs: test files build in parallel
+ * while containerd execs the shim and suites run the CLI, and a file rewritten in place was once
+ * read half-written (a snapshotter that died on start, its socket left refusing connections).
+ */
+function replaceFile(file: string, data: string | Uint8Array, mode = 0o644): boolean {
+  const bytes = typeof data === 'string' ? Buffer.from(data) : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  try {
+    if (fs.readFileSync(file).equals(bytes) && (fs.statSync(file).mode & 0o777) === mode) return false;
+  } catch {
+    /* not there yet */
+  }
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, bytes, { mode });
+  fs.chmodSync(tmp, mode);
+  fs.renameSync(tmp, file);
+  return true;
+}
+
 export async function buildHostBinaries(log: (s: string) => void = (s) => process.stderr.write(s + '\n')): Promise<{ binDir: string }> {
   fs.mkdirSync(path.join(dist, 'bin'), { recursive: true });
   for (const e of ENTRIES) {
     if (!fs.existsSync(path.join(root, e.entry))) continue;
-    await build({
+    const out = await build({
       entryPoints: [path.join(root, e.entry)],
       outfile: path.join(dist, e.out),
       bundle: true,
@@ -34,18 +53,19 @@ export async function buildHostBinaries(log: (s: string) => void = (s) => proces
       format: 'esm',
       sourcemap: 'linked',
       logLevel: 'warning',
+      write: false,
       // Bundled CommonJS dependencies (pino) still call require(): give ESM one.
       banner: { js: "import { createRequire as __katatsCreateRequire } from 'node:module'; const require = __katatsCreateRequire(import.meta.url);" },
     });
+    let changed = false;
+    for (const f of out.outputFiles) changed = replaceFile(f.path, f.contents) || changed;
     const wrapper = path.join(dist, 'bin', e.bin);
-    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, e.out)} "$@"\n`, { mode: 0o755 });
-    log(`build: ${path.relative(root, wrapper)} -> ${path.relative(root, path.join(dist, e.out))}`);
+    changed = replaceFile(wrapper, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, e.out)} "$@"\n`, 0o755) || changed;
+    log(`build: ${path.relative(root, wrapper)} -> ${path.relative(root, path.join(dist, e.out))}${changed ? '' : ' (unchanged)'}`);
   }
   const runner = findRunner();
   const copy = path.join(dist, 'bin', 'katats-runner');
-  fs.copyFileSync(runner, `${copy}.tmp`);
-  fs.chmodSync(`${copy}.tmp`, 0o755);
-  fs.renameSync(`${copy}.tmp`, copy);
+  replaceFile(copy, fs.readFileSync(runner), 0o755);
   log(`build: ${path.relative(root, copy)} (native helper) <- ${path.relative(root, runner)}`);
   return { binDir: path.join(dist, 'bin') };
 }

@@ -60,6 +60,10 @@ export async function katatsEnv(opts: KatatsEnvOptions = {}): Promise<KatatsEnv>
       // TOML forbids opening [hypervisor.qemu] twice: keys for it cannot go into extraToml.
       opts.qemuToml ?? '',
       ...(opts.hypervisor === 'clh' ? ['[hypervisor.clh]', `guest_manifest = "${path.join(imageDir, 'manifest.json')}"`, opts.clhToml ?? ''] : []),
+      // The suite boots several TCG guests at once on 2 cores, where one may take longer than the
+      // 60 s default to answer: the tests check what a pod does, not how fast it boots.
+      '[agent.katats]',
+      'dial_timeout = 180',
       '[runtime]',
       ...(opts.hypervisor ? [`hypervisor = "${opts.hypervisor}"`] : []),
       `state_dir = "${stateDir}"`,
