@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startContainerd, type Containerd } from '../../harness/containerd.js';
+import { startContainerd, type Containerd, removeNamespaceCgroups } from '../../harness/containerd.js';
 import { buildOciImage } from '../../harness/images/oci.js';
 import { writeTar } from '../../harness/images/tar.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
@@ -118,6 +118,8 @@ describe('the tardev snapshotter in containerd 1.6', () => {
     } finally {
       await cd.ctr(['images', 'rm', '--sync', img.name, LAYERED_INDEX], { namespace: ns });
       await cd.ctr(['namespaces', 'rm', ns]);
+      // runc's container cgroups sit under one per namespace, which nobody else removes.
+      expect(await removeNamespaceCgroups(ns)).toBe(true);
     }
     // The first namespace still has the image: the files stay.
     for (const c of chains) expect(fs.existsSync(path.join(sn.root, 'layers', layerName(c)))).toBe(true);
