@@ -9,14 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
-import { Client } from '../proto/ttrpc/index.js';
-import { serviceClient } from '../proto/rpc.js';
 import { buildFullGuestImage } from '../scripts/guest-image.js';
 import { ClhHypervisor } from '../vmm/clh/driver.js';
 import { chvCommand } from '../vmm/clh/vmm-binary.js';
 import type { AccelChoice } from '../vmm/config.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
+import { agentReady } from '../harness/agent-ready.js';
 
 const { values } = parseArgs({ options: { n: { type: 'string', default: '3' }, calls: { type: 'string', default: '50' }, accel: { type: 'string', default: 'auto' } } });
 const N = Number(values.n);
@@ -28,23 +27,6 @@ const median = (xs: number[]) => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
-
-async function ready(hv: Hypervisor): Promise<Client> {
-  let client: Client | undefined;
-  await hv.waitReady(async (signal) => {
-    while (!signal.aborted) {
-      const c = new Client(() => hv.connectAgent({ timeoutMs: 10_000, signal }), { randomStreamIds: true });
-      const st = await serviceClient(c, 'grpc.Health').Check({ service: '' }, { timeoutMs: 2000 }).then((r) => r.status, () => undefined);
-      if (st === 1) {
-        client = c;
-        return;
-      }
-      await c.close();
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }, 300_000);
-  return client!;
-}
 
 async function timeCalls(fn: () => Promise<unknown>): Promise<number> {
   const xs: number[] = [];
@@ -94,7 +76,7 @@ try {
       }
       try {
         await hv.boot();
-        const client = await ready(hv);
+        const client = await agentReady(hv);
         const bootMs = performance.now() - t0;
         const infoMs = await timeCalls(() => hv.info());
         const pauseResumeMs = await timeCalls(async () => {

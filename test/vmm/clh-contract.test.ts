@@ -23,6 +23,7 @@ import { dialHybridVsock, HybridVsockError } from '../../vmm/clh/hybrid-vsock.js
 import type { VmConfig } from '../../vmm/clh/types.js';
 import { chvCommand, probeRealClh } from '../../vmm/clh/vmm-binary.js';
 import type { HypervisorEvent } from '../../vmm/hypervisor.js';
+import { agentReady } from '../../harness/agent-ready.js';
 import { tempDir } from '../support/tmp.js';
 
 const tmp = tempDir('katats-clh-');
@@ -171,18 +172,7 @@ describe('cloud-hypervisor client against katats-chv, with a guest (QEMU under i
       expect(hv.accel).toBe('tcg');
       expect((await hv.info()).state).toBe('Running');
       expect((await apiError(hv.client.boot())).status).toBe(405);
-      await hv.waitReady(async (signal) => {
-        while (!signal.aborted) {
-          const c = new Client(() => hv.connectAgent({ timeoutMs: 10_000, signal }), { randomStreamIds: true });
-          const st = await serviceClient(c, 'grpc.Health').Check({ service: '' }, { timeoutMs: 2000 }).then((r) => r.status, () => undefined);
-          if (st === 1) {
-            client = c;
-            return;
-          }
-          await c.close();
-          await new Promise((r) => setTimeout(r, 500));
-        }
-      }, 300_000);
+      client = await agentReady(hv, 300_000, 500);
       // A port nothing serves is refused by closing, as CH does.
       const refused = await dialHybridVsock(vsock, 9999, { timeoutMs: 2000 }).catch((e: unknown) => e);
       expect(refused).toBeInstanceOf(Error);
