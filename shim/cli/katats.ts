@@ -17,6 +17,10 @@
 //                                                     the VM template ([factory] enable_template)
 //   katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE]
 //                                                     the tardev snapshotter (containerd proxy plugin)
+//   katats snp serve|report ...                       the node's emulated SEV-SNP firmware (attestation/cli.ts)
+//   katats attest verify REPORT [--chain DIR] [--trusted-ark FILE]
+//                                                     decode and check an SNP attestation report
+//   katats kbs serve ...                              the key broker service (attestation/kbs/cli.ts)
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -29,6 +33,8 @@ import { factoryCommand } from './factory.js';
 import { install } from './install.js';
 import { layerCommand, verityCommand } from './layer.js';
 import { snapshotterCommand } from '../../snapshotter/main.js';
+import { attestCommand, snpCommand } from '../../attestation/cli.js';
+import { kbsCommand } from '../../attestation/kbs/cli.js';
 
 function flag(args: string[], name: string, def: string): string {
   const i = args.indexOf(name);
@@ -45,6 +51,11 @@ const USAGE = [
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
   '       katats factory init|status [--json]|destroy [--config FILE]',
   '       katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE] [--log-level LEVEL]',
+  '       katats snp serve [--state-dir DIR] [--run-dir DIR] [--socket SOCK] [--log FILE]',
+  '       katats snp report --port SOCK [--data HEX] [--out FILE] [--chain-out DIR]',
+  '       katats attest verify REPORT [--chain DIR] [--trusted-ark FILE]',
+  '       katats kbs serve --trusted-ark FILE --admin-key FILE --resources DIR [--listen HOST:PORT] [--policy FILE] [--session-timeout S] [--log FILE]',
+  '       katats kbs admin-token --key FILE [--ttl SECONDS]',
 ].join('\n');
 
 async function main(argv: string[]): Promise<number> {
@@ -54,6 +65,9 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'verity') return verityCommand(args, USAGE);
   if (cmd === 'layer') return layerCommand(args, USAGE);
   if (cmd === 'snapshotter') return snapshotterCommand(args, USAGE);
+  if (cmd === 'snp') return snpCommand(args, USAGE);
+  if (cmd === 'attest') return attestCommand(args, USAGE);
+  if (cmd === 'kbs') return kbsCommand(args, USAGE);
   const cfg = loadConfig(flag(args, '--config', '') || undefined);
   switch (cmd) {
     case 'doctor': {
