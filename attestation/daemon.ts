@@ -119,15 +119,22 @@ export class SnpDaemon {
   async launch(vm: string, measurement: Buffer, hostData: Buffer, policy?: ReturnType<typeof decodePolicy>): Promise<string> {
     checkId(vm, 'VM id');
     await this.release(vm);
-    this.fw.launch(vm, { measurement, hostData, ...(policy ? { policy } : {}) });
     const p = path.join(this.runDir, `${vm}.sock`);
+    // sockaddr_un holds 107 bytes of path: a longer one would fail inside listen() with a vaguer error.
+    if (Buffer.byteLength(p) > 107) throw new FirmwareError('ERR_SNP_BAD_INPUT', `VM socket path ${p} is longer than a unix socket path may be (107 bytes)`);
+    this.fw.launch(vm, { measurement, hostData, ...(policy ? { policy } : {}) });
     fs.rmSync(p, { force: true });
     const conns = new Set<net.Socket>();
     const server = net.createServer((c) => this.serveVm(vm, c, conns));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(p, () => resolve());
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(p, () => resolve());
+      });
+    } catch (e) {
+      this.fw.release(vm);
+      throw e;
+    }
     fs.chmodSync(p, 0o600);
     this.vmServers.set(vm, { server, path: p, conns });
     this.log.info({ sandbox: vm, measurement: measurement.toString('hex'), host_data: hostData.toString('hex'), policy: policy ? encodePolicy(policy).toString(16) : undefined }, 'VM launched');

@@ -12,6 +12,8 @@ import { SnpDaemon } from '../../attestation/daemon.js';
 import { EmulatedSnpDevice } from '../../attestation/device.js';
 import { SnpFirmware } from '../../attestation/firmware.js';
 import { frame } from '../../attestation/guest-msg.js';
+import { registerVm, releaseVm } from '../../attestation/snp-control.js';
+import { isTimeout } from '../../sys/timeout.js';
 import { decodeReport, REPORT_SIZE } from '../../attestation/report.js';
 import { verifyReport } from '../../attestation/verify.js';
 import { tempDir } from '../support/tmp.js';
@@ -149,10 +151,27 @@ describe('katats snp daemon', () => {
     expect((await new EmulatedSnpDevice(a.socket!).getReport(RD)).report.length).toBe(REPORT_SIZE);
   });
 
-  it('removes a released VM\'s socket and its record', async () => {
-    const a = await ctl({ op: 'launch', vm: 'pod-r', measurement: 'cc'.repeat(48), host_data: 'c1'.repeat(32) });
-    expect((await ctl({ op: 'release', vm: 'pod-r' })).ok).toBe(true);
-    expect(fs.existsSync(a.socket!)).toBe(false);
+  it('registers and releases through the shim\'s control client: the socket and the record go away', async () => {
+    const sock = await registerVm(control(), 'pod-r', Buffer.alloc(48, 0xcc), Buffer.alloc(32, 0xc1));
+    expect((await verifyReport((await new EmulatedSnpDevice(sock).getReport(RD)).report, fw.chain)).hostData).toEqual(Buffer.alloc(32, 0xc1));
+    await releaseVm(control(), 'pod-r');
+    expect(fs.existsSync(sock)).toBe(false);
     expect(fw.has('pod-r')).toBe(false);
+    // A socket path past sockaddr_un's 107 bytes is refused by name, before listen() fails obscurely.
+    await expect(registerVm(control(), 'x'.repeat(76), Buffer.alloc(48), Buffer.alloc(32))).rejects.toThrow(/longer than a unix socket path may be/);
+    expect(fw.has('x'.repeat(76))).toBe(false);
+    await expect(registerVm(control(), 'pod-s', Buffer.alloc(47), Buffer.alloc(32))).rejects.toThrow(/refused VM pod-s: measurement must be 48 bytes/);
+  });
+
+  it('the control client gives up on a daemon that does not answer, with a coded timeout', async () => {
+    const mute = net.createServer(() => undefined);
+    const p = path.join(tmp.dir, 'mute.sock');
+    await new Promise<void>((r) => mute.listen(p, () => r()));
+    try {
+      const e = await registerVm(p, 'pod-m', Buffer.alloc(48), Buffer.alloc(32), 300).catch((x: unknown) => x);
+      expect(isTimeout(e, 'KATATS_SNP_CONTROL_TIMEOUT')).toBe(true);
+    } finally {
+      mute.close();
+    }
   });
 });
