@@ -35,7 +35,7 @@ export interface ControlResponse {
 }
 
 export class SnpDaemon {
-  private control?: net.Server;
+  private control?: { server: net.Server; path: string };
   private readonly vmServers = new Map<string, { server: net.Server; path: string; conns: Set<net.Socket> }>();
   private readonly controlConns = new Set<net.Socket>();
 
@@ -56,7 +56,7 @@ export class SnpDaemon {
       server.listen(controlSocket, () => resolve());
     });
     fs.chmodSync(controlSocket, 0o600);
-    this.control = server;
+    this.control = { server, path: controlSocket };
   }
 
   private serveControl(c: net.Socket): void {
@@ -189,6 +189,9 @@ export class SnpDaemon {
     for (const c of this.controlConns) c.destroy();
     const s = this.control;
     this.control = undefined;
-    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+    if (s) {
+      await new Promise<void>((resolve) => s.server.close(() => resolve()));
+      fs.rmSync(s.path, { force: true });
+    }
   }
 }
