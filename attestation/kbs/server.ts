@@ -221,6 +221,8 @@ export async function buildKbs(o: KbsOptions): Promise<Kbs> {
   });
 
   app.post<{ Body: { policy: string } }>('/kbs/v0/resource-policy', {
+    // A policy may be larger than a protocol message; the admin token is checked before it is compiled.
+    bodyLimit: 2 * 1024 * 1024,
     schema: { body: { type: 'object', required: ['policy'], properties: { policy: { type: 'string', maxLength: 1024 * 1024 } } } },
   }, async (req, reply) => {
     await admin(req);

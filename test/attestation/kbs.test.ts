@@ -289,6 +289,10 @@ describe('protocol abuse', () => {
     const stranger = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
     expect(await admin('/kbs/v0/resource/default/key/disk', Buffer.from('stolen'), await adminToken(stranger))).toBe(401);
     expect(await admin('/kbs/v0/resource-policy', { policy: Buffer.from('package kbs\nallow if {').toString('base64url') })).toBe(400);
+    // A policy larger than a protocol message (64 KiB) is accepted on the admin endpoint.
+    const big = `${POLICY}\n${Array.from({ length: 3000 }, (_, i) => `# padding line ${i} of a long generated policy`).join('\n')}\n`;
+    expect(big.length).toBeGreaterThan(100 * 1024);
+    expect(await admin('/kbs/v0/resource-policy', { policy: Buffer.from(big).toString('base64url') })).toBe(200);
     await stillServes();
   });
 });
