@@ -80,12 +80,26 @@ try {
   const token = await client.attest();
   const get = (): Promise<unknown> => fetch(`${url}/kbs/v0/resource/default/key/disk`, { headers: { authorization: `Bearer ${token}` } }).then((r) => r.arrayBuffer());
   const resourceRate = await rate(get, 16);
-  const authRate = await rate(() => fetch(`${url}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"snp"}' }).then((r) => r.arrayBuffer()), 16);
+  const auth = (): Promise<unknown> =>
+    fetch(`${url}/kbs/v0/auth`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"version":"0.4.0","tee":"snp"}' }).then((r) => r.arrayBuffer());
+  const authRate = await rate(auth, 16);
   const rcarRate = await rate(() => new KbsClient({ url, device }).attest(), 8);
   await kbs.app.close();
   await daemon.close();
 
-  const result = { date: new Date().toISOString(), quick, seconds, cpus: os.cpus().length, loadavg: os.loadavg(), report, rcar, fetchCached, resourceRate, authRate, rcarRate };
+  const result = {
+    date: new Date().toISOString(),
+    quick,
+    seconds,
+    cpus: os.cpus().length,
+    loadavg: os.loadavg(),
+    report,
+    rcar,
+    fetchCached,
+    resourceRate,
+    authRate,
+    rcarRate,
+  };
   const f = (s: ReturnType<typeof stats>): string => `${s.mean.toFixed(2)} ms mean, ${s.p50.toFixed(2)} p50, ${s.p95.toFixed(2)} p95 (n=${s.n})`;
   const table = [
     `| what | figure |`,
