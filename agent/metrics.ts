@@ -10,6 +10,28 @@ function gauge(lines: string[], name: string, help: string, value: number, type 
   lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name}${labels} ${Number.isFinite(value) ? value : 0}`);
 }
 
+/** /proc/meminfo fields the guest reports, under Kata's item names for kata_guest_meminfo. */
+const MEMINFO_ITEMS: Record<string, string> = {
+  MemTotal: 'mem_total',
+  MemFree: 'mem_free',
+  MemAvailable: 'mem_available',
+  Buffers: 'buffers',
+  Cached: 'cached',
+  Shmem: 'shmem',
+  AnonPages: 'anon_pages',
+  Slab: 'slab',
+};
+
+/** kata_guest_meminfo{item=...}: the guest kernel's memory counters, in bytes. */
+export function guestMeminfo(text: string): string {
+  const lines = ['# HELP kata_guest_meminfo Statistics about memory usage in the guest, in bytes.', '# TYPE kata_guest_meminfo gauge'];
+  for (const m of text.matchAll(/^(\w+):\s+(\d+) kB$/gm)) {
+    const item = MEMINFO_ITEMS[m[1]!];
+    if (item) lines.push(`kata_guest_meminfo{item="${item}"} ${Number(m[2]) * 1024}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
 export function agentMetrics(extra: Record<string, number> = {}): string {
   scrapes++;
   const lines: string[] = [];
@@ -43,5 +65,11 @@ export function agentMetrics(extra: Record<string, number> = {}): string {
   gauge(lines, 'nodejs_heap_used_bytes', 'V8 heap used in bytes', mem.heapUsed);
   gauge(lines, 'nodejs_heap_total_bytes', 'V8 heap total in bytes', mem.heapTotal);
   for (const [k, v] of Object.entries(extra)) gauge(lines, k, k.replace(/_/g, ' '), v);
-  return lines.join('\n') + '\n';
+  let meminfo = '';
+  try {
+    meminfo = guestMeminfo(fs.readFileSync('/proc/meminfo', 'utf8'));
+  } catch {
+    /* no procfs */
+  }
+  return lines.join('\n') + '\n' + meminfo;
 }

@@ -169,6 +169,12 @@ describe('sandbox requests', () => {
     expect(rss).toBeGreaterThan(10 << 20);
     expect(m).toMatch(/^process_cpu_seconds_total [\d.]+$/m);
     expect(m).toMatch(/^process_open_fds \d+$/m);
+    // The kernel's memory counters (the host's here, in local mode; the guest's in a VM), in bytes.
+    const total = Number(/^kata_guest_meminfo\{item="mem_total"\} (\d+)$/m.exec(m)?.[1]);
+    const avail = Number(/^kata_guest_meminfo\{item="mem_available"\} (\d+)$/m.exec(m)?.[1]);
+    expect(total).toBe(Number(/^MemTotal:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1]) * 1024);
+    expect(avail).toBeGreaterThan(0);
+    expect(avail).toBeLessThan(total);
     for (const line of m.trim().split('\n')) expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? -?[\d.e+]+)$/);
   });
 
