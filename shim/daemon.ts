@@ -15,6 +15,9 @@ import { withPodNetwork } from './network/pod-network.js';
 import { removeTree } from '../sys/mount.js';
 import { exitAfterFlush } from '../sys/exit.js';
 import { hasExited, signalWithGroup } from '../sys/proc.js';
+import { PodSteps, shimStartedAt } from './pod-steps.js';
+import { serveMonitorEndpoint, type MonitorEndpoint } from './monitor/endpoint.js';
+import { MONITOR_SOCKET } from './monitor/report.js';
 
 /** The shim's logger, and a flush of its file (pino's multistream cannot flush with a callback). */
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): { log: Logger; flushFile: (cb: (err?: Error) => void) => void } {
@@ -47,6 +50,8 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   const events = new EventPublisher({ address: ttrpcAddress, namespace: args.namespace, logger: log });
 
   const server = new Server({ logger: log });
+  const steps = new PodSteps();
+  let monitor: MonitorEndpoint | undefined;
   let stopping = false;
   /** Our socket file once listening (its inode tells ours from a successor's). */
   const own: { socket?: fs.Stats } = {};
@@ -65,6 +70,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     // Each step on its own: a failure in one must not leave the socket and state behind.
     await server.close({ graceMs: 2000 }).catch((err) => log.error({ err }, 'closing the server failed'));
     await events.close().catch((err) => log.error({ err }, 'closing the event publisher failed'));
+    await monitor?.close().catch((err: unknown) => log.error({ err }, 'closing the monitor endpoint failed'));
     // Closing the listener unlinked our socket; a file there now is a successor's, unless ours lingers.
     const st = fs.lstatSync(args.socket, { throwIfNoEntry: false });
     if (st && own.socket && st.ino === own.socket.ino && st.dev === own.socket.dev) fs.rmSync(args.socket, { force: true });
@@ -98,6 +104,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
     events,
     stateDir: cfg.runtime.state_dir,
     log,
+    steps,
     // Answer the Shutdown call before going away.
     onShutdown: () => setImmediate(() => stopSoon(0)),
   });
@@ -116,6 +123,15 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   });
   process.on('SIGTERM', () => stopSoon(0));
   process.on('SIGINT', () => stopSoon(0));
-  log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null }, 'shim serving');
+  const servingMs = steps.done('shim_serving', Date.now() - shimStartedAt());
+  log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null, ms: servingMs }, 'shim serving');
   process.stdout.write('ready\n');
+  // After `ready`: containerd's wait for the shim does not include the monitor's socket.
+  const monitorSocket = path.join(sandboxDir(cfg.runtime.state_dir, sandboxId), MONITOR_SOCKET);
+  try {
+    monitor = await serveMonitorEndpoint({ socket: monitorSocket, sandboxId, namespace: args.namespace, view: () => service.monitorView(), log });
+  } catch (err) {
+    // The pod runs without it; `katats monitor` does not list it.
+    log.warn({ err, socket: monitorSocket }, 'the monitor endpoint could not be served');
+  }
 }

@@ -47,6 +47,8 @@ export interface GuestHandle {
   layers?: PodLayers;
   guestDirs: GuestDirs;
   accel: 'kvm' | 'tcg';
+  /** Whether the VM is a clone of a factory template or booted cold; none for a guest that is no VM. */
+  bootPath?: 'template' | 'cold';
   /** The VM's driver (hotplug, pause, info); none for a guest that is no VM (the local agent of tests). */
   hypervisor?: Hypervisor;
   /** The VMM's pid, recorded so `shim delete` can clean up after a dead shim. */

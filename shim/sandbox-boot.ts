@@ -85,7 +85,7 @@ export async function launchSandboxVm(
     ...(podNetns ? { podNetns } : {}),
     ...(cgroups ? { cgroups } : {}),
   });
-  o.log.info({ accel: guest.accel, vmmPid: guest.vmmPid }, 'sandbox VM ready');
+  o.log.info({ accel: guest.accel, vmmPid: guest.vmmPid, bootPath: guest.bootPath }, 'sandbox VM ready');
   return guest;
 }
 

@@ -8,6 +8,7 @@ import { loadConfig } from './config.js';
 import { groupingId, privateDir, socketPath } from './layout.js';
 import { removeStaleSocket, socketIsLive } from '../proto/ttrpc/index.js';
 import { withStartLock } from './start-lock.js';
+import { SHIM_STARTED_AT_ENV } from './pod-steps.js';
 
 /** The newest Task API the daemon serves (containerd.task.v3.Task; v2 is served too). */
 export const MAX_TASK_API = 3;
@@ -74,7 +75,8 @@ async function spawnDaemon(args: ShimArgs, grouping: string, sock: string, logDi
       cwd: args.bundle,
       detached: true,
       stdio: ['ignore', 'pipe', errFd],
-      env: process.env,
+      // When containerd ran `start`: the daemon's shim_serving step counts from there.
+      env: { ...process.env, [SHIM_STARTED_AT_ENV]: String(Math.round(performance.timeOrigin)) },
     });
   } finally {
     fs.closeSync(errFd);

@@ -28,6 +28,9 @@ import { alreadyExists, invalid, notFound, precondition, unimplemented, withWire
 import { AGENT_TEARDOWN_TIMEOUT_MS, requestCall, setupCall } from './agent-calls.js';
 import { unmountAll } from '../sys/mount.js';
 import { checkId } from '../sys/ids.js';
+import { PodSteps } from './pod-steps.js';
+import type { PodView } from './monitor/endpoint.js';
+import type { SandboxReport } from './monitor/report.js';
 
 /** containerd's task status enum (containerd.v1.types.Status). */
 const Status = { UNKNOWN: 0, CREATED: 1, RUNNING: 2, STOPPED: 3, PAUSED: 4 } as const;
@@ -46,6 +49,8 @@ export interface TaskServiceOptions {
   log: Logger;
   /** Called when containerd asks the shim to go away and nothing is left to serve. */
   onShutdown: () => void;
+  /** Where the pod's step times go (the daemon shares it with the monitor endpoint); a fresh one when absent. */
+  steps?: PodSteps;
 }
 
 type TaskImpl = Partial<ServiceImpl<'containerd.task.v2.Task'>>;
@@ -58,9 +63,14 @@ export class TaskService {
   private readonly log: Logger;
   /** Whether the guest holds the pod's /dev/shm (the sandbox had a private one). */
   private podShm = false;
+  /** How the pod's start went, step by step (pod-steps.ts). */
+  readonly steps: PodSteps;
+  /** The Kubernetes pod this sandbox is, from CRI's annotations on the sandbox container. */
+  private criPod: SandboxReport['cri'];
 
   constructor(private readonly o: TaskServiceOptions) {
     this.log = o.log;
+    this.steps = o.steps ?? new PodSteps();
     this.vm = new SandboxVm({
       sandboxId: o.sandboxId,
       log: o.log,
@@ -114,11 +124,16 @@ export class TaskService {
   ): Promise<GuestHandle> {
     const boot = { sandboxId: this.o.sandboxId, config: this.o.config, stateDir: this.o.stateDir, launcher: this.o.launcher, log: this.log };
     return this.vm.boot(
-      () => launchSandboxVm(boot, spec, options, policy, rootfs),
-      async (guest) => {
-        if (policy) await setGuestPolicy(boot, guest, policy, ctx);
-        this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
+      async () => {
+        const guest = await this.steps.time('vm_ready', () => launchSandboxVm(boot, spec, options, policy, rootfs));
+        this.steps.bootPath = guest.bootPath ?? 'cold';
+        return guest;
       },
+      (guest) =>
+        this.steps.time('create_sandbox', async () => {
+          if (policy) await setGuestPolicy(boot, guest, policy, ctx);
+          this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
+        }),
     );
   }
 
@@ -139,10 +154,12 @@ export class TaskService {
     if (!isSandbox && this.vm.state === 'stopped') {
       throw precondition(`container ${req.id}: pod ${this.o.sandboxId} has no sandbox VM (its sandbox container was not created here, or it was deleted)`);
     }
+    if (isSandbox) this.criPod = criPodOf(spec);
     if (policy && !isSandbox) log.debug('the pod policy annotation on a container that is not the sandbox: taken out, not applied');
     const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, req.rootfs, ctx) : await this.vm.ready(`create container ${req.id}`);
     try {
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+      const t0 = performance.now();
       const { init, sharedDir, sandboxPidns } = await createContainerInGuest({
         id: req.id,
         bundle: req.bundle,
@@ -157,7 +174,7 @@ export class TaskService {
       });
       this.containers.set(req.id, new ShimContainer(req.id, req.bundle, init, sharedDir, sandboxPidns, (p, e) => this.publishExit(p, e), log));
       this.o.events.publish('TaskCreate', { container_id: req.id, bundle: req.bundle, rootfs: req.rootfs, io: stdio, pid: init.pid });
-      log.info({ sandbox: isSandbox, type, sandboxPidns }, 'container created');
+      log.info({ sandbox: isSandbox, type, sandboxPidns, ms: this.steps.done('create_container', performance.now() - t0) }, 'container created');
       return { pid: init.pid };
     } catch (e) {
       // A sandbox container that failed after its boot leaves no VM behind with nothing in it.
@@ -168,8 +185,10 @@ export class TaskService {
 
   private async startInit(c: ShimContainer, ctx: CallContext) {
     const p = c.init;
+    const t0 = performance.now();
     await inGuest(p.life, 'start', () => this.vm.agent(`start container ${c.id}`).StartContainer({ container_id: c.id }, setupCall(ctx)));
     await p.attachStdio();
+    p.log.info({ ms: this.steps.done('start', performance.now() - t0) }, 'container started');
     this.o.events.publish('TaskStart', { container_id: c.id, pid: p.pid });
     c.followInit(() => this.vm.agent('end the execs of an exited init')).catch((err: unknown) => p.log.error({ err }, 'following the container failed'));
     return { pid: p.pid };
@@ -404,10 +423,31 @@ export class TaskService {
     await this.vm.stop().catch(() => undefined);
   }
 
+  /** What the monitor endpoint reports about the pod, read at the moment it asks. */
+  monitorView(): PodView {
+    const g = this.vm.handle;
+    const ready = this.vm.state === 'ready' && g !== undefined;
+    return {
+      vmState: this.vm.state,
+      steps: this.steps.snapshot(),
+      containers: this.containers.size,
+      ...(this.criPod ? { cri: this.criPod } : {}),
+      ...(g ? { accel: g.accel, ...(g.vmmPid ? { vmmPid: g.vmmPid } : {}) } : {}),
+      ...(ready ? { agent: g.agent, health: g.health } : {}),
+    };
+  }
+
   /** The sandbox VM's state, for logs and tests. */
   get vmState(): SandboxVm['state'] {
     return this.vm.state;
   }
+}
+
+/** CRI's annotations naming the pod (containerd's CRI sets them on the sandbox container), when all are there. */
+function criPodOf(spec: grpc.Spec): SandboxReport['cri'] {
+  const a = spec.Annotations ?? {};
+  const [name, namespace, uid] = ['io.kubernetes.cri.sandbox-name', 'io.kubernetes.cri.sandbox-namespace', 'io.kubernetes.cri.sandbox-uid'].map((k) => a[k]?.slice(0, 253));
+  return name && namespace && uid ? { name, namespace, uid } : undefined;
 }
 
 /** A transition whose guest call decides it: claimed first, made when the call succeeds. */

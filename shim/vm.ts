@@ -238,6 +238,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
     sharedFs: h.shared_fs,
     guestDirs: KATA_GUEST_DIRS,
     accel: vm.accel,
+    bootPath: vm.restored ? 'template' : 'cold',
     hypervisor: vm,
     vmmPid: vm.pid ?? 0,
     ...(virtiofsd ? { virtiofsdPid: virtiofsd.pid } : {}),

@@ -96,6 +96,8 @@ export interface Hypervisor extends EventEmitter {
   /** the process whose threads run the vCPUs (QEMU's own under katats-chv), for the sandbox cgroup */
   readonly vcpuPid: number | undefined;
   readonly running: boolean;
+  /** The VM was restored from a template (the factory) rather than booted cold; absent: cold. */
+  readonly restored?: boolean;
   readonly exited: Promise<HypervisorExit>;
 
   boot(): Promise<void>;

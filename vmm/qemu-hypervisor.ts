@@ -60,6 +60,7 @@ export class QemuHypervisor extends EventEmitter implements Hypervisor {
   private vm: QemuVm | undefined;
   private settleExit!: (x: HypervisorExit) => void;
   private disks = new Set<string>();
+  private restoredVm = false;
 
   private constructor(
     readonly config: VmConfig,
@@ -95,6 +96,11 @@ export class QemuHypervisor extends EventEmitter implements Hypervisor {
     return this.vm?.running ?? false;
   }
 
+  /** The VM came from the restore hook (a template's clone), not a cold boot. */
+  get restored(): boolean {
+    return this.restoredVm;
+  }
+
   /** The QEMU driver itself, for what only QEMU has (raw QMP, output stats). */
   get qemu(): QemuVm {
     if (!this.vm) throw new VmError('QEMU has not been booted', this.id, this.accel, []);
@@ -103,8 +109,10 @@ export class QemuHypervisor extends EventEmitter implements Hypervisor {
 
   async boot(): Promise<void> {
     if (this.vm) throw new VmError('QEMU is already booted', this.id, this.accel, []);
-    const vm = (await this.restore?.(this.config, this.opts)) ?? (await QemuVm.start(this.config, this.opts));
+    const restored = await this.restore?.(this.config, this.opts);
+    const vm = restored ?? (await QemuVm.start(this.config, this.opts));
     this.vm = vm;
+    this.restoredVm = restored !== undefined;
     for (const d of this.config.disks ?? []) this.disks.add(d.id);
     vm.on('qmp-event', (ev: QmpEvent) => this.emit('event', { source: 'qmp', event: ev.event, atMs: vm.elapsed(), ...(ev.data ? { properties: ev.data } : {}) }));
     vm.exited

@@ -15,6 +15,8 @@
 //                                                     a layer file (EROFS + verity tree); its root hash
 //   katats factory init|status [--json]|destroy [--config FILE]
 //                                                     the VM template ([factory] enable_template)
+//   katats monitor [--listen HOST:PORT] [--config FILE]
+//                                                     Prometheus metrics of this node's pods (as kata-monitor)
 //   katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE]
 //                                                     the tardev snapshotter (containerd proxy plugin)
 //   katats snp serve|report ...                       the node's emulated SEV-SNP firmware (attestation/cli.ts)
@@ -30,6 +32,7 @@ import { policyCommand } from '../../policy/cli.js';
 import { loadConfig } from '../config.js';
 import { doctor } from './doctor.js';
 import { factoryCommand } from './factory.js';
+import { monitorCommand } from './monitor.js';
 import { install } from './install.js';
 import { layerCommand, verityCommand } from './layer.js';
 import { snapshotterCommand } from '../../snapshotter/main.js';
@@ -50,6 +53,7 @@ const USAGE = [
   '       katats verity format DATA [HASH] [--salt HEX] [--hash-offset BYTES]',
   '       katats layer build LAYER.tar[.gz|.zst] OUT [--salt HEX]',
   '       katats factory init|status [--json]|destroy [--config FILE]',
+  '       katats monitor [--listen HOST:PORT] [--config FILE]',
   '       katats snapshotter serve [--root DIR] [--address SOCK] [--containerd SOCK] [--log FILE] [--log-level LEVEL]',
   '       katats snp serve [--state-dir DIR] [--run-dir DIR] [--socket SOCK] [--log FILE]',
   '       katats snp report --port SOCK [--data HEX] [--out FILE] [--chain-out DIR]',
@@ -98,6 +102,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'factory':
       return factoryCommand(cfg, args, USAGE);
+    case 'monitor':
+      return monitorCommand(cfg, args, USAGE);
     case 'demo': {
       // The demo needs the checkout's harness, image builders and npm packages: it runs there.
       const here = path.dirname(fileURLToPath(import.meta.url));
