@@ -2,7 +2,8 @@
 // the kubelet would: RunPodSandbox with runtime handler katats boots one VM (the pause container
 // is the sandbox), two busybox containers join it; they share a host directory mounted into both
 // and the pod's /dev/shm, and nothing else. Host-network pods: no CNI plugin is involved.
-// The suite runs against a containerd flavor: cri.test.ts (bookworm's 1.6), cri2.test.ts (sid's 2.x).
+// The suite runs against a containerd flavor: cri.test.ts (bookworm's 1.6, with the VM factory on:
+// every pod is a clone of a template `katats factory init` built), cri2.test.ts (sid's 2.x, cold boots).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +13,7 @@ import { CriError, type CriClient } from '../../harness/cri.js';
 import { mountsUnder } from '../../harness/mounts.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
 import { tempDir } from '../support/tmp.js';
+import { isMounted } from '../../sys/mount.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
@@ -22,8 +24,14 @@ const { POD, CONTAINER, NODE } = runtime.v1.NamespaceMode;
 const { SANDBOX_READY, SANDBOX_NOTREADY } = runtime.v1.PodSandboxState;
 const { CONTAINER_RUNNING, CONTAINER_EXITED } = runtime.v1.ContainerState;
 
-export function criSuite(FLAVOR: ContainerdFlavor): void {
+export interface CriSuiteOptions {
+  /** [factory] enable_template with a template built for the suite: the pods' VMs must be its clones. */
+  factory?: boolean;
+}
+
+export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): void {
   let env: KatatsEnv;
+  let templates: string | undefined;
   const qemuProcs = () => helpers.qemuProcs(env.stateDir);
   const shimProcs = () => helpers.shimProcs(cd.address);
   let cd: Containerd;
@@ -59,8 +67,18 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
     return container_id;
   }
 
+  /** The pod's VM came from the template when the suite runs with the factory (the shim's log says so). */
+  function expectBootPath(sandbox: string): void {
+    if (!opts.factory) return;
+    const log = fs.readFileSync(path.join(env.logDir, `${sandbox}.log`), 'utf8');
+    expect(log, helpers.logsOf(env.logDir, sandbox, cd.logFile, 20)).toContain('factory: VM cloned from template');
+    expect(log).not.toContain('factory: cold boot');
+  }
+
   beforeAll(async () => {
-    env = await katatsEnv();
+    if (opts.factory) templates = fs.mkdtempSync(path.join(os.tmpdir(), 'ktpl-'));
+    env = await katatsEnv(templates ? { extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"` } : {});
+    if (templates) expect((await helpers.katatsCli(env, 'factory', 'init')).stdout).toMatch(/^built template [0-9a-f]{64} at /);
     cd = await startContainerd({ cri: true, flavor: FLAVOR, runtimes: [env.runtime] });
     const img = await busyboxImage();
     await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
@@ -76,10 +94,16 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
 
   afterAll(async () => {
     try {
+      // Before the environment (and its configuration) goes: destroy detaches the templates' tmpfs.
+      if (templates && env) await helpers.katatsCli(env, 'factory', 'destroy');
       const report = await helpers.endKatatsSuite(cd, env);
       expect(report?.podsRemoved ?? []).toEqual([]);
     } finally {
       shared?.cleanup();
+      if (templates) {
+        expect(isMounted(templates)).toBe(false);
+        fs.rmSync(templates, { recursive: true, force: true });
+      }
     }
   }, 300_000);
 
@@ -93,6 +117,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
       expect(st.status?.runtime_handler).toBe('katats');
       const vm = qemuProcs();
       expect(vm.length, logs()).toBe(1);
+      expectBootPath(podId);
       const shim = shimProcs();
       expect(shim.length).toBe(1);
 
@@ -144,7 +169,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
       await cri.runtime.RemoveContainer({ container_id: ids['c'] });
       expect(qemuProcs()).toEqual(vm);
       expect(await exec('a', ['echo', 'alive'])).toMatchObject({ code: 0, out: 'alive\n' });
-      console.log(`katats CRI pod (containerd ${cd.binaries.version}) on ${env.accel}: RunPodSandbox ${(podMs / 1000).toFixed(1)} s (VM boot included), first container create+start ${(aMs / 1000).toFixed(1)} s`);
+      console.log(`katats CRI pod (containerd ${cd.binaries.version}, ${opts.factory ? 'VM cloned from a template' : 'VM booted cold'}) on ${env.accel}: RunPodSandbox ${(podMs / 1000).toFixed(1)} s (VM boot included), first container create+start ${(aMs / 1000).toFixed(1)} s`);
     }, 900_000);
 
     it('refuses bad containers with clear errors and the pod keeps working', async () => {
@@ -247,6 +272,7 @@ export function criSuite(FLAVOR: ContainerdFlavor): void {
           .criApi()
           .runtime.RunPodSandbox({ config: { ...podConfig, metadata: { name: 'left-running', uid: 'left', namespace: 'default' } }, runtime_handler: 'katats' }, { timeoutMs: 300_000 });
         expect(helpers.qemuProcs(env.stateDir, pod_sandbox_id).length).toBe(1);
+        expectBootPath(pod_sandbox_id);
         report = await other.stop();
         expect(report.podsRemoved).toEqual([pod_sandbox_id]);
       } finally {

@@ -3,6 +3,8 @@
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runToolOk } from '../../sys/exec.js';
 import { listProcs } from '../../harness/procs.js';
 import { hostHierarchies } from '../../shim/cgroups.js';
 import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
@@ -114,4 +116,14 @@ export async function endKatatsSuite(
   expect(leftQemu).toEqual([]);
   expect(leftOther).toEqual([]);
   return report;
+}
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** The `katats` CLI from the checkout, on this environment's configuration. */
+export function katatsCli(env: KatatsEnv, ...args: string[]) {
+  return runToolOk(path.join(ROOT, 'node_modules', '.bin', 'tsx'), [path.join(ROOT, 'shim', 'cli', 'katats.ts'), ...args, '--config', env.configFile], {
+    timeoutMs: 300_000,
+    timeoutCode: 'TEST_KATATS_CLI_TIMEOUT',
+  });
 }
