@@ -11,8 +11,9 @@ import { pssBytes } from '../../sys/pss.js';
 import { REPORT_PATH, REPORT_VERSION, type SandboxReport } from './report.js';
 import type { PodStepsSnapshot } from '../pod-steps.js';
 
-/** An agent call made for the monitor; the monitor gives a whole shim 3 s. */
-const AGENT_CALL_TIMEOUT_MS = 2000;
+/** The agent calls made for the monitor, one after the other: the monitor gives a whole shim 3 s. */
+const HEALTH_TIMEOUT_MS = 1500;
+const METRICS_TIMEOUT_MS = 1000;
 /** The agent's metrics text is the guest's word: only this much of it is looked at. */
 const MAX_METRICS_TEXT = 1 << 20;
 
@@ -56,7 +57,7 @@ export async function gatherReport(o: Pick<EndpointOptions, 'sandboxId' | 'names
     if (!ready || !v.health) return undefined;
     const t0 = performance.now();
     try {
-      await v.health.Check({ service: '' }, { timeoutMs: AGENT_CALL_TIMEOUT_MS });
+      await v.health.Check({ service: '' }, { timeoutMs: HEALTH_TIMEOUT_MS });
       return { rttMs: Math.round((performance.now() - t0) * 1000) / 1000 };
     } catch (e) {
       return { error: String((e as Error).message).slice(0, 1024) };
@@ -65,12 +66,17 @@ export async function gatherReport(o: Pick<EndpointOptions, 'sandboxId' | 'names
   const memory = async (): Promise<SandboxReport['guestMemory']> => {
     if (!ready || !v.agent) return undefined;
     try {
-      return guestMemoryOf((await v.agent.GetMetrics({}, { timeoutMs: AGENT_CALL_TIMEOUT_MS })).metrics);
+      return guestMemoryOf((await v.agent.GetMetrics({}, { timeoutMs: METRICS_TIMEOUT_MS })).metrics);
     } catch {
       return undefined;
     }
   };
-  const [agent, guestMemory, shimBytes, vmmBytes] = await Promise.all([rtt(), memory(), pssBytes(process.pid), v.vmmPid ? pssBytes(v.vmmPid) : undefined]);
+  // The round trip first and alone: GetMetrics in flight would make the agent's answer wait.
+  const agentCalls = async () => {
+    const a = await rtt();
+    return [a, await memory()] as const;
+  };
+  const [[agent, guestMemory], shimBytes, vmmBytes] = await Promise.all([agentCalls(), pssBytes(process.pid), v.vmmPid ? pssBytes(v.vmmPid) : undefined]);
   return {
     version: REPORT_VERSION,
     sandboxId: o.sandboxId,

@@ -189,7 +189,12 @@ describe('katats factory with containerd', () => {
       expect(total('mon-clone')).toBeLessThanOrEqual(512 << 20);
       expect(total('mon-cold')).toBeGreaterThan(512 << 20);
       expect(total('mon-cold')).toBeLessThanOrEqual(640 << 20);
-      // The clone's VM shares the template's RAM file: its QEMU's PSS is below the cold one's.
+      const stepsOf = (id: string) =>
+        m
+          .filter((x) => x.name === 'katats_sandbox_step_seconds' && x.labels.sandbox_id === id)
+          .map((x) => `${x.labels.step} ${x.value.toFixed(2)}`)
+          .join(', ');
+      console.log(`monitor (${env.accel}) steps in s: mon-clone: ${stepsOf('mon-clone')}; mon-cold: ${stepsOf('mon-cold')}`);
       console.log(`monitor (${env.accel}): ${['mon-clone', 'mon-cold'].map((id) => `${id} boot ${sample(m, 'katats_sandbox_boot_seconds', { sandbox_id: id, boot_path: info(id)!.boot_path! })!.toFixed(2)} s, VMM PSS ${(sample(m, 'katats_sandbox_host_pss_bytes', { sandbox_id: id, process: 'vmm' })! / 2 ** 20).toFixed(0)} MiB, shim PSS ${(sample(m, 'katats_sandbox_host_pss_bytes', { sandbox_id: id, process: 'shim' })! / 2 ** 20).toFixed(0)} MiB, agent rtt ${(sample(m, 'katats_sandbox_agent_rtt_seconds', { sandbox_id: id })! * 1000).toFixed(1)} ms`).join('; ')}`);
 
       // Shims that answer garbage, an endless body, or nothing at all: each is one error of its
