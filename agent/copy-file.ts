@@ -51,7 +51,9 @@ function writeChunk(parent: Dir, name: string, req: grpc.CopyFileRequest): void 
   const fd = openFileForWrite(parent, tmp, WHAT, { mode: 0o600, create: req.offset === 0 ? 'new' : 'maybe' });
   try {
     let off = 0;
-    const data = Buffer.from(req.data.buffer, req.data.byteOffset, req.data.length);
+    // An empty file's data is absent on the wire (proto3 drops empty bytes) and decodes to the
+    // field's default, no Uint8Array: CRI's termination log is such a file.
+    const data = req.data instanceof Uint8Array ? Buffer.from(req.data.buffer, req.data.byteOffset, req.data.length) : Buffer.alloc(0);
     while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, req.offset + off);
     if (fs.fstatSync(fd).size !== req.file_size) return;
     fs.fchmodSync(fd, req.file_mode & 0o7777);

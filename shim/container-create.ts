@@ -55,7 +55,8 @@ export async function createContainerInGuest(r: ContainerCreate): Promise<Create
   }
   let sharedDir: string;
   try {
-    sharedDir = await shareContainerFiles({ id, bundle: r.bundle, rootfs: r.rootfs, spec, guest, podShm: r.podShm, rootfsInGuest: !!layers });
+    const call = setupCall(r.ctx);
+    sharedDir = await shareContainerFiles({ id, bundle: r.bundle, rootfs: r.rootfs, spec, guest, podShm: r.podShm, rootfsInGuest: !!layers, call });
   } catch (e) {
     if (layers) await guest.layers!.release(id);
     throw e;

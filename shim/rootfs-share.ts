@@ -1,6 +1,7 @@
 // A container's files on their way into the guest: its rootfs and the sources of its bind mounts
 // are mounted below the pod's shared directory, and the spec is rewritten to the paths the guest
-// sees them at.
+// sees them at. Without a shared filesystem (shared_fs = none) the rootfs comes as verified layers
+// and bind-mount sources are copied into the guest instead (guest-copy.ts).
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,6 +11,8 @@ import { bindMount, isHostSystemPath, mount } from './mounts.js';
 import { SHARED_FS_TAG, type GuestHandle } from './guest.js';
 import { isBindMount, isPodShm } from './container-spec.js';
 import { invalid } from './errdefs.js';
+import { copyIntoGuest } from './guest-copy.js';
+import type { CallOptions } from '../proto/ttrpc/index.js';
 
 /** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
 export function sharedStorage(g: Pick<GuestHandle, 'sharedFs' | 'guestDirs'>) {
@@ -24,11 +27,13 @@ export interface ShareRequest {
   bundle: string;
   rootfs: containerd.types.Mount[];
   spec: grpc.Spec;
-  guest: GuestHandle;
+  guest: Pick<GuestHandle, 'agent' | 'sharedDir' | 'sharedFs' | 'guestDirs'>;
   /** The guest holds the pod's /dev/shm (the sandbox had a private one): binds of it go there. */
   podShm: boolean;
   /** The guest assembles the rootfs from verified layers (spec.Root set already): only binds are shared. */
   rootfsInGuest?: boolean;
+  /** The agent calls that copy bind-mount sources into a guest without a shared filesystem. */
+  call: CallOptions;
 }
 
 /**
@@ -47,7 +52,7 @@ export async function shareContainerFiles(r: ShareRequest): Promise<string> {
   return dir;
 }
 
-async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest }: ShareRequest, dir: string): Promise<void> {
+async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest, call }: ShareRequest, dir: string): Promise<void> {
   const guestDir = `${guest.guestDirs.shared}/${id}`;
   if (!rootfsInGuest) {
     if (guest.sharedFs === 'none') throw invalid(`container ${id}: shared_fs = none and its rootfs is not made of verified layers (run it with the tardev snapshotter, or set [hypervisor.qemu] shared_fs to "virtio-9p" or "virtio-fs")`);
@@ -69,8 +74,12 @@ async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest }:
     }
     if (isHostSystemPath(m.source)) continue;
     if (!fs.existsSync(m.source)) throw invalid(`container ${id}: bind mount source ${m.source} does not exist`);
-    if (guest.sharedFs === 'none') throw invalid(`container ${id}: bind mount of host path ${m.source} at ${m.destination}: shared_fs = none shares nothing with the guest`);
     const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
+    if (guest.sharedFs === 'none') {
+      await copyIntoGuest(m.source, `${guestDir}/mounts/${name}`, { agent: guest.agent, call, what: `container ${id}: bind mount of ${m.source} at ${m.destination}` });
+      m.source = `${guestDir}/mounts/${name}`;
+      continue;
+    }
     await bindMount(m.source, path.join(dir, 'mounts', name), { readonly: m.options.includes('ro'), recursive: m.type === 'rbind' || m.options.includes('rbind') });
     m.source = `${guestDir}/mounts/${name}`;
   }
