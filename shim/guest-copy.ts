@@ -31,11 +31,9 @@ interface Entry {
   top?: boolean;
 }
 
-export interface GuestCopy {
+export interface GuestAgent {
   agent: Pick<ServiceClient<'grpc.AgentService'>, 'CopyFile'>;
   call: CallOptions;
-  /** Names the mount in errors: "container X: bind mount of S at D". */
-  what: string;
 }
 
 function kindOf(st: fs.Stats): string | null {
@@ -47,8 +45,18 @@ function kindOf(st: fs.Stats): string | null {
   return 'of an unknown type';
 }
 
-/** The entries to copy, parents first; refuses before anything is sent. */
-function plan(source: string, target: string, what: string): Entry[] {
+/** What copyIntoGuest will send for one mount: its entries, parents first. */
+export interface CopyPlan {
+  what: string;
+  entries: Entry[];
+}
+
+/**
+ * The entries to copy `source` (a file, or a directory tree of files, dirs and symlinks) to
+ * `target`, a path below the guest's shared directory; refuses what cannot be copied before
+ * anything is sent. `what` names the mount in errors: "container X: bind mount of S at D".
+ */
+export function planCopy(source: string, target: string, what: string): CopyPlan {
   // The source itself is followed, as a bind mount follows it; nothing below it is.
   const top = fs.statSync(source);
   const out: Entry[] = [];
@@ -71,7 +79,7 @@ function plan(source: string, target: string, what: string): Entry[] {
     }
   };
   walk(source, target, top, true);
-  return out;
+  return { what, entries: out };
 }
 
 /** A regular file's bytes, exactly the size planned: a file that changed meanwhile is refused, not cut. */
@@ -93,13 +101,9 @@ function contents(e: Entry, what: string): Buffer {
   }
 }
 
-/**
- * Copies `source` (a file, or a directory tree of files, dirs and symlinks) to `target`, a path
- * below the guest's shared directory, with the host's modes and owners.
- */
-export async function copyIntoGuest(source: string, target: string, c: GuestCopy): Promise<void> {
-  const entries = plan(source, target, c.what);
-  for (const e of entries) {
+/** Sends a planned copy with the host's modes and owners. */
+export async function copyIntoGuest(p: CopyPlan, c: GuestAgent): Promise<void> {
+  for (const e of p.entries) {
     const { mode, uid, gid } = e.stat;
     const base = { path: e.target, file_mode: (mode & S_IFMT) | (mode & 0o7777), dir_mode: DIR_MODE, uid, gid, offset: 0 };
     if (e.stat.isDirectory()) {
@@ -108,7 +112,7 @@ export async function copyIntoGuest(source: string, target: string, c: GuestCopy
       const data = Buffer.from(e.link);
       await c.agent.CopyFile({ ...base, file_mode: S_IFLNK | 0o777, file_size: data.length, data }, c.call);
     } else {
-      const data = contents(e, c.what);
+      const data = contents(e, p.what);
       // An empty file still takes one request: it is created at size 0.
       for (let offset = 0; offset === 0 || offset < data.length; offset += CHUNK) {
         await c.agent.CopyFile({ ...base, file_size: data.length, offset, data: data.subarray(offset, offset + CHUNK) }, c.call);

@@ -11,7 +11,7 @@ import { bindMount, isHostSystemPath, mount } from './mounts.js';
 import { SHARED_FS_TAG, type GuestHandle } from './guest.js';
 import { isBindMount, isPodShm } from './container-spec.js';
 import { invalid } from './errdefs.js';
-import { copyIntoGuest } from './guest-copy.js';
+import { copyIntoGuest, planCopy, type CopyPlan } from './guest-copy.js';
 import type { CallOptions } from '../proto/ttrpc/index.js';
 
 /** The agent storage that mounts the pod's shared directory, as upstream Kata names it (none for a local agent). */
@@ -66,6 +66,7 @@ async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest, c
     }
     spec.Root = { Path: `${guestDir}/rootfs`, Readonly: spec.Root?.Readonly ?? false };
   }
+  const copies: { m: grpc.Mount; target: string; plan: CopyPlan }[] = [];
   for (const m of spec.Mounts ?? []) {
     if (!isBindMount(m) || !m.source.startsWith('/')) continue;
     if (isPodShm(m) && podShm) {
@@ -76,12 +77,17 @@ async function share({ id, bundle, rootfs, spec, guest, podShm, rootfsInGuest, c
     if (!fs.existsSync(m.source)) throw invalid(`container ${id}: bind mount source ${m.source} does not exist`);
     const name = `${crypto.createHash('sha256').update(m.destination).digest('hex').slice(0, 12)}-${path.basename(m.source)}`;
     if (guest.sharedFs === 'none') {
-      await copyIntoGuest(m.source, `${guestDir}/mounts/${name}`, { agent: guest.agent, call, what: `container ${id}: bind mount of ${m.source} at ${m.destination}` });
-      m.source = `${guestDir}/mounts/${name}`;
+      const target = `${guestDir}/mounts/${name}`;
+      copies.push({ m, target, plan: planCopy(m.source, target, `container ${id}: bind mount of ${m.source} at ${m.destination}`) });
       continue;
     }
     await bindMount(m.source, path.join(dir, 'mounts', name), { readonly: m.options.includes('ro'), recursive: m.type === 'rbind' || m.options.includes('rbind') });
     m.source = `${guestDir}/mounts/${name}`;
+  }
+  // Every mount is planned, and refused if it must be, before the first byte goes into the guest.
+  for (const c of copies) {
+    await copyIntoGuest(c.plan, { agent: guest.agent, call });
+    c.m.source = c.target;
   }
 }
 

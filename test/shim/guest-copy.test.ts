@@ -89,8 +89,10 @@ describe('bind mounts copied into a guest with shared_fs = none', () => {
     expect(fs.readFileSync(log, 'utf8')).toBe('');
   });
 
-  it('refuses sockets, FIFOs, devices and trees over the cap, naming the mount, and sends nothing of them', async () => {
+  it('refuses sockets, FIFOs, devices and trees over the cap, naming the mount, and sends nothing of the container\'s mounts', async () => {
     const t = agent();
+    const good = path.join(src, 'good');
+    fs.writeFileSync(good, '127.0.0.1 localhost\n');
     const sock = path.join(src, 'agent.sock');
     const server = net.createServer();
     await new Promise<void>((r) => server.listen(sock, r));
@@ -115,7 +117,8 @@ describe('bind mounts copied into a guest with shared_fs = none', () => {
         [many, '/many', /at most 1024 entries and 16 MiB per mount/],
       ];
       for (const [source, destination, why] of cases) {
-        const spec = containerSpec(t.rootfs, ['true'], { mounts: [bind(source, destination)] }) as grpc.Spec;
+        // A good mount before the bad one: nothing of either reaches the guest.
+        const spec = containerSpec(t.rootfs, ['true'], { mounts: [bind(good, '/etc/hosts'), bind(source, destination)] }) as grpc.Spec;
         const e = (await share('gcopy-bad', spec).catch((x: unknown) => x)) as Error;
         expect(e, destination).toBeInstanceOf(Error);
         expect(e.message).toContain(`container gcopy-bad: bind mount of ${source} at ${destination}`);
