@@ -13,6 +13,7 @@ import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
 import { umount, isMounted } from '../sys/mount.js';
 import { bindRootfs, bundleDir } from './places.js';
+import { removeCopies } from './copy-file.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
 import { checkId as checkSysId } from '../sys/ids.js';
@@ -369,6 +370,14 @@ export class Container {
     await this.sandbox.releaseStorages(this.storageMounts);
     this.storageMounts = [];
     fs.rmSync(this.bundle, { recursive: true, force: true });
+    // The files a host without a shared filesystem copied in for it.
+    if (this.sandbox.copiedDirs.delete(this.id)) {
+      try {
+        removeCopies(this.id, this.sandbox.config.copyRoot, this.sandbox.config.stateDir);
+      } catch (err) {
+        this.log.warn({ err }, 'removing the files copied in for the container failed');
+      }
+    }
     fs.rmSync(consoleSocketDir(this.sandbox.config.stateDir, this.id), { recursive: true, force: true });
     if (this.ownCgroupPath) removeCgroupParents(this.sandbox.config.cgroups, this.cgroup.cgPath);
     this.status = 'stopped';

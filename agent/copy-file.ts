@@ -66,8 +66,13 @@ function writeChunk(parent: Dir, name: string, req: grpc.CopyFileRequest): void 
   fs.renameSync(parent.at(tmp), parent.at(name));
 }
 
-/** CopyFile below `root`; `stateDir`, when the root lies below it, is where the walk to the root starts. */
-export function copyFile(req: grpc.CopyFileRequest, root: string, stateDir?: string): void {
+/**
+ * CopyFile below `root`; `stateDir`, when the root lies below it, is where the walk to the root
+ * starts. Returns the name of the directory right below the root that this call made, if it made
+ * one: a host without a shared filesystem copies a container's files below `<root>/<id>`, which
+ * the agent then removes with the container (removeCopies).
+ */
+export function copyFile(req: grpc.CopyFileRequest, root: string, stateDir?: string): string | undefined {
   const p = req.path;
   const names = namesBelow(root, p, WHAT);
   const name = names.pop();
@@ -79,15 +84,27 @@ export function copyFile(req: grpc.CopyFileRequest, root: string, stateDir?: str
   try {
     top = openCopyRoot(root, stateDir);
     // Missing parents are made with dir_mode's permission bits (upstream's mkdir_all).
-    parent = walk(top, names, WHAT, req.dir_mode & 0o777).dir;
+    const walked = walk(top, names, WHAT, req.dir_mode & 0o777);
+    parent = walked.dir;
     if (type === S_IFDIR) makeDir(parent, name, req);
     else if (type === S_IFLNK) makeSymlink(parent, name, req);
     else writeChunk(parent, name, req);
+    return names.length > 0 && walked.created[0] === top.child(names[0]!) ? names[0] : undefined;
   } catch (e) {
     // Our own refusals already name the request and the path.
     throw e instanceof TtrpcError ? e : withContext(`${WHAT} ${p}`, e);
   } finally {
     parent?.close();
     top?.close();
+  }
+}
+
+/** Removes `<root>/<name>`, a directory CopyFile made, without following a symlink or leaving its filesystem. */
+export function removeCopies(name: string, root: string, stateDir?: string): void {
+  const top = openCopyRoot(root, stateDir);
+  try {
+    removeAt(top, name);
+  } finally {
+    top.close();
   }
 }

@@ -35,6 +35,8 @@ export class Sandbox {
   readonly creating = new Set<string>();
   private readonly storages = new Map<string, SharedStorage>();
   sandboxMounts: string[] = [];
+  /** Directories right below the copy root that CopyFile made: a container's copied files, removed with it. */
+  readonly copiedDirs = new Set<string>();
   guestHooks: { prestart: OciHook[]; poststart: OciHook[]; poststop: OciHook[] } | undefined;
   /** /proc/PID/ns/pid of the first container: containers asking for sandbox_pidns join it */
   pidnsPath: string | undefined;

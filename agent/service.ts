@@ -112,7 +112,12 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
         return {};
       }),
 
-    CopyFile: (req) => guard('CopyFile', () => (copyFile(req, sb.config.copyRoot, sb.config.stateDir), {})),
+    CopyFile: (req) =>
+      guard('CopyFile', () => {
+        const made = copyFile(req, sb.config.copyRoot, sb.config.stateDir);
+        if (made) sb.copiedDirs.add(made);
+        return {};
+      }),
 
     GetOOMEvent: (_req, ctx: CallContext) => guard('GetOOMEvent', async () => ({ container_id: await sb.nextOom(ctx.signal) })),
 

@@ -2,8 +2,8 @@
 // copies each source into the guest with the agent's CopyFile and binds the copy. Against the real
 // agent in local mode (its copy root plays the guest's shared directory, crun runs the container):
 // CRI's kinds of sources arrive with their bytes, modes, owners and a config map's symlinks, a
-// read-only bind stays read-only, and what cannot or should not be copied is refused naming the
-// mount, with nothing of it sent.
+// read-only bind stays read-only, the copies go when the container is removed, and what cannot or
+// should not be copied is refused naming the mount, with nothing of the container's mounts sent.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -81,6 +81,8 @@ describe('bind mounts copied into a guest with shared_fs = none', () => {
     await t.svc.WaitProcess({ container_id: 'gcopy-1', exec_id: '' });
     await t.svc.RemoveContainer({ container_id: 'gcopy-1' });
     await unshareContainerFiles(hostDir);
+    // The copies go with the container: the guest's memory holds nothing of it any more.
+    expect(fs.existsSync(path.join(agentSharedDir(t.stateDir), 'gcopy-1'))).toBe(false);
     expect(out.toString(), err.toString()).toBe(
       ['127.0.0.1 localhost', '10.0.0.7 copied-pod', 'value-1', '600 1000:1001', '..data/key', String(bigBytes.length), 'hosts-ro', 'died', ''].join('\n'),
     );
