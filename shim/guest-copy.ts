@@ -73,9 +73,15 @@ export function planCopy(source: string, target: string, what: string): CopyPlan
   const walk = (src: string, dst: string, st: fs.Stats, isTop = false) => {
     add({ source: src, target: dst, stat: st, ...(st.isSymbolicLink() ? { link: fs.readlinkSync(src) } : {}), ...(isTop ? { top: true } : {}) });
     if (!st.isDirectory()) return;
-    for (const name of fs.readdirSync(src).sort()) {
-      const p = path.join(src, name);
-      walk(p, path.posix.join(dst, name), fs.lstatSync(p));
+    // Entry by entry, not the whole listing at once: a huge directory is refused at the cap.
+    const dir = fs.opendirSync(src);
+    try {
+      for (let d = dir.readSync(); d; d = dir.readSync()) {
+        const p = path.join(src, d.name);
+        walk(p, path.posix.join(dst, d.name), fs.lstatSync(p));
+      }
+    } finally {
+      dir.closeSync();
     }
   };
   walk(source, target, top, true);
