@@ -5,7 +5,8 @@
 // goes through containerd's mount code with the descriptive mounts in the list. A second handler,
 // `katats-tardev`, runs the same pod in a katats VM (QEMU, TCG unless KVM was proven): each
 // container's rootfs comes as its layer files hot-plugged and opened through dm-verity, while CRI's
-// own files (/etc/hosts, resolv.conf) still come over the shared directory.
+// own files (/etc/hosts, resolv.conf) still come over the shared directory. A third handler,
+// `katats-tardev-none`, runs two pods of the image with shared_fs = none (cri-no-share.ts).
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +19,9 @@ import { runtime } from '../../proto/gen/types.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { katatsEnv, type KatatsEnv } from '../shim/katats-env.js';
 import * as helpers from '../shim/shim-helpers.js';
+import { layeredPodsWithoutSharedFs, noShareRuntime } from './cri-no-share.js';
+import { chainIdOf } from '../../snapshotter/resolve.js';
+import { layerName } from '../../snapshotter/store.js';
 
 const { NODE, CONTAINER, POD } = runtime.v1.NamespaceMode;
 let cd: Containerd;
@@ -25,6 +29,7 @@ let sn: SnapshotterProcess;
 let cri: CriClient;
 let image: string;
 let env: KatatsEnv;
+let layerFiles: string[];
 
 beforeAll(async () => {
   const { binDir } = await buildHostBinaries(() => {});
@@ -38,6 +43,7 @@ beforeAll(async () => {
     runtimes: [
       { name: 'runc-tardev', runtimeType: RUNC_V2, snapshotter: 'tardev' },
       { ...env.runtime, name: 'katats-tardev', snapshotter: 'tardev' },
+      noShareRuntime(env),
     ],
     proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }],
     disableSnapshotAnnotations: false,
@@ -47,6 +53,8 @@ beforeAll(async () => {
   await cd.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
   cri = cd.criApi();
   await cri.waitForImage(image);
+  let chain = '';
+  layerFiles = img.diffIds.map((d) => path.join(sn.root, 'layers', layerName((chain = chainIdOf(chain, d)))));
 }, 600_000);
 
 afterAll(async () => {
@@ -121,6 +129,11 @@ describe('the tardev snapshotter under CRI (containerd 1.7)', () => {
     expect(agentLog.match(/layer verified through dm-verity/g)?.length).toBe(4);
     expect(helpers.qemuProcs(env.stateDir)).toEqual([]);
   }, 600_000);
+
+  it('katats with shared_fs = none: two pods of the image, nothing shared with the host, CRI\'s files copied in, the layer files shared', async () => {
+    await layeredPodsWithoutSharedFs({ cd, cri, env, image, layerFiles }, ['none-a', 'none-b']);
+    expect(helpers.qemuProcs(env.stateDir)).toEqual([]);
+  }, 900_000);
 
   it('removing the image leaves no layer mounted', async () => {
     // containerd removes a deleted container's snapshot from the snapshotter when it collects
