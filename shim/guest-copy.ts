@@ -18,17 +18,15 @@ export const COPY_LIMITS = { bytes: 16 << 20, entries: 1024 };
 const CHUNK = 1 << 20;
 /** Parents CopyFile makes on the way (the container's dir, mounts/): root's only. */
 const DIR_MODE = 0o750;
-const { S_IFMT, S_IFDIR, S_IFLNK, O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+const { S_IFMT, S_IFDIR, S_IFLNK, O_RDONLY, O_NOFOLLOW, O_NONBLOCK, O_DIRECTORY } = fs.constants;
 
 interface Entry {
-  /** Host path. */
-  source: string;
   /** Guest path. */
   target: string;
   stat: fs.Stats;
   link?: string;
-  /** The mount's source itself: followed when it is a symlink, as a bind mount follows it. */
-  top?: boolean;
+  /** A regular file's bytes, read when planned. */
+  data?: Buffer;
 }
 
 export interface GuestAgent {
@@ -45,66 +43,84 @@ function kindOf(st: fs.Stats): string | null {
   return 'of an unknown type';
 }
 
-/** What copyIntoGuest will send for one mount: its entries, parents first. */
+/** What copyIntoGuest will send for one mount: its entries, parents first, files with their bytes. */
 export interface CopyPlan {
   what: string;
   entries: Entry[];
 }
 
+/** `name` in the directory open at `fd`: resolves that directory itself, then exactly one component. */
+const at = (fd: number, name: string) => `/proc/self/fd/${fd}/${name}`;
+
 /**
- * The entries to copy `source` (a file, or a directory tree of files, dirs and symlinks) to
- * `target`, a path below the guest's shared directory; refuses what cannot be copied before
- * anything is sent. `what` names the mount in errors: "container X: bind mount of S at D".
+ * Reads `source` (a file, or a directory tree of files, dirs and symlinks) for a copy at `target`,
+ * a path below the guest's shared directory; refuses what cannot be copied before anything is
+ * sent. `what` names the mount in errors: "container X: bind mount of S at D". The source itself
+ * is followed, as a bind mount follows it; below it the walk goes from descriptor to descriptor
+ * and follows no symlink, so a directory swapped for a link meanwhile cannot lead it elsewhere on
+ * the host, and each file read is the one its entry describes.
  */
 export function planCopy(source: string, target: string, what: string): CopyPlan {
-  // The source itself is followed, as a bind mount follows it; nothing below it is.
-  const top = fs.statSync(source);
-  const out: Entry[] = [];
+  const entries: Entry[] = [];
   let bytes = 0;
-  const add = (e: Entry) => {
-    const bad = kindOf(e.stat);
-    if (bad) throw invalid(`${what}: ${e.source} is ${bad}, which shared_fs = none cannot copy into the guest`);
-    out.push(e);
-    if (e.stat.isFile()) bytes += e.stat.size;
-    if (out.length > COPY_LIMITS.entries || bytes > COPY_LIMITS.bytes) {
-      throw invalid(`${what}: more than shared_fs = none copies into the guest (at most ${COPY_LIMITS.entries} entries and ${COPY_LIMITS.bytes >> 20} MiB per mount)`);
+  const refuse = (why: string) => invalid(`${what}: ${why}`);
+  const count = (size: number) => {
+    bytes += size;
+    if (entries.length >= COPY_LIMITS.entries || bytes > COPY_LIMITS.bytes) {
+      throw refuse(`more than shared_fs = none copies into the guest (at most ${COPY_LIMITS.entries} entries and ${COPY_LIMITS.bytes >> 20} MiB per mount)`);
     }
   };
-  const walk = (src: string, dst: string, st: fs.Stats, isTop = false) => {
-    add({ source: src, target: dst, stat: st, ...(st.isSymbolicLink() ? { link: fs.readlinkSync(src) } : {}), ...(isTop ? { top: true } : {}) });
-    if (!st.isDirectory()) return;
-    // Entry by entry, not the whole listing at once: a huge directory is refused at the cap.
-    const dir = fs.opendirSync(src);
-    try {
-      for (let d = dir.readSync(); d; d = dir.readSync()) {
-        const p = path.join(src, d.name);
-        walk(p, path.posix.join(dst, d.name), fs.lstatSync(p));
-      }
-    } finally {
-      dir.closeSync();
+  /** Opens `p` and checks it is still what `st` (taken from its path) describes. */
+  const open = (p: string, shown: string, st: fs.Stats, flags: number) => {
+    const fd = fs.openSync(p, flags);
+    const now = fs.fstatSync(fd);
+    if (now.ino !== st.ino || now.dev !== st.dev) {
+      fs.closeSync(fd);
+      throw refuse(`${shown} changed while it was copied into the guest`);
     }
+    return fd;
   };
-  walk(source, target, top, true);
-  return { what, entries: out };
-}
-
-/** A regular file's bytes, exactly the size planned: a file that changed meanwhile is refused, not cut. */
-function contents(e: Entry, what: string): Buffer {
-  const fd = fs.openSync(e.source, O_RDONLY | O_NONBLOCK | (e.top ? 0 : O_NOFOLLOW));
-  try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile() || st.size !== e.stat.size) throw invalid(`${what}: ${e.source} changed while it was copied into the guest`);
-    const buf = Buffer.alloc(st.size);
-    let off = 0;
-    while (off < buf.length) {
-      const n = fs.readSync(fd, buf, off, buf.length - off, off);
-      if (n === 0) throw invalid(`${what}: ${e.source} shrank while it was copied into the guest`);
+  const readFile = (fd: number, shown: string, size: number): Buffer => {
+    const buf = Buffer.alloc(size);
+    for (let off = 0; off < size; ) {
+      const n = fs.readSync(fd, buf, off, size - off, off);
+      if (n === 0) throw refuse(`${shown} shrank while it was copied into the guest`);
       off += n;
     }
     return buf;
-  } finally {
-    fs.closeSync(fd);
-  }
+  };
+  const add = (p: string, shown: string, dst: string, st: fs.Stats, follow: boolean) => {
+    const bad = kindOf(st);
+    if (bad) throw refuse(`${shown} is ${bad}, which shared_fs = none cannot copy into the guest`);
+    count(st.isFile() ? st.size : 0);
+    if (st.isSymbolicLink()) return void entries.push({ target: dst, stat: st, link: fs.readlinkSync(p) });
+    const nofollow = follow ? 0 : O_NOFOLLOW;
+    if (st.isFile()) {
+      const fd = open(p, shown, st, O_RDONLY | O_NONBLOCK | nofollow);
+      try {
+        return void entries.push({ target: dst, stat: st, data: readFile(fd, shown, st.size) });
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    entries.push({ target: dst, stat: st });
+    const fd = open(p, shown, st, O_RDONLY | O_DIRECTORY | nofollow);
+    try {
+      // Entry by entry, not the whole listing at once: a huge directory is refused at the cap.
+      const dir = fs.opendirSync(`/proc/self/fd/${fd}`);
+      try {
+        for (let d = dir.readSync(); d; d = dir.readSync()) {
+          add(at(fd, d.name), path.join(shown, d.name), path.posix.join(dst, d.name), fs.lstatSync(at(fd, d.name)), false);
+        }
+      } finally {
+        dir.closeSync();
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+  add(source, source, target, fs.statSync(source), true);
+  return { what, entries };
 }
 
 /** Sends a planned copy with the host's modes and owners. */
@@ -118,7 +134,7 @@ export async function copyIntoGuest(p: CopyPlan, c: GuestAgent): Promise<void> {
       const data = Buffer.from(e.link);
       await c.agent.CopyFile({ ...base, file_mode: S_IFLNK | 0o777, file_size: data.length, data }, c.call);
     } else {
-      const data = contents(e, p.what);
+      const data = e.data ?? Buffer.alloc(0);
       // An empty file still takes one request: it is created at size 0.
       for (let offset = 0; offset === 0 || offset < data.length; offset += CHUNK) {
         await c.agent.CopyFile({ ...base, file_size: data.length, offset, data: data.subarray(offset, offset + CHUNK) }, c.call);

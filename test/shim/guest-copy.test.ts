@@ -56,6 +56,8 @@ describe('bind mounts copied into a guest with shared_fs = none', () => {
     fs.symlinkSync('..2026_11_30', path.join(cm, '..data'));
     fs.symlinkSync('..data/key', path.join(cm, 'key'));
     fs.symlinkSync('..data/secret', path.join(cm, 'secret'));
+    // A link out of the tree stays a link: the host's file behind it is not read into the guest.
+    fs.symlinkSync('/etc/shadow', path.join(cm, 'escape'));
     // A big file in chunks (CopyFile carries at most 1 MiB each).
     const big = path.join(src, 'big');
     const bigBytes = Buffer.alloc(2_500_000, 'abcdefgh');
@@ -72,6 +74,7 @@ describe('bind mounts copied into a guest with shared_fs = none', () => {
     expect(copies.map((m) => m.options)).toEqual([['rbind', 'ro'], ['rbind', 'ro'], ['rbind', 'ro'], ['rbind', 'rw']]);
     const cmCopy = copies[1]!.source;
     expect(fs.readlinkSync(path.join(cmCopy, '..data'))).toBe('..2026_11_30');
+    expect(fs.readlinkSync(path.join(cmCopy, 'escape'))).toBe('/etc/shadow');
     const st = fs.statSync(path.join(cmCopy, '..2026_11_30', 'secret'));
     expect([st.mode & 0o7777, st.uid, st.gid]).toEqual([0o600, 1000, 1001]);
 
