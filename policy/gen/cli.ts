@@ -1,7 +1,9 @@
 // `katats policy gen`: the genpolicy equivalent on the command line.
 //   katats policy gen [MANIFEST|-] --image-archive FILE... [--config-file FILE]... [--settings FILE]
-//                     [--rules FILE] [--layers-cache FILE | --no-layers-cache] [-w | --raw | --out-dir DIR]
+//                     [--rules FILE] [--snapshotter NAME] [--layers-cache FILE | --no-layers-cache] [-w | --raw | --out-dir DIR]
 //   katats policy gen --print-settings
+// --snapshotter tardev (or the settings' cluster_config.snapshotter) pins each container's verified
+// layers: every layer is built as the snapshotter builds it, for its root hash (cached by diff_id).
 // Default output: the manifest with each pod template annotated (io.katacontainers.config.agent.policy,
 // base64) on stdout; -w rewrites MANIFEST in place; --raw prints the policy text (one pod only);
 // --out-dir writes <kind>-<name>.rego per pod. stderr names each pod with the sha256 of its policy
@@ -22,7 +24,7 @@ export interface GenIO {
 }
 
 export const GEN_USAGE = `usage: katats policy gen [MANIFEST|-] --image-archive FILE... [--config-file FILE]... [--settings FILE] [--rules FILE]
-                         [--layers-cache FILE | --no-layers-cache] [-w | --raw | --out-dir DIR]
+                         [--snapshotter overlayfs|tardev] [--layers-cache FILE | --no-layers-cache] [-w | --raw | --out-dir DIR]
        katats policy gen --print-settings`;
 
 export function defaultLayersCache(): string {
@@ -36,6 +38,7 @@ export async function genCommand(args: string[], io: GenIO): Promise<number> {
   const configFiles: string[] = [];
   let settingsFile: string | undefined;
   let rulesFile: string | undefined;
+  let snapshotter: string | undefined;
   let cacheFile: string | undefined = defaultLayersCache();
   let mode: 'annotate' | 'inplace' | 'raw' | 'dir' = 'annotate';
   let outDir: string | undefined;
@@ -51,6 +54,7 @@ export async function genCommand(args: string[], io: GenIO): Promise<number> {
       else if (a === '--config-file' || a === '-c') configFiles.push(value());
       else if (a === '--settings' || a === '-j') settingsFile = value();
       else if (a === '--rules' || a === '-p') rulesFile = value();
+      else if (a === '--snapshotter') snapshotter = value();
       else if (a === '--layers-cache') cacheFile = value();
       else if (a === '--no-layers-cache') cacheFile = undefined;
       else if (a === '-w') mode = 'inplace';
@@ -80,7 +84,9 @@ export async function genCommand(args: string[], io: GenIO): Promise<number> {
     const cache = new LayerCache(cacheFile);
     const images = new ImageResolver(archives.map((f) => new OciArchive(f)), cache);
     const t0 = performance.now();
-    const r = await generate(text, { images, settings: loadSettings(settingsFile), configs, ...(rulesFile ? { rules: fs.readFileSync(rulesFile, 'utf8') } : {}) }, manifestFile ?? 'stdin');
+    let settings = loadSettings(settingsFile);
+    if (snapshotter !== undefined) settings = { ...settings, cluster_config: { ...settings.cluster_config, snapshotter } };
+    const r = await generate(text, { images, settings, configs, ...(rulesFile ? { rules: fs.readFileSync(rulesFile, 'utf8') } : {}) }, manifestFile ?? 'stdin');
     cache.save();
     const ms = performance.now() - t0;
     if (r.pods.length === 0) {
@@ -88,7 +94,7 @@ export async function genCommand(args: string[], io: GenIO): Promise<number> {
       return 1;
     }
     for (const p of r.pods) io.err(`${p.origin}: policy sha256:${p.sha256} (${p.text.length} bytes)`);
-    io.err(`layers: ${cache.misses.length} read, the others from the cache; ${ms.toFixed(0)} ms`);
+    io.err(`layers: ${cache.misses.length} read, ${cache.built.length} built for their root hashes, the others from the cache; ${ms.toFixed(0)} ms`);
     if (mode === 'raw') {
       if (r.pods.length !== 1) {
         io.err(`katats policy gen: --raw prints one policy; the manifest has ${r.pods.length} pods (use --out-dir)`);

@@ -5,7 +5,11 @@
 import { expand, isExact, kubeletEnv, literal, text, toRegex, type Patterns, type Template } from './env.js';
 import { parseGroup, parsePasswd, type ResolvedImage } from './image.js';
 import { ManifestError, reEscape, type ConfigSource, type ContainerLike, type PodTemplate, type VolumeLike } from './manifest.js';
-import type { PolicyMount, Settings } from './settings.js';
+import type { PolicyMount, PolicyStorage, Settings } from './settings.js';
+import { LAYER_OVERLAY_FSTYPE, LAYER_STORAGE_FSTYPE, layerOverlayOptions, layerStorageOptions, ZERO_SALT_HEX } from '../../proto/layer-storage.js';
+import { LAYER_SRC_PREFIX } from '../../proto/layer-mounts.js';
+import { chainIdOf } from '../../snapshotter/resolve.js';
+import { layerName } from '../../snapshotter/store.js';
 
 export interface ContainerPolicy {
   name: string;
@@ -34,11 +38,12 @@ export interface ContainerPolicy {
   args_regex?: string[];
   env_regex: string[];
   optional_mounts: string[];
-  storages: unknown[];
+  /** On verified layers: one `blk` storage per layer (topmost first), then the overlay; else none. */
+  storages: PolicyStorage[];
   devices: unknown[];
   sandbox_pidns: boolean;
   exec_commands: string[][];
-  /** The image the container runs: its manifest and, per layer, the diff_id (and, later, the verity root hash). */
+  /** The image the container runs: its manifest and, per layer (base first), the diff_id and, on verified layers, the root hash. */
   image: { name: string; manifest: string; layers: { diff_id: string; root_hash?: string }[] };
 }
 
@@ -312,6 +317,49 @@ function imageRef(img: ResolvedImage | undefined, fallback: string): ContainerPo
   };
 }
 
+/** Whether the pods run on the tardev snapshotter's verified layers. */
+export const onLayers = (ctx: Pick<PodContext, 'settings'>): boolean => ctx.settings.cluster_config.snapshotter === 'tardev';
+
+function rootPath(ctx: PodContext): string {
+  return fill(onLayers(ctx) ? ctx.settings.common.layer_root_path : ctx.settings.common.root_path, ctx);
+}
+
+/**
+ * What the shim sends for a container on verified layers (shim/layer-disks.ts), pinned: one `blk`
+ * storage per image layer, topmost first, named by its chain id, with the root hash and data size
+ * of the layer file the snapshotter builds from it; then the overlay that assembles them with a
+ * writable upper (CRI always prepares an active snapshot). Where the host chooses a value at run
+ * time (the disk's PCI path, the snapshotter's directory, the container id) the entry is an
+ * anchored pattern: policy options starting with ^ are patterns.
+ */
+function layerStorages(ctx: PodContext, img: ResolvedImage | undefined, what: string): PolicyStorage[] {
+  if (!onLayers(ctx)) return [];
+  if (!img) throw new ManifestError(`${what}: the image is not among the inputs, so its layers cannot be pinned (snapshotter tardev)`);
+  const c = ctx.settings.common;
+  let chain = '';
+  const layers = img.layers.map((l) => {
+    chain = chainIdOf(chain, l.diffId);
+    if (!l.rootHash || !l.dataBytes) throw new ManifestError(`${what}: image ${img.name} layer ${l.diffId}: no root hash (resolve the image with verity)`);
+    return { name: layerName(chain), rootHash: l.rootHash, dataBytes: l.dataBytes };
+  });
+  layers.reverse();
+  const storage = (s: Pick<PolicyStorage, 'driver' | 'source' | 'fstype' | 'options' | 'mount_point'>): PolicyStorage => ({ driver_options: [], fs_group: null, shared: false, ...s });
+  const overlay = layerOverlayOptions('/', layers, true);
+  overlay[0] = `^${reEscape(LAYER_SRC_PREFIX)}/.*$`;
+  return [
+    ...layers.map((l) =>
+      storage({
+        driver: 'blk',
+        source: c.layer_source,
+        fstype: LAYER_STORAGE_FSTYPE,
+        options: layerStorageOptions({ name: l.name, rootHash: l.rootHash, dataBytes: l.dataBytes, salt: ZERO_SALT_HEX }),
+        mount_point: `${c.layers_path}/${l.name}`,
+      }),
+    ),
+    storage({ driver: 'overlayfs', source: 'none', fstype: LAYER_OVERLAY_FSTYPE, options: overlay, mount_point: rootPath(ctx) }),
+  ];
+}
+
 /** The pause (sandbox) container: containers[0]. */
 export function sandboxPolicy(ctx: PodContext, pauseImage: ResolvedImage | undefined): ContainerPolicy {
   const t = ctx.settings.pause_container;
@@ -332,7 +380,7 @@ export function sandboxPolicy(ctx: PodContext, pauseImage: ResolvedImage | undef
         Capabilities: { Ambient: [], Bounding: caps, Effective: caps, Inheritable: [], Permitted: caps },
         NoNewPrivileges: t.NoNewPrivileges,
       },
-      Root: { Path: fill(ctx.settings.common.root_path, ctx), Readonly: true },
+      Root: { Path: rootPath(ctx), Readonly: true },
       Mounts: t.Mounts.map((m) => ({ ...m, source: fill(m.source, ctx) })),
       Annotations: annotations(ctx, t.Annotations, ''),
       Linux: {
@@ -345,7 +393,7 @@ export function sandboxPolicy(ctx: PodContext, pauseImage: ResolvedImage | undef
     },
     env_regex: [],
     optional_mounts: [],
-    storages: [],
+    storages: layerStorages(ctx, pauseImage, `${ctx.pod.origin} sandbox (pause) container`),
     devices: [],
     sandbox_pidns: false,
     exec_commands: [],
@@ -418,7 +466,7 @@ export function workloadPolicy(ctx: PodContext, c: ContainerLike, img: ResolvedI
         Capabilities: { Ambient: [], Bounding: caps, Effective: caps, Inheritable: [], Permitted: caps },
         NoNewPrivileges: c.securityContext?.allowPrivilegeEscalation === false,
       },
-      Root: { Path: fill(ctx.settings.common.root_path, ctx), Readonly: ro },
+      Root: { Path: rootPath(ctx), Readonly: ro },
       Mounts: mounts,
       Annotations: annotations(ctx, t.Annotations, c.name),
       Linux: {
@@ -432,7 +480,7 @@ export function workloadPolicy(ctx: PodContext, c: ContainerLike, img: ResolvedI
     ...(exactArgs ? {} : { args_regex: args.map((a) => `^${toRegex(a)}$`) }),
     env_regex: envRegex,
     optional_mounts: sorted(new Set(optionalDests.filter((d) => !volDests.has(d)))),
-    storages: [],
+    storages: layerStorages(ctx, img, where),
     devices: [],
     sandbox_pidns: ctx.pod.spec.shareProcessNamespace === true,
     exec_commands: execCommands(ctx, c),

@@ -3,11 +3,11 @@
 // manifest as the io.katacontainers.config.agent.policy annotation (base64). The same inputs give
 // the same policy text, byte for byte: nothing depends on time, order of reads or the machine.
 import { createHash } from 'node:crypto';
-import { GEN_ANNOTATIONS, sandboxPolicy, workloadPolicy, type ContainerPolicy, type PodContext } from './container.js';
+import { GEN_ANNOTATIONS, onLayers, sandboxPolicy, workloadPolicy, type ContainerPolicy, type PodContext } from './container.js';
 import { ImageResolver, type ResolvedImage } from './image.js';
 import { parseManifest, reEscape, renderManifest, setPolicyAnnotation, POLICY_ANNOTATION, type ConfigSource, type Manifest, type PodTemplate } from './manifest.js';
 import { RULES } from './rules.js';
-import { DEFAULT_SETTINGS, type Settings } from './settings.js';
+import { DEFAULT_SETTINGS, SettingsError, type Settings } from './settings.js';
 
 export interface GenerateOptions {
   images: ImageResolver;
@@ -84,16 +84,17 @@ export async function podPolicy(pod: PodTemplate, o: GenerateOptions & { setting
   const settings = o.settings;
   const c = settings.common;
   const images = new Map<string, ResolvedImage>();
+  const resolveOpts = { verity: onLayers({ settings }) };
   const all = [...(pod.spec.initContainers ?? []), ...(pod.spec.containers ?? [])];
   const names = new Set<string>();
   for (const ct of all) {
     if (!ct.name || !ct.image) throw new Error(`${pod.origin}: every container needs a name and an image`);
     if (names.has(ct.name)) throw new Error(`${pod.origin}: two containers named ${ct.name}`);
     names.add(ct.name);
-    if (!images.has(ct.image)) images.set(ct.image, await o.images.resolve(ct.image));
+    if (!images.has(ct.image)) images.set(ct.image, await o.images.resolve(ct.image, resolveOpts));
   }
   // The pause image when a source has it; else the settings say what it runs.
-  const pause = await o.images.find(settings.cluster_config.pause_container_image);
+  const pause = await o.images.find(settings.cluster_config.pause_container_image, resolveOpts);
   const ctx: PodContext = {
     pod,
     settings,
@@ -118,6 +119,8 @@ export async function podPolicy(pod: PodTemplate, o: GenerateOptions & { setting
 export async function generate(manifestText: string, o: GenerateOptions, file = 'manifest'): Promise<GenerateResult> {
   const manifest = parseManifest(manifestText, file);
   const settings = o.settings ?? DEFAULT_SETTINGS;
+  const sn = settings.cluster_config.snapshotter;
+  if (sn !== 'overlayfs' && sn !== 'tardev') throw new SettingsError(`settings: cluster_config.snapshotter ${JSON.stringify(sn)}: overlayfs (a rootfs shared with the guest) or tardev (verified layers)`);
   const configs = [...manifest.configs, ...(o.configs ?? [])];
   const pods: PodPolicy[] = [];
   for (const pod of manifest.pods) {

@@ -4,12 +4,17 @@
 // place. Each layer is decompressed and hashed once: its sha256 must equal the config's diff_id
 // (the image is what its config says), and the result is cached by diff_id, in memory and
 // optionally in a file, so a layer shared by many images or runs is never read again.
+// With `verity` asked for (a policy for pods on verified layers), each layer is also built as the
+// tardev snapshotter builds it (snapshotter/layer.ts: the same deterministic EROFS writer and
+// dm-verity tree) into a temporary file, for its root hash and data size, and the file removed.
 // TODO(content store): a containerd.services.content.v1 source (the snapshotter work adds that
 // schema to proto/); the ImageSource interface is where it plugs in.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { createGunzip } from 'node:zlib';
+import { buildLayerFile } from '../../snapshotter/layer.js';
 import { indexTarFile, scanLayer, type ArchiveEntry } from './tar.js';
 
 export class ImageError extends Error {
@@ -32,11 +37,16 @@ export interface LayerInfo {
   /** /etc/passwd as of this layer: text, "" when absent, null when deleted (whiteout). */
   passwd: string | null | undefined;
   group: string | null | undefined;
-  /**
-   * dm-verity root hash of the layer file the snapshotter builds from it. Not computed yet: the
-   * hook for when the snapshotter's layer format lands (then the policy pins it per layer).
-   */
+  /** dm-verity root hash of the layer file the tardev snapshotter builds from it (when asked for). */
   rootHash?: string;
+  /** Bytes of that file's EROFS image: the verity hash offset. */
+  dataBytes?: number;
+}
+
+/** What to learn from each layer beyond its users and groups. */
+export interface ResolveOptions {
+  /** The root hash and data size of the layer file the tardev snapshotter builds. */
+  verity?: boolean;
 }
 
 export interface ResolvedImage {
@@ -53,7 +63,7 @@ export interface ResolvedImage {
 
 export interface ImageSource {
   /** The image by reference, or undefined when this source does not have it. */
-  resolve(ref: string, cache: LayerCache): Promise<ResolvedImage | undefined>;
+  resolve(ref: string, cache: LayerCache, o?: ResolveOptions): Promise<ResolvedImage | undefined>;
 }
 
 const WANT = new Set(['etc/passwd', 'etc/group']);
@@ -78,7 +88,7 @@ export function normalizeRef(ref: string): string {
 
 export interface LayerCacheFile {
   version: 1;
-  layers: Record<string, { passwd: string | null; group: string | null; rootHash?: string }>;
+  layers: Record<string, { passwd: string | null; group: string | null; rootHash?: string; dataBytes?: number }>;
 }
 
 /** What was learned from each layer, keyed by diff_id; optionally kept in a JSON file across runs. */
@@ -86,6 +96,8 @@ export class LayerCache {
   private readonly mem = new Map<string, LayerInfo>();
   /** Layers read (decompressed and hashed) by this process: the cache's misses. */
   readonly misses: string[] = [];
+  /** Layers built as layer files by this process, for their root hashes. */
+  readonly built: string[] = [];
   private dirty = false;
 
   constructor(private readonly file?: string) {
@@ -98,7 +110,7 @@ export class LayerCache {
     }
     if (doc.version !== 1 || typeof doc.layers !== 'object') throw new ImageError(`layer cache ${file}: not a version 1 cache`);
     for (const [diffId, l] of Object.entries(doc.layers)) {
-      this.mem.set(diffId, { diffId, passwd: l.passwd, group: l.group, ...(l.rootHash ? { rootHash: l.rootHash } : {}) });
+      this.mem.set(diffId, { diffId, passwd: l.passwd, group: l.group, ...verityOf(l) });
     }
   }
 
@@ -116,7 +128,7 @@ export class LayerCache {
     if (!this.file || !this.dirty) return;
     const doc: LayerCacheFile = { version: 1, layers: {} };
     for (const [k, l] of [...this.mem].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-      doc.layers[k] = { passwd: l.passwd ?? null, group: l.group ?? null, ...(l.rootHash ? { rootHash: l.rootHash } : {}) };
+      doc.layers[k] = { passwd: l.passwd ?? null, group: l.group ?? null, ...verityOf(l) };
     }
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.${process.pid}.tmp`;
@@ -124,6 +136,13 @@ export class LayerCache {
     fs.renameSync(tmp, this.file);
     this.dirty = false;
   }
+}
+
+/** A cached root hash and data size, only when both are well formed. */
+function verityOf(l: { rootHash?: string; dataBytes?: number }): { rootHash?: string; dataBytes?: number } {
+  if (typeof l.rootHash !== 'string' || !/^[0-9a-f]{64}$/.test(l.rootHash)) return {};
+  if (!Number.isSafeInteger(l.dataBytes) || l.dataBytes! <= 0 || l.dataBytes! % 4096 !== 0) return {};
+  return { rootHash: l.rootHash, dataBytes: l.dataBytes! };
 }
 
 interface Descriptor {
@@ -204,7 +223,7 @@ export class OciArchive implements ImageSource {
     return hit;
   }
 
-  async resolve(ref: string, cache: LayerCache): Promise<ResolvedImage | undefined> {
+  async resolve(ref: string, cache: LayerCache, o: ResolveOptions = {}): Promise<ResolvedImage | undefined> {
     const md = this.findManifest(ref);
     if (!md) return undefined;
     const manifest = this.blobJSON<{ config: Descriptor; layers: Descriptor[] }>(md.digest);
@@ -221,6 +240,11 @@ export class OciArchive implements ImageSource {
         info = await this.readLayer(manifest.layers[i]!, diffId);
         cache.put(info);
         cache.misses.push(diffId);
+      }
+      if (o.verity && !info.rootHash) {
+        info = { ...info, ...(await this.layerVerity(manifest.layers[i]!, diffId)) };
+        cache.put(info);
+        cache.built.push(diffId);
       }
       layers.push(info);
     }
@@ -269,6 +293,26 @@ export class OciArchive implements ImageSource {
     const text = (name: string) => (scan.files.has(name) ? scan.files.get(name)!.toString('utf8') : scan.whiteouts.has(name) ? null : undefined);
     return { diffId, passwd: text('etc/passwd'), group: text('etc/group') };
   }
+
+  /** The layer file the snapshotter would build from this blob, built in a temporary dir: its root hash and data size. */
+  private async layerVerity(d: Descriptor, diffId: string): Promise<{ rootHash: string; dataBytes: number }> {
+    const e = this.entries.get(this.blobName(d.digest));
+    if (!e || e.size === 0) throw new ImageError(`${this.file}: layer blob ${d.digest} missing or empty`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'katats-policy-layer-'));
+    try {
+      const blob = fs.createReadStream(this.file, { start: e.offset, end: e.offset + e.size - 1, highWaterMark: 1 << 20 });
+      try {
+        const f = await buildLayerFile(blob, path.join(dir, 'layer'), { expectDiffId: diffId, ...(d.digest.startsWith('sha256:') ? { expectDigest: d.digest } : {}) });
+        return { rootHash: f.rootHash, dataBytes: f.erofsBytes };
+      } finally {
+        blob.destroy();
+      }
+    } catch (err) {
+      throw new ImageError(`${this.file}: layer ${d.digest}: building its layer file: ${(err as Error).message}`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
 }
 
 async function startsWithGzip(file: string, offset: number): Promise<boolean> {
@@ -295,13 +339,13 @@ export class ImageResolver {
   ) {}
 
   /** The image, or undefined when no source has it (a broken source is still an error). */
-  find(ref: string): Promise<ResolvedImage | undefined> {
-    const key = normalizeRef(ref);
+  find(ref: string, o: ResolveOptions = {}): Promise<ResolvedImage | undefined> {
+    const key = `${o.verity ? 'verity ' : ''}${normalizeRef(ref)}`;
     let p = this.seen.get(key);
     if (!p) {
       p = (async () => {
         for (const s of this.sources) {
-          const img = await s.resolve(ref, this.cache);
+          const img = await s.resolve(ref, this.cache, o);
           if (img) return img;
         }
         return undefined;
@@ -311,8 +355,8 @@ export class ImageResolver {
     return p;
   }
 
-  async resolve(ref: string): Promise<ResolvedImage> {
-    const img = await this.find(ref);
+  async resolve(ref: string, o: ResolveOptions = {}): Promise<ResolvedImage> {
+    const img = await this.find(ref, o);
     if (!img) throw new ImageError(`image ${ref}: not in any of the given image sources`);
     return img;
   }

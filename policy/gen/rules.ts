@@ -105,7 +105,7 @@ allow_container(p, i) if {
 	allow_mounts(p, i.OCI.Mounts, i.container_id)
 	allow_linux(p.OCI.Linux, i.OCI.Linux)
 	i.sandbox_pidns == p.sandbox_pidns
-	allow_storages(p.storages, i.storages)
+	allow_storages(p.storages, i.storages, i.container_id)
 	allow_devices(p.devices, i.devices)
 }
 
@@ -309,9 +309,55 @@ allow_linux(p_linux, i_linux) if {
 	i_linux.MountLabel == ""
 }
 
-allow_storages(p_storages, i_storages) if {
-	storages_not_allowed := [s | some s in i_storages; not s in p_storages]
+# The storages exactly as pinned. A container on verified layers has one blk storage per image
+# layer, topmost first, then the overlay that assembles them: as many layers, each with a pinned
+# root hash, in the pinned order, each at its mount point, every other field as pinned. Any other
+# container has none.
+allow_storages(p_storages, i_storages, container_id) if {
+	i_layers := [layer_root_hash(s) | some s in i_storages; s.driver == "blk"]
+	p_layers := [layer_root_hash(s) | some s in p_storages; s.driver == "blk"]
+	layers_count := count(i_layers)
+	layers_count == count(p_layers)
+	layers_not_pinned := [h | some h in i_layers; not h in p_layers]
+	layers_not_pinned == []
+	layers_out_of_order := [sprintf("%d:%s", [n, h]) | some n, h in i_layers; h != p_layers[n]]
+	layers_out_of_order == []
+	storages_count := count(i_storages)
+	storages_count == count(p_storages)
+	storage_mount_points_not_allowed := [sprintf("%d:%s", [n, s.mount_point]) |
+		some n, s in i_storages
+		not source_matches(p_storages[n].mount_point, s.mount_point, container_id)
+	]
+	storage_mount_points_not_allowed == []
+	storages_not_allowed := [s | some n, s in i_storages; not storage_matches(p_storages[n], s, container_id)]
 	storages_not_allowed == []
+}
+
+# The root hash a layer storage names ("" for none; all of them, comma-separated, if several).
+layer_root_hash(s) := concat(",", [substring(o, 35, -1) | some o in s.options; startswith(o, "io.katacontainers.fs-opt.root-hash=")])
+
+storage_matches(p_s, i_s, container_id) if {
+	p_s.driver == i_s.driver
+	p_s.driver_options == i_s.driver_options
+	p_s.fstype == i_s.fstype
+	p_s.fs_group == i_s.fs_group
+	p_s.shared == i_s.shared
+	source_matches(p_s.source, i_s.source, container_id)
+	count(p_s.options) == count(i_s.options)
+	every n, o in i_s.options {
+		storage_option_matches(p_s.options[n], o)
+	}
+}
+
+# A policy option starting with ^ is a pattern (a host path the guest ignores); else exact.
+storage_option_matches(p_o, i_o) if {
+	startswith(p_o, "^")
+	regex.match(p_o, i_o)
+}
+
+storage_option_matches(p_o, i_o) if {
+	not startswith(p_o, "^")
+	p_o == i_o
 }
 
 allow_devices(p_devices, i_devices) if {

@@ -58,6 +58,12 @@ export interface Settings {
     sfprefix: string;
     /** Guest-local sandbox storage (block volumes). */
     spath: string;
+    /** With the tardev snapshotter: where the guest mounts each verified layer (a directory per layer name). */
+    layers_path: string;
+    /** With the tardev snapshotter: a container's rootfs in the guest (the overlay of its layers); $(bundle-id) is the container id. */
+    layer_root_path: string;
+    /** With the tardev snapshotter: a layer disk's source, its PCI path in the guest. */
+    layer_source: string;
     ipv4_a: string;
     ip_p: string;
     svc_name_downward_env: string;
@@ -75,6 +81,12 @@ export interface Settings {
   cluster_config: {
     /** containerd's sandbox_image. */
     pause_container_image: string;
+    /**
+     * The snapshotter CRI uses for the pods: "tardev" pins each container's verified layers (root
+     * hashes, order, mount points) and its rootfs in the guest; anything else (the default,
+     * "overlayfs") means a rootfs shared with the guest, and no storages for containers.
+     */
+    snapshotter: string;
   };
   request_defaults: {
     CreateContainerRequest: { allow_env_regex: string[] };
@@ -162,6 +174,9 @@ export const DEFAULT_SETTINGS: Settings = {
     root_path: '^$(cpath)/$(bundle-id)/rootfs$',
     sfprefix: '^$(cpath)/$(bundle-id)/mounts/',
     spath: '/run/kata-containers/sandbox/storage',
+    layers_path: '/run/kata-containers/sandbox/layers',
+    layer_root_path: '^/run/kata-containers/containers/$(bundle-id)/rootfs$',
+    layer_source: '^[0-9a-f]{2}(/[0-9a-f]{2}){0,7}$',
     ipv4_a: '(([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])\\.){3}([0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])',
     ip_p: '[0-9]{1,5}',
     svc_name_downward_env: '[A-Z](?:[A-Z0-9_]{0,61}[A-Z0-9])?',
@@ -204,6 +219,7 @@ export const DEFAULT_SETTINGS: Settings = {
   },
   cluster_config: {
     pause_container_image: 'katats.local/pause:latest',
+    snapshotter: 'overlayfs',
   },
   request_defaults: {
     CreateContainerRequest: {

@@ -11,20 +11,16 @@ import { busyboxImage, type BusyboxImage } from '../../harness/images/busybox.js
 import { buildOciImage } from '../../harness/images/oci.js';
 import { pauseImage, type PauseImage } from '../../harness/images/pause.js';
 import { writeTar } from '../../harness/images/tar.js';
-import { messageType } from '../../proto/registry.js';
 import { genCommand } from '../../policy/gen/cli.js';
 import { annotatedManifest, generate, type PodPolicy } from '../../policy/gen/generate.js';
 import { ImageError, ImageResolver, LayerCache, OciArchive } from '../../policy/gen/image.js';
 import { parseManifest, POLICY_ANNOTATION } from '../../policy/gen/manifest.js';
 import { parseSettings, DEFAULT_SETTINGS } from '../../policy/gen/settings.js';
-import { Policy, describeFailure, parseJSON, toJSON, type Value } from '../../policy/index.js';
-import { policyInput } from '../../policy/input.js';
-import { applyPatch, type PatchOp } from '../../policy/json-patch.js';
 import { tempDir } from '../support/tmp.js';
+import { agentInput, Decider, type Req } from './decider.js';
 
 const FIX = path.join(import.meta.dirname, 'fixtures', 'gen');
 const POD_YAML = fs.readFileSync(path.join(FIX, 'pod.yaml'), 'utf8');
-type Req = Record<string, unknown> & { kind: string };
 const CAPTURED = (JSON.parse(fs.readFileSync(path.join(FIX, 'cri-bookworm.json'), 'utf8')) as { requests: Req[] }).requests;
 
 let busybox: BusyboxImage;
@@ -39,36 +35,6 @@ async function policyFor(yaml: string, extra: string[] = []): Promise<PodPolicy>
   const r = await generate(yaml, { images: resolver(undefined, extra) });
   expect(r.pods.length).toBe(1);
   return r.pods[0]!;
-}
-
-/** A captured request as the agent presents it to the policy: protobuf-encoded, decoded, serialised. */
-function agentInput(req: Req): string {
-  const { kind, ...fields } = req;
-  const name = `grpc.${kind}`;
-  const t = messageType(name);
-  const msg = t.decode(t.encode(t.fromObject({ exec_id: fields.container_id, storages: [], devices: [], ...fields })).finish());
-  return policyInput(name, msg);
-}
-
-/** The agent's loop in miniature: evaluate, and on {allowed, ops} apply the ops to pstate. */
-class Decider {
-  state: Record<string, unknown> = { pstate: {} };
-  readonly policy: Policy;
-  constructor(text: string) {
-    this.policy = Policy.compile({ modules: [{ file: 'policy.rego', text }] }, { regoVersion: 'v0' });
-  }
-  decide(kind: string, input: string): { allowed: boolean; why: string[] } {
-    this.policy.setData(parseJSON(JSON.stringify(this.state)) as never);
-    const d = this.policy.evaluate(`data.agent_policy.${kind}`, parseJSON(input), { prints: false, explain: true });
-    const v = d.value === undefined ? undefined : (JSON.parse(toJSON(d.value as Value)) as unknown);
-    const why = (d.explanation ?? []).map(describeFailure);
-    if (v === true) return { allowed: true, why };
-    if (v && typeof v === 'object' && (v as { allowed?: boolean }).allowed === true) {
-      this.state = applyPatch(this.state, ((v as { ops?: PatchOp[] }).ops ?? []) as PatchOp[]);
-      return { allowed: true, why };
-    }
-    return { allowed: false, why };
-  }
 }
 
 const created = () => CAPTURED.filter((r) => r.kind === 'CreateContainerRequest');
