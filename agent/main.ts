@@ -57,8 +57,9 @@ async function main(): Promise<void> {
   const stateDir = path.resolve(values['state-dir'] ?? '/run/kata-containers');
   fs.mkdirSync(stateDir, { recursive: true });
   const hostData = values['host-data'] ?? process.env.KATATS_HOST_DATA;
-  // In the guest the launch data is read from fw_cfg at each decision rather than from the init's
-  // copy: a VM restored from a template has its own fw_cfg but the template's copy.
+  // In the guest the launch data is read from fw_cfg (at start, and again where a restore may have
+  // changed it: agent/policy-hook.ts) rather than from the init's copy: a VM restored from a
+  // template has its own fw_cfg but the template's copy.
   const liveLaunchData = !local && !!hostData && fs.existsSync(FW_CFG_HOST_DATA);
   const launchDigest = liveLaunchData ? () => readLaunchDigest(FW_CFG_HOST_DATA) : hostData ? readLaunchDigest(hostData) : undefined;
   const runner = findRunner(values.runner);
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
     log,
   };
   const agent = createAgent(config);
-  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: typeof launchDigest === 'function' ? launchDigest() : launchDigest }, 'agent starting');
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {
     void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {

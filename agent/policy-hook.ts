@@ -42,6 +42,23 @@ export function readLaunchDigest(file: string): string | undefined {
 }
 
 const NO_POLICY = '0'.repeat(64);
+
+/**
+ * Requests at which an unbound gate reads the launch data again. The restore notice first: the
+ * shim sends ReseedRandomDev and SetGuestDateTime to a clone before anything else. And, so that a
+ * host which skips the notice cannot run anything on a clone under the template's unbound state,
+ * every request that starts or places something in the guest. Not the hot path (streams, waits,
+ * stats, signals): those never read fw_cfg.
+ */
+export const LAUNCH_DATA_RECHECKS: ReadonlySet<string> = new Set([
+  'ReseedRandomDevRequest',
+  'SetGuestDateTimeRequest',
+  'SetPolicyRequest',
+  'CreateSandboxRequest',
+  'CreateContainerRequest',
+  'ExecProcessRequest',
+  'CopyFileRequest',
+]);
 /**
  * Every evaluation is bounded in steps (deterministic, unlike a wall clock on a loaded TCG guest):
  * Kata's and our generated policies take 1,500-5,000 steps for a CreateContainerRequest, so a
@@ -68,9 +85,11 @@ const ENDPOINTS = new Map<string, Endpoint>(
 
 export interface PolicyGateOptions {
   /**
-   * sha256 (hex) from the launch data; undefined when the VM has none (local mode). A function is
-   * asked afresh at each decision that depends on it: in the guest it reads fw_cfg, which a VM
-   * restored from a template holds for itself (a copy made at boot would be the template's).
+   * sha256 (hex) from the launch data; undefined when the VM has none (local mode). A function (in
+   * the guest: a read of fw_cfg) is asked at start, and again only while no policy is bound or set,
+   * at the requests listed in LAUNCH_DATA_RECHECKS: a VM restored from a template (which is booted
+   * unbound) holds launch data of its own, and the shim's first words to a clone (ReseedRandomDev,
+   * SetGuestDateTime) are among them.
    */
   launchDigest: string | undefined | (() => string | undefined);
   /** The policy in force until a SetPolicy: the image's default. */
@@ -85,10 +104,10 @@ export class PolicyGate {
   policy: string | undefined;
   /** sha256 of the policy in force. */
   policyDigest: string;
-  /** The launch data's digest now. */
-  get launchDigest(): string | undefined {
-    return typeof this.o.launchDigest === 'function' ? this.o.launchDigest() : this.o.launchDigest;
-  }
+  /** The launch data's digest as last read. */
+  launchDigest: string | undefined;
+  /** Reads of the launch data so far (start included). */
+  launchReads = 0;
 
   /** The launch data names a policy (not zeros). */
   get bound(): boolean {
@@ -106,10 +125,37 @@ export class PolicyGate {
     this.limits = { ...AGENT_POLICY_LIMITS, ...o.limits };
     this.current = AgentPolicy.compile(o.defaultPolicy.text, { file: 'default-policy.rego', limits: this.limits });
     this.policyDigest = sha256(o.defaultPolicy.text);
+    this.launchDigest = this.readLaunchData();
     this.log.info(
       { default_policy: o.defaultPolicy.source, default_policy_sha256: this.policyDigest, launch_data: this.launchDigest ?? null, bound: this.bound },
       this.bound ? 'the launch data binds a policy: only SetPolicy with it is accepted until it is set' : 'no policy bound by the launch data: the default policy applies until a SetPolicy',
     );
+  }
+
+  private readLaunchData(): string | undefined {
+    if (typeof this.o.launchDigest !== 'function') return this.o.launchDigest;
+    this.launchReads++;
+    return this.o.launchDigest();
+  }
+
+  /**
+   * Before deciding `request`: an unbound gate with no policy set reads the launch data again at
+   * the requests that may follow a restore (LAUNCH_DATA_RECHECKS). Once bound, or once a policy is
+   * set, the launch data can change nothing and is not read again.
+   */
+  private recheckLaunchData(request: string): void {
+    if (typeof this.o.launchDigest !== 'function' || this.bound || this.policy !== undefined || !LAUNCH_DATA_RECHECKS.has(request)) return;
+    let now: string | undefined;
+    try {
+      now = this.readLaunchData();
+    } catch (e) {
+      // Unreadable launch data is no licence: the request is refused.
+      this.log.error({ err: e, request }, 'reading the launch data failed');
+      throw denied(`${request} is blocked by policy: the VM's launch data cannot be read: ${(e as Error).message}`);
+    }
+    if (now === this.launchDigest) return;
+    this.launchDigest = now;
+    this.log.info({ request, launch_data: now ?? null, bound: this.bound }, 'launch data changed since the agent started (a VM restored from a template)');
   }
 
   /** Bound and not set yet: nothing but that SetPolicy is accepted. */
@@ -122,6 +168,7 @@ export class PolicyGate {
     const ep = ENDPOINTS.get(ctx.method);
     // An unknown method: the server answers that it has none, nothing runs.
     if (!ep || ep.name === 'ReadStreamRequest') return;
+    this.recheckLaunchData(ep.name);
     if (this.awaitingPolicy) {
       // SetPolicy itself is decided by the launch data (set()).
       if (ep.name === 'SetPolicyRequest') return;

@@ -223,6 +223,77 @@ describe('the policy the launch data binds', () => {
   });
 });
 
+describe('the launch data (fw_cfg in the guest) is read at start and again only where a restore may have changed it', () => {
+  /** A launch-data file standing in for fw_cfg, read by the agent's own reader; reads counted. */
+  function launchData(initial: string) {
+    const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'katats-launch-'));
+    const file = path.join(dir, 'host_data');
+    fs.writeFileSync(file, initial);
+    const r = {
+      reads: 0,
+      read: () => {
+        r.reads++;
+        return readLaunchDigest(file);
+      },
+      set: (hex: string) => fs.writeFileSync(file, hex),
+      cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+    };
+    return r;
+  }
+  const notFound = (p: Promise<unknown>) => p.then(() => Code.OK, (e: { code: number }) => e.code);
+
+  it('streams, waits and stats never read it; after a change only the restore notice (SetGuestDateTime) reads it, and then the bound policy is required', async () => {
+    const ld = launchData('0'.repeat(64));
+    const t = await startAgent({ launchDigest: ld.read });
+    try {
+      expect(ld.reads).toBe(1);
+      for (let i = 0; i < 50; i++) {
+        // No such container: the gate decides (allow-all), then the handler answers NotFound.
+        expect(await notFound(t.svc.WriteStdin({ container_id: 'none', exec_id: 'none', data: Buffer.alloc(64) }))).toBe(Code.NotFound);
+        expect(await notFound(t.svc.StatsContainer({ container_id: 'none' }))).toBe(Code.NotFound);
+      }
+      expect(ld.reads).toBe(1);
+      // The template's clone: its own launch data, which the agent does not consult on the hot path.
+      ld.set(sha256(POD_POLICY));
+      expect(await notFound(t.svc.WriteStdin({ container_id: 'none', exec_id: 'none', data: Buffer.alloc(64) }))).toBe(Code.NotFound);
+      expect(ld.reads).toBe(1);
+      // The shim's restore notice: read again. The launch data now binds a policy, which is not set
+      // yet: the notice itself and everything after it but that SetPolicy are refused.
+      const notice = await t.svc.SetGuestDateTime({ Sec: Math.floor(Date.now() / 1000), Usec: 0 }).catch((e: unknown) => e as { code: number; message: string });
+      expect(ld.reads).toBe(2);
+      expect(notice).toMatchObject({ code: Code.PermissionDenied, message: expect.stringContaining(`binds policy sha256:${sha256(POD_POLICY)}, which was not set yet`) as unknown });
+      const refused = await t.svc.WriteStdin({ container_id: 'none', exec_id: 'none', data: Buffer.alloc(64) }).catch((e: unknown) => e as { code: number });
+      expect(refused).toMatchObject({ code: Code.PermissionDenied });
+      expect(ld.reads).toBe(2);
+      const other = await t.svc.SetPolicy({ policy: allowAllPolicy() }).catch((e: { code: number }) => e);
+      expect((other as { code: number }).code).toBe(Code.PermissionDenied);
+      await t.svc.SetPolicy({ policy: POD_POLICY });
+      // Bound and set: never read again.
+      ld.set('0'.repeat(64));
+      await t.svc.SetGuestDateTime({ Sec: Math.floor(Date.now() / 1000), Usec: 0 }).catch(() => undefined);
+      expect(ld.reads).toBe(2);
+      expect(t.agent.sandbox.policy.policyDigest).toBe(sha256(POD_POLICY));
+    } finally {
+      await t.close();
+      ld.cleanup();
+    }
+  });
+
+  it('a host that skips the restore notice cannot start anything under the unbound state: CreateSandbox reads it again', async () => {
+    const ld = launchData('0'.repeat(64));
+    const t = await startAgent({ launchDigest: ld.read });
+    try {
+      ld.set(sha256(POD_POLICY));
+      const e = await t.svc.CreateSandbox({ hostname: 'skip', sandbox_id: 'sb-skip' }).catch((x: unknown) => x as { code: number; message: string });
+      expect(e).toMatchObject({ code: Code.PermissionDenied, message: expect.stringMatching(/^CreateSandboxRequest is blocked by policy: the VM's launch data binds policy sha256:/) as unknown });
+      expect(ld.reads).toBe(2);
+    } finally {
+      await t.close();
+      ld.cleanup();
+    }
+  });
+});
+
 describe('katats policy explain', () => {
   it("replays the agent's logged denials against the policy: the same decision and the same failed check", async () => {
     const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'katats-explain-'));
