@@ -20,8 +20,8 @@ import type protobuf from 'protobufjs';
 import type { CallContext, Interceptor } from '../proto/ttrpc/index.js';
 import { messageType, root } from '../proto/registry.js';
 import { AgentPolicy, type AgentDecision } from '../policy/agent-decision.js';
-import { policyInput } from '../policy/input.js';
-import type { Limits } from '../policy/index.js';
+import { policyInput, policyInputValue } from '../policy/input.js';
+import type { Limits, Value } from '../policy/index.js';
 import type { Logger } from './log.js';
 import { DecisionTimings } from './policy-timings.js';
 import { denied, internal, invalid } from './errors.js';
@@ -180,14 +180,17 @@ export class PolicyGate {
       this.timings.record(ep.name, performance.now() - t0, 0, true);
       return;
     }
-    let input: string;
+    const typeName = ep.type.fullName.replace(/^\./, '');
+    let msg: object;
+    let input: Value;
     try {
-      input = policyInput(ep.type.fullName.replace(/^\./, ''), ep.type.decode(payload));
+      msg = ep.type.decode(payload);
+      input = policyInputValue(typeName, msg);
     } catch (e) {
       throw invalid(`${ep.name}: cannot present the request to the policy: ${(e as Error).message}`);
     }
     const d = this.decide(ep.name, input, t0);
-    if (!d.allowed) throw denied(`${ep.name} is blocked by policy: ${this.explainDenial(ep.name, input)}`);
+    if (!d.allowed) throw denied(`${ep.name} is blocked by policy: ${this.explainDenial(ep.name, input, payload.length, () => policyInput(typeName, msg))}`);
   }
 
   /** ReadStdout/ReadStderr after the read: false means the data is withheld (Kata redacts it). */
@@ -198,7 +201,7 @@ export class PolicyGate {
       this.timings.record('ReadStreamRequest', performance.now() - t0, 0, true);
       return true;
     }
-    const input = policyInput('grpc.ReadStreamRequest', req);
+    const input = policyInputValue('grpc.ReadStreamRequest', req);
     const d = this.decide('ReadStreamRequest', input, t0);
     if (!d.allowed) {
       const r = req as { container_id?: string; exec_id?: string };
@@ -211,7 +214,7 @@ export class PolicyGate {
     return d.allowed;
   }
 
-  private decide(endpoint: string, input: string, t0: number): AgentDecision {
+  private decide(endpoint: string, input: Value, t0: number): AgentDecision {
     let d: AgentDecision;
     try {
       d = this.current.decide(endpoint, input);
@@ -225,8 +228,11 @@ export class PolicyGate {
     return d;
   }
 
-  /** The denial's explanation, logged with what a replay needs (`katats policy explain`). */
-  private explainDenial(endpoint: string, input: string): string {
+  /**
+   * The denial's explanation, logged with what a replay needs (`katats policy explain`): the input
+   * as JSON text, made only here and only for a request whose encoding fits the log's bound.
+   */
+  private explainDenial(endpoint: string, input: Value, encodedBytes: number, text: () => string): string {
     let reason: string;
     let failures: string[] = [];
     let prints: string[] = [];
@@ -243,7 +249,7 @@ export class PolicyGate {
         ...(prints.length ? { prints } : {}),
         policy_sha256: this.policyDigest,
         pstate: this.current.pstate,
-        ...(input.length <= MAX_LOGGED_INPUT ? { input } : { input_bytes: input.length }),
+        ...logged(encodedBytes, text),
       },
       'request denied by policy',
     );
@@ -275,6 +281,14 @@ export class PolicyGate {
     this.log.info({ policy_sha256: digest, bound, allow_failures: next.allowFailures || undefined }, 'policy set');
     if (next.allowFailures) this.log.warn('the policy sets AllowRequestsFailingPolicy: denials are logged and then allowed');
   }
+}
+
+/** The input for the log: its JSON text when that is at most MAX_LOGGED_INPUT characters, else its size. */
+function logged(encodedBytes: number, text: () => string): { input: string } | { input_bytes: number } {
+  // Over the bound encoded, it is over it as JSON text too (ASCII fields and bytes only grow): not built.
+  if (encodedBytes > MAX_LOGGED_INPUT) return { input_bytes: encodedBytes };
+  const input = text();
+  return input.length <= MAX_LOGGED_INPUT ? { input } : { input_bytes: input.length };
 }
 
 function sha256(text: string): string {

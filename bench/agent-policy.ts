@@ -2,7 +2,9 @@
 // protobuf, serialise the input as Kata's agent does, evaluate, update the policy state), with the
 // policy `katats policy gen` makes for test/policy/fixtures/gen/pod.yaml, on the requests
 // containerd 1.6 and our shim sent for that pod (fixtures/gen/cri-bookworm.json), replayed in a
-// loop; and allow-all, the image's default, on the same requests. Wall time and CPU time per check.
+// loop, plus a 64 KiB WriteStdin (the pod's policy allows stdin: policy.katats.io/allow-stdin, so
+// WriteStreamRequest is a rule to evaluate, not a constant); and allow-all, the image's default, on
+// the same requests. Wall time and CPU time per check.
 //   npx tsx bench/agent-policy.ts [--rounds 300]
 import fs from 'node:fs';
 import path from 'node:path';
@@ -31,9 +33,18 @@ const requests = captured.map((r) => {
   const ctx = { service: 'grpc.AgentService', method: methodOf.get(kind)!, metadata: new Map(), signal: new AbortController().signal, streamId: 1 } as unknown as CallContext;
   return { kind, payload, ctx };
 });
+{
+  const t = messageType('grpc.WriteStreamRequest');
+  const cid = String(captured.find((r) => r.kind === 'CreateContainerRequest' && r !== captured[1])?.container_id ?? 'c');
+  const payload = t.encode(t.fromObject({ container_id: cid, exec_id: cid, data: Buffer.alloc(64 * 1024, 'x') })).finish();
+  const ctx = { service: 'grpc.AgentService', method: 'WriteStdin', metadata: new Map(), signal: new AbortController().signal, streamId: 1 } as unknown as CallContext;
+  requests.push({ kind: 'WriteStreamRequest (64 KiB)', payload, ctx });
+}
 
 const [busybox, pause] = [await busyboxImage(), await pauseImage()];
-const gen = await generate(fs.readFileSync(path.join(fix, 'pod.yaml'), 'utf8'), { images: new ImageResolver([new OciArchive(busybox.archive), new OciArchive(pause.archive)], new LayerCache(undefined)) });
+const podYaml = fs.readFileSync(path.join(fix, 'pod.yaml'), 'utf8').replace('  namespace: default\n', '  namespace: default\n  annotations:\n    policy.katats.io/allow-stdin: "true"\n');
+if (!podYaml.includes('allow-stdin')) throw new Error('pod.yaml: no place for the allow-stdin annotation');
+const gen = await generate(podYaml, { images: new ImageResolver([new OciArchive(busybox.archive), new OciArchive(pause.archive)], new LayerCache(undefined)) });
 const policies = { generated: gen.pods[0]!.text, 'allow-all': allowAllPolicy() };
 
 function quantile(xs: number[], q: number): number {

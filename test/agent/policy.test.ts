@@ -259,7 +259,8 @@ describe('the launch data (fw_cfg in the guest) is read at start and again only 
       expect(ld.reads).toBe(1);
       // The shim's restore notice: read again. The launch data now binds a policy, which is not set
       // yet: the notice itself and everything after it but that SetPolicy are refused.
-      const notice = await t.svc.SetGuestDateTime({ Sec: Math.floor(Date.now() / 1000), Usec: 0 }).catch((e: unknown) => e as { code: number; message: string });
+      const now = { Sec: Math.floor(Date.now() / 1000), Usec: 0 };
+      const notice = await t.svc.SetGuestDateTime(now).catch((e: unknown) => e as { code: number; message: string });
       expect(ld.reads).toBe(2);
       expect(notice).toMatchObject({ code: Code.PermissionDenied, message: expect.stringContaining(`binds policy sha256:${sha256(POD_POLICY)}, which was not set yet`) as unknown });
       const refused = await t.svc.WriteStdin({ container_id: 'none', exec_id: 'none', data: Buffer.alloc(64) }).catch((e: unknown) => e as { code: number });

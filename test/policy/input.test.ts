@@ -4,13 +4,74 @@
 // And RFC 6902 patches on the policy state (policy/json-patch.ts).
 import { describe, expect, it } from 'vitest';
 import { messageType } from '../../proto/registry.js';
-import { copyFileInput, policyInput, PolicyInputError } from '../../policy/input.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { root } from '../../proto/registry.js';
+import { canonical, equal, parseJSON, RObject, type Value } from '../../policy/index.js';
+import { copyFileInput, policyInput, policyInputValue, PolicyInputError } from '../../policy/input.js';
 import { applyPatch, JsonPatchError } from '../../policy/json-patch.js';
 
 function viaWire(name: string, obj: Record<string, unknown>): object {
   const t = messageType(name);
   return t.decode(t.encode(t.fromObject(obj)).finish());
 }
+
+describe('policy input as a value, without JSON text (the agent gate path)', () => {
+  const fix = path.join(import.meta.dirname, 'fixtures', 'gen', 'cri-bookworm.json');
+  const captured = (JSON.parse(fs.readFileSync(fix, 'utf8')) as { requests: (Record<string, unknown> & { kind: string })[] }).requests;
+  const requestTypes = root.lookupService('grpc.AgentService').methodsArray.map((m) => (m.resolvedRequestType?.fullName ?? m.requestType).replace(/^\./, ''));
+
+  /** The corpus: the captured CRI pod, every AgentService request empty, and requests with the awkward parts set. */
+  function corpus(): [string, object][] {
+    const out: [string, object][] = [];
+    for (const r of captured) {
+      const { kind, ...fields } = r;
+      out.push([`grpc.${kind}`, viaWire(`grpc.${kind}`, fields)]);
+    }
+    for (const t of requestTypes) out.push([t, viaWire(t, {})]);
+    out.push(['grpc.WriteStreamRequest', viaWire('grpc.WriteStreamRequest', { container_id: 'c', exec_id: 'e', data: randomBytes(64 * 1024) })]);
+    out.push(['grpc.WriteStreamRequest', viaWire('grpc.WriteStreamRequest', { container_id: 'c', data: randomBytes(1) })]);
+    out.push(['grpc.ReadStreamRequest', viaWire('grpc.ReadStreamRequest', { container_id: 'c', exec_id: 'e', len: 4096 })]);
+    out.push(['grpc.CopyFileRequest', viaWire('grpc.CopyFileRequest', { path: '/run/x', file_mode: 0o100644, file_size: 3, data: Buffer.from('abc') })]);
+    out.push(['grpc.CopyFileRequest', viaWire('grpc.CopyFileRequest', { path: '/run/l', file_mode: 0o120777, data: Buffer.from('target') })]);
+    out.push(['grpc.LinuxSyscall', viaWire('grpc.LinuxSyscall', { Names: ['read'], Action: 'SCMP_ACT_ERRNO', errnoret: 1 })]);
+    out.push([
+      'grpc.CreateContainerRequest',
+      viaWire('grpc.CreateContainerRequest', {
+        container_id: 'big',
+        OCI: {
+          Annotations: { z: '1', a: 'line\nbreak "q" \u0001 é \ud83d\ude00', '': '' },
+          Linux: { Resources: { Memory: { Limit: '1152921504606846976', Swap: -1 }, CPU: { Shares: '18446744073709551615' } } },
+          Process: { OOMScoreAdj: -1000, Rlimits: [{ Type: 'RLIMIT_NOFILE', Hard: '9007199254740993', Soft: 1024 }] },
+        },
+        storages: [{ driver: 'blk', options: ['ro'], mount_point: '/m', fs_group: { group_id: 7, group_change_policy: 1 } }],
+      }),
+    ]);
+    out.push(['grpc.UpdateInterfaceRequest', viaWire('grpc.UpdateInterfaceRequest', { interface: { name: 'eth0', IPAddresses: [{ family: 1, address: 'fe80::1', mask: '64' }], raw_flags: 4294967295 } })]);
+    return out;
+  }
+
+  it('is the value the JSON text parses to, for every request of the corpus', () => {
+    const all = corpus();
+    expect(all.length).toBeGreaterThan(requestTypes.length + captured.length);
+    for (const [t, m] of all) {
+      const viaText = parseJSON(policyInput(t, m));
+      const direct = policyInputValue(t, m);
+      expect(equal(direct, viaText), t).toBe(true);
+      expect(canonical(direct), t).toBe(canonical(viaText));
+    }
+  });
+
+  it('an integer beyond 2^53 is the exact integer its JSON text names (a bigint), not a double', () => {
+    const m = corpus().find(([, x]) => (x as { container_id?: string }).container_id === 'big')![1];
+    const limit = (v: Value) => ((((v as RObject).get('OCI') as RObject).get('Linux') as RObject).get('Resources') as RObject).get('Memory') as RObject;
+    const direct = limit(policyInputValue('grpc.CreateContainerRequest', m)).get('Limit');
+    const viaText = limit(parseJSON(policyInput('grpc.CreateContainerRequest', m))).get('Limit');
+    expect(typeof direct).toBe('bigint');
+    expect(direct).toBe(viaText);
+  });
+});
 
 describe('policy input: Kata agent serde shape', () => {
   it('every field in schema order; unset messages null, absent lists [], type as type_, int64 as numbers', () => {
