@@ -99,6 +99,11 @@ export interface ContainerdOptions {
    * when this is false (its default is true); with CRI only.
    */
   disableSnapshotAnnotations?: boolean;
+  /**
+   * The snapshotter CRI uses for every pod (default overlayfs); containerd 1.6, which has no
+   * per-handler snapshotter, needs this to run CRI pods on a proxy snapshotter. With CRI only.
+   */
+  criSnapshotter?: string;
 }
 
 export interface CtrOptions extends RunOptions {
@@ -165,6 +170,7 @@ export function containerdConfig(c: {
   cniBinDir?: string;
   proxyPlugins?: ProxyPlugin[];
   disableSnapshotAnnotations?: boolean;
+  criSnapshotter?: string;
 }): string {
   const criPlugins = c.major >= 2 ? ['io.containerd.grpc.v1.cri', 'io.containerd.cri.v1.runtime', 'io.containerd.cri.v1.images'] : ['io.containerd.grpc.v1.cri'];
   const disabled = [...(c.cri ? [] : criPlugins), 'io.containerd.nri.v1.nri'];
@@ -198,7 +204,7 @@ export function containerdConfig(c: {
       netns_mounts_under_state_dir: true,
       cni,
       containerd: {
-        snapshotter: 'overlayfs',
+        snapshotter: c.criSnapshotter ?? 'overlayfs',
         default_runtime_name: 'runc',
         runtimes: table,
         ...(c.disableSnapshotAnnotations !== undefined ? { disable_snapshot_annotations: c.disableSnapshotAnnotations } : {}),
@@ -698,6 +704,7 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     logLevel: opts.logLevel ?? 'info',
     proxyPlugins: opts.proxyPlugins,
     disableSnapshotAnnotations: opts.disableSnapshotAnnotations,
+    criSnapshotter: opts.criSnapshotter,
   };
   let cniNetwork: CniNetwork | undefined;
   if (cfg.cri) {

@@ -177,6 +177,9 @@ export class TaskService {
       log.info({ sandbox: isSandbox, type, sandboxPidns, ms: this.steps.done('create_container', performance.now() - t0) }, 'container created');
       return { pid: init.pid };
     } catch (e) {
+      // containerd keeps only the message of what it is answered: the code (the agent's
+      // PermissionDenied for a policy's refusal, say) is in this log line.
+      log.warn({ err: e }, 'create failed');
       // A sandbox container that failed after its boot leaves no VM behind with nothing in it.
       if (isSandbox && this.containers.size === 0 && this.creating.size === 1) await this.vm.stop().catch((err: unknown) => log.error({ err }, 'stopping the VM after a failed create failed'));
       throw e;

@@ -5,12 +5,25 @@
 // opaque dir) runs from its layers; a byte flipped in a layer file on the host makes the create
 // fail with the agent's verity error naming the layer while the pod serves the next request; a
 // byte flipped under a running container makes the read of that block fail, and nothing else; two
-// pods of the image open the same layer files read-only.
+// pods of the image open the same layer files read-only. Through CRI on the same containerd (1.6,
+// where CRI's one snapshotter is tardev): a policy `katats policy gen --snapshotter tardev` made
+// from the image archives alone runs a pod on its verified layers, and a policy that pins a
+// container to another layer's root hash gets that container refused, naming the layer check.
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startContainerd, type Containerd } from '../../harness/containerd.js';
-import { busyboxImage } from '../../harness/images/busybox.js';
+import { CRI_NAMESPACE, startContainerd, type Containerd } from '../../harness/containerd.js';
+import { CriError } from '../../harness/cri.js';
+import { busyboxImage, type BusyboxImage } from '../../harness/images/busybox.js';
+import { pauseImage } from '../../harness/images/pause.js';
+import { policyText, type PolicyData } from '../../policy/gen/generate.js';
+import { genCommand } from '../../policy/gen/cli.js';
+import { runtime } from '../../proto/gen/types.js';
+import { Code } from '../../proto/ttrpc/index.js';
+import { kubeletPod } from '../support/kubelet.js';
+import { RULES } from '../../policy/gen/rules.js';
 import { layeredImage, LAYERED_BIG, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
 import { listProcs } from '../../harness/procs.js';
 import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
@@ -21,6 +34,7 @@ import { katatsEnv, type KatatsEnv } from '../shim/katats-env.js';
 import * as helpers from '../shim/shim-helpers.js';
 
 const POD = 'layerpod';
+const CRI_HANDLER = 'katats-cri';
 const GROUP = ['--annotation', `io.containerd.runc.v2.group=${POD}`];
 const tardev = ['--snapshotter', 'tardev'];
 let env: KatatsEnv;
@@ -28,6 +42,7 @@ let cd: Containerd;
 let sn: SnapshotterProcess;
 let img: LayeredImage;
 let busybox: string;
+let bbImage: BusyboxImage;
 let chains: string[];
 const logsOf = (sandbox: string) => helpers.logsOf(env.logDir, sandbox, cd.logFile, 30);
 const layerFile = (i: number) => path.join(sn.root, 'layers', layerName(chains[i]!));
@@ -60,13 +75,25 @@ beforeAll(async () => {
   let chain = '';
   chains = img.diffIds.map((d) => (chain = chainIdOf(chain, d)));
   sn = SnapshotterProcess.prepare({ katats: path.join(binDir, 'katats') });
-  cd = await startContainerd({ runtimes: [env.runtime], proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] });
+  // CRI pods get kubelet's files (/etc/hosts, volumes) over 9p; their rootfs still comes as layers.
+  const shared = path.join(env.dir, 'cri-9p.toml');
+  fs.writeFileSync(shared, fs.readFileSync(env.configFile, 'utf8').replace('shared_fs = "none"', ''));
+  cd = await startContainerd({
+    cri: true,
+    criSnapshotter: 'tardev',
+    runtimes: [env.runtime, { ...env.runtime, name: CRI_HANDLER, options: { ConfigPath: shared }, podAnnotations: ['io.katacontainers.*'] }],
+    proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }],
+  });
   await sn.start(30_000, cd.address);
   await untilContainerdReaches(cd, 'tardev');
   await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
   const bb = await busyboxImage();
   await cd.ctrOk(['images', 'import', ...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000 });
   busybox = bb.name;
+  bbImage = bb;
+  for (const [archive, index] of [[img.archive, LAYERED_INDEX], [bb.archive, 'katats.local/busybox:index']] as const) {
+    await cd.ctrOk(['images', 'import', ...tardev, '--index-name', index, archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+  }
 }, 900_000);
 
 afterAll(async () => {
@@ -181,4 +208,113 @@ describe('verified layers in a katats guest (shared_fs = none)', () => {
       for (const flags of open.values()) expect(flags & 3).toBe(fs.constants.O_RDONLY);
     }
   }, 600_000);
+});
+
+describe('a generated policy pins the layers, through CRI (containerd 1.6, tardev for every pod)', () => {
+  const POD_YAML = path.join(import.meta.dirname, '..', 'policy', 'fixtures', 'gen', 'pod.yaml');
+  const POLICY_ANNOTATION = 'io.katacontainers.config.agent.policy';
+  type Obj = Record<string, unknown>;
+  let manifest: Obj;
+  let configs: Obj[];
+  let data: PolicyData;
+
+  beforeAll(async () => {
+    // The ctr pods above are done with: their VMs would only slow these down.
+    for (const id of ['lay1', POD, 'lay-run']) {
+      await cd.ctr(['task', 'kill', '-s', 'SIGKILL', id]);
+      await cd.ctr(['task', 'rm', '-f', id]);
+    }
+    const pause = await pauseImage();
+    // The fixture pod with its app on the three-layer image; the sidecar stays on busybox.
+    const yaml = fs.readFileSync(POD_YAML, 'utf8').replace(/(- name: app\n\s+image: )katats\.local\/busybox:latest/, `$1${img.name}`);
+    const yamlFile = path.join(env.dir, 'pod.yaml');
+    fs.writeFileSync(yamlFile, yaml);
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await genCommand([yamlFile, '--snapshotter', 'tardev', '--no-layers-cache', '-i', img.archive, '-i', bbImage.archive, '-i', pause.archive], { out: (s) => out.push(s), err: (s) => err.push(s) });
+    expect(code, err.join('\n')).toBe(0);
+    const docs = parseAllDocuments(out.join('\n'))
+      .map((d) => d.toJS() as Obj | null)
+      .filter((d): d is Obj => d !== null);
+    manifest = docs.find((d) => d.kind === 'Pod')!;
+    configs = docs.filter((d) => d.kind === 'ConfigMap' || d.kind === 'Secret');
+    const text = Buffer.from(((manifest.metadata as Obj).annotations as Record<string, string>)[POLICY_ANNOTATION]!, 'base64').toString();
+    data = JSON.parse(text.slice(text.indexOf('policy_data := ') + 'policy_data := '.length)) as PolicyData;
+  }, 600_000);
+
+  /** Runs the pod of `manifest` with `policy` (base64 text) under CRI; returns its id, containers created, and a cleanup. */
+  async function criPod(name: string, policy: string) {
+    const m = structuredClone(manifest);
+    const meta = m.metadata as Obj;
+    meta.name = name;
+    meta.annotations = { ...(meta.annotations as Obj), [POLICY_ANNOTATION]: policy };
+    const pod = kubeletPod(m, configs, path.join(env.dir, 'kubelet'), randomUUID());
+    const cri = cd.criApi();
+    const { pod_sandbox_id } = await cri.runtime.RunPodSandbox({ config: pod.sandbox, runtime_handler: CRI_HANDLER }, { timeoutMs: 300_000 });
+    const start = async (c: string) => {
+      const config = structuredClone(pod.containers.find((x) => x.name === c)!.config);
+      const { container_id } = await cri.runtime.CreateContainer({ pod_sandbox_id, sandbox_config: pod.sandbox, config }, { timeoutMs: 180_000 });
+      await cri.runtime.StartContainer({ container_id }, { timeoutMs: 300_000 });
+      return container_id;
+    };
+    const stop = async () => {
+      await cri.runtime.StopPodSandbox({ pod_sandbox_id }, { timeoutMs: 120_000 });
+      await cri.runtime.RemovePodSandbox({ pod_sandbox_id }, { timeoutMs: 60_000 });
+    };
+    return { id: pod_sandbox_id, start, stop, cri };
+  }
+
+  it('the generated policy runs the pod: the pause container, the app on three verified layers, the sidecar on one', async () => {
+    const pod = await criPod('policy-pod', ((manifest.metadata as Obj).annotations as Record<string, string>)[POLICY_ANNOTATION]!);
+    try {
+      for (const c of ['app', 'sidecar']) await pod.start(c).catch((e: Error) => Promise.reject(new Error(`${e.message}\n${logsOf(pod.id)}`)));
+      const { containers } = await pod.cri.runtime.ListContainers({ filter: { pod_sandbox_id: pod.id } });
+      expect(containers.map((c) => [c.metadata?.name, c.state]).sort()).toEqual([
+        ['app', runtime.v1.ContainerState.CONTAINER_RUNNING],
+        ['sidecar', runtime.v1.ContainerState.CONTAINER_RUNNING],
+      ]);
+      // Each container's rootfs came from the layers the policy pins (by name; their root hashes the policy checked).
+      const agentLog = fs.readFileSync(path.join(env.logDir, `${pod.id}-agent.log`), 'utf8');
+      const verified = new Set([...agentLog.matchAll(/"layer":"([0-9a-f]{64})"[^\n]*layer verified through dm-verity/g)].map((m) => m[1]));
+      const pinned = new Set(data.containers.flatMap((c) => c.storages.filter((x) => x.driver === 'blk').map((x) => path.basename(x.mount_point))));
+      expect([...verified].sort(), logsOf(pod.id)).toEqual([...pinned].sort());
+      expect(agentLog.match(/rootfs assembled from verified layers/g)?.length).toBe(3);
+    } finally {
+      await pod.stop();
+    }
+  }, 900_000);
+
+  it("a policy pinning the sidecar to another layer's root hash: its create is refused (PERMISSION_DENIED) naming the layer check", async () => {
+    const pinned = structuredClone(data);
+    const sidecar = pinned.containers.find((c) => c.name === 'sidecar')!;
+    const other = /root-hash=([0-9a-f]{64})/.exec(pinned.containers.find((c) => c.name === 'app')!.storages[0]!.options.join(' '))![1]!;
+    const own = /root-hash=([0-9a-f]{64})/.exec(sidecar.storages[0]!.options.join(' '))![1]!;
+    expect(other).not.toBe(own);
+    for (const s of sidecar.storages) s.options = s.options.map((o) => o.replace(`root-hash=${own}`, `root-hash=${other}`));
+    // The same pod (the policy pins its name) with another uid.
+    const pod = await criPod('policy-pod', Buffer.from(policyText(RULES, pinned)).toString('base64'));
+    try {
+      const e = await pod.start('sidecar').then(
+        () => undefined,
+        (x: unknown) => x,
+      );
+      expect(e, logsOf(pod.id)).toBeInstanceOf(CriError);
+      // containerd passes the agent's words on (not its code): the check and the hash it refused.
+      const why = `allow_storages: layers_not_pinned == [] is false (layers_not_pinned = ["${own}"])`;
+      expect((e as CriError).details).toContain(`CreateContainerRequest is blocked by policy: data.agent_policy.${why}`);
+      // The agent answered PERMISSION_DENIED (the shim logs the code containerd does not keep).
+      const failed = fs
+        .readFileSync(path.join(env.logDir, `${pod.id}.log`), 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"create failed"'))
+        .map((l) => (JSON.parse(l) as { err: { code: number; message: string } }).err);
+      expect(failed, logsOf(pod.id)).toHaveLength(1);
+      expect(failed[0]!.code).toBe(Code.PermissionDenied);
+      expect(failed[0]!.message).toContain(why);
+      // The pod goes on: the app starts.
+      await pod.start('app');
+    } finally {
+      await pod.stop();
+    }
+  }, 900_000);
 });
