@@ -18,9 +18,9 @@ import { buildTemplate, cloneTemplate } from '../vmm/template/qemu-template.js';
 import { isMounted, mount, umount } from '../sys/mount.js';
 import { sleep, withTimeout } from '../sys/timeout.js';
 import type { KatatsConfig, QemuConfig } from './config.js';
-import { SHARED_FS_TAG } from './guest.js';
 import { privateDir } from './layout.js';
-import { resolveGuestFiles } from './vm.js';
+import { prepareLaunch } from './vm.js';
+import { qemuVmConfig } from './vm-qemu.js';
 import { dialAgentChannel } from '../proto/agent-session.js';
 import { Client } from '../proto/ttrpc/index.js';
 import { connectUnix } from '../vmm/qemu-hypervisor.js';
@@ -33,6 +33,8 @@ const SEED_BYTES = 64;
 /** Marks a tmpfs that `factory init` mounted (and `destroy` unmounts). */
 const MOUNT_MARKER = '.katats-tmpfs';
 const TMPFS_MAGIC = 0x01021994;
+/** The template VM's name (and its agent and console logs' prefix in the log dir). */
+const TEMPLATE_ID = 'factory-template';
 
 /** The guest image's digests, or why there are none. */
 function imageDigests(q: QemuConfig): TemplateKeyInput['image'] | string {
@@ -145,39 +147,14 @@ export async function afterRestore(client: Client, log: Logger): Promise<void> {
   log.debug({ ms: Date.now() - now }, 'restored guest reseeded and clock set');
 }
 
-/** The template's own VM config: what a pod's would be (shim/vm.ts), in a build directory. */
+/**
+ * The template's VM: a pod's (shim/vm.ts prepareLaunch, vm-qemu.ts) in a build directory, with
+ * zeros for launch data (any launch-data check a clone passes is against its own fw_cfg) and no
+ * NICs (a pod with a network has TAPs the template cannot hold, so its key differs: it boots cold).
+ */
 function templateVmConfig(config: KatatsConfig, dir: string): VmConfig {
-  const q = config.hypervisor.qemu;
-  const files = resolveGuestFiles(q);
-  const kernelParams = q.kernel_params.split(/\s+/).filter(Boolean);
-  if (config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
-  if (config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
-  const sharedDir = privateDir(path.join(dir, 'shared'));
-  const launchDataFile = path.join(dir, 'host_data');
-  // Zeros: any launch-data check a clone passes is against its own fw_cfg, never this.
-  fs.writeFileSync(launchDataFile, Buffer.alloc(32), { mode: 0o600 });
-  return {
-    id: 'ktemplate',
-    vcpus: q.default_vcpus,
-    memoryMiB: q.default_memory,
-    kernel: files.kernel,
-    initrd: files.initrd,
-    rootfs: files.rootfs,
-    baseCmdline: files.cmdline,
-    kernelParams,
-    agentSocket: path.join(dir, 'agent.sock'),
-    agentLogFile: path.join(config.runtime.log_dir, 'factory-template-agent.log'),
-    consoleLogFile: path.join(config.runtime.log_dir, 'factory-template-console.log'),
-    // As shim/vm.ts and vm-qemu.ts make a pod's (the key catches any drift: pods then boot cold, saying where).
-    ...(q.shared_fs === 'virtio-9p' ? { sharedDir: { path: sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } } : {}),
-    ...(q.shared_fs === 'virtio-fs' ? { virtioFs: { socket: path.join(dir, 'vfs.sock'), tag: SHARED_FS_TAG } } : {}),
-    hotplugSlots: q.machine_type === 'microvm' ? 0 : q.pcie_root_port,
-    launchDataFile,
-    accel: q.accel,
-    machine: q.machine_type as VmConfig['machine'],
-    runDir: path.join(dir, 'vm'),
-    qemuBinary: q.path,
-  };
+  const plan = prepareLaunch(config, 'qemu', { sandboxId: TEMPLATE_ID, stateDir: dir, launchData: Buffer.alloc(32) });
+  return qemuVmConfig(config.hypervisor.qemu, plan);
 }
 
 function isTmpfs(dir: string): boolean {

@@ -3,6 +3,8 @@ import type { VmConfig } from '../vmm/config.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { SHARED_FS_TAG, type LaunchRequest } from './guest.js';
+import type { GuestNic } from './network/pod-network.js';
+import type { QemuConfig } from './config.js';
 import { cloneForPod } from './factory.js';
 import type { LaunchPlan } from './vm.js';
 import { findRunner } from '../sys/runner.js';
@@ -15,9 +17,9 @@ function tapExec(netns: string, taps: string[]): string[] {
   return [findRunner(), 'tap-exec', '--netns', netns, ...taps.flatMap((t) => ['--tap', t]), '--'];
 }
 
-export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hypervisor> {
-  const q = req.config.hypervisor.qemu;
-  const cfg: VmConfig = {
+/** A pod's QEMU VM (or the factory's template, which has no NICs) from [hypervisor.qemu] and its launch plan. */
+export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestNic[] = []): VmConfig {
+  return {
     id: p.vmId,
     vcpus: p.vcpus,
     memoryMiB: p.memoryMiB,
@@ -33,12 +35,16 @@ export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hyper
     ...(p.sharedFs === 'virtio-9p' ? { sharedDir: { path: p.sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } } : {}),
     hotplugSlots: p.hotplugSlots,
     launchDataFile: p.launchDataFile,
-    ...(req.network?.nics.length ? { netdevs: req.network.nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
+    ...(nics.length ? { netdevs: nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,
     machine: q.machine_type as VmConfig['machine'],
     runDir: p.runDir,
     qemuBinary: q.path,
   };
+}
+
+export function qemuHypervisor(req: LaunchRequest, p: LaunchPlan): Promise<Hypervisor> {
+  const cfg = qemuVmConfig(req.config.hypervisor.qemu, p, req.network?.nics);
   // The factory's clone when there is a template for this VM's shape, else a cold boot.
   return Promise.resolve(
     QemuHypervisor.create(

@@ -10,7 +10,7 @@ import { dialAgentChannel } from '../proto/agent-session.js';
 import { serviceClient } from '../proto/rpc.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import type { GuestManifest } from '../guest/manifest.js';
-import { type ClhConfig, hypervisorKind, hypervisorSection, type HypervisorKind, type QemuConfig } from './config.js';
+import { type ClhConfig, hypervisorKind, hypervisorSection, type HypervisorKind, type KatatsConfig, type QemuConfig } from './config.js';
 import { KATA_GUEST_DIRS, type GuestHandle, type LaunchRequest } from './guest.js';
 import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
@@ -121,39 +121,50 @@ async function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: 
   }
 }
 
-export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
-  const kind = hypervisorKind(req.config);
-  const h = hypervisorSection(req.config);
+/**
+ * The VM a sandbox gets on this hypervisor: its state and log dirs made, its launch data written,
+ * every path and size decided. The factory builds its template from the same plan (shim/factory.ts),
+ * so a template can differ from a pod's VM only by what that pod asks for.
+ */
+export function prepareLaunch(config: KatatsConfig, kind: HypervisorKind, p: { sandboxId: string; stateDir: string; launchData: Buffer }): LaunchPlan {
+  const h = kind === 'qemu' ? config.hypervisor.qemu : config.hypervisor.clh;
   const files = resolveGuestFiles(h, kind);
-  privateDir(req.stateDir);
-  privateDir(req.config.runtime.log_dir);
-  const sharedDir = privateDir(path.join(req.stateDir, 'shared'));
-  const launchDataFile = path.join(req.stateDir, 'host_data');
-  fs.writeFileSync(launchDataFile, req.launchData, { mode: 0o600 });
+  privateDir(p.stateDir);
+  privateDir(config.runtime.log_dir);
+  const sharedDir = privateDir(path.join(p.stateDir, 'shared'));
+  const launchDataFile = path.join(p.stateDir, 'host_data');
+  fs.writeFileSync(launchDataFile, p.launchData, { mode: 0o600 });
   const kernelParams = h.kernel_params.split(/\s+/).filter(Boolean);
-  if (req.config.runtime.enable_debug && !kernelParams.some((p) => p.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
-  if (req.config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
-  const plan: LaunchPlan = {
-    vmId: `k${req.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`,
+  if (config.runtime.enable_debug && !kernelParams.some((k) => k.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
+  if (config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
+  return {
+    vmId: `k${p.sandboxId.replace(/[^A-Za-z0-9_-]/g, '').slice(0, 30)}`,
     files,
     kernelParams,
     vcpus: h.default_vcpus,
     memoryMiB: h.default_memory,
     sharedFs: h.shared_fs,
     sharedDir,
-    virtiofsSocket: path.join(req.stateDir, 'vfs.sock'),
-    launchData: req.launchData,
+    virtiofsSocket: path.join(p.stateDir, 'vfs.sock'),
+    launchData: p.launchData,
     launchDataFile,
-    runDir: path.join(req.stateDir, 'vm'),
-    agentSocket: path.join(req.stateDir, 'agent.sock'),
+    runDir: path.join(p.stateDir, 'vm'),
+    agentSocket: path.join(p.stateDir, 'agent.sock'),
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.
     // The drivers cap, rotate and rate-limit both (a guest may write without end).
-    agentLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-agent.log`),
-    consoleLogFile: path.join(req.config.runtime.log_dir, `${req.sandboxId}-console.log`),
-    cacheDir: path.join(req.config.runtime.state_dir, 'vmm'),
+    agentLogFile: path.join(config.runtime.log_dir, `${p.sandboxId}-agent.log`),
+    consoleLogFile: path.join(config.runtime.log_dir, `${p.sandboxId}-console.log`),
+    cacheDir: path.join(config.runtime.state_dir, 'vmm'),
     // cloud-hypervisor plugs PCI devices without root ports; QEMU's q35 needs one per device.
-    hotplugSlots: kind === 'qemu' ? (req.config.hypervisor.qemu.machine_type === 'microvm' ? 0 : req.config.hypervisor.qemu.pcie_root_port) : HOTPLUG_SLOTS_CLH,
+    hotplugSlots: kind === 'qemu' ? (config.hypervisor.qemu.machine_type === 'microvm' ? 0 : config.hypervisor.qemu.pcie_root_port) : HOTPLUG_SLOTS_CLH,
   };
+}
+
+export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
+  const kind = hypervisorKind(req.config);
+  const h = hypervisorSection(req.config);
+  const plan = prepareLaunch(req.config, kind, req);
+  const sharedDir = plan.sharedDir;
   // Before any helper starts: virtiofsd and the VMM are born in the cgroup the shim moves into.
   const cgroups = req.cgroups ? await SandboxCgroups.enter(req.cgroups, req.log) : undefined;
   if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
