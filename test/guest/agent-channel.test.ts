@@ -20,6 +20,7 @@ import { DEFAULT_VMM_CACHE_DIR, QemuVm } from '../../vmm/vm.js';
 import { resolveAccel } from '../../vmm/accel.js';
 import { buildFullGuestImage } from '../../scripts/guest-image.js';
 import { tempDir } from '../support/tmp.js';
+import { guestVmConfig } from '../support/guest-vm.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const tmp = tempDir('katats-agentch-');
@@ -98,21 +99,7 @@ beforeAll(async () => {
   fs.writeFileSync(hostData, createHash('sha256').update(POLICY).digest());
   socket = path.join(runDir, 'agent.sock');
   vm = await QemuVm.start(
-    {
-      id: `ach${process.pid}`,
-      vcpus: 1,
-      memoryMiB: 512,
-      kernel: image.kernel,
-      initrd: image.initrd,
-      rootfs: image.rootfs,
-      baseCmdline: image.manifest.cmdline,
-      agentSocket: socket,
-      agentLogFile: path.join(runDir, 'agent.log'),
-      launchDataFile: hostData,
-      kernelParams: ['agent.log=debug'],
-      accel,
-      runDir,
-    },
+    guestVmConfig(image, `ach${process.pid}`, runDir, { launchDataFile: hostData, kernelParams: ['agent.log=debug'], accel }),
     { logger },
   );
   await vm.waitReady(async (signal) => {

@@ -1,7 +1,6 @@
 // VM templates with the real guest image and agent (TCG unless KVM was proven): clones of one
 // template run side by side, each with its own launch data; a template is found only for its own
 // key; removing the template under running clones leaves them serving; nothing is left behind.
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +16,7 @@ import type { VmConfig } from '../../vmm/config.js';
 import { templateKeyInput } from '../../vmm/template/key.js';
 import { buildTemplate, cloneTemplate } from '../../vmm/template/qemu-template.js';
 import { type Template, TemplateStore } from '../../vmm/template/store.js';
+import { guestVmConfig, qemusTagged } from '../support/guest-vm.js';
 import type { QemuVm } from '../../vmm/vm.js';
 
 const tag = `tt${process.pid}`;
@@ -32,34 +32,15 @@ function config(name: string, launchData: Buffer): VmConfig {
   const dir = path.join(tmp, 'pods', name);
   fs.mkdirSync(path.join(dir, 'shared'), { recursive: true });
   fs.writeFileSync(path.join(dir, 'host_data'), launchData);
-  return {
-    id: `${tag}-${name}`,
-    vcpus: 1,
-    memoryMiB: 512,
-    kernel: image.kernel,
-    initrd: image.initrd,
-    rootfs: image.rootfs,
-    baseCmdline: image.manifest.cmdline,
-    agentSocket: path.join(dir, 'agent.sock'),
-    agentLogFile: path.join(dir, 'agent.log'),
+  return guestVmConfig(image, `${tag}-${name}`, dir, {
     sharedDir: { path: path.join(dir, 'shared'), tag: 'kataShared' },
     launchDataFile: path.join(dir, 'host_data'),
-    accel: 'tcg',
     runDir: path.join(dir, 'vm'),
-  };
+  });
 }
 
 const digests = () => ({ kernel: image.manifest.kernel.sha256, initrd: image.manifest.initrd.sha256, rootfs: image.manifest.rootfs.sha256 });
-
-function ourQemus(): string[] {
-  try {
-    return execFileSync('pgrep', ['-af', `katats-${tag}`], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.includes('qemu-system'));
-  } catch {
-    return [];
-  }
-}
+const ourQemus = () => qemusTagged(tag);
 
 async function agentOf(vm: QemuVm): Promise<Client> {
   let client: Client | undefined;

@@ -2,7 +2,6 @@
 // real agent reached over the agent channel, launch data, a hot-plugged disk a container reads,
 // QEMU dying, a boot deadline, a wedged QEMU killed through quit(), and a guest that floods its
 // console and its agent log port and then powers off.
-import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -19,6 +18,7 @@ import { QMP_TIMEOUT } from '../../vmm/qmp.js';
 import { DEFAULT_VMM_CACHE_DIR, QemuVm, VmError } from '../../vmm/vm.js';
 import { busyboxRootfs, containerSpec } from '../agent/helpers.js';
 import { tempDir } from '../support/tmp.js';
+import { guestVmConfig, qemusTagged } from '../support/guest-vm.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
 
 const tag = `vt${process.pid}`;
@@ -30,32 +30,10 @@ const GUEST_SHARED = '/run/kata-containers/shared/containers';
 let image: GuestImage;
 
 function config(name: string, extra: Partial<VmConfig> = {}): VmConfig {
-  const runDir = path.join(tmp.dir, name);
-  return {
-    id: `${tag}-${name}`,
-    vcpus: 1,
-    memoryMiB: 512,
-    kernel: image.kernel,
-    initrd: image.initrd,
-    rootfs: image.rootfs,
-    baseCmdline: image.manifest.cmdline,
-    agentSocket: path.join(runDir, 'agent.sock'),
-    agentLogFile: path.join(runDir, 'agent.log'),
-    accel: 'tcg',
-    runDir,
-    ...extra,
-  };
+  return guestVmConfig(image, `${tag}-${name}`, path.join(tmp.dir, name), extra);
 }
 
-function ourQemus(): string[] {
-  try {
-    return execFileSync('pgrep', ['-af', `katats-${tag}`], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.includes('qemu-system'));
-  } catch {
-    return [];
-  }
-}
+const ourQemus = () => qemusTagged(tag);
 
 /** A waitReady probe: Health.Check over the agent channel until it answers SERVING. */
 function healthProbe(socket: string, out: { client?: Client }) {
