@@ -4,7 +4,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
-import { decode } from '../proto/registry.js';
 import { INTERNETWORKING_MODELS, type InternetworkingModel } from './network/pod-network.js';
 
 export interface QemuConfig {
@@ -325,6 +324,12 @@ export function vmCaps(q: QemuConfig | ClhConfig, host: HostLimits, kind: Hyperv
   };
 }
 
+/** CRI's runtimeoptions.v1.Options, decoded (shim/runtime-options.ts). */
+export interface RuntimeOptions {
+  config_path?: string;
+  config_body?: Uint8Array;
+}
+
 /**
  * A sandbox's configuration, in one place: the shim's own config (`base`), replaced by the CRI
  * runtime options' ConfigPath or, when CRI sent no path, their config_body (containerd 1.6+ sends
@@ -334,13 +339,12 @@ export function vmCaps(q: QemuConfig | ClhConfig, host: HostLimits, kind: Hyperv
  */
 export function sandboxConfig(
   base: KatatsConfig,
-  options: { type_url: string; value: Uint8Array } | null | undefined,
+  opts: RuntimeOptions | null | undefined,
   annotations: Record<string, string>,
   o: { host?: HostLimits; warn?: (fields: Record<string, unknown>, msg: string) => void } = {},
 ): KatatsConfig {
   let chosen = base;
-  if (options?.type_url.endsWith('runtimeoptions.v1.Options')) {
-    const opts = decode('runtimeoptions.v1.Options', options.value);
+  if (opts) {
     const body = Buffer.from(opts.config_body ?? []);
     if (opts.config_path) {
       if (body.length) o.warn?.({ configPath: opts.config_path }, 'runtime options carry both ConfigPath and a config body: ConfigPath wins');

@@ -124,7 +124,8 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   process.on('SIGTERM', () => stopSoon(0));
   process.on('SIGINT', () => stopSoon(0));
   const servingMs = steps.done('shim_serving', Date.now() - shimStartedAt());
-  log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null, ms: servingMs }, 'shim serving');
+  // startupMs: since this daemon process began (its module loading included), for bench/factory-steps.ts.
+  log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null, ms: servingMs, startupMs: Math.round(performance.now()) }, 'shim serving');
   process.stdout.write('ready\n');
   // After `ready`: containerd's wait for the shim does not include the monitor's socket.
   const monitorSocket = path.join(sandboxDir(cfg.runtime.state_dir, sandboxId), MONITOR_SOCKET);

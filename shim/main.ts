@@ -3,10 +3,9 @@
 //             bootstrap params {"version","address","protocol"} (1.7, 2.x: they pass MAX_SHIM_VERSION)
 //   delete -> clean up after a task whose shim is gone, print a DeleteResponse
 //   (none) -> the daemon: serve containerd.task.v2.Task and containerd.task.v3.Task on the socket
+// Each action loads only its own modules (the bundle keeps them lazy): `start` runs on every pod's
+// start path and needs neither the codecs nor the VM drivers the daemon loads.
 import { parseShimArgs } from './args.js';
-import { startShim } from './start.js';
-import { deleteShim } from './delete.js';
-import { serveShim } from './daemon.js';
 
 export const SHIM_VERSION = '0.1.0';
 
@@ -18,13 +17,13 @@ async function main(): Promise<void> {
   }
   switch (args.action) {
     case 'start':
-      process.stdout.write(await startShim(args));
+      process.stdout.write(await (await import('./start.js')).startShim(args));
       return;
     case 'delete':
-      process.stdout.write(await deleteShim(args));
+      process.stdout.write(await (await import('./delete.js')).deleteShim(args));
       return;
     case 'serve':
-      await serveShim(args);
+      await (await import('./daemon.js')).serveShim(args);
       return;
   }
 }

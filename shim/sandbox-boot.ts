@@ -15,6 +15,7 @@ import { podShmBytes } from './container-spec.js';
 import { sharedStorage } from './rootfs-share.js';
 import { invalid } from './errdefs.js';
 import { setupCall } from './agent-calls.js';
+import { decodeRuntimeOptions } from './runtime-options.js';
 import type { PodPolicy } from './pod-policy.js';
 import { configureGuestNetwork } from './network/pod-network.js';
 
@@ -66,7 +67,7 @@ export async function launchSandboxVm(
   /** The sandbox container's rootfs mounts. */
   rootfs: containerd.types.Mount[],
 ): Promise<GuestHandle> {
-  const cfg = sandboxConfig(o.config, options, spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
+  const cfg = sandboxConfig(o.config, decodeRuntimeOptions(options), spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
   if (hypervisorSection(cfg).shared_fs === 'none' && !describesLayers(rootfs)) {
     // Refused before booting: without a shared filesystem only verified layers reach the guest.
     const kind = hypervisorKind(cfg);

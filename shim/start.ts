@@ -6,7 +6,8 @@ import { spawn } from 'node:child_process';
 import type { ShimArgs } from './args.js';
 import { loadConfig } from './config.js';
 import { groupingId, privateDir, socketPath } from './layout.js';
-import { removeStaleSocket, socketIsLive } from '../proto/ttrpc/index.js';
+// Not the ttrpc index: `start` speaks no ttrpc, and the codecs behind it take long to load.
+import { removeStaleSocket, socketIsLive } from '../proto/ttrpc/socket-probe.js';
 import { withStartLock } from './start-lock.js';
 import { SHIM_STARTED_AT_ENV } from './pod-steps.js';
 

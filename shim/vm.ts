@@ -17,7 +17,6 @@ import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 import { privateDir } from './layout.js';
 import { qemuHypervisor } from './vm-qemu.js';
-import { clhHypervisor } from './vm-clh.js';
 import { PodLayers, type DiskHotplug } from './layer-disks.js';
 import { precondition } from './errdefs.js';
 
@@ -79,7 +78,11 @@ export interface LaunchPlan {
 
 export type HypervisorLauncher = (req: LaunchRequest, plan: LaunchPlan) => Promise<Hypervisor>;
 
-const LAUNCHERS: Record<HypervisorKind, HypervisorLauncher> = { qemu: qemuHypervisor, clh: clhHypervisor };
+const LAUNCHERS: Record<HypervisorKind, HypervisorLauncher> = {
+  qemu: qemuHypervisor,
+  // Loaded when a pod asks for it: its API schemas (ajv) are compiled at load, which a QEMU pod's start would pay for.
+  clh: async (req, plan) => (await import('./vm-clh.js')).clhHypervisor(req, plan),
+};
 
 /** Layer disks a cloud-hypervisor pod may have plugged at once (its PCI segment has 32 device slots, some taken at boot). */
 const HOTPLUG_SLOTS_CLH = 16;

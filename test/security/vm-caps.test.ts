@@ -9,14 +9,17 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, hostLimits, parseConfig, sandboxConfig, vmCaps } from '../../shim/config.js';
 import { encode } from '../../proto/registry.js';
+import { decodeRuntimeOptions } from '../../shim/runtime-options.js';
 import { tempDir } from '../support/tmp.js';
 
 const A = 'io.katacontainers.config.hypervisor.';
 const host = { cpus: 4, memoryMiB: 8192 };
-const options = (o: { config_path?: string; config_body?: string }) => ({
-  type_url: 'runtimeoptions.v1.Options',
-  value: encode('runtimeoptions.v1.Options', { config_path: o.config_path ?? '', config_body: Buffer.from(o.config_body ?? '') }),
-});
+/** The options as CRI sends them, through the shim's decoding. */
+const options = (o: { config_path?: string; config_body?: string }) =>
+  decodeRuntimeOptions({
+    type_url: 'runtimeoptions.v1.Options',
+    value: encode('runtimeoptions.v1.Options', { config_path: o.config_path ?? '', config_body: Buffer.from(o.config_body ?? '') }),
+  });
 
 describe('VM size caps', () => {
   it('refuses annotations above the host\'s CPUs and memory when no cap is configured', () => {
