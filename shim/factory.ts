@@ -19,7 +19,7 @@ import { isMounted, mount, umount } from '../sys/mount.js';
 import { sleep, withTimeout } from '../sys/timeout.js';
 import type { KatatsConfig, QemuConfig } from './config.js';
 import { privateDir } from './layout.js';
-import { prepareLaunch } from './vm.js';
+import { AGENT_REDIAL_TIMEOUT_MS, prepareLaunch } from './vm.js';
 import { qemuVmConfig } from './vm-qemu.js';
 import { dialAgentChannel } from '../proto/agent-session.js';
 import { Client } from '../proto/ttrpc/index.js';
@@ -85,18 +85,29 @@ export async function cloneForPod(config: KatatsConfig, cfg: VmConfig, start: St
     const restored = vm;
     const deadline = config.agent.katats.dial_timeout * 1000;
     await restored.waitReady(async (signal) => {
-      client = await agentReady(cfg.agentSocket, signal, deadline);
+      client = await agentReady(cfg.agentSocket, signal, deadline, AGENT_REDIAL_TIMEOUT_MS);
     }, deadline);
     await afterRestore(client!, log);
     log.info({ boot: 'template', template: found.template.meta.key.slice(0, 12), ms: Date.now() - t0, restoredMs: restored.timeline.readyMs }, 'factory: VM cloned from template');
+    // The pod keeps this connection (takeRestoredAgent): no second dial, hello and Health round.
+    restoredAgents.set(restored, client!);
     return restored;
   } catch (e) {
+    await client?.close().catch(() => {});
     if (vm?.running) await vm.kill();
     log.warn({ boot: 'cold', reason: `restoring the template failed: ${(e as Error).message}`, template: found.template.meta.key.slice(0, 12) }, 'factory: cold boot');
     return undefined;
-  } finally {
-    await client?.close().catch(() => {});
   }
+}
+
+/** The agent connections of clones, from their restore until the pod's launch takes them. */
+const restoredAgents = new WeakMap<QemuVm, Client>();
+
+/** The restored clone's agent client, already past Health, reseeded and clock set; once. */
+export function takeRestoredAgent(vm: QemuVm): Client | undefined {
+  const c = restoredAgents.get(vm);
+  restoredAgents.delete(vm);
+  return c;
 }
 
 /** How long one Health.Check may take while the agent of a restored or template VM is polled. */
@@ -106,12 +117,12 @@ const HEALTH_POLL_TIMEOUT_MS = 1000;
  * A client of the agent behind a QEMU agent socket, once it answers Health.Check (the session
  * hello first, as the shim's own dial: proto/agent-session.ts).
  */
-export async function agentReady(socket: string, signal: AbortSignal, timeoutMs: number): Promise<Client> {
+export async function agentReady(socket: string, signal: AbortSignal, timeoutMs: number, redialTimeoutMs = timeoutMs): Promise<Client> {
   const first = await dialAgentChannel(() => connectUnix(socket, { timeoutMs, signal }), { timeoutMs, signal });
   let used = false;
   const client = new Client(
     () => {
-      if (used) return dialAgentChannel(() => connectUnix(socket, { timeoutMs }), { timeoutMs });
+      if (used) return dialAgentChannel(() => connectUnix(socket, { timeoutMs: redialTimeoutMs }), { timeoutMs: redialTimeoutMs });
       used = true;
       return first;
     },

@@ -19,6 +19,8 @@ import { privateDir } from './layout.js';
 import { qemuHypervisor } from './vm-qemu.js';
 import { PodLayers, type DiskHotplug } from './layer-disks.js';
 import { precondition } from './errdefs.js';
+import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
+import { takeRestoredAgent } from './factory.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -88,7 +90,7 @@ const LAUNCHERS: Record<HypervisorKind, HypervisorLauncher> = {
 const HOTPLUG_SLOTS_CLH = 16;
 
 /** How long a redial of a running agent may take to be answered (the first dial has the boot's deadline). */
-const AGENT_REDIAL_TIMEOUT_MS = 10_000;
+export const AGENT_REDIAL_TIMEOUT_MS = 10_000;
 
 /**
  * One client for the VM's whole life. Its connection starts with the agent channel's session
@@ -204,12 +206,15 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
     await vm.kill();
   }).catch((err: unknown) => req.log.error({ err }, 'killing the VM after virtiofsd died failed'));
   let client: Client | undefined;
+  // A clone comes with its agent connection open (shim/factory.ts): the pod keeps it.
+  const restored = vm instanceof QemuHypervisor ? takeRestoredAgent(vm.qemu) : undefined;
   try {
     await vm.waitReady(async (signal) => {
-      client = await waitForAgent(vm, signal, req.config.agent.katats.dial_timeout * 1000);
+      client = restored ?? (await waitForAgent(vm, signal, req.config.agent.katats.dial_timeout * 1000));
     }, req.config.agent.katats.dial_timeout * 1000);
   } catch (e) {
     stopping = true;
+    await restored?.close().catch(() => {});
     if (vm.running) await vm.kill();
     await cleanup();
     throw e;
