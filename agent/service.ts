@@ -67,12 +67,14 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
           sb.loadGuestHooks(req.guest_hook_path);
         }
         sb.writeDns(req.dns ?? []);
-        try {
-          await sb.setupSharedNamespaces();
-          sb.sandboxMounts = await sb.addStorages(req.storages ?? []);
-        } catch (e) {
+        // The pod's ipc/uts namespaces and its storages do not depend on each other, and each runs
+        // helpers (slow under TCG) and waits on the VMM (9p): both at once, undone together.
+        const [ns, storages] = await Promise.allSettled([sb.setupSharedNamespaces(), sb.addStorages(req.storages ?? [])]);
+        if (storages.status === 'fulfilled') sb.sandboxMounts = storages.value;
+        const failed = [ns, storages].find((r) => r.status === 'rejected');
+        if (failed) {
           await sb.teardown();
-          throw e;
+          throw failed.reason;
         }
         sb.running = true;
         return {};
