@@ -2,7 +2,8 @@
 // that sets the clock and feeds the kernel's entropy pool on request. A VM restored from a
 // template needs both the moment it runs (its clock is the template's, its CRNG state every other
 // clone's too), and a fork+exec per request costs ~0.5 s under TCG; the keeper was forked before
-// the template was saved, so a clone spawns nothing.
+// the template was saved, so a clone spawns nothing. It also makes the agent's mounts (one mount(2)
+// each instead of a mount(8) process): a pod's start mounts its share, its shm and each rootfs.
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 import { withTimeout } from '../sys/timeout.js';
@@ -11,6 +12,8 @@ export const KEEPER_TIMEOUT = 'KATATS_KEEPER_TIMEOUT';
 const KEEPER_TIMEOUT_MS = 10_000;
 /** An answer is one short line; more than this unanswered is a broken keeper. */
 const MAX_ANSWER_BYTES = 4096;
+/** The longest request line the keeper reads (KEEPER_LINE in katats-runner.c, less its newline and NUL). */
+const MAX_REQUEST_BYTES = 2198;
 /** What RNDADDENTROPY takes from one request (the runner's bound). */
 export const MAX_SEED_BYTES = 512;
 
@@ -92,6 +95,18 @@ export class Keeper {
   seed(data: Uint8Array): Promise<void> {
     if (!data.length || data.length > MAX_SEED_BYTES) return Promise.reject(new Error(`seed wants 1..${MAX_SEED_BYTES} bytes, got ${data.length}`));
     return this.request(`seed ${Buffer.from(data).toString('hex')}`);
+  }
+
+  /**
+   * One mount(2) (sys/mount.ts MountSyscall); false, for mount(8) to do it, when the keeper is gone
+   * or the request does not fit its line (a long overlay option list).
+   */
+  async mount(source: string, target: string, fstype: string | undefined, flags: number, data: string): Promise<boolean> {
+    const hex = (s: string | undefined) => (s ? Buffer.from(s).toString('hex') : '-');
+    const line = `mount ${hex(source)} ${hex(target)} ${hex(fstype)} ${flags} ${hex(data)}`;
+    if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
+    await this.request(line);
+    return true;
   }
 
   stop(): void {

@@ -18,6 +18,7 @@ import { exitAfterFlush } from '../sys/exit.js';
 import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
 import { GUEST_NETWORK_TOOLS, netnsTools } from './network.js';
 import { Keeper } from './keeper.js';
+import { mountThrough } from './places.js';
 
 /** The launch data as QEMU serves it (fw_cfg opt/katats/host_data). */
 const FW_CFG_HOST_DATA = '/sys/firmware/qemu_fw_cfg/by_name/opt/katats/host_data/raw';
@@ -87,6 +88,8 @@ async function main(): Promise<void> {
     log,
   };
   const agent = createAgent(config);
+  const keeper = config.keeper;
+  if (keeper) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {

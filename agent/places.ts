@@ -23,7 +23,7 @@
 // to mount(8) by descriptor (overlay's then show as /proc/PID/fd/N in mountinfo).
 import fs from 'node:fs';
 import path from 'node:path';
-import { mount, type PinnedTarget } from '../sys/mount.js';
+import { mount, type MountSyscall, type PinnedTarget } from '../sys/mount.js';
 import { denied, invalid } from './errors.js';
 import { isLayerOverlay, isLayerStorage, LAYERS_SUBDIR } from '../proto/layer-storage.js';
 import { fdPath, namesBelow, openDirBeneath, openLeaf, openRoot, walk, type Dir } from './beneath.js';
@@ -180,6 +180,13 @@ function pinOverlayDirs(options: string[], label: (k: string) => string, fds: nu
  * A mount onto `place`; a bind's source, and overlay's directories, are opened the same way and
  * named by descriptor. `what` prefixes what messages call them ("rootfs source").
  */
+let syscall: MountSyscall | undefined;
+
+/** Where the agent's mounts go without mount(8): its keeper in a guest (agent/main.ts); none in local mode. */
+export function mountThrough(s: MountSyscall | undefined): void {
+  syscall = s;
+}
+
 export async function mountOnPlace(place: Place, source: string, fstype: string, options: string[], what = ''): Promise<void> {
   const label = (k: string) => (what ? `${what} ${k}` : k);
   const bind = fstype === 'bind' || fstype === 'rbind' || options.includes('bind') || options.includes('rbind');
@@ -188,10 +195,10 @@ export async function mountOnPlace(place: Place, source: string, fstype: string,
     if (bind) {
       const src = openSource(source, label('source'));
       fds.push(src.fd);
-      return await mount(fdPath(src.fd), pinned(place), fstype, options);
+      return await mount(fdPath(src.fd), pinned(place), fstype, options, syscall);
     }
     const opts = fstype === 'overlay' ? pinOverlayDirs(options, label, fds) : options;
-    return await mount(source, pinned(place), fstype, opts);
+    return await mount(source, pinned(place), fstype, opts, syscall);
   } finally {
     for (const fd of fds) fs.closeSync(fd);
   }

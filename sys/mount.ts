@@ -61,7 +61,7 @@ const PROPAGATION = new Set(['private', 'rprivate', 'shared', 'rshared', 'slave'
  * mounted on, not the new mount: so those steps are taken here, on `root`, each undoing the
  * mount when it fails.
  */
-export async function mount(source: string, target: string | PinnedTarget, fstype: string, options: string[] = []): Promise<void> {
+export async function mount(source: string, target: string | PinnedTarget, fstype: string, options: string[] = [], syscall?: MountSyscall): Promise<void> {
   const opts = options.filter((o) => o.length > 0);
   let type = fstype;
   if (type === 'bind' || type === 'rbind') {
@@ -69,7 +69,7 @@ export async function mount(source: string, target: string | PinnedTarget, fstyp
     type = 'none';
   }
   const bind = isBind(fstype, opts);
-  if (typeof target !== 'string') return mountPinned(source, target, type, opts, bind);
+  if (typeof target !== 'string') return mountPinned(source, target, type, opts, bind, syscall);
   const readOnly = bind && opts.includes('ro');
   const first = readOnly ? opts.filter((o) => o !== 'ro') : opts;
   const args: string[] = [];
@@ -89,22 +89,55 @@ export async function mount(source: string, target: string | PinnedTarget, fstyp
   }
 }
 
-async function mountPinned(source: string, t: PinnedTarget, type: string, opts: string[], bind: boolean): Promise<void> {
-  const c = (await mountCanonicalizes()) ? ['-c'] : [];
+/** mount(8)'s option names that are mount(2) flags: [set, clear]. Every other option is data. */
+const MS_REC = 0x4000;
+const MOUNT_FLAGS: Record<string, [number, number]> = {
+  ro: [0x1, 0], rw: [0, 0x1], nosuid: [0x2, 0], suid: [0, 0x2], nodev: [0x4, 0], dev: [0, 0x4], noexec: [0x8, 0], exec: [0, 0x8],
+  sync: [0x10, 0], async: [0, 0x10], remount: [0x20, 0], mand: [0x40, 0], nomand: [0, 0x40], dirsync: [0x80, 0],
+  noatime: [0x400, 0], atime: [0, 0x400], nodiratime: [0x800, 0], diratime: [0, 0x800], bind: [0x1000, 0], rbind: [0x1000 | MS_REC, 0],
+  silent: [0x8000, 0], loud: [0, 0x8000], unbindable: [0x20000, 0], runbindable: [0x20000 | MS_REC, 0],
+  private: [0x40000, 0], rprivate: [0x40000 | MS_REC, 0], slave: [0x80000, 0], rslave: [0x80000 | MS_REC, 0],
+  shared: [0x100000, 0], rshared: [0x100000 | MS_REC, 0], relatime: [0x200000, 0], norelatime: [0, 0x200000],
+  strictatime: [0x1000000, 0], nostrictatime: [0, 0x1000000], lazytime: [0x2000000, 0], nolazytime: [0, 0x2000000], defaults: [0, 0],
+};
+
+/** mount(8)'s options as mount(2) takes them: flags from the names it knows, the rest as data. */
+export function mountFlags(options: string[]): { flags: number; data: string } {
+  let flags = 0;
+  const data: string[] = [];
+  for (const o of options) {
+    const f = MOUNT_FLAGS[o];
+    if (f) flags = (flags | f[0]) & ~f[1];
+    else data.push(o);
+  }
+  return { flags, data: data.join(',') };
+}
+
+/**
+ * One mount(2) made for the caller without mount(8) (the agent's keeper: a fork+exec costs ~0.5 s
+ * under TCG); false when it cannot take this one, and mount(8) does it.
+ */
+export type MountSyscall = (source: string, target: string, fstype: string | undefined, flags: number, data: string) => Promise<boolean>;
+
+async function mountPinned(source: string, t: PinnedTarget, type: string, opts: string[], bind: boolean, syscall?: MountSyscall): Promise<void> {
+  /** `mount [-c] [-t TYPE] -o OPTIONS SRC TARGET`, through the syscall when there is one that takes it. */
+  const run = async (src: string, target: string, fstype: string | undefined, options: string[]): Promise<void> => {
+    const m = mountFlags(options);
+    if (syscall && (await syscall(src, target, fstype, m.flags, m.data))) return;
+    const c = (await mountCanonicalizes()) ? ['-c'] : [];
+    await tool('mount', [...c, ...(fstype ? ['-t', fstype] : []), ...(options.length ? ['-o', options.join(',')] : []), src, target]);
+  };
   const propagation = opts.filter((o) => PROPAGATION.has(o));
   const rest = opts.filter((o) => !PROPAGATION.has(o));
   const first = bind ? [rest.includes('rbind') ? 'rbind' : 'bind'] : rest;
   // A bind's per-mount flags (ro, nosuid, ...) in one remount, which replaces them all.
   const flags = bind ? rest.filter((o) => o !== 'bind' && o !== 'rbind') : [];
-  const args = [...c];
-  if (type) args.push('-t', type);
-  if (first.length) args.push('-o', first.join(','));
-  await tool('mount', [...args, source, t.ref]);
+  await run(source, t.ref, type || undefined, first);
   try {
     // busybox looks a one-argument remount's target up in /proc/mounts by name, where a pinned
     // one is not: the (ignored) source "none" makes it two arguments.
-    if (flags.length) await tool('mount', [...c, '-o', ['remount', 'bind', ...flags].join(','), 'none', t.root]);
-    for (const p of propagation) await tool('mount', [...c, '-o', p, 'none', t.root]);
+    if (flags.length) await run('none', t.root, undefined, ['remount', 'bind', ...flags]);
+    for (const p of propagation) await run('none', t.root, undefined, [p]);
   } catch (e) {
     await umount(t.root).catch(() => umount(t.root, true));
     throw e;

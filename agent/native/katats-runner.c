@@ -43,8 +43,10 @@
  *                                           answer line each ("ok" or "error TEXT") on stdout:
  *                                           "time SEC USEC" settimeofday(2); "seed HEX" credits the
  *                                           bytes to the kernel's pool (RNDADDENTROPY) and reseeds its
- *                                           CRNG (RNDRESEEDCRNG). A VM restored from a template needs
- *                                           both at once, and a fork+exec costs ~0.5 s under TCG.
+ *                                           CRNG (RNDRESEEDCRNG); "mount SRC TARGET FSTYPE FLAGS DATA"
+ *                                           one mount(2), strings in hex ("-": none). A VM restored
+ *                                           from a template needs the first two at once, a pod start
+ *                                           mounts its storages, and a fork+exec costs ~0.5 s under TCG.
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
@@ -789,6 +791,43 @@ static void keeper_seed(const char *hex) {
   printf("ok\n");
 }
 
+/* Decodes hex `h` into out (NUL-terminated); "-" is NULL. Returns 0, or -1 on bad hex or overflow. */
+static int keeper_unhex(const char *h, char *out, size_t cap, char **res) {
+  if (!strcmp(h, "-")) { *res = NULL; return 0; }
+  size_t n = strlen(h);
+  if (n % 2 || n / 2 + 1 > cap) return -1;
+  for (size_t i = 0; i < n / 2; i++) {
+    int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
+    if (hi < 0 || lo < 0) return -1;
+    out[i] = (char)(hi << 4 | lo);
+  }
+  out[n / 2] = 0;
+  if (memchr(out, 0, n / 2)) return -1;
+  *res = out;
+  return 0;
+}
+
+/* mount SRC TARGET FSTYPE FLAGS DATA: one mount(2), the strings in hex ("-": none). The agent
+ * decides flags and data as mount(8) would (sys/mount.ts); a fork+exec of mount(8) per storage
+ * costs ~0.5 s under TCG. */
+static void keeper_mount(char *args) {
+  static char buf[4][KEEPER_LINE / 2];
+  char *tok[5], *save = NULL, *str[4];
+  int n = 0;
+  for (char *t = strtok_r(args, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save)) tok[n++] = t;
+  if (n != 5 || strtok_r(NULL, " ", &save)) { printf("error mount wants SRC TARGET FSTYPE FLAGS DATA\n"); return; }
+  const int which[4] = { 0, 1, 2, 4 };
+  for (int i = 0; i < 4; i++) {
+    if (keeper_unhex(tok[which[i]], buf[i], sizeof buf[i], &str[i]) < 0) { printf("error mount: bad hex\n"); return; }
+  }
+  char *end;
+  errno = 0;
+  unsigned long flags = strtoul(tok[3], &end, 10);
+  if (errno || *end || !str[0] || !str[1]) { printf("error mount wants SRC TARGET FSTYPE FLAGS DATA\n"); return; }
+  if (mount(str[0], str[1], str[2], flags, str[3]) < 0) printf("error mount %s: %s\n", str[1], strerror(errno));
+  else printf("ok\n");
+}
+
 static int mode_keeper(void) {
   static char line[KEEPER_LINE];
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -810,6 +849,8 @@ static int mode_keeper(void) {
       else printf("ok\n");
     } else if (!strncmp(line, "seed ", 5)) {
       keeper_seed(line + 5);
+    } else if (!strncmp(line, "mount ", 6)) {
+      keeper_mount(line + 6);
     } else {
       printf("error unknown request\n");
     }

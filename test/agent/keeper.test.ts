@@ -1,10 +1,15 @@
 // The runner's keeper (the real binary): requests answered in order on one long-lived process,
 // bad requests refused without ending it. Run on the host, so only requests that leave the host
-// as it was: seeds (credited entropy) and refused clock values, never a real clock change.
+// as it was: seeds (credited entropy), refused clock values (never a real clock change), and a
+// tmpfs mounted on a temp dir of the test's and unmounted again.
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Keeper } from '../../agent/keeper.js';
+import { isMounted, mountFlags, mountInfo, umount } from '../../sys/mount.js';
 import { runner } from './helpers.js';
 
 const log = pino({ level: 'silent' });
@@ -45,6 +50,50 @@ describe('katats-runner keeper', () => {
       'error time wants SEC USEC',
       'error seed wants 1..512 bytes as hex',
       'error request longer than 2198 bytes',
+      'ok',
+      '',
+    ]);
+  });
+});
+
+describe('katats-runner keeper mounts', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kt-keeper-'));
+  afterAll(async () => {
+    if (isMounted(dir)) await umount(dir, true);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('makes one mount(2) per request with the flags and data mount(8) would pass, and a bind remount read-only', async () => {
+    const k = Keeper.start(runner(), log);
+    keepers.push(k);
+    const opts = mountFlags(['noexec', 'nosuid', 'nodev', 'mode=0700', 'size=1048576']);
+    expect(opts).toEqual({ flags: 0x8 | 0x2 | 0x4, data: 'mode=0700,size=1048576' });
+    expect(await k.mount('ktkeeper', dir, 'tmpfs', opts.flags, opts.data)).toBe(true);
+    const m = mountInfo().find((x) => x.mountPoint === dir)!;
+    expect(m).toMatchObject({ fstype: 'tmpfs', source: 'ktkeeper' });
+    expect(m.options).toEqual(expect.arrayContaining(['rw', 'nosuid', 'nodev', 'noexec']));
+    expect(m.superOptions).toEqual(expect.arrayContaining(['size=1024k', 'mode=700']));
+    const ro = mountFlags(['remount', 'bind', 'ro', 'nosuid']);
+    expect(await k.mount('none', dir, undefined, ro.flags, ro.data)).toBe(true);
+    expect(mountInfo().find((x) => x.mountPoint === dir)!.options).toEqual(expect.arrayContaining(['ro', 'nosuid']));
+    expect(() => fs.writeFileSync(path.join(dir, 'f'), 'x')).toThrow(/EROFS/);
+    // The kernel's refusal comes back as the error, and the keeper goes on.
+    await expect(k.mount('none', path.join(dir, 'missing'), 'tmpfs', 0, '')).rejects.toThrow(/^mount .*missing: No such file or directory$/);
+    // Too long for one request line: mount(8) is to do it.
+    expect(await k.mount('none', dir, 'overlay', 0, `lowerdir=${'x'.repeat(1100)}`)).toBe(false);
+    await umount(dir);
+    expect(k.alive).toBe(true);
+  });
+
+  it('refuses malformed mount requests and keeps reading', async () => {
+    const hex = (s: string) => Buffer.from(s).toString('hex');
+    const out = await raw(`mount zz ${hex('/x')} - 0 -\nmount ${hex('a')} ${hex('/x')} - 0\nmount - ${hex('/x')} - 0 -\nmount ${hex('a')} ${hex('/x')} - 1x -\nmount ${hex('a')} ${hex('a\0b')} - 0 -\nseed 00ff\n`);
+    expect(out.split('\n')).toEqual([
+      'error mount: bad hex',
+      'error mount wants SRC TARGET FSTYPE FLAGS DATA',
+      'error mount wants SRC TARGET FSTYPE FLAGS DATA',
+      'error mount wants SRC TARGET FSTYPE FLAGS DATA',
+      'error mount: bad hex',
       'ok',
       '',
     ]);
