@@ -7,6 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 import { withTimeout } from '../sys/timeout.js';
+import { MOUNT_TIMEOUT_MS } from '../sys/mount.js';
 
 export const KEEPER_TIMEOUT = 'KATATS_KEEPER_TIMEOUT';
 const KEEPER_TIMEOUT_MS = 10_000;
@@ -68,12 +69,12 @@ export class Keeper {
   }
 
   /** One request, answered in order; rejects with the keeper's error text. */
-  private request(line: string): Promise<void> {
+  private request(line: string, timeoutMs = KEEPER_TIMEOUT_MS): Promise<void> {
     const run = async (): Promise<void> => {
       if (this.dead) throw this.dead;
       const answer = new Promise<string>((resolve, reject) => (this.pending = { resolve, reject }));
       this.child.stdin!.write(`${line}\n`);
-      const a = await withTimeout(answer, KEEPER_TIMEOUT_MS, {
+      const a = await withTimeout(answer, timeoutMs, {
         code: KEEPER_TIMEOUT,
         what: `keeper answering ${line.split(' ')[0]}`,
         onTimeout: () => {
@@ -105,7 +106,8 @@ export class Keeper {
     const hex = (s: string | undefined) => (s ? Buffer.from(s).toString('hex') : '-');
     const line = `mount ${hex(source)} ${hex(target)} ${hex(fstype)} ${flags} ${hex(data)}`;
     if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
-    await this.request(line);
+    // As long as mount(8) would have had: a layer's first read through dm-verity can be slow.
+    await this.request(line, MOUNT_TIMEOUT_MS);
     return true;
   }
 
