@@ -3,7 +3,8 @@
 // template needs both the moment it runs (its clock is the template's, its CRNG state every other
 // clone's too), and a fork+exec per request costs ~0.5 s under TCG; the keeper was forked before
 // the template was saved, so a clone spawns nothing. It also makes the agent's mounts (one mount(2)
-// each instead of a mount(8) process): a pod's start mounts its share, its shm and each rootfs.
+// each instead of a mount(8) process) and the pod's shared namespaces (forked from the keeper, a
+// small process, rather than from node): what a pod's start needs.
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 import { withTimeout } from '../sys/timeout.js';
@@ -108,6 +109,14 @@ export class Keeper {
     if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
     // As long as mount(8) would have had: a layer's first read through dm-verity can be slow.
     await this.request(line, MOUNT_TIMEOUT_MS);
+    return true;
+  }
+
+  /** The runner's ns mode (the pod's ipc/uts namespaces bound in `dir`) forked by the keeper; false when the keeper is gone. */
+  async sharedNamespaces(dir: string, hostname: string, timeoutMs: number): Promise<boolean> {
+    const line = `ns ${Buffer.from(dir).toString('hex')} ${hostname ? Buffer.from(hostname).toString('hex') : '-'}`;
+    if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
+    await this.request(line, timeoutMs);
     return true;
   }
 

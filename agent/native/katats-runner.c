@@ -44,7 +44,8 @@
  *                                           "time SEC USEC" settimeofday(2); "seed HEX" credits the
  *                                           bytes to the kernel's pool (RNDADDENTROPY) and reseeds its
  *                                           CRNG (RNDRESEEDCRNG); "mount SRC TARGET FSTYPE FLAGS DATA"
- *                                           one mount(2), strings in hex ("-": none). A VM restored
+ *                                           one mount(2), strings in hex ("-": none); "ns DIR HOST"
+ *                                           the ns mode in a forked child. A VM restored
  *                                           from a template needs the first two at once, a pod start
  *                                           mounts its storages, and a fork+exec costs ~0.5 s under TCG.
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
@@ -828,6 +829,31 @@ static void keeper_mount(char *args) {
   else printf("ok\n");
 }
 
+/* ns DIR HOSTNAME: the ns mode in a child of the keeper, whose fork is cheap (a small static
+ * process), where the agent's own spawn would fork node. Its errors go to the keeper's stderr. */
+static void keeper_ns(char *args) {
+  static char buf[2][KEEPER_LINE / 2];
+  char *tok[2], *save = NULL, *str[2];
+  int n = 0;
+  for (char *t = strtok_r(args, " ", &save); t && n < 2; t = strtok_r(NULL, " ", &save)) tok[n++] = t;
+  if (n != 2 || strtok_r(NULL, " ", &save)) { printf("error ns wants DIR HOSTNAME\n"); return; }
+  for (int i = 0; i < 2; i++) {
+    if (keeper_unhex(tok[i], buf[i], sizeof buf[i], &str[i]) < 0) { printf("error ns: bad hex\n"); return; }
+  }
+  if (!str[0]) { printf("error ns wants DIR HOSTNAME\n"); return; }
+  char *av[2] = { str[0], str[1] ? str[1] : "" };
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid < 0) { printf("error ns: fork: %s\n", strerror(errno)); return; }
+  if (pid == 0) _exit(mode_ns(2, av));
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0) {
+    if (errno != EINTR) { printf("error ns: waitpid: %s\n", strerror(errno)); return; }
+  }
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) printf("ok\n");
+  else printf("error ns failed (wait status %d)\n", st);
+}
+
 static int mode_keeper(void) {
   static char line[KEEPER_LINE];
   setvbuf(stdout, NULL, _IOLBF, 0);
@@ -851,6 +877,8 @@ static int mode_keeper(void) {
       keeper_seed(line + 5);
     } else if (!strncmp(line, "mount ", 6)) {
       keeper_mount(line + 6);
+    } else if (!strncmp(line, "ns ", 3)) {
+      keeper_ns(line + 3);
     } else {
       printf("error unknown request\n");
     }

@@ -2,7 +2,7 @@
 // bad requests refused without ending it. Run on the host, so only requests that leave the host
 // as it was: seeds (credited entropy), refused clock values (never a real clock change), and a
 // tmpfs mounted on a temp dir of the test's and unmounted again.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -83,6 +83,24 @@ describe('katats-runner keeper mounts', () => {
     expect(await k.mount('none', dir, 'overlay', 0, `lowerdir=${'x'.repeat(1100)}`)).toBe(false);
     await umount(dir);
     expect(k.alive).toBe(true);
+  });
+
+  it('makes the pod\'s ipc and uts namespaces in a forked child, the host\'s hostname untouched', async () => {
+    const k = Keeper.start(runner(), log);
+    keepers.push(k);
+    const ns = fs.mkdtempSync(path.join(dir, '..', 'kt-keeper-ns-'));
+    try {
+      expect(await k.sharedNamespaces(ns, 'kt-keeper-pod', 30_000)).toBe(true);
+      const mounted = mountInfo().filter((m) => m.mountPoint.startsWith(`${ns}/`));
+      expect(mounted.map((m) => [path.basename(m.mountPoint), m.fstype]).sort()).toEqual([['ipc', 'nsfs'], ['uts', 'nsfs']]);
+      expect(execFileSync('nsenter', [`--uts=${ns}/uts`, 'hostname'], { encoding: 'utf8' }).trim()).toBe('kt-keeper-pod');
+      expect(os.hostname()).not.toBe('kt-keeper-pod');
+      await expect(k.sharedNamespaces(path.join(ns, 'missing'), 'x', 30_000)).rejects.toThrow(/^ns failed/);
+      expect(k.alive).toBe(true);
+    } finally {
+      for (const n of ['ipc', 'uts']) if (isMounted(path.join(ns, n))) await umount(path.join(ns, n));
+      fs.rmSync(ns, { recursive: true, force: true });
+    }
   });
 
   it('refuses malformed mount requests and keeps reading', async () => {
