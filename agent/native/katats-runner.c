@@ -808,15 +808,24 @@ static int keeper_unhex(const char *h, char *out, size_t cap, char **res) {
   return 0;
 }
 
+/* Splits a request's arguments on spaces into exactly `want` tokens; -1 for any other count. */
+static int keeper_split(char *args, char **tok, int want) {
+  char *save = NULL;
+  int n = 0;
+  for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+    if (n == want) return -1;
+    tok[n++] = t;
+  }
+  return n == want ? 0 : -1;
+}
+
 /* mount SRC TARGET FSTYPE FLAGS DATA: one mount(2), the strings in hex ("-": none). The agent
  * decides flags and data as mount(8) would (sys/mount.ts); a fork+exec of mount(8) per storage
  * costs ~0.5 s under TCG. */
 static void keeper_mount(char *args) {
   static char buf[4][KEEPER_LINE / 2];
-  char *tok[5], *save = NULL, *str[4];
-  int n = 0;
-  for (char *t = strtok_r(args, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save)) tok[n++] = t;
-  if (n != 5 || strtok_r(NULL, " ", &save)) { printf("error mount wants SRC TARGET FSTYPE FLAGS DATA\n"); return; }
+  char *tok[5], *str[4];
+  if (keeper_split(args, tok, 5) < 0) { printf("error mount wants SRC TARGET FSTYPE FLAGS DATA\n"); return; }
   const int which[4] = { 0, 1, 2, 4 };
   for (int i = 0; i < 4; i++) {
     if (keeper_unhex(tok[which[i]], buf[i], sizeof buf[i], &str[i]) < 0) { printf("error mount: bad hex\n"); return; }
@@ -833,10 +842,8 @@ static void keeper_mount(char *args) {
  * process), where the agent's own spawn would fork node. Its errors go to the keeper's stderr. */
 static void keeper_ns(char *args) {
   static char buf[2][KEEPER_LINE / 2];
-  char *tok[2], *save = NULL, *str[2];
-  int n = 0;
-  for (char *t = strtok_r(args, " ", &save); t && n < 2; t = strtok_r(NULL, " ", &save)) tok[n++] = t;
-  if (n != 2 || strtok_r(NULL, " ", &save)) { printf("error ns wants DIR HOSTNAME\n"); return; }
+  char *tok[2], *str[2];
+  if (keeper_split(args, tok, 2) < 0) { printf("error ns wants DIR HOSTNAME\n"); return; }
   for (int i = 0; i < 2; i++) {
     if (keeper_unhex(tok[i], buf[i], sizeof buf[i], &str[i]) < 0) { printf("error ns: bad hex\n"); return; }
   }
