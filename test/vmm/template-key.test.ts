@@ -65,6 +65,16 @@ describe('template key', () => {
     expect(() => templateKeyInput(cfg('p', { disks: [{ id: 'd0', path: '/x' }] }), 'tcg', image)).toThrow(/boot-time disks/);
     expect(() => templateKeyInput(cfg('p'), 'tcg', { ...image, kernel: 'nope' })).toThrow(/no sha256 digest/);
   });
+
+  it('refuses a VM whose launch data binds a policy, and takes one with zeros', () => {
+    const bound = path.join(tmp.dir, 'host_data_bound');
+    const zeros = path.join(tmp.dir, 'host_data_zeros');
+    fs.writeFileSync(bound, Buffer.concat([Buffer.alloc(31), Buffer.from([1])]));
+    fs.writeFileSync(zeros, Buffer.alloc(32));
+    expect(() => templateKeyInput(cfg('p', { launchDataFile: bound }), 'tcg', image)).toThrow(/binds a policy/);
+    expect(notTemplatable(cfg('p', { launchDataFile: zeros }))).toBeUndefined();
+    expect(key(cfg('p', { launchDataFile: zeros }))).toBe(key(cfg('q')));
+  });
 });
 
 describe('template store', () => {

@@ -30,7 +30,25 @@ export class NotTemplatableError extends Error {
 export function notTemplatable(c: VmConfig): string | undefined {
   if (c.virtioFs) return 'virtio-fs: its vhost-user device state cannot be migrated';
   if ((c.disks ?? []).length) return 'boot-time disks: their contents are per pod';
+  if (c.launchDataFile && bindsPolicy(c.launchDataFile)) {
+    // A confidential launch is measured from its own boot; a clone would also have to take the
+    // restore's entropy and clock from the host before its policy is set, which the generated
+    // policies refuse (ReseedRandomDev, SetGuestDateTime).
+    return 'the launch data binds a policy: a confidential launch boots cold, never from a template';
+  }
   return undefined;
+}
+
+/** Launch data other than absent or zeros (a policy digest). */
+function bindsPolicy(file: string): boolean {
+  let data: Buffer;
+  try {
+    data = fs.readFileSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+  return data.some((b) => b !== 0);
 }
 
 function qemuIdentity(bin: string): string {
