@@ -111,6 +111,9 @@ function checkDest(dest: string, what: string): { arg: string; v?: 4 | 6 } {
 }
 
 export class GuestNetwork {
+  /** MACs of the links UpdateInterface has named: their names are the host's and are not taken away. */
+  private readonly configured = new Set<string>();
+
   constructor(private readonly tools: NetworkTools) {}
 
   async links(): Promise<GuestLink[]> {
@@ -133,7 +136,18 @@ export class GuestNetwork {
     const link = links.find((l) => l.mac === mac);
     if (!link) throw notFound(`interface with MAC ${mac} (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
     if (link.flags.includes('LOOPBACK') || link.name === 'lo') throw invalid(`interface ${mac}: the loopback interface is not configured by the host`);
-    if (name !== link.name && links.some((l) => l.name === name)) throw invalid(`interface ${link.name}: cannot rename to ${name}: another interface has that name`);
+    const holder = name !== link.name ? links.find((l) => l.name === name) : undefined;
+    if (holder && (holder.flags.includes('LOOPBACK') || this.configured.has(holder.mac))) {
+      throw invalid(`interface ${link.name}: cannot rename to ${name}: interface ${holder.mac} already has that name`);
+    }
+    if (holder) {
+      // The guest's kernel named its NICs in PCI order, which need not be the pod's order (CNI may
+      // add a pod's networks in parallel): the NIC holding the name is one the host has not named
+      // yet, so it steps aside under a name of its own until its UpdateInterface comes.
+      const aside = `ktaside${holder.index}`;
+      await tool(this.tools.ip, ['link', 'set', 'dev', holder.name, 'down']);
+      await tool(this.tools.ip, ['link', 'set', 'dev', holder.name, 'name', aside]);
+    }
     // Down while renamed (the kernel refuses to rename a running link), then set and up.
     await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'down']);
     if (name !== link.name) await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'name', name]);
@@ -143,6 +157,7 @@ export class GuestNetwork {
     for (const a of have) if (!wanted.includes(a.cidr)) await tool(this.tools.ip, ['addr', 'del', a.cidr, 'dev', name]);
     for (const a of wanted) if (!have.some((h) => h.cidr === a)) await tool(this.tools.ip, ['addr', 'add', a, 'dev', name]);
     await tool(this.tools.ip, ['link', 'set', 'dev', name, 'up']);
+    this.configured.add(mac);
     return { ...iface, name, device: name, hwAddr: mac };
   }
 

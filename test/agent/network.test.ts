@@ -135,6 +135,30 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     expect(execFileSync('ip', ['netns', 'exec', NS, 'cat', '/proc/sys/net/ipv4/ip_unprivileged_port_start'], { encoding: 'utf8' }).trim()).toBe('0');
   });
 
+  it("UpdateInterface takes a name from a NIC the host has not named yet (the guest's order is not the pod's), never from one it has", async () => {
+    // As the guest's kernel named them: net1 is the NIC the pod calls net2, and the other way round.
+    const [C, D] = ['02:4b:41:54:00:0c', '02:4b:41:54:00:0d'];
+    for (const [i, name, mac] of [[1, 'net1', C], [2, 'net2', D]] as const) {
+      execFileSync('ip', ['link', 'add', `${OUTER}${i}`, 'type', 'veth', 'peer', 'name', `${INNER}${i}`]);
+      execFileSync('ip', ['link', 'set', `${INNER}${i}`, 'netns', NS, 'address', mac, 'name', name]);
+    }
+    try {
+      await t.svc.UpdateInterface({ interface: iface({ name: 'net1', device: 'net1', hwAddr: D, IPAddresses: [{ family: 0, address: '10.251.11.5', mask: '24' }] }) });
+      await t.svc.UpdateInterface({ interface: iface({ name: 'net2', device: 'net2', hwAddr: C, IPAddresses: [{ family: 0, address: '10.251.12.5', mask: '24' }] }) });
+      const byName = Object.fromEntries(ipJ<{ ifname: string; address: string; addr_info: { local: string; scope: string }[] }>('addr', 'show').map((l) => [l.ifname, { mac: l.address, addrs: l.addr_info.filter((a) => a.scope === 'global').map((a) => a.local) }]));
+      expect(byName.net1).toEqual({ mac: D, addrs: ['10.251.11.5'] });
+      expect(byName.net2).toEqual({ mac: C, addrs: ['10.251.12.5'] });
+      // eth0 is the host's by now: asking for its name for another NIC is refused, and nothing changes.
+      const before = snapshot();
+      const e = await code(t.svc.UpdateInterface({ interface: iface({ name: 'eth0', device: 'eth0', hwAddr: C }) }));
+      expect(e.code, e.message).toBe(Code.InvalidArgument);
+      expect(e.message).toMatch(/already has that name/);
+      expect(snapshot()).toEqual(before);
+    } finally {
+      for (const i of [1, 2]) execFileSync('ip', ['link', 'del', `${OUTER}${i}`], { stdio: 'ignore' });
+    }
+  });
+
   it('local mode without a namespace refuses: the host network is never configured', async () => {
     const e = await code(local.svc.UpdateInterface({ interface: iface() }));
     expect(e.code).toBe(Code.FailedPrecondition);
