@@ -1,10 +1,13 @@
-// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--out DIR]`
-// Runs the ttrpc micro-benchmark and the macro benchmark (runc, gVisor and the katats slot through one
-// private containerd) and writes results.json, README.md and SVG charts to bench/results/<date>/.
+// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--no-network] [--out DIR]`
+// Runs the ttrpc micro-benchmark, the macro benchmark (runc, gVisor and the katats slot through one
+// private containerd) and the pod network benchmark (runc, gVisor and katats pods on a CNI bridge,
+// CRI on trixie's containerd 1.7 whatever --containerd says: the line the network suites prove) and
+// writes results.json, README.md and SVG charts to bench/results/<date>/.
 import os from 'node:os';
 import path from 'node:path';
 import { runTtrpcBench, ttrpcTable } from './ttrpc.js';
 import { runMacroBench } from './macro/index.js';
+import { networkTable, runNetworkBench } from './network.js';
 import { ratioSummary } from './report/markdown.js';
 import { writeReports, type BenchRun } from './report/write.js';
 import type { ContainerdFlavor } from '../harness/containerd.js';
@@ -48,8 +51,18 @@ if (!process.argv.includes('--no-macro')) {
     log(`bench: macro benchmark failed: ${(err as Error).message}`);
   }
 }
+if (!process.argv.includes('--no-network')) {
+  try {
+    log(`bench: pod network benchmark${quick ? ' (quick)' : ''}`);
+    run.network = await runNetworkBench({ quick, log });
+  } catch (err) {
+    run.networkError = (err as Error).stack ?? String(err);
+    log(`bench: pod network benchmark failed: ${(err as Error).message}`);
+  }
+}
 const files = writeReports(outDir, run);
 if (run.ttrpc) process.stdout.write('\n' + ttrpcTable(run.ttrpc) + '\n');
 if (run.macro) process.stdout.write('\n' + ratioSummary(run.macro) + '\n\n');
 process.stdout.write(`bench: reports in ${path.relative(process.cwd(), outDir) || outDir}: ${files.map((f) => path.basename(f)).join(', ')}\n`);
-if (run.macroError || run.ttrpcError) process.exitCode = 1;
+if (run.network) process.stdout.write(networkTable(run.network) + '\n\n');
+if (run.macroError || run.ttrpcError || run.networkError) process.exitCode = 1;

@@ -4,6 +4,9 @@
 // and its own /24 in 10.222.0.0/16, one no route of this machine covers yet; host-local keeps its
 // leases inside the instance dir. Traffic stays on this machine: no masquerading, no default route
 // out of the bridge. removeCniBridge() takes the bridge (and the route to its subnet) away.
+// A second network (setupCniNetworks with 2, containerd's max_conf_num = 2) gives every pod a
+// second interface (eth1) on a second bridge and /24, with no default route but one extra route
+// (TEST-NET-2 via its gateway): the shape of a pod with two CNI networks, as Multus makes them.
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +16,8 @@ import { run, runOk } from './exec.js';
 export const CNI_PLUGINS = ['bridge', 'host-local', 'loopback', 'portmap'];
 
 export interface CniNetwork {
+  /** The pod's interface on it: eth0 for the first network, eth1 for the second (containerd's names). */
+  ifname: string;
   /** The CNI network name (also host-local's lease dir). */
   name: string;
   /** The bridge in this machine's namespace. */
@@ -21,7 +26,14 @@ export interface CniNetwork {
   subnet: string;
   /** The bridge's address: the pods' gateway, and how this machine reaches them. */
   gateway: string;
+  /** Routes (other than the connected one) the pods get through this network: 'default' or a CIDR. */
+  routes: string[];
 }
+
+/** The route a second network gives its pods: TEST-NET-2 (RFC 5737), never routed anywhere. */
+export const SECOND_NETWORK_ROUTE = '198.51.100.0/24';
+/** Conf files of ours in an instance's conf dir (loaded in name order: the first is eth0's). */
+const CONF_FILE = /^\d\d-katats(-\d)?\.conflist$/;
 
 /** The Debian plugins' dir (unpacked, not installed). */
 export async function cniPluginDir(onProgress?: (line: string) => void): Promise<string> {
@@ -57,6 +69,11 @@ export interface CniSetupOptions {
 }
 
 export async function setupCniNetwork(o: CniSetupOptions): Promise<CniNetwork> {
+  return (await setupCniNetworks(o, 1))[0]!;
+}
+
+/** As setupCniNetwork, with `count` (1 or 2) networks: every pod gets an interface on each. */
+export async function setupCniNetworks(o: CniSetupOptions, count: 1 | 2): Promise<CniNetwork[]> {
   const src = await cniPluginDir(o.onProgress);
   fs.mkdirSync(o.binDir, { recursive: true });
   fs.mkdirSync(o.confDir, { recursive: true });
@@ -65,9 +82,30 @@ export async function setupCniNetwork(o: CniSetupOptions): Promise<CniNetwork> {
     fs.rmSync(link, { force: true });
     fs.symlinkSync(path.join(src, p), link);
   }
-  const bridge = `kt${createHash('sha256').update(o.namespace).digest('hex').slice(0, 10)}`;
-  const n = await freeSubnet(o.namespace);
-  const net: CniNetwork = { name: `katats-${o.namespace}`, bridge, subnet: `10.222.${n}.0/24`, gateway: `10.222.${n}.1` };
+  const nets: CniNetwork[] = [];
+  try {
+    for (let i = 0; i < count; i++) nets.push(await addNetwork(o, i));
+  } catch (e) {
+    for (const n of nets) await removeCniBridge(n.bridge).catch(() => undefined);
+    throw e;
+  }
+  return nets;
+}
+
+async function addNetwork(o: CniSetupOptions, index: number): Promise<CniNetwork> {
+  const seed = index ? `${o.namespace}/${index + 1}` : o.namespace;
+  const bridge = `kt${createHash('sha256').update(seed).digest('hex').slice(0, 10)}`;
+  // The first network's bridge is up by now, its route with it: the second gets another /24.
+  const n = await freeSubnet(seed);
+  const suffix = index ? `-${index + 1}` : '';
+  const net: CniNetwork = {
+    ifname: `eth${index}`,
+    name: `katats-${o.namespace}${suffix}`,
+    bridge,
+    subnet: `10.222.${n}.0/24`,
+    gateway: `10.222.${n}.1`,
+    routes: index ? [SECOND_NETWORK_ROUTE] : ['default'],
+  };
   const conf = {
     cniVersion: '0.4.0',
     name: net.name,
@@ -78,12 +116,17 @@ export async function setupCniNetwork(o: CniSetupOptions): Promise<CniNetwork> {
         isGateway: true,
         ipMasq: false,
         hairpinMode: true,
-        ipam: { type: 'host-local', dataDir: o.dataDir, ranges: [[{ subnet: net.subnet, gateway: net.gateway }]], routes: [{ dst: '0.0.0.0/0' }] },
+        ipam: {
+          type: 'host-local',
+          dataDir: o.dataDir,
+          ranges: [[{ subnet: net.subnet, gateway: net.gateway }]],
+          routes: net.routes.map((r) => ({ dst: r === 'default' ? '0.0.0.0/0' : r })),
+        },
       },
       { type: 'portmap', capabilities: { portMappings: true } },
     ],
   };
-  fs.writeFileSync(path.join(o.confDir, '10-katats.conflist'), JSON.stringify(conf, null, 2));
+  fs.writeFileSync(path.join(o.confDir, `${10 * (index + 1)}-katats${suffix}.conflist`), JSON.stringify(conf, null, 2));
   // Made here rather than by the first pod: servers on this machine can bind the gateway address
   // before any pod exists (the plugin takes a bridge that is there, with its address, as it is).
   try {
@@ -103,13 +146,21 @@ export async function removeCniBridge(bridge: string): Promise<void> {
   if (r.code !== 0 && !/Cannot find device/.test(r.stderr)) throw new Error(`ip link del ${bridge}: ${r.stderr.trim()}`);
 }
 
-/** The bridge an instance's conf dir names (ours only: kt + 10 hex digits), for reaping a dead instance's. */
-export function cniBridgeOf(confDir: string): string | undefined {
+/** The bridges an instance's conf dir names (ours only: kt + 10 hex digits), for reaping a dead instance's. */
+export function cniBridgesOf(confDir: string): string[] {
+  let files: string[];
   try {
-    const conf = JSON.parse(fs.readFileSync(path.join(confDir, '10-katats.conflist'), 'utf8')) as { plugins?: { type?: string; bridge?: string }[] };
-    const b = conf.plugins?.find((p) => p.type === 'bridge')?.bridge;
-    return b && /^kt[0-9a-f]{10}$/.test(b) ? b : undefined;
+    files = fs.readdirSync(confDir).filter((f) => CONF_FILE.test(f)).sort();
   } catch {
-    return undefined;
+    return [];
   }
+  return files.flatMap((f) => {
+    try {
+      const conf = JSON.parse(fs.readFileSync(path.join(confDir, f), 'utf8')) as { plugins?: { type?: string; bridge?: string }[] };
+      const b = conf.plugins?.find((p) => p.type === 'bridge')?.bridge;
+      return b && /^kt[0-9a-f]{10}$/.test(b) ? [b] : [];
+    } catch {
+      return [];
+    }
+  });
 }

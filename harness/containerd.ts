@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { stringify } from 'smol-toml';
 import { run, runOk, type RunOptions, type RunResult } from './exec.js';
 import { unpackDeb } from './debs.js';
-import { cniBridgeOf, removeCniBridge, setupCniNetwork, type CniNetwork } from './cni.js';
+import { cniBridgesOf, removeCniBridge, setupCniNetworks, type CniNetwork } from './cni.js';
 import { fileLogger, type FileLogger, type Logger } from './log.js';
 import { unmountUnder, mountsUnder } from './mounts.js';
 import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.js';
@@ -82,6 +82,11 @@ export interface ContainerdOptions {
    * host-network get an address on this machine; the bridge goes with stop().
    */
   cni?: boolean;
+  /**
+   * With cni: 2 gives every pod a second network (eth1 on a second bridge, containerd's
+   * max_conf_num = 2), as a pod with two CNI networks has. Default 1.
+   */
+  cniNetworks?: 1 | 2;
   /** Default: a fresh `katats-<hex>` (unique, so runc state, cgroups and shims of two instances never mix). */
   namespace?: string;
   /** Parent of the instance dir (default os.tmpdir()). Unix socket paths must stay short: keep it short. */
@@ -168,6 +173,8 @@ export function containerdConfig(c: {
   sandboxImage?: string;
   cniConfDir?: string;
   cniBinDir?: string;
+  /** How many of the conf dir's networks CRI attaches a pod to (default 1). */
+  cniMaxConf?: number;
   proxyPlugins?: ProxyPlugin[];
   disableSnapshotAnnotations?: boolean;
   criSnapshotter?: string;
@@ -192,7 +199,7 @@ export function containerdConfig(c: {
     }
     const sandboxImage = c.sandboxImage ?? PAUSE_IMAGE;
     // Never /etc/cni/net.d or /opt/cni/bin: a host's networks are not ours to use.
-    const cni = { conf_dir: c.cniConfDir ?? path.join(c.root, 'cni', 'net.d'), bin_dir: c.cniBinDir ?? path.join(c.root, 'cni', 'bin'), max_conf_num: 1 };
+    const cni = { conf_dir: c.cniConfDir ?? path.join(c.root, 'cni', 'net.d'), bin_dir: c.cniBinDir ?? path.join(c.root, 'cni', 'bin'), max_conf_num: c.cniMaxConf ?? 1 };
     const runtime = {
       // No AppArmor, no SELinux here; with AppArmor on, containerd would load its own profile.
       disable_apparmor: true,
@@ -260,8 +267,10 @@ export class Containerd {
   private criClient: CriClient | undefined;
   /** Whether the CRI plugin is on (startContainerd's `cri`). */
   cri = false;
-  /** The pods' bridge network (startContainerd with cni). */
+  /** The pods' bridge network (startContainerd with cni): eth0's. */
   cniNetwork: CniNetwork | undefined;
+  /** All of them (cniNetworks: 2 adds eth1's). */
+  cniNetworks: CniNetwork[] = [];
 
   constructor(
     readonly dir: string,
@@ -478,7 +487,7 @@ export class Containerd {
     if (report.killed.length) this.logger.warn({ killed: report.killed }, 'killed leftover processes');
     // 4. Mounts, cgroups, sockets, dirs, the pods' bridge.
     report.unmounted = await unmountUnder(this.dir);
-    if (this.cniNetwork) await removeCniBridge(this.cniNetwork.bridge).catch((err: unknown) => this.logger.warn({ err }, 'removing the CNI bridge failed'));
+    for (const n of this.cniNetworks) await removeCniBridge(n.bridge).catch((err: unknown) => this.logger.warn({ err, bridge: n.bridge }, 'removing the CNI bridge failed'));
     if (report.unmounted.length) this.logger.warn({ unmounted: report.unmounted }, 'unmounted leftovers');
     if (!(await removeNamespaceCgroups(this.namespace))) this.logger.warn({ namespace: this.namespace }, 'cgroups of the namespace could not all be removed');
     for (const s of shimSockets) fs.rmSync(s, { force: true });
@@ -654,8 +663,7 @@ export async function reapStaleInstances(baseDir = os.tmpdir()): Promise<string[
     } catch {
       /* no namespace recorded */
     }
-    const bridge = cniBridgeOf(path.join(dir, 'root', 'cni', 'net.d'));
-    if (bridge) await removeCniBridge(bridge).catch(() => undefined);
+    for (const bridge of cniBridgesOf(path.join(dir, 'root', 'cni', 'net.d'))) await removeCniBridge(bridge).catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
     reaped.push(dir);
   }
@@ -705,13 +713,14 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
     proxyPlugins: opts.proxyPlugins,
     disableSnapshotAnnotations: opts.disableSnapshotAnnotations,
     criSnapshotter: opts.criSnapshotter,
+    cniMaxConf: opts.cni ? (opts.cniNetworks ?? 1) : 1,
   };
-  let cniNetwork: CniNetwork | undefined;
+  let cniNetworks: CniNetwork[] = [];
   if (cfg.cri) {
     for (const d of ['net.d', 'bin']) fs.mkdirSync(path.join(cfg.root, 'cni', d), { recursive: true });
     if (opts.cni) {
       const c = path.join(cfg.root, 'cni');
-      cniNetwork = await setupCniNetwork({ confDir: path.join(c, 'net.d'), binDir: path.join(c, 'bin'), dataDir: path.join(c, 'ipam'), namespace, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+      cniNetworks = await setupCniNetworks({ confDir: path.join(c, 'net.d'), binDir: path.join(c, 'bin'), dataDir: path.join(c, 'ipam'), namespace, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) }, opts.cniNetworks ?? 1);
     }
   }
   fs.writeFileSync(path.join(dir, 'config.toml'), containerdConfig(cfg));
@@ -722,7 +731,8 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
   const cd = new Containerd(dir, binaries, namespace, logDir, log, proc, runtimes);
   cd.spawnEnv = spawnEnv;
   cd.cri = cfg.cri;
-  cd.cniNetwork = cniNetwork;
+  cd.cniNetwork = cniNetworks[0];
+  cd.cniNetworks = cniNetworks;
   logger.info({ dir, namespace, version: binaries.version, flavor: binaries.flavor, runtimes }, 'starting containerd');
   // Wait until it answers (or dies).
   const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);

@@ -7,6 +7,8 @@ import { macroJson, type MacroReport } from '../macro/index.js';
 import { macroCharts } from './charts.js';
 import { macroMarkdown, ratioSummary } from './markdown.js';
 import { barChartSvg, type ChartSpec } from './svg.js';
+import type { NetworkReport } from '../network.js';
+import { networkCharts, networkJson, networkMarkdown } from './network.js';
 
 export interface BenchRun {
   quick: boolean;
@@ -14,6 +16,8 @@ export interface BenchRun {
   macroError?: string;
   ttrpc?: TtrpcFigure[];
   ttrpcError?: string;
+  network?: NetworkReport;
+  networkError?: string;
 }
 
 function ttrpcChart(rows: TtrpcFigure[]): ChartSpec {
@@ -42,6 +46,7 @@ export function writeReports(dir: string, run: BenchRun): string[] {
   const json: Record<string, unknown> = run.macro ? macroJson(run.macro) : { kind: 'katats benchmark', quick: run.quick };
   if (run.macroError) json.macro_error = run.macroError;
   json.ttrpc = run.ttrpc ?? { error: run.ttrpcError ?? 'not run' };
+  json.network = run.network ? networkJson(run.network) : { error: run.networkError ?? 'not run' };
   put('results.json', JSON.stringify(json, null, 2) + '\n');
 
   const md: string[] = [`# katats benchmark ${run.macro?.environment.date ?? new Date().toISOString()}${run.quick ? ' (quick)' : ''}`, ''];
@@ -51,11 +56,15 @@ export function writeReports(dir: string, run: BenchRun): string[] {
     md.push('Charts: ' + macroCharts(run.macro).map((c) => `[${c.name}](${c.name}.svg)`).join(', ') + (run.ttrpc ? ', [ttrpc](ttrpc.svg)' : ''), '');
     md.push(macroMarkdown(run.macro));
   } else md.push(`## Macro benchmark`, '', `Not run: ${run.macroError ?? 'skipped'}`, '');
+  md.push('## Pod network', '');
+  if (run.network) md.push(networkMarkdown(run.network), '', 'Charts: ' + networkCharts(run.network).map((c) => `[${c.name}](${c.name}.svg)`).join(', '), '');
+  else md.push(`Not run: ${run.networkError ?? 'skipped'}`, '');
   md.push('## ttrpc micro-benchmark', '');
   md.push(run.ttrpc ? ttrpcTable(run.ttrpc) : `Not run: ${run.ttrpcError ?? 'skipped'}`, '');
   put('README.md', md.join('\n'));
 
   if (run.macro) for (const c of macroCharts(run.macro)) put(`${c.name}.svg`, barChartSvg(c.spec));
   if (run.ttrpc) put('ttrpc.svg', barChartSvg(ttrpcChart(run.ttrpc)));
+  if (run.network) for (const c of networkCharts(run.network)) put(`${c.name}.svg`, barChartSvg(c.spec));
   return files;
 }

@@ -100,7 +100,10 @@ function routeMtu(r: IpRoute): number {
 export function planPodNetwork(s: NetnsState): PodNetworkPlan {
   const endpoints: Endpoint[] = [];
   const skipped: PodNetworkPlan['skipped'] = [];
-  for (const l of s.links) {
+  // In name order (eth0, eth1, ..., net1): the TAPs, and so the guest's NICs in PCI order, follow
+  // the pod's names whatever order CNI made the links in (containerd adds networks in parallel).
+  const byName = [...s.links].sort((a, b) => a.ifname.localeCompare(b.ifname, 'en', { numeric: true }));
+  for (const l of byName) {
     const kind = l.linkinfo?.info_kind ?? '';
     if (l.link_type === 'loopback' || l.ifname === 'lo') continue;
     if (TAP_NAME.test(l.ifname)) continue;

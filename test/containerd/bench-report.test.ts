@@ -7,6 +7,8 @@ import { summarize } from '../../bench/macro/stats.js';
 import { macroCharts } from '../../bench/report/charts.js';
 import { macroMarkdown, ratioSummary } from '../../bench/report/markdown.js';
 import { barChartSvg, niceScale } from '../../bench/report/svg.js';
+import { networkCharts, networkJson, networkMarkdown } from '../../bench/report/network.js';
+import { NETWORK_QUICK, type NetworkReport } from '../../bench/network.js';
 
 const ok = (samples: number[]) => ({ ok: true as const, summary: summarize(samples), samples });
 
@@ -85,5 +87,51 @@ describe('macro benchmark report', () => {
     expect(niceScale(83)).toEqual({ top: 100, step: 20 });
     expect(niceScale(2313)).toEqual({ top: 2500, step: 500 });
     expect(niceScale(0)).toEqual({ top: 1, step: 0.2 });
+  });
+});
+
+function networkReport(): NetworkReport {
+  const fig = (samples: number[]) => ({ summary: summarize(samples), samples });
+  return {
+    settings: NETWORK_QUICK,
+    environment: { date: '2025-01-01T00:00:00.000Z', cores: 2, cpuModel: 'AMD EPYC', containerd: '1.7.24 (trixie)', loadavgStart: [3.5], loadavgEnd: [4] },
+    durationS: 120,
+    runtimes: [
+      { name: 'runc', label: 'runc', virtualization: 'n/a (no VM)' },
+      { name: 'runsc', label: 'gVisor', virtualization: 'n/a (no VM)', error: 'pod start: sandbox died' },
+      { name: 'katats', label: 'katats', virtualization: 'TCG' },
+    ],
+    results: {
+      runc: { rr: fig([1, 2, 3, 100]), down: fig([400]), up: fig([300]) },
+      katats: { rr: fig([10, 20, 30]), down: fig([40]) },
+    },
+  };
+}
+
+describe('pod network benchmark report', () => {
+  test('JSON: figures with the unit in the key and the ratio to runc; a failed runtime with its reason', () => {
+    const j = networkJson(networkReport()) as any;
+    expect(j.runtimes.runc.rr.median_ms).toBe(2.5);
+    expect(j.runtimes.katats.rr.median_ms).toBe(20);
+    expect(j.runtimes.katats.rr.ratio_to_runc).toBe(8);
+    expect(j.runtimes.katats.down.median_MiBps).toBe(40);
+    expect(j.runtimes.katats.down.ratio_to_runc).toBe(0.1);
+    expect(j.runtimes.katats.up).toBeUndefined();
+    expect(j.runtimes.runsc).toEqual({ label: 'gVisor', virtualization: 'n/a (no VM)', error: 'pod start: sandbox died' });
+  });
+
+  test('Markdown and SVG: numbers where measured, reasons where not', () => {
+    const md = networkMarkdown(networkReport());
+    expect(md).toContain('| katats | TCG | 20.0 | 8.00 | 40.0 | 0.10 | not measured | n/a |');
+    expect(md).toContain('| runsc | n/a (no VM) | failed: pod start: sandbox died | n/a |');
+    const charts = networkCharts(networkReport());
+    expect(charts.map((c) => c.name)).toEqual(['network-latency', 'network-throughput']);
+    // Latency's whisker ends at p95, not at the one slow connection.
+    expect(charts[0]!.spec.groups[0]!.bars[0]).toMatchObject({ median: 2.5, min: 1 });
+    expect(charts[0]!.spec.groups[0]!.bars[0]!.max).toBeLessThan(100);
+    const svg = barChartSvg(charts[1]!.spec);
+    expect(svg).toContain('runsc: failed: pod start: sandbox died');
+    expect(svg).toContain('katats on TCG');
+    expect(svg.match(/>n\/a</g)?.length).toBe(3);
   });
 });
