@@ -16,7 +16,7 @@ import { AgentPort } from './channel.js';
 import { DEFAULT_OUTPUT_BUFFER, type AgentConfig } from './config.js';
 import { exitAfterFlush } from '../sys/exit.js';
 import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
-import { GUEST_NETWORK_TOOLS, netnsTools } from './network.js';
+import { guestNetworkTools, netnsTools } from './network.js';
 import { Keeper } from './keeper.js';
 import { mountThrough } from './places.js';
 
@@ -83,7 +83,7 @@ async function main(): Promise<void> {
     ...(local ? {} : { keeper: Keeper.start(runner, log) }),
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
-    ...(local ? (values.netns ? { network: netnsTools(values.netns), netnsPath: values.netns } : {}) : { network: GUEST_NETWORK_TOOLS, netnsPath: `/proc/${process.pid}/ns/net` }),
+    ...(local ? (values.netns ? { network: netnsTools(values.netns, runner), netnsPath: values.netns } : {}) : { network: guestNetworkTools(runner), netnsPath: `/proc/${process.pid}/ns/net` }),
     outputBufferBytes: DEFAULT_OUTPUT_BUFFER,
     log,
   };

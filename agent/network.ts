@@ -1,7 +1,9 @@
 // The guest's side of the pod network: UpdateInterface, UpdateRoutes, AddARPNeighbors (Kata's
-// messages) applied with `ip` and `arp`. Why those and not netlink: node has no AF_NETLINK socket,
-// and the guest image carries busybox, whose `ip` and `arp` applets do what these calls need;
-// the words and flags used here are the ones busybox and iproute2 share. Every request is checked
+// messages) applied with busybox's `ip` and katats-runner's `neigh-add`. Why those and not
+// netlink: node has no AF_NETLINK socket; the guest image carries busybox, whose `ip` applet does
+// interfaces and routes (the words and flags used here are the ones busybox and iproute2 share),
+// but busybox has no `ip neigh add` and its `arp -s` is IPv4 only: neighbours of both families go
+// through the runner's one rtnetlink call. Every request is checked
 // whole before anything changes, so bad input gets a clear error and the sandbox keeps its network.
 import net from 'node:net';
 import type { types } from '../proto/gen/types.js';
@@ -12,18 +14,21 @@ import { invalid, internal, notFound, precondition } from './errors.js';
 export const NET_TOOL_TIMEOUT_MS = 15_000;
 export const NET_TOOL_TIMEOUT = 'KATATS_AGENT_NET_TOOL_TIMEOUT';
 
-/** How the agent reaches its network: the commands (argv prefixes) for ip and arp. */
+/** How the agent reaches its network: the commands (argv prefixes) for ip and for adding a neighbour (DEV ADDRESS LLADDR). */
 export interface NetworkTools {
   ip: string[];
-  arp: string[];
+  neigh: string[];
 }
 
-/** The guest's own tools (busybox applets on PATH). */
-export const GUEST_NETWORK_TOOLS: NetworkTools = { ip: ['ip'], arp: ['arp'] };
+/** The guest's own tools: busybox's ip on PATH, the runner beside the agent. */
+export function guestNetworkTools(runner: string): NetworkTools {
+  return { ip: ['ip'], neigh: [runner, 'neigh-add'] };
+}
 
-/** Local mode with --netns: the same busybox applets, in a network namespace a test made. */
-export function netnsTools(netns: string): NetworkTools {
-  return { ip: ['nsenter', `--net=${netns}`, '--', 'busybox', 'ip'], arp: ['nsenter', `--net=${netns}`, '--', 'busybox', 'arp'] };
+/** Local mode with --netns: the same tools, in a network namespace a test made. */
+export function netnsTools(netns: string, runner: string): NetworkTools {
+  const enter = ['nsenter', `--net=${netns}`, '--'];
+  return { ip: [...enter, 'busybox', 'ip'], neigh: [...enter, runner, 'neigh-add'] };
 }
 
 const IFF_NOARP = 0x80;
@@ -199,21 +204,21 @@ export class GuestNetwork {
     return routes;
   }
 
-  /** AddARPNeighbors: permanent IPv4 neighbours (busybox has no `ip neigh add`; its `arp -s` makes PERMANENT entries). */
+  /** AddARPNeighbors: permanent neighbours, IPv4 and IPv6 (created or replaced). */
   async addNeighbours(list: types.ARPNeighbor[]): Promise<void> {
     if (list.length > MAX_NEIGHBOURS) throw invalid(`AddARPNeighbors: ${list.length} neighbours (at most ${MAX_NEIGHBOURS})`);
     const names = new Set((await this.links()).map((l) => l.name));
     const cmds = list.map((n, i) => {
       const what = `neighbour ${i}`;
       const to = n.toIPAddress?.address ?? '';
-      if (checkIp(to, n.toIPAddress?.family, what) !== 4) throw invalid(`${what}: ${to}: IPv6 neighbours cannot be added in this guest (no ip neigh)`);
+      checkIp(to, n.toIPAddress?.family, what);
       const mac = checkMac(n.lladdr, `${what} lladdr`);
       const dev = checkName(n.device, `${what} device`);
       if (!names.has(dev)) throw notFound(`${what}: device ${dev}`);
       if (n.state && !(n.state & NUD_PERMANENT)) throw invalid(`${what}: state 0x${n.state.toString(16)}: only permanent neighbours are added`);
-      return ['-i', dev, '-s', to, mac];
+      return [dev, to, mac];
     });
-    for (const c of cmds) await tool(this.tools.arp, c);
+    for (const c of cmds) await tool(this.tools.neigh, c);
   }
 }
 

@@ -39,6 +39,10 @@
  *                                           and execs PROG in place (same pid) in that namespace:
  *                                           QEMU gets its TAPs as `-netdev tap,fd=3+n`. Node can
  *                                           neither setns(2) nor ioctl(2).
+ *   neigh-add DEV ADDRESS LLADDR            a permanent neighbour entry (IPv4 or IPv6) on DEV, created or
+ *                                           replaced, through rtnetlink (RTM_NEWNEIGH, NUD_PERMANENT):
+ *                                           the guest's busybox has `arp -s` for IPv4 but no
+ *                                           `ip neigh add`, and node has no netlink socket.
  *   keeper                                  long-lived, started with the agent: requests on stdin, one
  *                                           answer line each ("ok" or "error TEXT") on stdout:
  *                                           "time SEC USEC" settimeofday(2); "seed HEX" credits the
@@ -88,6 +92,10 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <linux/random.h>
+#include <linux/neighbour.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <arpa/inet.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -706,6 +714,63 @@ static int mode_verity_close(int argc, char **argv) {
   return 0;
 }
 
+/* ---------------------------------------------------------------- neigh-add */
+
+/* Appends an attribute to the message in `buf` (`room` bytes). */
+static void nl_attr(char *buf, size_t room, unsigned short type, const void *data, size_t len) {
+  struct nlmsghdr *n = (struct nlmsghdr *)buf;
+  size_t at = NLMSG_ALIGN(n->nlmsg_len);
+  if (at + RTA_SPACE(len) > room) abort();
+  struct rtattr a = { .rta_type = type, .rta_len = RTA_LENGTH(len) };
+  memcpy(buf + at, &a, sizeof a);
+  memcpy(buf + at + RTA_LENGTH(0), data, len);
+  n->nlmsg_len = at + RTA_SPACE(len);
+}
+
+static int mode_neigh_add(int argc, char **argv) {
+  if (argc != 3) { fprintf(stderr, "usage: katats-runner neigh-add DEV ADDRESS LLADDR\n"); return 2; }
+  unsigned char addr[16], mac[6];
+  int family, alen;
+  if (inet_pton(AF_INET, argv[1], addr) == 1) { family = AF_INET; alen = 4; }
+  else if (inet_pton(AF_INET6, argv[1], addr) == 1) { family = AF_INET6; alen = 16; }
+  else { fprintf(stderr, "neigh-add: %s is not an IP address\n", argv[1]); return 2; }
+  char extra;
+  if (sscanf(argv[2], "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx%c", &mac[0], &mac[1], &mac[2], &mac[3], &mac[4], &mac[5], &extra) != 6) {
+    fprintf(stderr, "neigh-add: %s is not a MAC address\n", argv[2]);
+    return 2;
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) { fprintf(stderr, "neigh-add: netlink socket: %s\n", strerror(errno)); return 1; }
+  struct ifreq ifr = { 0 };
+  if (strlen(argv[0]) >= IFNAMSIZ) { fprintf(stderr, "neigh-add: %s: name too long\n", argv[0]); return 2; }
+  strcpy(ifr.ifr_name, argv[0]);
+  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) { fprintf(stderr, "neigh-add: device %s: %s\n", argv[0], strerror(errno)); return 1; }
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ndmsg)) + 2 * RTA_SPACE(16)];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+  n->nlmsg_type = RTM_NEWNEIGH;
+  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+  n->nlmsg_seq = 1;
+  struct ndmsg *nd = NLMSG_DATA(n);
+  nd->ndm_family = family;
+  nd->ndm_ifindex = ifr.ifr_ifindex;
+  nd->ndm_state = NUD_PERMANENT;
+  nl_attr(req, sizeof req, NDA_DST, addr, alen);
+  nl_attr(req, sizeof req, NDA_LLADDR, mac, sizeof mac);
+  struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+  if (sendto(fd, req, n->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) { fprintf(stderr, "neigh-add: send: %s\n", strerror(errno)); return 1; }
+  char buf[4096];
+  ssize_t got;
+  do got = recv(fd, buf, sizeof buf, 0); while (got < 0 && errno == EINTR);
+  if (got < (ssize_t)NLMSG_LENGTH(sizeof(struct nlmsgerr))) { fprintf(stderr, "neigh-add: no answer from the kernel\n"); return 1; }
+  struct nlmsghdr *h = (struct nlmsghdr *)buf;
+  if (h->nlmsg_type != NLMSG_ERROR) { fprintf(stderr, "neigh-add: unexpected answer type %u\n", h->nlmsg_type); return 1; }
+  int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+  if (err) { fprintf(stderr, "neigh-add %s %s on %s: %s\n", argv[1], argv[2], argv[0], strerror(-err)); return 1; }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- tap-exec */
 
 #define TAP_FIRST_FD 3
@@ -1002,7 +1067,7 @@ static int mode_init(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|keeper|tap-exec|init ...\n");
+    fprintf(stderr, "usage: katats-runner run|exec|oom-v1|ns|settime|verity-open|verity-close|keeper|tap-exec|neigh-add|init ...\n");
     return 2;
   }
   if (!strcmp(argv[1], "run")) return mode_run(argc - 2, argv + 2);
@@ -1015,6 +1080,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "verity-open")) return mode_verity_open(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-close")) return mode_verity_close(argc - 2, argv + 2);
   if (!strcmp(argv[1], "tap-exec")) return mode_tap_exec(argc - 2, argv + 2);
+  if (!strcmp(argv[1], "neigh-add")) return mode_neigh_add(argc - 2, argv + 2);
   if (!strcmp(argv[1], "--version")) { printf("katats-runner 1\n"); return 0; }
   fprintf(stderr, "katats-runner: unknown mode %s\n", argv[1]);
   return 2;

@@ -78,7 +78,7 @@ export function networkMarkdown(r: NetworkReport): string {
   const out: string[] = [];
   const e = r.environment;
   out.push(
-    `A runc, a gVisor and a katats pod on one CNI bridge of a private containerd ${e.containerd}, measured from this machine in the same run (bench/network.ts): ` +
+    `A runc, gVisor (netstack, and hostinet) and a katats pod on one CNI bridge of a private containerd ${e.containerd}, measured from this machine in the same run (bench/network.ts): ` +
       `${r.settings.rounds} round(s) of ${r.settings.requests} HTTP GETs of a 6-byte file (a new TCP connection each) and one ${r.settings.mib} MiB transfer each way per round. ` +
       `${e.cores} cores, load average ${e.loadavgStart[0] ?? '?'} before, ${e.loadavgEnd[0] ?? '?'} after; ${r.durationS} s.`,
     '',

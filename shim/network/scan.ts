@@ -4,8 +4,8 @@
 // with the link's MAC, MTU, NOARP flag and global addresses; routes of the main table through
 // those links go along except the kernel's own (proto kernel: the connected routes the guest's
 // kernel makes itself once the addresses are set; sending them is what makes "file exists"
-// errors); IPv4 neighbours go along when static (PERMANENT): learnt ones the guest's kernel learns
-// itself, and what the guest's agent and generated policies accept is the permanent state.
+// errors); neighbours (IPv4 and IPv6) go along when static (PERMANENT): learnt ones the guest's
+// kernel learns itself, and what the guest's agent and generated policies accept is the permanent state.
 import type { types } from '../../proto/gen/types.js';
 import { ipJson } from './netns.js';
 
@@ -161,10 +161,10 @@ export function planPodNetwork(s: NetnsState): PodNetworkPlan {
   }
   const neighbours: types.ARPNeighbor[] = [];
   for (const n of s.neighbours) {
-    if (!n.dev || !wired.has(n.dev) || !n.lladdr || isZeroMac(n.lladdr) || n.dst.includes(':')) continue;
+    if (!n.dev || !wired.has(n.dev) || !n.lladdr || isZeroMac(n.lladdr)) continue;
     const state = (n.state ?? []).reduce((acc, w) => acc | (NUD[w] ?? 0), 0);
     if (!(state & NUD_PERMANENT)) continue;
-    neighbours.push({ toIPAddress: { family: family(false), address: n.dst, mask: '' }, device: n.dev, lladdr: n.lladdr.toLowerCase(), state: NUD_PERMANENT, flags: 0 });
+    neighbours.push({ toIPAddress: { family: family(n.dst.includes(':')), address: n.dst, mask: '' }, device: n.dev, lladdr: n.lladdr.toLowerCase(), state: NUD_PERMANENT, flags: 0 });
   }
   return { endpoints, routes, neighbours, skipped };
 }

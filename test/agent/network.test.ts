@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import type { types } from '../../proto/gen/types.js';
 import { netnsTools } from '../../agent/network.js';
-import { containerSpec, readAll, startAgent, type TestAgent } from './helpers.js';
+import { containerSpec, readAll, runner, startAgent, type TestAgent } from './helpers.js';
 
 const NS = `katats-agent-net-${process.pid}`;
 const OUTER = `kan${process.pid % 100000}o`;
@@ -48,7 +48,7 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     execFileSync('ip', ['link', 'add', OUTER, 'type', 'veth', 'peer', 'name', INNER]);
     execFileSync('ip', ['link', 'set', INNER, 'netns', NS, 'address', MAC]);
     execFileSync('ip', ['link', 'set', OUTER, 'up']);
-    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`), netnsPath: `/run/netns/${NS}` });
+    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`, runner()), netnsPath: `/run/netns/${NS}` });
     local = await startAgent();
   });
   afterAll(async () => {
@@ -89,10 +89,16 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     expect(ipJ('-4', 'route', 'show')).toHaveLength(5);
   });
 
-  it('AddARPNeighbors adds permanent neighbours', async () => {
-    await t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.1', mask: '' }, device: 'eth0', lladdr: '02:4b:41:54:00:01', state: 0x80, flags: 0 }] } });
-    const n = ipJ<{ dst: string; lladdr: string; state: string[] }>('neigh', 'show', 'dev', 'eth0');
-    expect(n).toContainEqual(expect.objectContaining({ dst: '10.251.7.1', lladdr: '02:4b:41:54:00:01', state: ['PERMANENT'] }));
+  it('AddARPNeighbors adds permanent neighbours, IPv4 and IPv6 (as Kata\'s ARPNeighbor carries both)', async () => {
+    const neighbour = (family: types.IPFamily, address: string, lladdr: string): types.ARPNeighbor => ({ toIPAddress: { family, address, mask: '' }, device: 'eth0', lladdr, state: 0x80, flags: 0 });
+    const list = [neighbour(0, '10.251.7.1', '02:4b:41:54:00:01'), neighbour(1, 'fd00:4b::1', '02:4b:41:54:00:02'), neighbour(1, 'fe80::4b:1', '02:4b:41:54:00:03')];
+    await t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: list } });
+    const n = () => ipJ<{ dst: string; lladdr: string; state: string[] }>('neigh', 'show', 'dev', 'eth0', 'nud', 'permanent').map((x) => `${x.dst} ${x.lladdr} ${x.state.join()}`).sort();
+    expect(n()).toEqual(['10.251.7.1 02:4b:41:54:00:01 PERMANENT', 'fd00:4b::1 02:4b:41:54:00:02 PERMANENT', 'fe80::4b:1 02:4b:41:54:00:03 PERMANENT']);
+    // Again, with a new MAC for one: replaced, not doubled, not an error.
+    await t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [neighbour(1, 'fd00:4b::1', '02:4b:41:54:00:09')] } });
+    expect(n()).toContain('fd00:4b::1 02:4b:41:54:00:09 PERMANENT');
+    expect(n()).toHaveLength(3);
   });
 
   it('bad input gets a clear error and the network stays as it was', async () => {
@@ -111,6 +117,7 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
       [() => t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.254.0.0/99' })] } }), Code.InvalidArgument, /prefix length/],
       [() => t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.9', mask: '' }, device: 'eth0', lladdr: '00:00:00:00:00:00', state: 0x80, flags: 0 }] } }), Code.InvalidArgument, /zero MAC/],
       [() => t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: '10.251.7.9', mask: '' }, device: 'nosuch0', lladdr: '02:00:00:00:00:09', state: 0x80, flags: 0 }] } }), Code.NotFound, /device nosuch0/],
+      [() => t.svc.AddARPNeighbors({ neighbors: { ARPNeighbors: [{ toIPAddress: { family: 0, address: 'fd00:4b::9', mask: '' }, device: 'eth0', lladdr: '02:00:00:00:00:09', state: 0x80, flags: 0 }] } }), Code.InvalidArgument, /does not match its family/],
     ];
     for (const [p, c, m] of cases) {
       const e = await code(p());

@@ -252,6 +252,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
         expect(listProcs().filter((p) => p.cmdline.includes(id)).map((p) => p.cmdline), `cycle ${i}`).toEqual([]);
         expect(cgroupsNamed(id), `cycle ${i}`).toEqual([]);
         expect(fs.existsSync(`${env.stateDir}/sandboxes/${id}`), `cycle ${i}: the sandbox's state dir`).toBe(false);
+        console.log(`networked pod cycle ${i + 1}/${opts.cycles}: clean at ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       }
       for (const n of cd.cniNetworks) expect(execFileSync('ip', ['-o', 'link', 'show', 'master', n.bridge], { encoding: 'utf8' }).trim()).toBe('');
       const netnsDir = `${cd.dir}/state`;

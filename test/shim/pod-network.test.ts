@@ -41,7 +41,7 @@ describe('pod network, host side (tcfilter in a namespace made here)', () => {
     ipn('route', 'add', 'default', 'via', '10.223.5.1', 'dev', 'eth0');
     ipn('route', 'add', '10.225.0.0/16', 'via', '10.224.6.1', 'dev', 'net1');
     ipn('neigh', 'add', '10.223.5.1', 'lladdr', '02:4b:50:00:00:99', 'dev', 'eth0', 'nud', 'permanent');
-    // Left to the guest's kernel: a learnt gateway entry, and an IPv6 one (the guest's busybox cannot add those).
+    // A static IPv6 neighbour goes along too; a learnt gateway entry is left to the guest's kernel.
     ipn('neigh', 'add', '10.224.6.1', 'lladdr', '02:4b:50:00:00:98', 'dev', 'net1', 'nud', 'reachable');
     ipn('neigh', 'add', 'fd00:4b::1', 'lladdr', '02:4b:50:00:00:97', 'dev', 'eth0', 'nud', 'permanent');
   });
@@ -76,7 +76,10 @@ describe('pod network, host side (tcfilter in a namespace made here)', () => {
     ]);
     // The kernel's connected routes (10.223.5.0/24, 10.224.6.0/24) stay out: the guest makes its own.
     expect(net.plan.routes.map((r) => `${r.dest || 'default'} via ${r.gateway} dev ${r.device}`).sort()).toEqual(['10.225.0.0/16 via 10.224.6.1 dev net1', 'default via 10.223.5.1 dev eth0']);
-    expect(net.plan.neighbours).toEqual([{ toIPAddress: { family: 0, address: '10.223.5.1', mask: '' }, device: 'eth0', lladdr: '02:4b:50:00:00:99', state: 0x80, flags: 0 }]);
+    expect(net.plan.neighbours).toEqual([
+      { toIPAddress: { family: 0, address: '10.223.5.1', mask: '' }, device: 'eth0', lladdr: '02:4b:50:00:00:99', state: 0x80, flags: 0 },
+      { toIPAddress: { family: 1, address: 'fd00:4b::1', mask: '' }, device: 'eth0', lladdr: '02:4b:50:00:00:97', state: 0x80, flags: 0 },
+    ]);
     expect(fs.existsSync(path.join(state.dir, NETWORK_RECORD))).toBe(true);
 
     await net.teardown();
