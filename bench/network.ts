@@ -64,6 +64,8 @@ export interface NetworkReport {
   results: Record<string, Partial<Record<NetworkFigure, { summary: Summary; samples: number[] }>>>;
 }
 
+/** How long a started pod's server may take to answer (a TCG guest under load is slow, not minutes slow). */
+const SERVE_WAIT_MS = 120_000;
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 const load = () => os.loadavg().map((x) => Math.round(x * 100) / 100);
 
@@ -94,11 +96,13 @@ async function startPod(cri: CriClient, image: string, key: string, handler: str
       { timeoutMs: 180_000 },
     );
     await cri.runtime.StartContainer({ container_id: cid }, { timeoutMs: 180_000 });
-    for (let i = 0; ; i++) {
+    // The server is up when it serves the whole file; a pod that never gets there fails after SERVE_WAIT_MS.
+    const deadline = Date.now() + SERVE_WAIT_MS;
+    for (;;) {
       try {
         if ((await get(`http://${ip}:8080/big`)) === mib << 20) break;
       } catch (e) {
-        if (i > 120) throw e;
+        if (Date.now() > deadline) throw new Error(`pod ${key} at ${ip}: its server did not answer within ${SERVE_WAIT_MS / 1000} s: ${(e as Error).message}`);
       }
       await new Promise((r) => setTimeout(r, 500));
     }
