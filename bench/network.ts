@@ -15,7 +15,9 @@
 // it takes over CNI's veth, and `runsc-hostinet` (--network=host: the sentry's sockets are the
 // pod namespace's kernel sockets). Debian's runsc (0.0~20240729) refuses netstack on kernels that
 // show /proc/sys/net/core/rmem_default in every namespace (6.x here): its root-namespace check
-// reads that file; the report then says so and keeps the hostinet figures.
+// reads that file; the report then says so. With hostinet the pause container starts but, through
+// the runc shim (Debian ships no containerd-shim-runsc-v1), the pod's app container never does
+// (StartContainer's deadline): the report says that too.
 import http from 'node:http';
 import os from 'node:os';
 import type { AddressInfo } from 'node:net';

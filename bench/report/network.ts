@@ -87,8 +87,8 @@ export function networkMarkdown(r: NetworkReport): string {
   out.push('|---|---|' + NETWORK_FIGURES.map(() => '---|---|').join(''));
   for (const x of r.runtimes) {
     const why = x.unavailable ? `not available: ${x.unavailable}` : x.error ? `failed: ${x.error}` : undefined;
-    const cells = NETWORK_FIGURES.flatMap((f) => {
-      if (why) return [why, 'n/a'];
+    const cells = NETWORK_FIGURES.flatMap((f, i) => {
+      if (why) return [i ? '-' : why, 'n/a'];
       const s = r.results[x.name]?.[f.key]?.summary;
       const rt = ratio(r, x.name, f.key);
       return [s ? n(s.median) : 'not measured', rt !== undefined ? rt.toFixed(2) : 'n/a'];

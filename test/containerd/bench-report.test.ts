@@ -123,7 +123,7 @@ describe('pod network benchmark report', () => {
   test('Markdown and SVG: numbers where measured, reasons where not', () => {
     const md = networkMarkdown(networkReport());
     expect(md).toContain('| katats | TCG | 20.0 | 8.00 | 40.0 | 0.10 | not measured | n/a |');
-    expect(md).toContain('| runsc | n/a (no VM) | failed: pod start: sandbox died | n/a |');
+    expect(md).toContain('| runsc | n/a (no VM) | failed: pod start: sandbox died | n/a | - | n/a | - | n/a |');
     const charts = networkCharts(networkReport());
     expect(charts.map((c) => c.name)).toEqual(['network-latency', 'network-throughput']);
     // Latency's whisker ends at p95, not at the one slow connection.
