@@ -85,6 +85,12 @@ export interface KatatsConfig {
    * pod's VM has the template's shape; else a cold boot, with a log line saying why. QEMU only.
    */
   factory: { enable_template: boolean; template_path: string };
+  /**
+   * [attestation] snp_socket: the control socket of the node's emulated SEV-SNP firmware (`katats snp
+   * serve`). Set, each pod's VM is registered at launch with its MEASUREMENT and HOST_DATA and gets
+   * a virtio-serial port (katats.snp.0) to its own report socket; empty (the default): none. QEMU only.
+   */
+  attestation: { snp_socket: string };
   /** Where the config came from, for `katats env` and logs. */
   source: string;
 }
@@ -134,6 +140,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
   agent: { katats: { dial_timeout: 60, debug_console_enabled: false, kernel_modules: [] } },
   runtime: { hypervisor: '', enable_debug: false, sandbox_cgroup_only: false, log_dir: '/var/log/katats', state_dir: '/run/katats', internetworking_model: 'tcfilter' },
   factory: { enable_template: false, template_path: '/run/katats/template' },
+  attestation: { snp_socket: '' },
 };
 
 export class ConfigError extends Error {
@@ -234,6 +241,12 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   if (cfg.agent.katats.kernel_modules.length) throw new ConfigError(`${source}: agent.katats.kernel_modules: loading guest kernel modules is not supported (guest images carry only their boot modules); leave the list empty`);
   if (cfg.factory.enable_template && !/^\/[A-Za-z0-9/._-]*$/.test(cfg.factory.template_path)) {
     throw new ConfigError(`${source}: factory.template_path must be an absolute path of letters, digits, '/', '.', '_' and '-'`);
+  }
+  if (cfg.attestation.snp_socket) {
+    if (!path.isAbsolute(cfg.attestation.snp_socket) || Buffer.byteLength(cfg.attestation.snp_socket) > 107) {
+      throw new ConfigError(`${source}: attestation.snp_socket must be an absolute path of at most 107 bytes (a unix socket's)`);
+    }
+    if (cfg.runtime.hypervisor === 'clh') throw new ConfigError(`${source}: attestation.snp_socket is wired for QEMU only; runtime.hypervisor is clh`);
   }
   return { ...cfg, source };
 }

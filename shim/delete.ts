@@ -13,6 +13,7 @@ import { overheadRoots } from './sandbox-cgroups.js';
 import { encode, timestamp } from '../proto/registry.js';
 import { removeStaleSocket } from '../proto/ttrpc/index.js';
 import { removeRecordedNetwork } from './network/pod-network.js';
+import { releaseSnpVm } from './snp-launch.js';
 
 async function killAndWait(pid: number): Promise<void> {
   if (hasExited(pid)) return;
@@ -39,6 +40,10 @@ export async function deleteShim(args: ShimArgs): Promise<Uint8Array> {
       await removeStaleSocket(rec.socket).catch((e: unknown) => process.stderr.write(`shim delete: keeping ${rec.socket}: ${(e as Error).message}\n`));
       // The VMM is gone: the TAPs and tc filters it used in the pod's namespace go too.
       await removeRecordedNetwork(dir).catch((e: unknown) => process.stderr.write(`shim delete: pod network: ${(e as Error).message}\n`));
+      // The SNP firmware forgets the dead VM and removes its report socket.
+      if (cfg.attestation.snp_socket) {
+        await releaseSnpVm(cfg.attestation.snp_socket, rec.sandboxId).catch((e: unknown) => process.stderr.write(`shim delete: SNP firmware: ${(e as Error).message}\n`));
+      }
       await removeTree(dir);
       // Empty now (the shim that sat in one is dead): a cgroup someone else still uses stays.
       if (rec.cgroupDirs?.length) await removeCgroupDirs([...rec.cgroupDirs, ...overheadRoots()]);

@@ -67,6 +67,11 @@ export async function keyInputFor(config: KatatsConfig, vm: VmConfig): Promise<T
  */
 export async function cloneForPod(config: KatatsConfig, cfg: VmConfig, start: StartOptions, log: Logger): Promise<QemuVm | undefined> {
   if (!config.factory.enable_template) return undefined;
+  if (cfg.snpReportSocket) {
+    // A clone would run the template's guest, registered (and measured) as no pod: the SNP daemon's record is per VM.
+    log.warn({ boot: 'cold', reason: 'attestation: the SNP firmware registers each VM at its own launch; a template clone cannot carry a per-pod registration' }, 'factory: cold boot');
+    return undefined;
+  }
   const t0 = Date.now();
   const input = await keyInputFor(config, cfg).catch((e: Error) => `computing the template key failed: ${e.message}`);
   if (typeof input === 'string') {

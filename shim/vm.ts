@@ -21,6 +21,8 @@ import { PodLayers, type DiskHotplug } from './layer-disks.js';
 import { precondition } from './errdefs.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { takeRestoredAgent } from './factory.js';
+import { registerSnpVm, type SnpRegistration } from './snp-launch.js';
+import { kernelCmdline } from '../vmm/qemu-args.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -76,6 +78,8 @@ export interface LaunchPlan {
   agentLogFile: string;
   /** The shim's state dir for VMM-wide caches (the KVM probe). */
   cacheDir: string;
+  /** The SNP firmware's socket for this VM, when [attestation] snp_socket is set. */
+  snpReportSocket?: string;
 }
 
 export type HypervisorLauncher = (req: LaunchRequest, plan: LaunchPlan) => Promise<Hypervisor>;
@@ -175,8 +179,23 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
   if (cgroups) req.onHostResources?.({ cgroupDirs: cgroups.made });
   let virtiofsd: Virtiofsd | undefined;
   let hv: Hypervisor | undefined;
+  let snp: SnpRegistration | undefined;
   // One undo for every failure before the VM is ours to supervise, in reverse order of making.
   try {
+    if (req.config.attestation.snp_socket) {
+      if (kind !== 'qemu') throw precondition(`attestation.snp_socket is wired for QEMU only; sandbox ${req.sandboxId} runs on ${kind}`);
+      snp = await registerSnpVm({
+        controlSocket: req.config.attestation.snp_socket,
+        sandboxId: req.sandboxId,
+        files: plan.files,
+        // The command line QEMU passes, as the measurement covers it.
+        cmdline: kernelCmdline({ baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams } as Parameters<typeof kernelCmdline>[0], req.config.hypervisor.qemu.machine_type),
+        hostData: req.launchData,
+        cacheDir: plan.cacheDir,
+        log: req.log,
+      });
+      plan.snpReportSocket = snp.socket;
+    }
     if (h.shared_fs === 'virtio-fs') {
       virtiofsd = await startVirtiofsd({
         binary: h.virtio_fs_daemon || DEFAULT_VIRTIOFSD,
@@ -193,6 +212,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
   } catch (e) {
     if (hv?.running) await hv.kill();
     await virtiofsd?.stop();
+    await snp?.release();
     await cgroups?.leave();
     throw e;
   }
@@ -223,6 +243,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
   async function cleanup(): Promise<void> {
     // The VMM is gone by now; virtiofsd notices the disconnect and exits by itself, stop() makes sure.
     await virtiofsd?.stop();
+    await snp?.release();
     await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
   }

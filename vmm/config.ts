@@ -81,6 +81,11 @@ export interface VmConfig {
   virtioFs?: VirtioFsConfig;
   /** NICs, in PCI order */
   netdevs?: NetdevConfig[];
+  /**
+   * the emulated SEV-SNP firmware's socket for this VM (`katats snp serve`), which QEMU connects to
+   * as the guest's virtio-serial port katats.snp.0 (the guest's report device)
+   */
+  snpReportSocket?: string;
   /** file with the launch data (32-byte policy digest) exposed as fw_cfg opt/katats/host_data */
   launchDataFile?: string;
   accel: AccelChoice;
@@ -115,6 +120,7 @@ export function validateConfig(c: VmConfig): void {
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
+  if (c.snpReportSocket !== undefined && (!c.snpReportSocket || Buffer.byteLength(c.snpReportSocket) > 107)) errs.push('snpReportSocket is empty or longer than a unix socket path allows');
   // runDir holds qmp.sock and log.sock (the agent log port): short names, since a CRI sandbox id
   // alone is 64 characters of the path.
   if (c.runDir && Buffer.byteLength(c.runDir) > 107 - 'log.sock'.length - 1) errs.push('runDir path too long for its unix sockets');

@@ -95,6 +95,12 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
     a.push('-chardev', `socket,id=agentlog,path=${qemuEscape(agentLogSocket!)},server=on,wait=off`);
     a.push('-device', 'virtserialport,bus=vser0.0,chardev=agentlog,name=agent.log.0');
   }
+  if (c.snpReportSocket) {
+    // A client of the SNP daemon's per-VM socket (the daemon listens): whatever the guest writes on
+    // this port reaches the firmware as this VM, and nothing else can reach it from the guest.
+    a.push('-chardev', `socket,id=snp,path=${qemuEscape(c.snpReportSocket)}`);
+    a.push('-device', 'virtserialport,bus=vser0.0,chardev=snp,name=katats.snp.0');
+  }
   if (c.sharedDir) {
     const ro = c.sharedDir.readonly ? ',readonly=on' : '';
     a.push('-fsdev', `local,id=shared,path=${qemuEscape(c.sharedDir.path)},security_model=${c.sharedDir.securityModel ?? 'none'},multidevs=remap${ro}`);
