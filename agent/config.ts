@@ -44,6 +44,8 @@ export interface AgentConfig {
   netnsPath?: string;
   /** bytes buffered per output stream before the agent stops reading the pipe */
   outputBufferBytes: number;
+  /** the pod's attestation endpoint (attestation/cdh.ts), when the VM has an SNP report port */
+  cdh?: { setKbsUrl(url: string): void };
   log: Logger;
 }
 

@@ -19,6 +19,7 @@ import { DEFAULT_POLICY_PATH, allowAllPolicy } from '../policy/allow-all.js';
 import { guestNetworkTools, netnsTools } from './network.js';
 import { Keeper } from './keeper.js';
 import { mountThrough } from './places.js';
+import { startCdh } from './cdh-start.js';
 
 /** The launch data as QEMU serves it (fw_cfg opt/katats/host_data). */
 const FW_CFG_HOST_DATA = '/sys/firmware/qemu_fw_cfg/by_name/opt/katats/host_data/raw';
@@ -68,7 +69,9 @@ async function main(): Promise<void> {
   // (as Kata's aborts), rather than run pods with no policy at all.
   const policyFile = values['policy-file'] ?? process.env.KATATS_POLICY_FILE ?? (local ? undefined : DEFAULT_POLICY_PATH);
   const defaultPolicy = policyFile ? { text: fs.readFileSync(policyFile, 'utf8'), source: policyFile } : { text: allowAllPolicy(), source: 'built-in allow-all' };
+  const cdh = local ? undefined : await startCdh(log);
   const config: AgentConfig = {
+    ...(cdh ? { cdh } : {}),
     stateDir,
     copyRoot: path.resolve(values['copy-root'] ?? path.join(stateDir, 'shared', 'containers')),
     runner,

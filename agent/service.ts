@@ -11,6 +11,7 @@ import { guestDetails, onlineCpuMem, reseedRandomDev, setGuestDateTime, AGENT_VE
 import { checkAbsolute } from './spec.js';
 import { GuestNetwork, noGuestNetwork } from './network.js';
 import { invalid, unavailable, withContext, TtrpcError, Code } from './errors.js';
+import { checkKbsUrl, KBS_URL_ANNOTATION } from '../attestation/cdh.js';
 
 const MAX_READ = 1 << 20;
 
@@ -163,7 +164,20 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     // ---- containers
     CreateContainer: (req) =>
       guard(`CreateContainer ${req.container_id}`, async () => {
+        // The pod's KBS, from its annotation (as decided by the policy like every other field).
+        const kbsUrl = req.OCI?.Annotations?.[KBS_URL_ANNOTATION];
+        if (kbsUrl !== undefined) {
+          try {
+            checkKbsUrl(kbsUrl);
+          } catch (e) {
+            throw invalid(`CreateContainer ${req.container_id}: annotation ${KBS_URL_ANNOTATION}: ${(e as Error).message}`);
+          }
+        }
         await Container.create(sb, req);
+        if (kbsUrl !== undefined) {
+          if (sb.config.cdh) sb.config.cdh.setKbsUrl(kbsUrl);
+          else sb.config.log.warn({ container: req.container_id }, `annotation ${KBS_URL_ANNOTATION}: this VM has no SNP report port; no attestation endpoint`);
+        }
         return {};
       }),
 
