@@ -4,7 +4,7 @@
 import { webcrypto } from 'node:crypto';
 import type { Logger } from 'pino';
 import { CdhServer } from '../attestation/cdh.js';
-import { SnpPortDevice, SNP_PORT } from '../attestation/port-device.js';
+import { findSnpPort, SnpPortDevice } from '../attestation/port-device.js';
 import { runToolOk } from '../sys/exec.js';
 
 const LO_UP_TIMEOUT_MS = 10_000;
@@ -14,13 +14,14 @@ if (!(globalThis as { crypto?: unknown }).crypto) Object.defineProperty(globalTh
 
 /** The running endpoint, or undefined when the VM has no report port or it could not start (logged). */
 export async function startCdh(log: Logger): Promise<CdhServer | undefined> {
-  if (!SnpPortDevice.present()) return undefined;
+  const reportPort = findSnpPort();
+  if (!reportPort) return undefined;
   const cdhLog = log.child({ subsystem: 'cdh' });
   try {
     await runToolOk('ip', ['link', 'set', 'lo', 'up'], { timeoutMs: LO_UP_TIMEOUT_MS, timeoutCode: 'KATATS_AGENT_LO_UP_TIMEOUT' });
-    const cdh = new CdhServer({ device: new SnpPortDevice(SNP_PORT), log: cdhLog });
+    const cdh = new CdhServer({ device: new SnpPortDevice(reportPort), log: cdhLog });
     const { port } = await cdh.listen();
-    cdhLog.info({ port, report_port: SNP_PORT }, 'attestation endpoint serving');
+    cdhLog.info({ port, report_port: reportPort }, 'attestation endpoint serving');
     return cdh;
   } catch (err) {
     cdhLog.error({ err }, 'the attestation endpoint could not start; containers get no resources');

@@ -1,7 +1,8 @@
 // The guest's report device, behind one interface: 64 bytes of REPORT_DATA in, the signed report and
-// the VCEK's chain out (SNP_GET_EXT_REPORT's contract). Two implementations:
-//  - EmulatedSnpDevice: the emulated firmware over the VM's dedicated channel, the daemon's per-VM
-//    socket (meant to be a virtio-serial port in the guest; that wiring is not done yet).
+// the VCEK's chain out (SNP_GET_EXT_REPORT's contract). Implementations:
+//  - EmulatedSnpDevice: the emulated firmware over the daemon's per-VM socket (the host's end; in
+//    the guest the same stream is the virtio-serial port katats.snp.0, port-device.ts).
+//  - SnpPortDevice (port-device.ts): the guest's end.
 //  - ConfigfsTsmDevice: a real SEV-SNP guest's kernel interface (configfs-tsm, Linux 6.7+:
 //    /sys/kernel/config/tsm/report/<name>/{inblob,outblob,auxblob}); /dev/sev-guest's
 //    SNP_GET_EXT_REPORT ioctl returns the same report and table. Not exercised here: this machine
@@ -27,7 +28,7 @@ export const REPORT_TIMEOUT_MS = 10_000;
 
 export class EmulatedSnpDevice implements ReportDevice {
   constructor(
-    /** The per-VM socket. (The guest's end, /dev/virtio-ports/<name>, is not wired yet.) */
+    /** The per-VM socket (host side; in the guest the same stream is port katats.snp.0, see port-device.ts). */
     private readonly portPath: string,
     private readonly timeoutMs = REPORT_TIMEOUT_MS,
   ) {}

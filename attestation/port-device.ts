@@ -14,7 +14,30 @@ import type { ExtReport, ReportDevice } from './device.js';
 import { REPORT_TIMEOUT_MS } from './device.js';
 import { withTimeout } from '../sys/timeout.js';
 
-export const SNP_PORT = '/dev/virtio-ports/katats.snp.0';
+export const SNP_PORT_NAME = 'katats.snp.0';
+export const SNP_PORT = `/dev/virtio-ports/${SNP_PORT_NAME}`;
+
+/**
+ * The port's device: udev's link when there is one, else found by name in sysfs as the guest's init
+ * finds the agent channel (the guest has no udev): /sys/class/virtio-ports/vportNpM/name.
+ */
+export function findSnpPort(sysfs = '/sys/class/virtio-ports', dev = '/dev'): string | undefined {
+  if (fs.existsSync(SNP_PORT)) return SNP_PORT;
+  let ports: string[];
+  try {
+    ports = fs.readdirSync(sysfs);
+  } catch {
+    return undefined;
+  }
+  for (const p of ports) {
+    try {
+      if (fs.readFileSync(`${sysfs}/${p}/name`, 'utf8').trim() === SNP_PORT_NAME && /^vport\d+p\d+$/.test(p)) return `${dev}/${p}`;
+    } catch {
+      // a port without a name
+    }
+  }
+  return undefined;
+}
 const READ_SIZE = 64 * 1024;
 /** While no host end is connected a read returns 0 at once: poll calmly. */
 const IDLE_POLL_MS = 20;
@@ -112,10 +135,6 @@ export class SnpPortDevice implements ReportDevice {
     private readonly port = SNP_PORT,
     private readonly timeoutMs = REPORT_TIMEOUT_MS,
   ) {}
-
-  static present(port = SNP_PORT): boolean {
-    return fs.existsSync(port);
-  }
 
   private open(): SnpStreamSession {
     if (this.session) return this.session;
