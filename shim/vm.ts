@@ -23,6 +23,7 @@ import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { takeRestoredAgent } from './factory.js';
 import { registerSnpVm, type SnpRegistration } from './snp-launch.js';
 import { kernelCmdline } from '../vmm/qemu-args.js';
+import type { VmConfig } from '../vmm/config.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -189,7 +190,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
         sandboxId: req.sandboxId,
         files: plan.files,
         // The command line QEMU passes, as the measurement covers it.
-        cmdline: kernelCmdline({ baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams } as Parameters<typeof kernelCmdline>[0], req.config.hypervisor.qemu.machine_type),
+        cmdline: kernelCmdline({ baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams } as VmConfig, req.config.hypervisor.qemu.machine_type),
         hostData: req.launchData,
         cacheDir: plan.cacheDir,
         log: req.log,
