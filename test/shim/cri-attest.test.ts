@@ -2,7 +2,9 @@
 // the bridge's address (the pods' gateway), the SNP daemon is the node's firmware, the shim registers
 // each pod's VM with HOST_DATA = its policy's digest. A pod whose policy digest the KBS's attestation
 // policy names gets its key from 127.0.0.1:8006 in the pod and prints its digest; the same pod with a
-// one-line policy change (another HOST_DATA) gets the KBS's 403 and no secret.
+// one-line policy change (another HOST_DATA) gets the KBS's 403 and no secret. The pod's evidence
+// (GET /aa/evidence in the pod) verifies against the daemon's chain with HOST_DATA = the policy's
+// sha256 and the MEASUREMENT of the files the VM booted with its command line.
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,6 +13,13 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SnpDaemon } from '../../attestation/daemon.js';
 import { SnpFirmware } from '../../attestation/firmware.js';
+import { decodeReport } from '../../attestation/report.js';
+import { verifyReport } from '../../attestation/verify.js';
+import { loadConfig } from '../../shim/config.js';
+import { fileDigests, snpMeasurement } from '../../shim/snp-launch.js';
+import { resolveGuestFiles } from '../../shim/vm.js';
+import type { VmConfig } from '../../vmm/config.js';
+import { kernelCmdline } from '../../vmm/qemu-args.js';
 import { adminToken } from '../../attestation/kbs/cli.js';
 import { buildKbs, type Kbs } from '../../attestation/kbs/server.js';
 import { CRI_NAMESPACE, startContainerd, type Containerd } from '../../harness/containerd.js';
@@ -110,6 +119,20 @@ describe('secure key release to an attested pod, through CRI', () => {
     const r = await exec(container, 'wget -qO- http://127.0.0.1:8006/cdh/resource/default/key/disk | sha256sum');
     expect(r, logs()).toMatchObject({ code: 0 });
     expect(r.out.trim().split(/\s+/)[0], logs()).toBe(sha256(SECRET));
+    const ev = await exec(container, 'wget -qO- "http://127.0.0.1:8006/aa/evidence?runtime_data=katats-guest-test"');
+    expect(ev.out, logs()).toMatch(/^\{"attestation_report"/);
+    const bytes = Buffer.from((JSON.parse(ev.out) as { attestation_report: string }).attestation_report, 'base64');
+    await verifyReport(bytes, fw.chain);
+    const rep = decodeReport(bytes);
+    expect(rep.hostData.toString('hex')).toBe(sha256(POLICY_A));
+    expect(rep.reportData.subarray(0, 17).toString()).toBe('katats-guest-test');
+    // The measurement the shim stated: the image's files and the command line QEMU was given.
+    const cfg = loadConfig(env.configFile);
+    const files = resolveGuestFiles(cfg.hypervisor.qemu);
+    const params = cfg.hypervisor.qemu.kernel_params.split(/\s+/).filter(Boolean);
+    if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
+    const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params } as VmConfig, cfg.hypervisor.qemu.machine_type);
+    expect(rep.measurement).toEqual(snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline));
   }, 600_000);
 
   it('the same pod with a one-line policy change gets 403 and no secret', async () => {
