@@ -85,6 +85,9 @@ export async function openLayerStream(input: AsyncIterable<Buffer | Uint8Array>)
   let destroy: () => void;
   if (compression === 'gzip') {
     const gunzip = zlib.createGunzip();
+    // The pipeline reports the first error; zlib can emit another after it settled (a truncated
+    // stream being destroyed), which without a listener is an uncaught exception in the process.
+    gunzip.on('error', () => undefined);
     finished = pipeline(rawStream, gunzip).catch((e: Error) => {
       throw new LayerSourceError(`gzip: ${e.message}`);
     });
