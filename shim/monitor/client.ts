@@ -85,6 +85,9 @@ export function fetchReport(socket: string, o: { timeoutMs?: number; maxBytes?: 
     req.once('socket', (s) => (conn = s));
     req.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ECONNREFUSED' || e.code === 'ENOENT') finish(new ShimScrapeError('refused', `${socket}: ${e.code}`, true));
+      // Hung up before any answer: also what a shim killed while the monitor connects looks like
+      // (the kernel closes its listening socket after the connection was queued on it).
+      else if (e.code === 'ECONNRESET' || e.code === 'EPIPE') finish(new ShimScrapeError('io', `${socket}: hung up before answering (${e.code})`, true));
       // The HTTP parser's words for a peer that does not speak HTTP (or sends huge headers).
       else if (e.code?.startsWith('HPE_')) finish(new ShimScrapeError(e.code === 'HPE_HEADER_OVERFLOW' ? 'too_large' : 'bad_response', `${socket}: ${e.code}: ${e.message}`));
       else finish(new ShimScrapeError('io', `${socket}: ${e.code ?? ''} ${e.message}`));

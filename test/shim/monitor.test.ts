@@ -154,6 +154,22 @@ describe('katats monitor: finding and reading shims', () => {
     expect(r.s.failures.map((f) => f.reason)).toEqual(['refused']);
   });
 
+  it('a shim hanging up before it answers: skipped once it is dead, an error while it runs', async () => {
+    // A shim killed while the monitor connects: the connection is queued, then reset when the
+    // kernel closes the dying shim's listening socket.
+    await peer('pod-reset', (s) => s.destroy());
+    let r = await scrape();
+    expect(r.s.failures, JSON.stringify(r.s.failures)).toEqual([]);
+    const live = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', '--', '-id', 'pod-reset'], { stdio: 'ignore' });
+    closers.push(() => {
+      live.kill('SIGKILL');
+    });
+    await new Promise((res) => setTimeout(res, 200));
+    writeRecord(tmp.dir, { sandboxId: 'pod-reset', namespace: 'default', shimPid: live.pid!, socket: '/nonexistent' });
+    r = await scrape();
+    expect(r.s.failures.map((f) => f.reason)).toEqual(['io']);
+  });
+
   it('the endpoint answers only GET /sandbox', async () => {
     const socket = sandboxSocket('pod-b');
     const ep = await serveMonitorEndpoint({ socket, sandboxId: 'pod-b', namespace: 'default', view: () => ({ vmState: 'stopped', steps: new PodSteps().snapshot(), containers: 0 }), log });
