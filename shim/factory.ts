@@ -16,13 +16,13 @@ import { NotTemplatableError, templateKey, templateKeyInput, type TemplateKeyInp
 import { TemplateStore, type Template } from '../vmm/template/store.js';
 import { buildTemplate, cloneTemplate } from '../vmm/template/qemu-template.js';
 import { isMounted, mount, umount } from '../sys/mount.js';
-import { sleep, withTimeout } from '../sys/timeout.js';
+import { withTimeout } from '../sys/timeout.js';
 import type { KatatsConfig, QemuConfig } from './config.js';
 import { privateDir } from './layout.js';
 import { AGENT_REDIAL_TIMEOUT_MS, prepareLaunch } from './vm.js';
 import { qemuVmConfig } from './vm-qemu.js';
-import { dialAgentChannel } from '../proto/agent-session.js';
-import { Client } from '../proto/ttrpc/index.js';
+import type { Client } from '../proto/ttrpc/index.js';
+import { healthyAgent } from './agent-ready.js';
 import { connectUnix } from '../vmm/qemu-hypervisor.js';
 import { warmTemplate } from './factory-warm.js';
 
@@ -115,37 +115,9 @@ export function takeRestoredAgent(vm: QemuVm): Client | undefined {
   return c;
 }
 
-/** How long one Health.Check may take while the agent of a restored or template VM is polled. */
-const HEALTH_POLL_TIMEOUT_MS = 1000;
-
-/**
- * A client of the agent behind a QEMU agent socket, once it answers Health.Check (the session
- * hello first, as the shim's own dial: proto/agent-session.ts).
- */
-export async function agentReady(socket: string, signal: AbortSignal, timeoutMs: number, redialTimeoutMs = timeoutMs): Promise<Client> {
-  const first = await dialAgentChannel(() => connectUnix(socket, { timeoutMs, signal }), { timeoutMs, signal });
-  let used = false;
-  const client = new Client(
-    () => {
-      if (used) return dialAgentChannel(() => connectUnix(socket, { timeoutMs: redialTimeoutMs }), { timeoutMs: redialTimeoutMs });
-      used = true;
-      return first;
-    },
-    { randomStreamIds: true },
-  );
-  const health = serviceClient(client, 'grpc.Health');
-  for (;;) {
-    if (signal.aborted) {
-      await client.close();
-      throw signal.reason;
-    }
-    try {
-      await health.Check({ service: '' }, { timeoutMs: HEALTH_POLL_TIMEOUT_MS });
-      return client;
-    } catch {
-      await sleep(100);
-    }
-  }
+/** A client of the agent behind a QEMU agent socket, once it answers Health.Check (shim/agent-ready.ts). */
+export function agentReady(socket: string, signal: AbortSignal, timeoutMs: number, redialTimeoutMs = timeoutMs): Promise<Client> {
+  return healthyAgent((o) => connectUnix(socket, o), signal, timeoutMs, redialTimeoutMs);
 }
 
 /** The guest's clock from the host and its kernel CRNG reseeded from host entropy (no process spawned in the guest). */

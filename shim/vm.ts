@@ -4,9 +4,8 @@
 // vm-clh.ts); the rest (state dirs, launch data, cgroups, virtiofsd, the agent) is shared here.
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Duplex } from 'node:stream';
 import { Client } from '../proto/ttrpc/index.js';
-import { dialAgentChannel } from '../proto/agent-session.js';
+import { healthyAgent } from './agent-ready.js';
 import { serviceClient } from '../proto/rpc.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import type { GuestManifest } from '../guest/manifest.js';
@@ -104,31 +103,8 @@ export const AGENT_REDIAL_TIMEOUT_MS = 10_000;
  * left in the port (the tail of an answer) can be taken for ours. Then Health is polled until the
  * agent answers. Random first stream ids stay as a second guard.
  */
-async function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: number): Promise<Client> {
-  const dial = (timeoutMs: number, s?: AbortSignal) =>
-    dialAgentChannel(() => hv.connectAgent({ timeoutMs, ...(s ? { signal: s } : {}) }), { timeoutMs, signal: s });
-  let first: Duplex | undefined = await dial(bootTimeoutMs, signal);
-  const client = new Client(
-    () => {
-      const s = first;
-      first = undefined;
-      return s ?? dial(AGENT_REDIAL_TIMEOUT_MS);
-    },
-    { randomStreamIds: true },
-  );
-  const health = serviceClient(client, 'grpc.Health');
-  for (;;) {
-    if (signal.aborted) {
-      await client.close();
-      throw signal.reason;
-    }
-    try {
-      await health.Check({ service: '' }, { timeoutMs: 1000 });
-      return client;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: number): Promise<Client> {
+  return healthyAgent((o) => hv.connectAgent(o), signal, bootTimeoutMs, AGENT_REDIAL_TIMEOUT_MS);
 }
 
 /**
