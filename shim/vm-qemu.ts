@@ -35,6 +35,7 @@ export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestN
     ...(p.sharedFs === 'virtio-9p' ? { sharedDir: { path: p.sharedDir, tag: SHARED_FS_TAG, securityModel: q.virtio_9p_security_model } } : {}),
     hotplugSlots: p.hotplugSlots,
     launchDataFile: p.launchDataFile,
+    launchData: p.launchData,
     ...(p.snpReportSocket ? { snpReportSocket: p.snpReportSocket } : {}),
     ...(nics.length ? { netdevs: nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,

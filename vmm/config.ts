@@ -88,6 +88,8 @@ export interface VmConfig {
   snpReportSocket?: string;
   /** file with the launch data (32-byte policy digest) exposed as fw_cfg opt/katats/host_data */
   launchDataFile?: string;
+  /** the bytes launchDataFile holds, when the caller has them (saves the factory a read) */
+  launchData?: Buffer;
   accel: AccelChoice;
   machine?: MachineType;
   /** directory for this VM's QMP socket, console log and QEMU stderr (created if missing) */

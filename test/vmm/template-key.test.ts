@@ -74,6 +74,10 @@ describe('template key', () => {
     expect(() => templateKeyInput(cfg('p', { launchDataFile: bound }), 'tcg', image)).toThrow(/binds a policy/);
     expect(notTemplatable(cfg('p', { launchDataFile: zeros }))).toBeUndefined();
     expect(key(cfg('p', { launchDataFile: zeros }))).toBe(key(cfg('q')));
+    // The bytes the shim holds decide, without reading the file again.
+    const held = Buffer.concat([Buffer.alloc(31), Buffer.from([1])]);
+    expect(notTemplatable(cfg('p', { launchDataFile: zeros, launchData: held }))).toMatch(/binds a policy/);
+    expect(notTemplatable(cfg('p', { launchDataFile: bound, launchData: Buffer.alloc(32) }))).toBeUndefined();
   });
 });
 

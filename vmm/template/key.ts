@@ -30,7 +30,7 @@ export class NotTemplatableError extends Error {
 export function notTemplatable(c: VmConfig): string | undefined {
   if (c.virtioFs) return 'virtio-fs: its vhost-user device state cannot be migrated';
   if ((c.disks ?? []).length) return 'boot-time disks: their contents are per pod';
-  if (c.launchDataFile && bindsPolicy(c.launchDataFile)) {
+  if (c.launchDataFile && bindsPolicy(c.launchData ?? c.launchDataFile)) {
     // A confidential launch is measured from its own boot; a clone would also have to take the
     // restore's entropy and clock from the host before its policy is set, which the generated
     // policies refuse (ReseedRandomDev, SetGuestDateTime).
@@ -40,10 +40,11 @@ export function notTemplatable(c: VmConfig): string | undefined {
 }
 
 /** Launch data other than absent or zeros (a policy digest). */
-function bindsPolicy(file: string): boolean {
+function bindsPolicy(launch: Buffer | string): boolean {
+  if (typeof launch !== 'string') return launch.some((b) => b !== 0);
   let data: Buffer;
   try {
-    data = fs.readFileSync(file);
+    data = fs.readFileSync(launch);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
