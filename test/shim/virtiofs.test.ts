@@ -10,6 +10,9 @@ import { listProcs } from '../../harness/procs.js';
 import { busyboxImage } from '../../harness/images/busybox.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import { endKatatsSuite, logsOf, qemuProcs } from './shim-helpers.js';
+import { logTailsOnFailure, latestLog } from '../support/failure-logs.js';
+
+const failures = logTailsOnFailure();
 
 let env: KatatsEnv;
 let c: Containerd;
@@ -40,7 +43,10 @@ beforeAll(async () => {
   image = img.name;
 }, 600_000);
 
-afterAll(() => endKatatsSuite(c, env, virtiofsdProcs), 120_000);
+afterAll(() => {
+  failures.print({ containerd: c?.logFile, ...(env ? { 'shim and VMM logs': latestLog(env.logDir) } : {}) });
+  return endKatatsSuite(c, env, virtiofsdProcs);
+}, 120_000);
 
 describe('shared_fs with io.containerd.katats.v2', () => {
   it('virtio-fs: the container runs from a virtiofs rootfs, and no QEMU, virtiofsd, mount or socket remains', async () => {

@@ -17,6 +17,9 @@ import { layerName } from '../../snapshotter/store.js';
 import { katatsEnv, type KatatsEnv } from '../shim/katats-env.js';
 import * as helpers from '../shim/shim-helpers.js';
 import { layeredPodsWithoutSharedFs, noShareRuntime } from './cri-no-share.js';
+import { logTailsOnFailure } from '../support/failure-logs.js';
+
+const failures = logTailsOnFailure();
 
 let katats: string;
 let img: LayeredImage;
@@ -47,6 +50,7 @@ for (const flavor of ['trixie', 'sid'] as ContainerdFlavor[]) {
     }, 600_000);
 
     afterAll(async () => {
+      failures.print({ containerd: cd?.logFile, snapshotter: sn?.logFile });
       // The snapshotter first: containerd's stop would kill it, as it names containerd on its command line.
       const left = await sn?.stop();
       const report = env ? await helpers.endKatatsSuite(cd, env) : await cd?.stop();

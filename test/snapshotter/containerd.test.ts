@@ -23,6 +23,9 @@ import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
 import { sleep } from '../../sys/timeout.js';
 import { tempDir } from '../support/tmp.js';
+import { logTailsOnFailure } from '../support/failure-logs.js';
+
+const failures = logTailsOnFailure();
 
 const tmp = tempDir('katats-sn-ctrd-');
 let cd: Containerd;
@@ -42,6 +45,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
+  failures.print({ containerd: cd?.logFile, snapshotter: sn?.logFile });
   const report = await cd?.stop({ keepLogsIn: undefined });
   const unmounted = await sn?.stop();
   tmp.cleanup();

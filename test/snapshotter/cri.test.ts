@@ -22,6 +22,9 @@ import * as helpers from '../shim/shim-helpers.js';
 import { layeredPodsWithoutSharedFs, noShareRuntime } from './cri-no-share.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
+import { logTailsOnFailure } from '../support/failure-logs.js';
+
+const failures = logTailsOnFailure();
 
 const { NODE, CONTAINER, POD } = runtime.v1.NamespaceMode;
 let cd: Containerd;
@@ -58,6 +61,7 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
+  failures.print({ containerd: cd?.logFile, snapshotter: sn?.logFile });
   // Before containerd: its stop would kill the snapshotter, which names it on its command line.
   const left = await sn?.stop();
   const report = await helpers.endKatatsSuite(cd, env);

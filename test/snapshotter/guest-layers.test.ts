@@ -32,6 +32,9 @@ import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
 import { katatsEnv, type KatatsEnv } from '../shim/katats-env.js';
 import * as helpers from '../shim/shim-helpers.js';
+import { logTailsOnFailure } from '../support/failure-logs.js';
+
+const failures = logTailsOnFailure();
 
 const POD = 'layerpod';
 const CRI_HANDLER = 'katats-cri';
@@ -97,6 +100,7 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
+  failures.print({ containerd: cd?.logFile, snapshotter: sn?.logFile });
   for (const id of ['lay1', POD, 'lay-run']) {
     await cd?.ctr(['task', 'kill', '-s', 'SIGKILL', id]);
     await cd?.ctr(['task', 'rm', '-f', id]);
