@@ -242,5 +242,9 @@ export class Sandbox {
     this.guestHooks = undefined;
     this.running = false;
     this.failOomWaiters('sandbox destroyed');
+    // A template's warm-up sandbox ends here, and its clones' first requests (clock, entropy) must
+    // not be logged under its id.
+    this.id = '';
+    this.log = this.config.log;
   }
 }

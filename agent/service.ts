@@ -84,10 +84,11 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     DestroySandbox: () =>
       guard('DestroySandbox', async () => {
         const ids = [...sb.containers.keys()];
+        const sandboxId = sb.id;
         const results = await Promise.allSettled([...sb.containers.values()].map((c) => c.remove()));
         const failed = results.flatMap((r, i) => (r.status === 'rejected' ? [`${ids[i]}: ${(r.reason as Error).message}`] : []));
         await sb.teardown();
-        log.info({ sandbox_id: sb.id, containers: ids.length }, 'sandbox destroyed');
+        log.info({ sandbox_id: sandboxId, containers: ids.length }, 'sandbox destroyed');
         if (failed.length) throw new TtrpcError(Code.Internal, `DestroySandbox: ${failed.join('; ')}`);
         return {};
       }),

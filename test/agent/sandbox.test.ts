@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import { containerSpec, crunContainers, readAll, runToEnd, runnerProcesses, startAgent, type TestAgent } from './helpers.js';
@@ -200,5 +201,28 @@ describe('sandbox requests', () => {
     await t.svc.SetGuestDateTime({ Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 });
     const bad = await t.svc.SetGuestDateTime({ Sec: 1, Usec: 2_000_000 }).catch((e) => e);
     expect(bad.code).toBe(Code.InvalidArgument);
+  });
+});
+
+describe('after DestroySandbox', () => {
+  it("the agent's next requests are no longer logged under the destroyed sandbox's id (a template's warm-up, then its clone)", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => { lines.push(JSON.parse(l) as Record<string, unknown>); } });
+    const t = await startAgent({ log });
+    try {
+      await t.svc.CreateSandbox({ hostname: 'warm', sandbox_id: 'sb-warm-up' });
+      await t.svc.DestroySandbox({});
+      const now = Date.now();
+      await t.svc.SetGuestDateTime({ Sec: Math.floor(now / 1000), Usec: 0 });
+      expect(lines.find((l) => l.msg === 'sandbox destroyed')?.sandbox_id).toBe('sb-warm-up');
+      const clock = lines.find((l) => typeof l.msg === 'string' && l.msg.startsWith('guest clock'));
+      expect(clock).toBeDefined();
+      expect(clock?.sandbox_id).toBeUndefined();
+      await t.svc.CreateSandbox({ hostname: 'pod', sandbox_id: 'sb-pod' });
+      expect(lines.find((l) => l.msg === 'creating sandbox' && l.hostname === 'pod')?.sandbox_id).toBe('sb-pod');
+      await t.svc.DestroySandbox({});
+    } finally {
+      await t.close();
+    }
   });
 });
