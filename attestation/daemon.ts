@@ -5,6 +5,9 @@
 // VM: a guest names no VM in its request and can only ever get a report of its own values.
 // On the VM's socket each request is a framed MSG_REPORT_REQ; the answer is a framed MSG_REPORT_RSP
 // and a framed certificate table (SNP_GET_EXT_REPORT's shape).
+// Each launch is also written down (<vm>.launch.json beside its socket) until its release: a
+// restarted daemon serves the VMs it had again, on the same socket paths, where their QEMUs
+// reconnect (the chardev's reconnect option), so a daemon upgrade does not strand running pods.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -13,6 +16,16 @@ import { checkId } from '../sys/ids.js';
 import { FirmwareError, type SnpFirmware } from './firmware.js';
 import { decodeReportReq, encodeCertTable, encodeReportRsp, frame, FrameReader, MSG_REPORT_REQ_SIZE, STATUS_INVALID_PARAM, STATUS_SUCCESS } from './guest-msg.js';
 import { decodePolicy, encodePolicy, HOST_DATA_SIZE, MEASUREMENT_SIZE } from './report.js';
+
+const RECORD_SUFFIX = '.launch.json';
+/** A record is three hex strings; anything larger was not written by a daemon. */
+const MAX_RECORD_BYTES = 4096;
+
+interface LaunchFileRecord {
+  measurement: string;
+  host_data: string;
+  policy?: string;
+}
 
 /** A control line longer than this is refused and its connection closed. */
 const MAX_CONTROL_LINE = 16 * 1024;
@@ -49,6 +62,7 @@ export class SnpDaemon {
   async listen(controlSocket: string): Promise<void> {
     fs.mkdirSync(this.runDir, { recursive: true, mode: 0o700 });
     fs.chmodSync(this.runDir, 0o700);
+    await this.restoreLaunches();
     fs.rmSync(controlSocket, { force: true });
     const server = net.createServer((c) => this.serveControl(c));
     await new Promise<void>((resolve, reject) => {
@@ -137,19 +151,56 @@ export class SnpDaemon {
     }
     fs.chmodSync(p, 0o600);
     this.vmServers.set(vm, { server, path: p, conns });
+    this.writeRecord(vm, { measurement: measurement.toString('hex'), host_data: hostData.toString('hex'), ...(policy ? { policy: `0x${encodePolicy(policy).toString(16)}` } : {}) });
     this.log.info({ sandbox: vm, measurement: measurement.toString('hex'), host_data: hostData.toString('hex'), policy: policy ? encodePolicy(policy).toString(16) : undefined }, 'VM launched');
     return p;
   }
 
   async release(vm: string): Promise<void> {
+    fs.rmSync(this.recordPath(vm), { force: true });
+    if (await this.stopServing(vm)) this.log.info({ sandbox: vm }, 'VM released');
+  }
+
+  /** Closes the VM's socket and forgets it in memory; its record (if any) stays. */
+  private async stopServing(vm: string): Promise<boolean> {
     const s = this.vmServers.get(vm);
     this.fw.release(vm);
-    if (!s) return;
+    if (!s) return false;
     this.vmServers.delete(vm);
     for (const c of s.conns) c.destroy();
     await new Promise<void>((resolve) => s.server.close(() => resolve()));
     fs.rmSync(s.path, { force: true });
-    this.log.info({ sandbox: vm }, 'VM released');
+    return true;
+  }
+
+  private recordPath(vm: string): string {
+    return path.join(this.runDir, `${vm}${RECORD_SUFFIX}`);
+  }
+
+  private writeRecord(vm: string, r: LaunchFileRecord): void {
+    const tmp = `${this.recordPath(vm)}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify(r), { mode: 0o600 });
+    fs.renameSync(tmp, this.recordPath(vm));
+  }
+
+  /** Serves again the VMs a previous daemon launched and did not release. */
+  private async restoreLaunches(): Promise<void> {
+    for (const name of fs.readdirSync(this.runDir)) {
+      if (!name.endsWith(RECORD_SUFFIX)) continue;
+      const vm = name.slice(0, -RECORD_SUFFIX.length);
+      const file = path.join(this.runDir, name);
+      try {
+        const text = fs.readFileSync(file);
+        if (text.length > MAX_RECORD_BYTES) throw new Error(`larger than ${MAX_RECORD_BYTES} bytes`);
+        const r = JSON.parse(text.toString('utf8')) as LaunchFileRecord;
+        const resp = await this.control_(JSON.stringify({ op: 'launch', vm, measurement: r.measurement, host_data: r.host_data, ...(r.policy ? { policy: r.policy } : {}) }));
+        if (!resp.ok) throw new Error(resp.error);
+        this.log.info({ sandbox: vm }, 'VM launch restored from its record');
+      } catch (e) {
+        // Kept for the operator: a VM whose record cannot be read gets no reports until relaunched.
+        this.log.error({ sandbox: vm, file, err: (e as Error).message }, 'launch record not restored');
+      }
+    }
   }
 
   private serveVm(vm: string, c: net.Socket, conns: Set<net.Socket>): void {
@@ -184,8 +235,9 @@ export class SnpDaemon {
     });
   }
 
+  /** Stops serving; the VMs' records stay, so the next daemon on this run dir serves them again. */
   async close(): Promise<void> {
-    for (const vm of [...this.vmServers.keys()]) await this.release(vm);
+    for (const vm of [...this.vmServers.keys()]) await this.stopServing(vm);
     for (const c of this.controlConns) c.destroy();
     const s = this.control;
     this.control = undefined;

@@ -98,7 +98,8 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   if (c.snpReportSocket) {
     // A client of the SNP daemon's per-VM socket (the daemon listens): whatever the guest writes on
     // this port reaches the firmware as this VM, and nothing else can reach it from the guest.
-    a.push('-chardev', `socket,id=snp,path=${qemuEscape(c.snpReportSocket)}`);
+    // reconnect: a restarted SNP daemon serves the VM again on the same path (attestation/daemon.ts).
+    a.push('-chardev', `socket,id=snp,path=${qemuEscape(c.snpReportSocket)},reconnect=1`);
     a.push('-device', 'virtserialport,bus=vser0.0,chardev=snp,name=katats.snp.0');
   }
   if (c.sharedDir) {

@@ -93,9 +93,9 @@ describe('katats snp / kbs / attest as processes', () => {
     expect(v.stdout).toMatch(/Signature:\s+VERIFIED/);
   });
 
-  it('both daemons stop on SIGTERM and leave no socket behind', async () => {
+  it('both daemons stop on SIGTERM and leave no socket behind; the launch records of unreleased VMs stay for the next daemon', async () => {
     for (const p of procs) expect(await terminate(p.child, p.exited, { graceMs: 10_000 })).toBe('exited');
     expect(fs.existsSync(d('run/snp.sock'))).toBe(false);
-    expect(fs.readdirSync(d('run/vms'))).toEqual([]);
+    expect(fs.readdirSync(d('run/vms'))).toEqual(['pod-bad.launch.json', 'pod-good.launch.json']);
   });
 });

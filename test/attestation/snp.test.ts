@@ -163,6 +163,28 @@ describe('katats snp daemon', () => {
     await expect(registerVm(control(), 'pod-s', Buffer.alloc(47), Buffer.alloc(32))).rejects.toThrow(/refused VM pod-s: measurement must be 48 bytes/);
   });
 
+  it('a restarted daemon serves the VMs it launched and did not release, with their values; a corrupt record is skipped', async () => {
+    await ctl({ op: 'launch', vm: 'pod-k', measurement: 'ab'.repeat(48), host_data: 'a2'.repeat(32), policy: '0xb0000' });
+    await ctl({ op: 'launch', vm: 'pod-gone', measurement: 'ac'.repeat(48), host_data: 'a3'.repeat(32) });
+    await ctl({ op: 'release', vm: 'pod-gone' });
+    fs.writeFileSync(path.join(tmp.dir, 'vms', 'pod-bad.launch.json'), '{"measurement":"zz"}', { mode: 0o600 });
+    await d.close();
+    expect(fw.has('pod-k')).toBe(false);
+    d = new SnpDaemon(fw, path.join(tmp.dir, 'vms'), log);
+    await d.listen(control());
+    const k = await verifyReport((await new EmulatedSnpDevice(path.join(tmp.dir, 'vms', 'pod-k.sock')).getReport(RD)).report, fw.chain);
+    expect(k.measurement.toString('hex')).toBe('ab'.repeat(48));
+    expect(k.hostData.toString('hex')).toBe('a2'.repeat(32));
+    expect(k.policy.debug).toBe(true);
+    expect(fw.has('pod-gone')).toBe(false);
+    expect(fs.existsSync(path.join(tmp.dir, 'vms', 'pod-gone.sock'))).toBe(false);
+    expect(fw.has('pod-bad')).toBe(false);
+    // and it serves control requests as before
+    expect((await ctl({ op: 'release', vm: 'pod-k' })).ok).toBe(true);
+    expect(fs.existsSync(path.join(tmp.dir, 'vms', 'pod-k.launch.json'))).toBe(false);
+    fs.rmSync(path.join(tmp.dir, 'vms', 'pod-bad.launch.json'));
+  });
+
   it('the control client gives up on a daemon that does not answer, with a coded timeout', async () => {
     const mute = net.createServer(() => undefined);
     const p = path.join(tmp.dir, 'mute.sock');

@@ -103,13 +103,13 @@ describe('registration with the SNP daemon', () => {
 });
 
 describe('QEMU', () => {
-  it('gets the VM socket as virtio-serial port katats.snp.0 and connects to the daemon at start', async () => {
+  it('gets the VM socket as virtio-serial port katats.snp.0, connects to the daemon at start, and again to a restarted daemon', async () => {
     const reg = await registerSnpVm({ controlSocket: control, sandboxId: 'pod-q', files: files(), cmdline: '', hostData: Buffer.alloc(32, 1), cacheDir: path.join(tmp.dir, 'cache'), log });
     const runDir = path.join(tmp.dir, 'q');
     fs.mkdirSync(runDir);
     const cfg: VmConfig = { id: 'kq', vcpus: 1, memoryMiB: 128, kernel: files().kernel, initrd: files().initrd, rootfs: files().rootfs, baseCmdline: '', agentSocket: path.join(runDir, 'agent.sock'), accel: 'tcg', runDir, snpReportSocket: reg.socket };
     const { argv } = buildQemuArgs(cfg, 'tcg');
-    expect(argv).toContain(`socket,id=snp,path=${reg.socket}`);
+    expect(argv).toContain(`socket,id=snp,path=${reg.socket},reconnect=1`);
     expect(argv).toContain(`virtserialport,bus=vser0.0,chardev=snp,name=${SNP_PORT_NAME}`);
     expect(buildQemuArgs({ ...cfg, snpReportSocket: undefined }, 'tcg').argv.join(' ')).not.toContain('katats.snp');
     // -S: QEMU makes its devices and chardevs, then waits; no kernel to load (these files are not one).
@@ -123,6 +123,17 @@ describe('QEMU', () => {
       for (let i = 0; i < 200 && conns.size === 0 && q.exitCode === null; i++) await sleep(100);
       expect(stderr).toBe('');
       expect(conns.size).toBe(1);
+      // The daemon stops (an upgrade) and a new one starts on the same dirs: it serves pod-q again
+      // from its record, with the same values, and QEMU's chardev connects to it by itself.
+      await daemon.close();
+      expect(fs.existsSync(reg.socket)).toBe(false);
+      daemon = new SnpDaemon(fw, path.join(tmp.dir, 'run'), log);
+      await daemon.listen(control);
+      const again = (daemon as unknown as { vmServers: Map<string, { conns: Set<unknown> }> }).vmServers.get('pod-q')!.conns;
+      for (let i = 0; i < 100 && again.size === 0 && q.exitCode === null; i++) await sleep(100);
+      expect(again.size).toBe(1);
+      const r = await new EmulatedSnpDevice(reg.socket, 5000).getReport(Buffer.alloc(64, 3));
+      expect(decodeReport(r.report).hostData.toString('hex')).toBe('01'.repeat(32));
     } finally {
       if (q.exitCode === null) q.kill('SIGKILL');
       await exited;
