@@ -5,9 +5,11 @@
 // but busybox has no `ip neigh add` and its `arp -s` is IPv4 only: neighbours of both families go
 // through the runner's one rtnetlink call. Every request is checked
 // whole before anything changes, so bad input gets a clear error and the sandbox keeps its network.
+import fs from 'node:fs';
 import net from 'node:net';
 import type { types } from '../proto/gen/types.js';
 import { runTool } from '../sys/exec.js';
+import { sleep } from '../sys/timeout.js';
 import { invalid, internal, notFound, precondition } from './errors.js';
 
 /** How long one ip/arp call may take. */
@@ -18,12 +20,19 @@ export const NET_TOOL_TIMEOUT = 'KATATS_AGENT_NET_TOOL_TIMEOUT';
 export interface NetworkTools {
   ip: string[];
   neigh: string[];
+  /** the network namespace's /sys/class/net, where a NIC's appearance is seen without a process */
+  sysClassNet?: string;
+  /** how long UpdateInterface waits for a NIC that is not there yet; default NIC_WAIT_TIMEOUT_MS */
+  nicWaitMs?: number;
 }
 
 /** The guest's own tools: busybox's ip on PATH, the runner beside the agent. */
 export function guestNetworkTools(runner: string): NetworkTools {
-  return { ip: ['ip'], neigh: [runner, 'neigh-add'] };
+  return { ip: ['ip'], neigh: [runner, 'neigh-add'], sysClassNet: '/sys/class/net' };
 }
+
+/** How long UpdateInterface waits for a hot-plugged NIC (a template clone's) to appear. */
+export const NIC_WAIT_TIMEOUT_MS = 20_000;
 
 /** Local mode with --netns: the same tools, in a network namespace a test made. */
 export function netnsTools(netns: string, runner: string): NetworkTools {
@@ -137,9 +146,10 @@ export class GuestNetwork {
       const v = checkIp(a.address, a.family, `interface ${name} address ${i}`);
       return `${a.address}/${checkPrefix(a.mask || (v === 4 ? '32' : '128'), v, `interface ${name} address ${a.address}`)}`;
     });
-    const links = await this.links();
+    let links = await this.links();
+    if (!links.some((l) => l.mac === mac) && (await this.waitForMac(mac))) links = await this.links();
     const link = links.find((l) => l.mac === mac);
-    if (!link) throw notFound(`interface with MAC ${mac} (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
+    if (!link) throw notFound(`interface with MAC ${mac}, waited ${((this.tools.nicWaitMs ?? NIC_WAIT_TIMEOUT_MS) / 1000).toFixed(1)} s for it (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
     if (link.flags.includes('LOOPBACK') || link.name === 'lo') throw invalid(`interface ${mac}: the loopback interface is not configured by the host`);
     const holder = name !== link.name ? links.find((l) => l.name === name) : undefined;
     if (holder && (holder.flags.includes('LOOPBACK') || this.configured.has(holder.mac))) {
@@ -164,6 +174,28 @@ export class GuestNetwork {
     await tool(this.tools.ip, ['link', 'set', 'dev', name, 'up']);
     this.configured.add(mac);
     return { ...iface, name, device: name, hwAddr: mac };
+  }
+
+  /**
+   * A NIC the host hot-plugged (into a VM cloned from a template) appears when the guest's PCI
+   * hotplug and virtio-net probe are done: waits for its MAC, bounded. False if it never came.
+   */
+  private async waitForMac(mac: string): Promise<boolean> {
+    const deadline = Date.now() + (this.tools.nicWaitMs ?? NIC_WAIT_TIMEOUT_MS);
+    const dir = this.tools.sysClassNet;
+    const present = async (): Promise<boolean> => {
+      if (!dir) return (await this.links()).some((l) => l.mac === mac);
+      for (const n of await fs.promises.readdir(dir).catch(() => [] as string[])) {
+        const addr = await fs.promises.readFile(`${dir}/${n}/address`, 'utf8').catch(() => '');
+        if (addr.trim().toLowerCase() === mac) return true;
+      }
+      return false;
+    };
+    while (Date.now() < deadline) {
+      if (await present()) return true;
+      await sleep(dir ? 50 : 250);
+    }
+    return false;
   }
 
   /**

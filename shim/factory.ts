@@ -72,8 +72,15 @@ export async function cloneForPod(config: KatatsConfig, cfg: VmConfig, start: St
     log.warn({ boot: 'cold', reason: 'attestation: the SNP firmware registers each VM at its own launch; a template clone cannot carry a per-pod registration' }, 'factory: cold boot');
     return undefined;
   }
+  const nics = cfg.netdevs?.length ?? 0;
+  if (nics > (cfg.hotplugSlots ?? 0)) {
+    log.warn({ boot: 'cold', reason: `${nics} NICs: a clone hot-plugs each into one of the ${cfg.hotplugSlots ?? 0} hotplug slots ([hypervisor.qemu] pcie_root_port)` }, 'factory: cold boot');
+    return undefined;
+  }
   const t0 = Date.now();
-  const input = await keyInputFor(config, cfg).catch((e: Error) => `computing the template key failed: ${e.message}`);
+  // The shape without NICs: the clone hot-plugs them (vmm/template/qemu-template.ts).
+  const { netdevs: _nics, ...shape } = cfg;
+  const input = await keyInputFor(config, shape).catch((e: Error) => `computing the template key failed: ${e.message}`);
   if (typeof input === 'string') {
     log.warn({ boot: 'cold', reason: input }, 'factory: cold boot');
     return undefined;
@@ -138,7 +145,7 @@ export async function afterRestore(client: Client, log: Logger): Promise<void> {
 /**
  * The template's VM: a pod's (shim/vm.ts prepareLaunch, vm-qemu.ts) in a build directory, with
  * zeros for launch data (any launch-data check a clone passes is against its own fw_cfg) and no
- * NICs (a pod with a network has TAPs the template cannot hold, so its key differs: it boots cold).
+ * NICs (a pod's TAPs are its own: a clone hot-plugs them after its restore).
  */
 function templateVmConfig(config: KatatsConfig, dir: string): VmConfig {
   const plan = prepareLaunch(config, 'qemu', { sandboxId: TEMPLATE_ID, stateDir: dir, launchData: Buffer.alloc(32) });

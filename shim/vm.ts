@@ -224,11 +224,13 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
     await removeTree(req.stateDir).catch((err) => req.log.error({ err }, 'removing the VM state failed'));
     await cgroups?.leave();
   }
-  let plugged = 0;
+  // A clone's NICs were hot-plugged (shim/factory.ts): they hold slots the disks cannot have.
+  const nicSlots = vm instanceof QemuHypervisor ? vm.qemu.nicsHotplugged : 0;
+  let plugged = nicSlots;
   const disks: DiskHotplug = {
     attachReadonly: async (id, file) => {
       if (plugged >= plan.hotplugSlots) {
-        const key = kind === 'qemu' ? `[hypervisor.qemu] pcie_root_port (${plan.hotplugSlots})` : `the ${plan.hotplugSlots} disks a cloud-hypervisor pod may hot-plug`;
+        const key = kind === 'qemu' ? `[hypervisor.qemu] pcie_root_port (${plan.hotplugSlots}${nicSlots ? `, ${nicSlots} of them taken by the NICs of a VM cloned from a template` : ''})` : `the ${plan.hotplugSlots} disks a cloud-hypervisor pod may hot-plug`;
         throw precondition(`no free hotplug slot for disk ${id}: the pod's containers use more image layers at once than ${key} allows`);
       }
       plugged++;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { resolveAccel, type KvmProbeResult } from './accel.js';
-import { type Accel, type DiskConfig, isValidId, validateConfig, type VmConfig } from './config.js';
+import { type Accel, type DiskConfig, isValidId, type NetdevConfig, validateConfig, type VmConfig } from './config.js';
 import { buildQemuArgs, diskNodeName, type QemuLayout } from './qemu-args.js';
 import { QmpClient, type QmpEvent } from './qmp.js';
 import { sleep, withTimeout } from '../sys/timeout.js';
@@ -152,6 +152,8 @@ export class QemuVm extends EventEmitter {
   private panicked = false;
   private exitInfo: VmExit | undefined;
   private usedBuses = new Map<string, string>();
+  /** NICs added at run time (a clone's): each holds a hotplug slot for the VM's life. */
+  nicsHotplugged = 0;
   private quitGraceMs = 5000;
 
   private constructor(
@@ -516,11 +518,15 @@ export class QemuVm extends EventEmitter {
     }
   }
 
+  private freeHotplugBus(): string | undefined {
+    return this.layout.hotplugBuses.find((b) => b === 'pci.0' || ![...this.usedBuses.values()].includes(b));
+  }
+
   /** Adds a disk at run time: blockdev-add + device_add on a free hotplug slot. */
   async hotplugDisk(d: DiskConfig): Promise<void> {
     if (!isValidId(d.id)) throw new Error(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
     const qmp = this.requireQmp();
-    const bus = this.layout.hotplugBuses.find((b) => b === 'pci.0' || ![...this.usedBuses.values()].includes(b));
+    const bus = this.freeHotplugBus();
     if (!bus) throw new VmError(`no free hotplug slot for disk ${d.id} (machine ${this.layout.machine})`, this.id, this.accel, []);
     const node = diskNodeName(d.id);
     const ro = d.readonly ?? false;
@@ -544,6 +550,30 @@ export class QemuVm extends EventEmitter {
     }
     this.usedBuses.set(d.id, bus);
     this.log.info({ disk: d.id, path: d.path, bus, readonly: ro }, 'disk hotplugged');
+  }
+
+  /**
+   * Adds a NIC at run time on the TAP descriptor QEMU inherited (`fd` is a number, which QEMU takes
+   * as an inherited descriptor rather than a getfd name): netdev_add + device_add on a free hotplug
+   * slot. A template's clone gets its pod's NICs this way, as Kata's factory VMs do.
+   */
+  async hotplugNic(n: NetdevConfig): Promise<void> {
+    if (!isValidId(n.id)) throw new Error(`netdev id ${JSON.stringify(n.id)} is not a valid QEMU id`);
+    if (!Number.isInteger(n.fd) || n.fd < 3) throw new Error(`netdev ${n.id}: fd ${n.fd} is not an inherited descriptor`);
+    const qmp = this.requireQmp();
+    const bus = this.freeHotplugBus();
+    if (!bus) throw new VmError(`no free hotplug slot for NIC ${n.id} (machine ${this.layout.machine})`, this.id, this.accel, []);
+    await qmp.execute('netdev_add', { type: 'tap', id: n.id, fd: String(n.fd) });
+    const nic = `${n.id}-nic`;
+    try {
+      await qmp.execute('device_add', { driver: 'virtio-net-pci', netdev: n.id, id: nic, mac: n.mac, ...(n.mtu ? { host_mtu: n.mtu } : {}), bus });
+    } catch (e) {
+      await qmp.execute('netdev_del', { id: n.id }).catch(() => {});
+      throw e;
+    }
+    this.usedBuses.set(nic, bus);
+    this.nicsHotplugged++;
+    this.log.info({ nic, mac: n.mac, bus }, 'NIC hotplugged');
   }
 
   /**

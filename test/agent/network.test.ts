@@ -16,7 +16,8 @@ const MAC = '02:4b:41:54:00:05';
 
 const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
 const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
-const snapshot = () => ({ addr: ip('-o', 'addr', 'show'), route: ip('route', 'show'), neigh: ip('neigh', 'show', 'nud', 'permanent') });
+// DAD may finish between two reads: a link-local address losing `tentative` is not a change.
+const snapshot = () => ({ addr: ip('-o', 'addr', 'show').replace(/ tentative/g, ''), route: ip('route', 'show'), neigh: ip('neigh', 'show', 'nud', 'permanent') });
 
 const iface = (over: Partial<types.Interface> = {}): types.Interface => ({
   device: 'eth0',
@@ -48,7 +49,8 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     execFileSync('ip', ['link', 'add', OUTER, 'type', 'veth', 'peer', 'name', INNER]);
     execFileSync('ip', ['link', 'set', INNER, 'netns', NS, 'address', MAC]);
     execFileSync('ip', ['link', 'set', OUTER, 'up']);
-    t = await startAgent({ network: netnsTools(`/run/netns/${NS}`, runner()), netnsPath: `/run/netns/${NS}` });
+    // A short wait for NICs that are not there (a hot-plugged one appears within it; an unknown MAC fails after it).
+    t = await startAgent({ network: { ...netnsTools(`/run/netns/${NS}`, runner()), nicWaitMs: 3000 }, netnsPath: `/run/netns/${NS}` });
     local = await startAgent();
   });
   afterAll(async () => {
@@ -69,6 +71,24 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     await t.svc.UpdateInterface({ interface: iface({ IPAddresses: [{ family: 0, address: '10.251.7.6', mask: '24' }, { family: 1, address: 'fd00:4b::6', mask: '64' }] }) });
     const [l2] = ipJ<{ addr_info: { local: string; scope: string }[] }>('addr', 'show', 'dev', 'eth0');
     expect(l2!.addr_info.filter((a) => a.scope === 'global').map((a) => a.local).sort()).toEqual(['10.251.7.6', 'fd00:4b::6']);
+  });
+
+  it('UpdateInterface waits for a NIC that appears after the request (hot-plugged into a template clone)', async () => {
+    const outer = `kaw${process.pid % 100000}o`;
+    const inner = `kaw${process.pid % 100000}i`;
+    const late = '02:4b:41:54:00:0a';
+    execFileSync('ip', ['link', 'add', outer, 'type', 'veth', 'peer', 'name', inner]);
+    try {
+      execFileSync('ip', ['link', 'set', inner, 'address', late]);
+      const pending = t.svc.UpdateInterface({ interface: iface({ name: 'eth7', device: 'eth7', hwAddr: late, IPAddresses: [{ family: 0, address: '10.251.9.5', mask: '24' }] }) });
+      await new Promise((r) => setTimeout(r, 300));
+      execFileSync('ip', ['link', 'set', inner, 'netns', NS]);
+      const r = await pending;
+      expect(r.name).toBe('eth7');
+      expect(ip('-o', 'addr', 'show', 'dev', 'eth7')).toContain('10.251.9.5/24');
+    } finally {
+      execFileSync('ip', ['link', 'del', outer], { stdio: 'ignore' });
+    }
   });
 
   it('UpdateRoutes takes all routes in one call, gateway routes after the ones they go through, without "file exists"', async () => {
@@ -107,7 +127,7 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     const cases: [() => Promise<unknown>, number, RegExp][] = [
       [() => t.svc.UpdateInterface({ interface: iface({ name: 'lo', device: 'lo' }) }), Code.InvalidArgument, /loopback/],
       [() => t.svc.UpdateInterface({ interface: iface({ hwAddr: '00:00:00:00:00:00' }) }), Code.InvalidArgument, /zero MAC/],
-      [() => t.svc.UpdateInterface({ interface: iface({ hwAddr: '02:00:00:00:00:99' }) }), Code.NotFound, /MAC 02:00:00:00:00:99/],
+      [() => t.svc.UpdateInterface({ interface: iface({ hwAddr: '02:00:00:00:00:99' }) }), Code.NotFound, /MAC 02:00:00:00:00:99, waited 3\.0 s/],
       [() => t.svc.UpdateInterface({ interface: iface({ IPAddresses: [{ family: 0, address: '10.251.7.300', mask: '24' }] }) }), Code.InvalidArgument, /not an IP address/],
       [() => t.svc.UpdateInterface({ interface: iface({ raw_flags: 0x1 }) }), Code.InvalidArgument, /only NOARP/],
       [() => t.svc.UpdateInterface({ interface: null }), Code.InvalidArgument, /no interface/],

@@ -19,7 +19,7 @@ import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
 import { listProcs } from '../../harness/procs.js';
-import { katatsEnv, type KatatsEnv } from './katats-env.js';
+import type { KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { until } from './shim-helpers.js';
 
@@ -47,9 +47,11 @@ function kataTaps(pid: number): string[] {
     .flatMap((l) => /^\s*(tap\d+_kata):/.exec(l)?.[1] ?? []);
 }
 
-export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number }): void {
+/** `factory`: the pods' VMs are clones of a template, their NICs hot-plugged after the restore. */
+export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number; factory?: boolean }): void {
   describe(`pod network on katats (CRI + CNI bridge, containerd ${FLAVOR})`, () => {
     let env: KatatsEnv;
+    let endFactory: (() => Promise<void>) | undefined;
     let cd: Containerd;
     let cri: CriClient;
     let image: string;
@@ -88,6 +90,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
       const ip2 = leaseOf(cd.cniNetworks[1]!.name, id);
       expect(ip2).toMatch(/^10\.222\.\d+\.\d+$/);
       pods[key] = { id, ip, ip2, config };
+      if (opts.factory && handler === 'katats') helpers.expectCloned(env, id, cd.logFile);
       // A web server answering with the pod's name.
       const { container_id } = await cri.runtime.CreateContainer(
         {
@@ -118,7 +121,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
       });
 
     beforeAll(async () => {
-      env = await katatsEnv();
+      ({ env, end: endFactory } = await helpers.factoryKatatsEnv(!!opts.factory));
       cd = await startContainerd({ cri: true, cni: true, cniNetworks: 2, flavor: FLAVOR, runtimes: [env.runtime] });
       const img = await busyboxImage();
       await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
@@ -138,6 +141,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
       holder?.kill('SIGKILL');
       server?.close();
       const bridges = cd?.cniNetworks.map((n) => n.bridge) ?? [];
+      await endFactory?.();
       await helpers.endKatatsSuite(cd, env);
       for (const b of bridges) expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(b);
     }, 300_000);
@@ -232,6 +236,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
         const { pod_sandbox_id: id } = await cri.runtime.RunPodSandbox({ config, runtime_handler: 'katats' }, { timeoutMs: 300_000 });
         const [vm] = helpers.qemuProcs(env.stateDir, id);
         expect(vm, helpers.logsOf(env.logDir, id, cd.logFile, 30)).toBeDefined();
+        if (opts.factory) helpers.expectCloned(env, id, cd.logFile);
         // Hold the pod's namespace past CRI's removal: whatever the shim fails to remove stays readable in it.
         const hold = spawn('nsenter', [`--net=/proc/${vm!}/ns/net`, '--', 'sleep', '600'], { stdio: 'ignore' });
         try {

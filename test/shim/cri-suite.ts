@@ -13,10 +13,9 @@ import { CriError, type CriClient } from '../../harness/cri.js';
 import { mountsUnder } from '../../harness/mounts.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
 import { tempDir } from '../support/tmp.js';
-import { isMounted } from '../../sys/mount.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
-import { katatsEnv, type KatatsEnv } from './katats-env.js';
+import type { KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { until } from './shim-helpers.js';
 
@@ -31,7 +30,7 @@ export interface CriSuiteOptions {
 
 export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): void {
   let env: KatatsEnv;
-  let templates: string | undefined;
+  let endFactory: (() => Promise<void>) | undefined;
   const qemuProcs = () => helpers.qemuProcs(env.stateDir);
   const shimProcs = () => helpers.shimProcs(cd.address);
   let cd: Containerd;
@@ -69,16 +68,11 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
 
   /** The pod's VM came from the template when the suite runs with the factory (the shim's log says so). */
   function expectBootPath(sandbox: string): void {
-    if (!opts.factory) return;
-    const log = fs.readFileSync(path.join(env.logDir, `${sandbox}.log`), 'utf8');
-    expect(log, helpers.logsOf(env.logDir, sandbox, cd.logFile, 20)).toContain('factory: VM cloned from template');
-    expect(log).not.toContain('factory: cold boot');
+    if (opts.factory) helpers.expectCloned(env, sandbox, cd.logFile);
   }
 
   beforeAll(async () => {
-    if (opts.factory) templates = fs.mkdtempSync(path.join(os.tmpdir(), 'ktpl-'));
-    env = await katatsEnv(templates ? { extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"` } : {});
-    if (templates) expect((await helpers.katatsCli(env, 'factory', 'init')).stdout).toMatch(/^built template [0-9a-f]{64} at /);
+    ({ env, end: endFactory } = await helpers.factoryKatatsEnv(!!opts.factory));
     cd = await startContainerd({ cri: true, flavor: FLAVOR, runtimes: [env.runtime] });
     const img = await busyboxImage();
     await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
@@ -94,16 +88,11 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
 
   afterAll(async () => {
     try {
-      // Before the environment (and its configuration) goes: destroy detaches the templates' tmpfs.
-      if (templates && env) await helpers.katatsCli(env, 'factory', 'destroy');
+      await endFactory?.();
       const report = await helpers.endKatatsSuite(cd, env);
       expect(report?.podsRemoved ?? []).toEqual([]);
     } finally {
       shared?.cleanup();
-      if (templates) {
-        expect(isMounted(templates)).toBe(false);
-        fs.rmSync(templates, { recursive: true, force: true });
-      }
     }
   }, 300_000);
 

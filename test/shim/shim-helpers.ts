@@ -2,9 +2,11 @@
 // for failure messages, and finding host processes by command line or environment.
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runToolOk } from '../../sys/exec.js';
+import { isMounted } from '../../sys/mount.js';
 import { listProcs } from '../../harness/procs.js';
 import { hostHierarchies } from '../../shim/cgroups.js';
 import { OVERHEAD_ROOT } from '../../shim/sandbox-cgroups.js';
@@ -126,4 +128,38 @@ export function katatsCli(env: KatatsEnv, ...args: string[]) {
     timeoutMs: 300_000,
     timeoutCode: 'TEST_KATATS_CLI_TIMEOUT',
   });
+}
+
+/**
+ * With `factory`: a katats env whose [factory] enable_template points at a fresh dir, and the
+ * template `katats factory init` builds there; `end()` destroys it (before the env goes: destroy
+ * detaches the templates' tmpfs) and checks nothing stays mounted. Without: a plain env.
+ */
+export async function factoryKatatsEnv(factory: boolean): Promise<{ env: KatatsEnv; end: () => Promise<void> }> {
+  if (!factory) return { env: await katatsEnv(), end: () => Promise.resolve() };
+  const templates = fs.mkdtempSync(path.join(os.tmpdir(), 'ktpl-'));
+  const env = await katatsEnv({ extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"` });
+  const end = async () => {
+    try {
+      await katatsCli(env, 'factory', 'destroy');
+    } finally {
+      expect(isMounted(templates)).toBe(false);
+      fs.rmSync(templates, { recursive: true, force: true });
+    }
+  };
+  try {
+    expect((await katatsCli(env, 'factory', 'init')).stdout).toMatch(/^built template [0-9a-f]{64} at /);
+  } catch (e) {
+    await end().catch(() => {});
+    env.cleanup();
+    throw e;
+  }
+  return { env, end };
+}
+
+/** The pod's VM came from the template (the shim's log says so). */
+export function expectCloned(env: KatatsEnv, sandbox: string, containerdLog?: string): void {
+  const log = fs.readFileSync(path.join(env.logDir, `${sandbox}.log`), 'utf8');
+  expect(log, logsOf(env.logDir, sandbox, containerdLog, 20)).toContain('factory: VM cloned from template');
+  expect(log).not.toContain('factory: cold boot');
 }

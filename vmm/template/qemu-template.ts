@@ -82,11 +82,14 @@ export async function buildTemplate(o: BuildTemplateOptions): Promise<Template> 
 
 /**
  * Starts a clone of `t` with this pod's config (its own sockets, logs, share path and launch
- * data). Resolves once the restored guest runs; the caller then talks to its agent. On any
+ * data, its NICs hot-plugged). Resolves once the restored guest runs; the caller then talks to its agent. On any
  * failure the clone's QEMU is gone before the error is thrown.
  */
 export async function cloneTemplate(t: Template, config: VmConfig, start: StartOptions): Promise<QemuVm> {
-  const vm = await QemuVm.start({ ...config, memoryFile: { path: t.memoryFile, shared: false }, incoming: true }, start);
+  // A template has no NICs (a pod's TAPs are its own): the clone's QEMU inherits them all the same
+  // (start.launchWrapper) and plugs them in once the guest runs.
+  const { netdevs, ...shape } = config;
+  const vm = await QemuVm.start({ ...shape, memoryFile: { path: t.memoryFile, shared: false }, incoming: true }, start);
   try {
     await vm.qmpExecute('migrate-set-capabilities', IGNORE_SHARED);
     await vm.qmpExecute('migrate-incoming', { uri: `exec:cat ${t.stateFile}` });
@@ -94,6 +97,7 @@ export async function cloneTemplate(t: Template, config: VmConfig, start: StartO
     const st = await vm.queryStatus();
     // Saved running, a clone runs on its own; a template saved paused would need `cont`.
     if (!st.running) await vm.qmpExecute('cont');
+    for (const n of netdevs ?? []) await vm.hotplugNic(n);
     vm.log.info({ template: t.meta.key.slice(0, 12), restoredMs: vm.elapsed() }, 'clone restored');
     return vm;
   } catch (e) {
