@@ -86,7 +86,8 @@ export async function warmTemplate(client: Client, sharedHostDir: string | undef
       const out = await agent.ReadStdout({ ...ids, len: 1024 });
       const { status } = await agent.WaitProcess(ids);
       if (Buffer.from(out.data).toString() !== 'warm\n' || status !== 0) throw new Error(`warm container printed ${JSON.stringify(Buffer.from(out.data).toString())}, exit ${status}`);
-      await agent.RemoveContainer({ container_id: WARM_CONTAINER, timeout: 10 });
+      // The agent's own bound on the removal; the whole warm-up has WARM_TIMEOUT_MS (a loaded host has seen > 10 s).
+      await agent.RemoveContainer({ container_id: WARM_CONTAINER, timeout: 60 });
     } else {
       log.warn({ looked: BUSYBOX_CANDIDATES }, 'factory: no static busybox on this host: the template is warmed without a container');
     }
