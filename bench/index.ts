@@ -1,13 +1,15 @@
-// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--no-network] [--out DIR]`
+// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--no-network] [--no-density] [--out DIR]`
 // Runs the ttrpc micro-benchmark, the macro benchmark (runc, gVisor and the katats slot through one
 // private containerd) and the pod network benchmark (runc, gVisor and katats pods on a CNI bridge,
-// CRI on trixie's containerd 1.7 whatever --containerd says: the line the network suites prove) and
-// writes results.json, README.md and SVG charts to bench/results/<date>/.
+// CRI on trixie's containerd 1.7 whatever --containerd says: the line the network suites prove), the
+// density benchmark (10 pods at once with the VM factory, then host memory per idle pod at 10 and 5,
+// runc beside it; bench/density.ts) and writes results.json, README.md and SVG charts to bench/results/<date>/.
 import os from 'node:os';
 import path from 'node:path';
 import { runTtrpcBench, ttrpcTable } from './ttrpc.js';
 import { runMacroBench } from './macro/index.js';
 import { networkTable, runNetworkBench } from './network.js';
+import { densityMarkdown, runDensityBench } from './density.js';
 import { ratioSummary } from './report/markdown.js';
 import { writeReports, type BenchRun } from './report/write.js';
 import type { ContainerdFlavor } from '../harness/containerd.js';
@@ -60,9 +62,19 @@ if (!process.argv.includes('--no-network')) {
     log(`bench: pod network benchmark failed: ${(err as Error).message}`);
   }
 }
+if (!process.argv.includes('--no-density')) {
+  try {
+    log(`bench: density benchmark${quick ? ' (quick: 5 pods)' : ''}`);
+    run.density = await runDensityBench({ pods: quick ? 5 : 10, settleS: quick ? 10 : 20, log });
+  } catch (err) {
+    run.densityError = (err as Error).stack ?? String(err);
+    log(`bench: density benchmark failed: ${(err as Error).message}`);
+  }
+}
 const files = writeReports(outDir, run);
 if (run.ttrpc) process.stdout.write('\n' + ttrpcTable(run.ttrpc) + '\n');
 if (run.macro) process.stdout.write('\n' + ratioSummary(run.macro) + '\n\n');
 process.stdout.write(`bench: reports in ${path.relative(process.cwd(), outDir) || outDir}: ${files.map((f) => path.basename(f)).join(', ')}\n`);
 if (run.network) process.stdout.write(networkTable(run.network) + '\n\n');
-if (run.macroError || run.ttrpcError || run.networkError) process.exitCode = 1;
+if (run.density) process.stdout.write(densityMarkdown(run.density) + '\n\n');
+if (run.macroError || run.ttrpcError || run.networkError || run.densityError) process.exitCode = 1;

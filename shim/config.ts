@@ -29,6 +29,8 @@ export interface QemuConfig {
   virtio_fs_daemon: string;
   /** 'auto' probes KVM with a hard time limit and falls back to TCG. */
   accel: 'auto' | 'kvm' | 'tcg';
+  /** TCG's translated-code buffer per VM in MiB (QEMU's tb-size); 0: QEMU's default. Unused under KVM. */
+  tcg_tb_size: number;
   /** Regexes of annotation keys (after the io.katacontainers.config.hypervisor. prefix) a pod may set. */
   enable_annotations: string[];
 }
@@ -116,6 +118,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
       accel: 'auto',
+      tcg_tb_size: 0,
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },
     clh: {
@@ -220,6 +223,7 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   const q = cfg.hypervisor.qemu;
   checkSharedFs(cfg, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
+  if (!Number.isInteger(q.tcg_tb_size) || q.tcg_tb_size < 0) throw new ConfigError(`${source}: hypervisor.qemu.tcg_tb_size must be a non-negative integer (MiB; 0: QEMU's default)`);
   checkSizes(q, `${source}: hypervisor.qemu`);
   const clh = cfg.hypervisor.clh;
   checkSizes(clh, `${source}: hypervisor.clh`);

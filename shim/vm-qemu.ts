@@ -39,6 +39,7 @@ export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestN
     ...(p.snpReportSocket ? { snpReportSocket: p.snpReportSocket } : {}),
     ...(nics.length ? { netdevs: nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,
+    ...(q.tcg_tb_size ? { tcgTbSizeMiB: q.tcg_tb_size } : {}),
     machine: q.machine_type as VmConfig['machine'],
     runDir: p.runDir,
     qemuBinary: q.path,

@@ -96,6 +96,11 @@ export interface VmConfig {
   runDir: string;
   /** CPU model; default 'max' under TCG, KVM_CPU under KVM */
   cpu?: string;
+  /**
+   * TCG's translated-code buffer in MiB (QEMU's `-accel tcg,tb-size=`); unset: QEMU's default. A
+   * clone translates its guest's code afresh into it, so it is most of an idle clone's own memory.
+   */
+  tcgTbSizeMiB?: number;
   /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
   hotplugSlots?: number;
   qemuBinary?: string;
@@ -120,6 +125,7 @@ export function validateConfig(c: VmConfig): void {
   for (const k of ['kernel', 'initrd', 'rootfs', 'agentSocket', 'runDir'] as const) if (!c[k]) errs.push(`${k} is empty`);
   for (const d of c.disks ?? []) if (!ID_RE.test(d.id)) errs.push(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
+  if (c.tcgTbSizeMiB !== undefined && (!Number.isInteger(c.tcgTbSizeMiB) || c.tcgTbSizeMiB < 1)) errs.push(`tcgTbSizeMiB ${c.tcgTbSizeMiB} is not a positive integer`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');
   if (c.snpReportSocket !== undefined && (!c.snpReportSocket || Buffer.byteLength(c.snpReportSocket) > 107)) errs.push('snpReportSocket is empty or longer than a unix socket path allows');

@@ -62,7 +62,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   ];
   const machineOpts: Record<string, string> = { q35: 'q35,vmport=off,sata=off,smbus=off', pc: 'pc,vmport=off', microvm: 'microvm,pcie=on,rtc=on' };
   a.push('-machine', `${machineOpts[machine]!}${c.memoryFile ? ',memory-backend=mem' : ''}`);
-  a.push('-accel', accel === 'kvm' ? 'kvm' : c.vcpus > 1 ? 'tcg,thread=multi' : 'tcg');
+  a.push('-accel', accel === 'kvm' ? 'kvm' : `tcg${c.vcpus > 1 ? ',thread=multi' : ''}${c.tcgTbSizeMiB ? `,tb-size=${c.tcgTbSizeMiB}` : ''}`);
   a.push('-cpu', c.cpu ?? (accel === 'kvm' ? KVM_CPU : TCG_CPU));
   a.push('-m', `${c.memoryMiB}M`, '-smp', String(c.vcpus));
   if (c.virtioFs) {

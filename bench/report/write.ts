@@ -9,6 +9,7 @@ import { macroMarkdown, ratioSummary } from './markdown.js';
 import { barChartSvg, type ChartSpec } from './svg.js';
 import type { NetworkReport } from '../network.js';
 import { networkCharts, networkJson, networkMarkdown } from './network.js';
+import { densityJson, densityMarkdown, type DensityReport } from '../density.js';
 
 export interface BenchRun {
   quick: boolean;
@@ -18,6 +19,8 @@ export interface BenchRun {
   ttrpcError?: string;
   network?: NetworkReport;
   networkError?: string;
+  density?: DensityReport;
+  densityError?: string;
 }
 
 function ttrpcChart(rows: TtrpcFigure[]): ChartSpec {
@@ -47,6 +50,7 @@ export function writeReports(dir: string, run: BenchRun): string[] {
   if (run.macroError) json.macro_error = run.macroError;
   json.ttrpc = run.ttrpc ?? { error: run.ttrpcError ?? 'not run' };
   json.network = run.network ? networkJson(run.network) : { error: run.networkError ?? 'not run' };
+  json.density = run.density ? densityJson(run.density) : { error: run.densityError ?? 'not run' };
   put('results.json', JSON.stringify(json, null, 2) + '\n');
 
   const md: string[] = [`# katats benchmark ${run.macro?.environment.date ?? new Date().toISOString()}${run.quick ? ' (quick)' : ''}`, ''];
@@ -59,6 +63,8 @@ export function writeReports(dir: string, run: BenchRun): string[] {
   md.push('## Pod network', '');
   if (run.network) md.push(networkMarkdown(run.network), '', 'Charts: ' + networkCharts(run.network).map((c) => `[${c.name}](${c.name}.svg)`).join(', '), '');
   else md.push(`Not run: ${run.networkError ?? 'skipped'}`, '');
+  md.push('## Density (VM factory)', '');
+  md.push(run.density ? densityMarkdown(run.density) : `Not run: ${run.densityError ?? 'skipped'}`, '');
   md.push('## ttrpc micro-benchmark', '');
   md.push(run.ttrpc ? ttrpcTable(run.ttrpc) : `Not run: ${run.ttrpcError ?? 'skipped'}`, '');
   put('README.md', md.join('\n'));

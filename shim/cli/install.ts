@@ -12,7 +12,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { stringify as toToml, parse as parseToml } from 'smol-toml';
-import { DEFAULTS } from '../config.js';
+import { DEFAULTS, parseConfig } from '../config.js';
+import { podOverhead, type PodOverhead } from '../pod-overhead.js';
 import { snapshotterInstructions } from './snapshotter-install.js';
 
 export interface InstallOptions {
@@ -33,7 +34,8 @@ const MARK = 'katats install';
 
 type Doc = Record<string, unknown>;
 
-export function runtimeClassYaml(): string {
+/** The RuntimeClass, its overhead from the measured footprint of this configuration's pods (shim/pod-overhead.ts). */
+export function runtimeClassYaml(overhead: PodOverhead): string {
   return [
     'apiVersion: node.k8s.io/v1',
     'kind: RuntimeClass',
@@ -42,8 +44,9 @@ export function runtimeClassYaml(): string {
     `handler: ${HANDLER}`,
     'overhead:',
     '  podFixed:',
-    '    memory: "160Mi"',
-    '    cpu: "250m"',
+    `    # ${overhead.why}`,
+    `    memory: "${overhead.memoryMi}Mi"`,
+    `    cpu: "${overhead.cpu}"`,
     '',
   ].join('\n');
 }
@@ -151,6 +154,9 @@ export function install(o: InstallOptions, say: (s: string) => void): void {
     throw new Error(`${o.containerdConfig} is a version ${String(version)} config; katats install handles versions 2 and 3: run \`containerd config migrate\` first`);
   }
   const intoMain = main !== undefined && version === 2 && get(main, 'plugins', CRI_PLUGIN[2]) !== undefined;
+  // The pods' overhead depends on their configuration (the factory on or off): an existing one that
+  // does not parse is refused here, before anything is written; a missing one gets the defaults.
+  const overhead = podOverhead(fs.existsSync(o.katatsConfig) ? parseConfig(fs.readFileSync(o.katatsConfig, 'utf8'), o.katatsConfig) : DEFAULTS);
 
   fs.mkdirSync(o.pathDir, { recursive: true });
   for (const name of ['containerd-shim-katats-v2', 'katats']) {
@@ -203,6 +209,6 @@ export function install(o: InstallOptions, say: (s: string) => void): void {
   }
   say('restart containerd to load the runtime; then `ctr run --runtime io.containerd.katats.v2 ...` works,');
   say('and Kubernetes pods can use it with this RuntimeClass:\n');
-  say(runtimeClassYaml());
+  say(runtimeClassYaml(overhead));
   say(snapshotterInstructions(path.join(o.pathDir, 'katats'), version, HANDLER));
 }

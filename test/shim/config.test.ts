@@ -35,6 +35,9 @@ sandbox_cgroup_only = true
     expect(parseConfig('[hypervisor.qemu]\nshared_fs = "none"').hypervisor.qemu.shared_fs).toBe('none');
     expect(parseConfig('').hypervisor.qemu.shared_fs).toBe('virtio-9p');
     expect(() => parseConfig('[hypervisor.qemu\n')).toThrow(ConfigError);
+    expect(parseConfig('[hypervisor.qemu]\ntcg_tb_size = 64').hypervisor.qemu.tcg_tb_size).toBe(64);
+    expect(() => parseConfig('[hypervisor.qemu]\ntcg_tb_size = -1')).toThrow(/tcg_tb_size must be a non-negative integer/);
+    expect(() => parseConfig('[hypervisor.qemu]\ntcg_tb_size = 1.5')).toThrow(/tcg_tb_size must be a non-negative integer/);
     expect(parseConfig('[agent.katats]\nkernel_modules = []').agent.katats.kernel_modules).toEqual([]);
     expect(parseConfig('').runtime.internetworking_model).toBe('tcfilter');
     expect(parseConfig('[runtime]\ninternetworking_model = "none"').runtime.internetworking_model).toBe('none');

@@ -9,6 +9,7 @@ import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { DEFAULTS, parseConfig } from '../../shim/config.js';
+import { podOverhead } from '../../shim/pod-overhead.js';
 import { containerdBinaries, startContainerd, type Containerd } from '../../harness/containerd.js';
 import { run, type RunResult } from '../../harness/exec.js';
 import { busyboxImage } from '../../harness/images/busybox.js';
@@ -69,6 +70,10 @@ describe('katats install', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('kind: RuntimeClass');
     expect(r.stdout).toMatch(/^handler: katats$/m);
+    // The overhead is the measured footprint of the pods this configuration makes (no factory here: a cold boot's).
+    const overhead = podOverhead(parseConfig(fs.readFileSync(env.configFile, 'utf8')));
+    expect(overhead.why).toMatch(/^a cold-booted VM/);
+    expect(r.stdout).toContain(`    memory: "${overhead.memoryMi}Mi"\n`);
     for (const name of ['containerd-shim-katats-v2', 'katats']) expect(fs.readlinkSync(path.join(dir, 'bin', name))).toBe(path.join(binDir, name));
     // The operator's file is kept byte for byte under one added line, and backed up.
     const pattern = path.join(dir, 'conf.d', '*.toml');

@@ -58,6 +58,10 @@ describe('VmConfig -> QEMU argv', () => {
   it('uses single-threaded TCG for one vCPU, kvm when told, pc hotplug on pci.0', () => {
     expect(opt(buildQemuArgs({ ...base, vcpus: 1 }, 'tcg').argv, '-accel')).toEqual(['tcg']);
     expect(opt(buildQemuArgs(base, 'kvm').argv, '-accel')).toEqual(['kvm']);
+    // TCG's code buffer when configured; KVM has none.
+    expect(opt(buildQemuArgs({ ...base, vcpus: 1, tcgTbSizeMiB: 64 }, 'tcg').argv, '-accel')).toEqual(['tcg,tb-size=64']);
+    expect(opt(buildQemuArgs({ ...base, tcgTbSizeMiB: 64 }, 'tcg').argv, '-accel')).toEqual(['tcg,thread=multi,tb-size=64']);
+    expect(opt(buildQemuArgs({ ...base, tcgTbSizeMiB: 64 }, 'kvm').argv, '-accel')).toEqual(['kvm']);
     const pc = buildQemuArgs({ ...base, machine: 'pc', hotplugSlots: 2 }, 'tcg');
     expect(pc.layout.hotplugBuses).toEqual(['pci.0', 'pci.0']);
     expect(opt(pc.argv, '-device').filter((d) => d.startsWith('pcie-root-port'))).toHaveLength(0);
