@@ -102,6 +102,8 @@ async function startAtOnce(cd: Containerd, runtime: string, image: string, ids: 
             done = true;
             clearTimeout(timer);
             if (failure) {
+              // One line each: ctr's stderr may carry the guest's last console lines.
+              failure = failure.replace(/\s*\n\s*/g, ' | ').slice(0, 600);
               failures.push(`${id}: ${failure}`);
               say(`density ${runtime}: ${id} FAILED: ${failure}`);
             } else {

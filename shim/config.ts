@@ -29,7 +29,10 @@ export interface QemuConfig {
   virtio_fs_daemon: string;
   /** 'auto' probes KVM with a hard time limit and falls back to TCG. */
   accel: 'auto' | 'kvm' | 'tcg';
-  /** TCG's translated-code buffer per VM in MiB (QEMU's tb-size); 0: QEMU's default. Unused under KVM. */
+  /**
+   * TCG's translated-code buffer per VM in MiB (QEMU's tb-size); 0: QEMU's default (1 GiB, filled
+   * as code is translated: ~80 MiB by an idle clone's start). Unused under KVM. See bench/density.ts.
+   */
   tcg_tb_size: number;
   /** Regexes of annotation keys (after the io.katacontainers.config.hypervisor. prefix) a pod may set. */
   enable_annotations: string[];
@@ -118,7 +121,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
       accel: 'auto',
-      tcg_tb_size: 0,
+      tcg_tb_size: 64,
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },
     clh: {

@@ -20,7 +20,7 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 156.2, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 0, accel: 'TCG', source: 'bench/results/2026-11-30_density/' },
+  template: { pssMiB: 141.8, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, accel: 'TCG', source: 'bench/results/2026-11-30_density/final/' },
   cold: { pssMiB: 491.1, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 0, accel: 'TCG', source: 'bench/results/2026-11-30_factory/' },
 };
 
