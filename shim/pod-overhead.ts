@@ -18,10 +18,10 @@ export interface MeasuredFootprint {
   source: string;
 }
 
-/** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), on this project's CI machine kind. */
+/** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
   template: { pssMiB: 141.8, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, accel: 'TCG', source: 'bench/results/2026-11-30_density/final/' },
-  cold: { pssMiB: 491.1, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 0, accel: 'TCG', source: 'bench/results/2026-11-30_factory/' },
+  cold: { pssMiB: 317.7, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, accel: 'TCG', source: 'bench/results/2026-11-30_density/factory-tb64/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
