@@ -8,6 +8,7 @@ import { ManifestError, reEscape, type ConfigSource, type ContainerLike, type Po
 import type { PolicyMount, PolicyStorage, Settings } from './settings.js';
 import { LAYER_OVERLAY_FSTYPE, LAYER_STORAGE_FSTYPE, layerOverlayOptions, layerStorageOptions, ZERO_SALT_HEX } from '../../proto/layer-storage.js';
 import { LAYER_SRC_PREFIX } from '../../proto/layer-mounts.js';
+import { checkKbsUrl, KBS_URL_ANNOTATION } from '../../attestation/kbs-url.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
 
@@ -300,6 +301,16 @@ function namespaces(ctx: PodContext, sandbox: boolean): { Type: string; Path: st
 function annotations(ctx: PodContext, template: Record<string, string>, containerName: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(template)) out[k] = fill(v, ctx, { 'container-name': reEscape(containerName) });
+  // The pod's KBS, pinned: HOST_DATA binds this policy, so the KBS the pod trusts is measured with it.
+  const kbs = ctx.pod.metadata.annotations?.[KBS_URL_ANNOTATION];
+  if (kbs !== undefined) {
+    try {
+      checkKbsUrl(kbs);
+    } catch (e) {
+      throw new ManifestError(`${ctx.pod.origin}: annotation ${KBS_URL_ANNOTATION}: ${(e as Error).message}`);
+    }
+    out[KBS_URL_ANNOTATION] = `^${reEscape(kbs)}$`;
+  }
   return sortedRecord(out);
 }
 

@@ -304,3 +304,39 @@ describe('the generated policy on the requests containerd and the shim really se
     }
   });
 });
+
+describe("the pod's KBS annotation, pinned by the generated policy", () => {
+  const KBS = 'io.katats.attestation.kbs_url';
+  const URL_A = 'http://10.88.0.1:8080';
+  /** The captured pod with the KBS annotation on every spec, as CRI passes pod annotations through. */
+  const withKbs = (url: string): Req[] =>
+    CAPTURED.map((r) => {
+      if (r.kind !== 'CreateContainerRequest') return r;
+      const c = structuredClone(r);
+      (c.OCI as { Annotations: Record<string, string> }).Annotations[KBS] = url;
+      return c;
+    });
+  const run = (text: string, reqs: Req[]) => {
+    const d = new Decider(text);
+    return reqs.map((r) => ({ kind: r.kind, res: d.decide(r.kind, agentInput(r)) }));
+  };
+
+  it('allows the KBS the manifest names and refuses any other, naming it; a KBS the manifest does not name is refused', async () => {
+    const yaml = POD_YAML.replace('  name: policy-pod\n  namespace: default\n', `  name: policy-pod\n  namespace: default\n  annotations:\n    ${KBS}: "${URL_A}"\n`);
+    expect(yaml).not.toBe(POD_YAML);
+    const pinned = (await policyFor(yaml)).text;
+    for (const { kind, res } of run(pinned, withKbs(URL_A))) expect(res.allowed, `${kind} ${JSON.stringify(res.why)}`).toBe(true);
+    const other = run(pinned, withKbs('http://10.88.0.1:9999')).find((x) => !x.res.allowed);
+    expect(other?.kind).toBe('CreateContainerRequest');
+    expect(other!.res.why.join('\n')).toMatch(/annotations_not_allowed = \{"io.katats.attestation.kbs_url=http:\/\/10.88.0.1:9999"\}/);
+    // The manifest names no KBS: one the host adds is refused.
+    const unpinned = (await policyFor(POD_YAML)).text;
+    const added = run(unpinned, withKbs(URL_A)).find((x) => !x.res.allowed);
+    expect(added!.res.why.join('\n')).toMatch(/annotations_not_allowed = \{"io.katats.attestation.kbs_url=http:\/\/10.88.0.1:8080"\}/);
+  });
+
+  it('refuses to generate for a KBS URL the agent would not take', async () => {
+    const yaml = POD_YAML.replace('  name: policy-pod\n  namespace: default\n', `  name: policy-pod\n  namespace: default\n  annotations:\n    ${KBS}: "ftp://kbs"\n`);
+    await expect(policyFor(yaml)).rejects.toThrow(/annotation io.katats.attestation.kbs_url: KBS URL "ftp:\/\/kbs" is not http\(s\)/);
+  });
+});
