@@ -5,6 +5,7 @@ import type { CgroupLayout } from './cgroups.js';
 import type { Limits } from '../policy/index.js';
 import type { NetworkTools } from './network.js';
 import type { Keeper } from './keeper.js';
+import type { ResourceSource } from './unseal.js';
 
 export interface AgentConfig {
   /** bundles, stdio FIFOs and sandbox files; upstream's /run/kata-containers in the guest */
@@ -45,7 +46,7 @@ export interface AgentConfig {
   /** bytes buffered per output stream before the agent stops reading the pipe */
   outputBufferBytes: number;
   /** the pod's attestation endpoint (attestation/cdh.ts), when the VM has an SNP report port */
-  cdh?: { setKbsUrl(url: string): void };
+  cdh?: { setKbsUrl(url: string): void; resourceSource(): ResourceSource | undefined };
   log: Logger;
 }
 

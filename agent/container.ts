@@ -13,6 +13,7 @@ import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
 import { umount, isMounted } from '../sys/mount.js';
 import { bindRootfs, bundleDir } from './places.js';
+import { unsealSpec } from './unseal.js';
 import { removeCopies } from './copy-file.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
@@ -142,6 +143,8 @@ export class Container {
     const c = new Container(cid, sb, bundle, new ContainerCgroup(cfg.cgroups, cgPath), !usable, log);
     sb.creating.add(cid);
     try {
+      // After the policy decided the request (on the sealed text), before anything runs.
+      await unsealSpec(spec, { sharedRoot: cfg.copyRoot, copyDir: path.join(bundle, 'sealed'), kbs: cfg.cdh?.resourceSource(), cid, log });
       await applyDevices(req.devices ?? [], spec, cfg.sysfsRoot, cfg.pciRescan);
       c.storageMounts = await sb.addStorages(req.storages ?? [], cid);
       // The overlay of the container's layers is a storage mounted on its rootfs already.

@@ -165,7 +165,8 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     // ---- containers
     CreateContainer: (req) =>
       guard(`CreateContainer ${req.container_id}`, async () => {
-        // The pod's KBS, from its annotation (as decided by the policy like every other field).
+        // The pod's KBS, from its annotation (as decided by the policy like every other field);
+        // initdata's, when the VM has initdata, stays (the first KBS named stays).
         const kbsUrl = req.OCI?.Annotations?.[KBS_URL_ANNOTATION];
         if (kbsUrl !== undefined) {
           try {
@@ -174,11 +175,12 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
             throw invalid(`CreateContainer ${req.container_id}: annotation ${KBS_URL_ANNOTATION}: ${(e as Error).message}`);
           }
         }
-        await Container.create(sb, req);
+        // Named before the container is made: its own sealed secrets come from that KBS.
         if (kbsUrl !== undefined) {
           if (sb.config.cdh) sb.config.cdh.setKbsUrl(kbsUrl);
           else sb.config.log.warn({ container: req.container_id }, `annotation ${KBS_URL_ANNOTATION}: this VM has no SNP report port; no attestation endpoint`);
         }
+        await Container.create(sb, req);
         return {};
       }),
 

@@ -12,12 +12,14 @@ import type { Logger } from 'pino';
 import { KbsClient, KbsClientError } from './client.js';
 import type { ReportDevice } from './device.js';
 import { REPORT_DATA_SIZE } from './report.js';
+import type { ResourcePath } from './resource-uri.js';
 import { isTimeout } from '../sys/timeout.js';
+import { checkKbsUrl, KBS_URL_ANNOTATION } from './kbs-url.js';
+
+export { checkKbsUrl, KBS_URL_ANNOTATION };
 
 export const CDH_PORT = 8006;
 export const CDH_HOST = '127.0.0.1';
-/** The pod annotation naming the KBS (http(s)://host:port). */
-export const KBS_URL_ANNOTATION = 'io.katats.attestation.kbs_url';
 const MAX_URL = 1024;
 const MAX_IN_FLIGHT = 4;
 /** One request's whole life: the RCAR exchange over TCG and a slow KBS fit well within it. */
@@ -31,19 +33,6 @@ export interface CdhOptions {
   /** The KBS's URL when the pod named one; set later with setKbsUrl. */
   kbsUrl?: string;
   requestTimeoutMs?: number;
-}
-
-/** A KBS URL as a pod may name one: http or https, a host, nothing else odd. */
-export function checkKbsUrl(u: string): string {
-  let url: URL;
-  try {
-    url = new URL(u);
-  } catch {
-    throw new Error(`KBS URL ${JSON.stringify(u)} is not a URL`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`KBS URL ${JSON.stringify(u)} is not http(s)`);
-  if (url.username || url.password || url.search || url.hash) throw new Error(`KBS URL ${JSON.stringify(u)} carries credentials, a query or a fragment`);
-  return url.origin;
 }
 
 export class CdhServer {
@@ -77,6 +66,19 @@ export class CdhServer {
     this.o.log.info({ kbs: origin }, 'CDH: KBS set');
   }
   private kbsOrigin?: string;
+
+  /** The pod's KBS as the agent's unsealing uses it; undefined until a KBS is named. */
+  resourceSource(): { fetchResource(r: ResourcePath): Promise<Buffer> } | undefined {
+    const kbs = this.kbs;
+    if (!kbs) return undefined;
+    return {
+      fetchResource: async (r) => {
+        const bytes = await kbs.getResource(r.repository, r.type, r.tag);
+        this.o.log.info({ resource: `${r.repository}/${r.type}/${r.tag}`, bytes: bytes.length }, 'CDH: sealed secret released by the KBS');
+        return bytes;
+      },
+    };
+  }
 
   listen(port = CDH_PORT, host = CDH_HOST): Promise<{ port: number }> {
     return new Promise((resolve, reject) => {

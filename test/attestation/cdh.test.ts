@@ -4,6 +4,7 @@
 // digest the attestation policy names gets its key; the same pod with a changed policy (another
 // HOST_DATA) gets the KBS's 403 and no bytes; 404, bad paths and a missing KBS are clear answers.
 import { createHash, generateKeyPairSync } from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -19,6 +20,9 @@ import { buildKbs, type Kbs } from '../../attestation/kbs/server.js';
 import { SnpStreamSession } from '../../attestation/port-device.js';
 import { decodeReport } from '../../attestation/report.js';
 import { verifyReport } from '../../attestation/verify.js';
+import { parseSealedSecret, sealSecret } from '../../attestation/sealed-secret.js';
+import { unsealEnv, unsealSpec } from '../../agent/unseal.js';
+import { Code, TtrpcError } from '../../agent/errors.js';
 import { tempDir } from '../support/tmp.js';
 
 const tmp = tempDir('katats-cdh-');
@@ -198,5 +202,74 @@ describe('the report port stream', () => {
     await new Promise((r) => setTimeout(r, 20));
     s.push(Buffer.concat([frame(encodeReportRsp(0, real)), frame(encodeCertTable({ ark: Buffer.from('a'), ask: Buffer.from('b'), vcek: Buffer.from('c') }))]));
     expect((await p).report.subarray(0x50, 0x90)).toEqual(rd);
+  });
+});
+
+describe('sealed secrets unsealed by the agent (agent/unseal.ts) through the pod\'s KBS', () => {
+  const SEALED = sealSecret('kbs:///default/key/disk');
+  const silent = pino({ level: 'silent' });
+
+  /** A container's config.json parts: a sealed env value, a read-only volume below the shared root holding a sealed file. */
+  function spec(shared: string) {
+    const vol = path.join(shared, 'ctr-secret-vol');
+    fs.mkdirSync(path.join(vol, '..data'), { recursive: true });
+    fs.writeFileSync(path.join(vol, '..data', 'disk-key'), `${SEALED}\n`);
+    fs.symlinkSync('..data/disk-key', path.join(vol, 'disk-key'));
+    fs.writeFileSync(path.join(vol, '..data', 'plain'), 'plain\n');
+    return {
+      process: { env: ['PATH=/bin', `DISK_KEY=${SEALED}`] },
+      mounts: [
+        { destination: '/secrets', source: vol, type: 'bind', options: ['rbind', 'ro'] },
+        { destination: '/rw', source: vol, type: 'bind', options: ['rbind', 'rw'] },
+      ],
+    };
+  }
+
+  it('replaces the env value and the volume file (in a guest-private copy) for an allowed pod; the shared copy keeps the sealed text', async () => {
+    const cdh = new CdhServer({ device: await portDevice('pod-seal-a', HOST_DATA), log, kbsUrl });
+    servers.push(cdh);
+    const shared = fs.mkdtempSync(path.join(tmp.dir, 'shared-'));
+    const copyDir = path.join(tmp.dir, 'bundle-a', 'sealed');
+    const s = spec(shared);
+    await unsealSpec(s, { sharedRoot: shared, copyDir, kbs: cdh.resourceSource(), cid: 'c1', log: silent });
+    expect(s.process.env).toEqual(['PATH=/bin', `DISK_KEY=${SECRET.toString()}`]);
+    expect(s.mounts[0]!.source).toBe(path.join(copyDir, '0'));
+    expect(fs.readFileSync(path.join(s.mounts[0]!.source, 'disk-key'))).toEqual(SECRET);
+    expect(fs.readlinkSync(path.join(s.mounts[0]!.source, 'disk-key'))).toBe('..data/disk-key');
+    expect(fs.readFileSync(path.join(s.mounts[0]!.source, '..data', 'plain'), 'utf8')).toBe('plain\n');
+    // A writable volume is shared, not copied; the shared copy is untouched.
+    expect(s.mounts[1]!.source).toBe(path.join(shared, 'ctr-secret-vol'));
+    expect(fs.readFileSync(path.join(shared, 'ctr-secret-vol', 'disk-key'), 'utf8')).toBe(`${SEALED}\n`);
+  });
+
+  it('refuses for a pod the KBS refuses, naming the env var and the KBS\'s answer, and leaves no copy', async () => {
+    const cdh = new CdhServer({ device: await portDevice('pod-seal-b', OTHER_HOST_DATA), log, kbsUrl });
+    servers.push(cdh);
+    const shared = fs.mkdtempSync(path.join(tmp.dir, 'shared-'));
+    const copyDir = path.join(tmp.dir, 'bundle-b', 'sealed');
+    const s = spec(shared);
+    const err = await unsealSpec(s, { sharedRoot: shared, copyDir, kbs: cdh.resourceSource(), cid: 'c2', log: silent }).catch((e: TtrpcError) => e);
+    expect(err).toBeInstanceOf(TtrpcError);
+    expect((err as TtrpcError).code).toBe(Code.PermissionDenied);
+    expect((err as TtrpcError).message).toMatch(/^CreateContainer c2: env DISK_KEY: sealed secret kbs:\/\/\/default\/key\/disk: the KBS answered 403: PolicyDeny: /);
+    expect(s.process.env).toContain(`DISK_KEY=${SEALED}`);
+    // The volume alone: the file is named.
+    s.process.env = ['PATH=/bin'];
+    const err2 = await unsealSpec(s, { sharedRoot: shared, copyDir, kbs: cdh.resourceSource(), cid: 'c2', log: silent }).catch((e: TtrpcError) => e);
+    expect((err2 as TtrpcError).message).toMatch(/volume \/secrets: file \.\.data\/disk-key: sealed secret kbs:\/\/\/default\/key\/disk: the KBS answered 403/);
+    expect(fs.existsSync(copyDir)).toBe(false);
+  });
+
+  it('refuses what is not a sealed secret it can unseal, and a VM with no KBS, with a clear error', async () => {
+    const env = (v: string) => unsealEnv([`K=${v}`], undefined, 'c3').catch((e: TtrpcError) => e.message);
+    expect(await env('sealed.a.b')).toMatch(/env K: not a sealed secret this guest unseals: want sealed.<header>.<payload>.<signature>/);
+    expect(await env('sealed.h.%%%.s')).toMatch(/the payload is not base64url/);
+    const payload = (o: object) => `sealed.h.${Buffer.from(JSON.stringify(o)).toString('base64url')}.s`;
+    expect(await env(payload({ version: '0.1.0', type: 'envelope', provider: 'aliyun' }))).toMatch(/envelope secrets .* are not supported/);
+    expect(await env(payload({ version: '0.1.0', type: 'vault', provider: 'kbs', name: 'kbs://evil.example/default/key/disk' }))).toMatch(/names a KBS host \(evil.example\)/);
+    expect(await env(payload({ version: '0.1.0', type: 'vault', provider: 'kbs', name: 'kbs:///default/../disk' }))).toMatch(/not \. or \.\./);
+    expect(await env(SEALED)).toMatch(/env K: sealed secret kbs:\/\/\/default\/key\/disk: this VM has no attestation/);
+    expect(parseSealedSecret(SEALED).resource).toEqual({ repository: 'default', type: 'key', tag: 'disk' });
+    expect((await unsealEnv(['A=1', 'B=sealed'], undefined, 'c3')).env).toEqual(['A=1', 'B=sealed']);
   });
 });
