@@ -33,6 +33,8 @@ export interface AgentConfig {
   defaultPolicy?: { text: string; source: string };
   /** limits of every policy evaluation (steps above all: a hostile policy must not hold the agent) */
   policyLimits?: Partial<Limits>;
+  /** The VM's initdata does not match its launch data (or cannot be read): every request is refused with this. */
+  launchProblem?: string;
   /** SetGuestDateTime changes the clock and ReseedRandomDev the kernel's CRNG (guest) or only validate (local mode) */
   setClock: boolean;
   /** the runner's keeper (guest): clock and entropy without spawning a process */

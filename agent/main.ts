@@ -20,12 +20,13 @@ import { guestNetworkTools, netnsTools } from './network.js';
 import { Keeper } from './keeper.js';
 import { mountThrough } from './places.js';
 import { startCdh } from './cdh-start.js';
+import { applyInitdata, FW_CFG_INITDATA, loadInitdata } from './initdata-load.js';
 
 /** The launch data as QEMU serves it (fw_cfg opt/katats/host_data). */
 const FW_CFG_HOST_DATA = '/sys/firmware/qemu_fw_cfg/by_name/opt/katats/host_data/raw';
 
 const usage = `usage: agent [--listen SOCK] [--channel DEV] [--state-dir DIR] [--copy-root DIR]
-             [--host-data FILE] [--policy-file FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
+             [--host-data FILE] [--initdata FILE] [--policy-file FILE] [--runner PATH] [--crun PATH] [--crun-root DIR]
              [--sysfs DIR] [--cgroup-parent PATH] [--netns PATH] [--log-level LEVEL] [--log-file FILE]`;
 
 async function main(): Promise<void> {
@@ -37,6 +38,7 @@ async function main(): Promise<void> {
       'copy-root': { type: 'string' },
       'host-data': { type: 'string' },
       'policy-file': { type: 'string' },
+      initdata: { type: 'string' },
       runner: { type: 'string' },
       crun: { type: 'string' },
       'crun-root': { type: 'string' },
@@ -64,6 +66,11 @@ async function main(): Promise<void> {
   // template has its own fw_cfg but the template's copy.
   const liveLaunchData = !local && !!hostData && fs.existsSync(FW_CFG_HOST_DATA);
   const launchDigest = liveLaunchData ? () => readLaunchDigest(FW_CFG_HOST_DATA) : hostData ? readLaunchDigest(hostData) : undefined;
+  // Initdata (fw_cfg in the guest): checked against the launch data once, at start; a VM with
+  // initdata boots cold (a clone would carry the template's), so it is not read again.
+  const initdataFile = values.initdata ?? (local ? undefined : FW_CFG_INITDATA);
+  const initdata = initdataFile ? loadInitdata(initdataFile, typeof launchDigest === 'function' ? launchDigest() : launchDigest) : undefined;
+  if (initdata && !initdata.ok) log.error({ problem: initdata.problem }, 'initdata refused: the agent refuses every request');
   const runner = findRunner(values.runner);
   // In the guest the image's default policy must be there: without it the agent does not serve
   // (as Kata's aborts), rather than run pods with no policy at all.
@@ -80,7 +87,8 @@ async function main(): Promise<void> {
     sysfsRoot: values.sysfs ?? '/sys',
     cgroups: detectCgroups(),
     cgroupParent: values['cgroup-parent'] ?? '/katats',
-    launchDigest,
+    launchDigest: initdata?.ok ? initdata.policyDigest : launchDigest,
+    ...(initdata && !initdata.ok ? { launchProblem: initdata.problem } : {}),
     defaultPolicy,
     setClock: !local,
     ...(local ? {} : { keeper: Keeper.start(runner, log) }),
@@ -91,6 +99,7 @@ async function main(): Promise<void> {
     log,
   };
   const agent = createAgent(config);
+  if (initdata?.ok) applyInitdata(initdata, agent.sandbox.policy, cdh, log);
   const keeper = config.keeper;
   if (keeper) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');

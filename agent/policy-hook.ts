@@ -95,6 +95,8 @@ export interface PolicyGateOptions {
   /** The policy in force until a SetPolicy: the image's default. */
   defaultPolicy: { text: string; source: string };
   limits?: Partial<Limits>;
+  /** Set when the VM's initdata does not match its launch data: nothing is served, every request says why. */
+  launchProblem?: string;
   log: Logger;
 }
 
@@ -168,6 +170,7 @@ export class PolicyGate {
     const ep = ENDPOINTS.get(ctx.method);
     // An unknown method: the server answers that it has none, nothing runs.
     if (!ep || ep.name === 'ReadStreamRequest') return;
+    if (this.o.launchProblem) throw denied(`${ep.name} is blocked by policy: ${this.o.launchProblem}`);
     this.recheckLaunchData(ep.name);
     if (this.awaitingPolicy) {
       // SetPolicy itself is decided by the launch data (set()).
@@ -195,7 +198,7 @@ export class PolicyGate {
 
   /** ReadStdout/ReadStderr after the read: false means the data is withheld (Kata redacts it). */
   readAllowed(req: object, stream: 'stdout' | 'stderr'): boolean {
-    if (this.awaitingPolicy) return false;
+    if (this.awaitingPolicy || this.o.launchProblem) return false;
     const t0 = performance.now();
     if (this.current.allowsAny('ReadStreamRequest')) {
       this.timings.record('ReadStreamRequest', performance.now() - t0, 0, true);
@@ -258,6 +261,7 @@ export class PolicyGate {
 
   /** SetPolicy, once the interceptor let it through: the launch data's digest, then the text compiles. */
   set(text: string): void {
+    if (this.o.launchProblem) throw denied(`SetPolicy is blocked by policy: ${this.o.launchProblem}`);
     const digest = sha256(text);
     const launch = this.launchDigest;
     const bound = launch !== undefined && launch !== NO_POLICY;

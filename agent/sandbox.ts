@@ -57,6 +57,7 @@ export class Sandbox {
       launchDigest: config.launchDigest,
       defaultPolicy: config.defaultPolicy ?? { text: allowAllPolicy(), source: 'built-in allow-all' },
       ...(config.policyLimits ? { limits: config.policyLimits } : {}),
+      ...(config.launchProblem ? { launchProblem: config.launchProblem } : {}),
       log: config.log,
     });
   }

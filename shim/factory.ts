@@ -72,6 +72,11 @@ export async function cloneForPod(config: KatatsConfig, cfg: VmConfig, start: St
     log.warn({ boot: 'cold', reason: 'attestation: the SNP firmware registers each VM at its own launch; a template clone cannot carry a per-pod registration' }, 'factory: cold boot');
     return undefined;
   }
+  if (cfg.initdataFile) {
+    // The agent checks initdata against the launch data once, at its start: a clone's agent started in the template.
+    log.warn({ boot: 'cold', reason: "initdata: the guest's agent takes it at its start; a template clone started without it" }, 'factory: cold boot');
+    return undefined;
+  }
   const nics = cfg.netdevs?.length ?? 0;
   if (nics > (cfg.hotplugSlots ?? 0)) {
     log.warn({ boot: 'cold', reason: `${nics} NICs: a clone hot-plugs each into one of the ${cfg.hotplugSlots ?? 0} hotplug slots ([hypervisor.qemu] pcie_root_port)` }, 'factory: cold boot');

@@ -70,6 +70,8 @@ export interface LaunchRequest {
   config: KatatsConfig;
   /** 32 bytes bound to the VM at launch (the policy digest; zeros when there is no policy). */
   launchData: Buffer;
+  /** The pod's initdata document (its digest is launchData), served to the guest. */
+  initdata?: string;
   stateDir: string;
   log: Logger;
   /** Where the host processes go (see sandbox-cgroups.ts); none when undefined. */

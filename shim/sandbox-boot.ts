@@ -17,6 +17,7 @@ import { invalid } from './errdefs.js';
 import { setupCall } from './agent-calls.js';
 import { decodeRuntimeOptions } from './runtime-options.js';
 import type { PodPolicy } from './pod-policy.js';
+import type { Initdata } from '../attestation/initdata.js';
 import { configureGuestNetwork } from './network/pod-network.js';
 
 /** resolv.conf is a few lines; more is not a resolv.conf. */
@@ -66,6 +67,8 @@ export async function launchSandboxVm(
   policy: PodPolicy | undefined,
   /** The sandbox container's rootfs mounts. */
   rootfs: containerd.types.Mount[],
+  /** The pod's initdata: its digest is the launch data instead of the policy's. */
+  initdata?: Initdata,
 ): Promise<GuestHandle> {
   const cfg = sandboxConfig(o.config, decodeRuntimeOptions(options), spec.Annotations ?? {}, { warn: (f, msg) => o.log.warn(f, msg) });
   if (hypervisorSection(cfg).shared_fs === 'none' && !describesLayers(rootfs)) {
@@ -76,11 +79,14 @@ export async function launchSandboxVm(
   // CRI's pod network namespace, CNI's veths in it; host-network pods have none.
   const podNetns = spec.Linux?.Namespaces.find((n) => n.Type === 'network' && n.Path)?.Path;
   const cgroups = planSandboxCgroups(spec.Linux?.CgroupsPath, o.sandboxId, cfg.runtime.sandbox_cgroup_only);
+  if (initdata) o.log.info({ initdata_algorithm: initdata.algorithm, initdata_digest: initdata.digest.toString('hex'), host_data: initdata.hostData.toString('hex') }, 'pod initdata: its digest is the launch data');
   const guest = await o.launcher({
     sandboxId: o.sandboxId,
     config: cfg,
-    // The policy's digest, bound to the VM (an SEV-SNP host would put it in HOST_DATA); zeros: none.
-    launchData: policy?.digest ?? Buffer.alloc(32),
+    // Bound to the VM (an SEV-SNP host puts it in HOST_DATA): initdata's digest (which covers its
+    // policy and KBS), else the policy's digest; zeros: none.
+    launchData: initdata?.hostData ?? policy?.digest ?? Buffer.alloc(32),
+    ...(initdata ? { initdata: initdata.text } : {}),
     stateDir: sandboxDir(o.stateDir, o.sandboxId),
     log: o.log,
     ...(podNetns ? { podNetns } : {}),

@@ -19,7 +19,9 @@ import { metricsAny } from './metrics.js';
 import { SandboxVm } from './sandbox-vm.js';
 import type { ProcessLifecycle, Transition } from './process-state.js';
 import { createGuestSandbox, launchSandboxVm, setGuestPolicy } from './sandbox-boot.js';
-import { takePodPolicy, type PodPolicy } from './pod-policy.js';
+import { POLICY_ANNOTATION, takePodPolicy, type PodPolicy } from './pod-policy.js';
+import { takePodInitdata } from './pod-initdata.js';
+import { INITDATA_ANNOTATION, type Initdata } from '../attestation/initdata.js';
 import { createContainerInGuest } from './container-create.js';
 import { ShimContainer } from './container.js';
 import { containerType, readBundleSpec } from './container-spec.js';
@@ -121,11 +123,12 @@ export class TaskService {
     policy: PodPolicy | undefined,
     rootfs: containerd.types.Mount[],
     ctx: CallContext,
+    initdata: Initdata | undefined,
   ): Promise<GuestHandle> {
     const boot = { sandboxId: this.o.sandboxId, config: this.o.config, stateDir: this.o.stateDir, launcher: this.o.launcher, log: this.log };
     return this.vm.boot(
       async () => {
-        const guest = await this.steps.time('vm_ready', () => launchSandboxVm(boot, spec, options, policy, rootfs));
+        const guest = await this.steps.time('vm_ready', () => launchSandboxVm(boot, spec, options, policy, rootfs, initdata));
         this.steps.bootPath = guest.bootPath ?? 'cold';
         return guest;
       },
@@ -147,6 +150,7 @@ export class TaskService {
     const spec = readBundleSpec(req.bundle);
     // Out of every spec (CRI passes pod annotations to containers too); only the sandbox's counts.
     const policy = takePodPolicy(spec, `container ${req.id}`);
+    const initdata = takePodInitdata(spec, `container ${req.id}`);
     const type = containerType(spec);
     // Without CRI's annotation (ctr, plain containerd clients) the pod's first container is its
     // sandbox. Decided and claimed before any await: a concurrent Create joins the boot instead.
@@ -156,7 +160,11 @@ export class TaskService {
     }
     if (isSandbox) this.criPod = criPodOf(spec);
     if (policy && !isSandbox) log.debug('the pod policy annotation on a container that is not the sandbox: taken out, not applied');
-    const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, req.rootfs, ctx) : await this.vm.ready(`create container ${req.id}`);
+    if (isSandbox && policy && initdata) {
+      // One policy per pod, bound by one digest: initdata's policy.rego, or the annotation's.
+      throw invalid(`container ${req.id}: the pod has both initdata (${INITDATA_ANNOTATION}) and a policy annotation (${POLICY_ANNOTATION}); put the policy in initdata's policy.rego, or drop the initdata`);
+    }
+    const guest = isSandbox ? await this.bootSandbox(spec, req.options, policy, req.rootfs, ctx, initdata) : await this.vm.ready(`create container ${req.id}`);
     try {
       const stdio = { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
       const t0 = performance.now();

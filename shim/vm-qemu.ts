@@ -36,6 +36,7 @@ export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestN
     hotplugSlots: p.hotplugSlots,
     launchDataFile: p.launchDataFile,
     launchData: p.launchData,
+    ...(p.initdataFile ? { initdataFile: p.initdataFile } : {}),
     ...(p.snpReportSocket ? { snpReportSocket: p.snpReportSocket } : {}),
     ...(nics.length ? { netdevs: nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,

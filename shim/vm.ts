@@ -70,6 +70,8 @@ export interface LaunchPlan {
   /** 32 bytes bound to the VM at launch, also in a file for VMMs that take one. */
   launchData: Buffer;
   launchDataFile: string;
+  /** The pod's initdata document, for the guest (fw_cfg opt/katats/initdata). */
+  initdataFile?: string;
   /** Directory for the VMM's own sockets and files. */
   runDir: string;
   /** Where the agent channel's host end is served. */
@@ -112,7 +114,11 @@ function waitForAgent(hv: Hypervisor, signal: AbortSignal, bootTimeoutMs: number
  * every path and size decided. The factory builds its template from the same plan (shim/factory.ts),
  * so a template can differ from a pod's VM only by what that pod asks for.
  */
-export function prepareLaunch(config: KatatsConfig, kind: HypervisorKind, p: { sandboxId: string; stateDir: string; launchData: Buffer }): LaunchPlan {
+export function prepareLaunch(
+  config: KatatsConfig,
+  kind: HypervisorKind,
+  p: { sandboxId: string; stateDir: string; launchData: Buffer; initdata?: string },
+): LaunchPlan {
   const h = kind === 'qemu' ? config.hypervisor.qemu : config.hypervisor.clh;
   const files = resolveGuestFiles(h, kind);
   privateDir(p.stateDir);
@@ -120,6 +126,12 @@ export function prepareLaunch(config: KatatsConfig, kind: HypervisorKind, p: { s
   const sharedDir = privateDir(path.join(p.stateDir, 'shared'));
   const launchDataFile = path.join(p.stateDir, 'host_data');
   fs.writeFileSync(launchDataFile, p.launchData, { mode: 0o600 });
+  let initdataFile: string | undefined;
+  if (p.initdata !== undefined) {
+    if (kind !== 'qemu') throw precondition(`initdata reaches the guest through QEMU's fw_cfg; sandbox ${p.sandboxId} runs on ${kind}`);
+    initdataFile = path.join(p.stateDir, 'initdata.toml');
+    fs.writeFileSync(initdataFile, p.initdata, { mode: 0o600 });
+  }
   const kernelParams = h.kernel_params.split(/\s+/).filter(Boolean);
   if (config.runtime.enable_debug && !kernelParams.some((k) => k.startsWith('agent.log='))) kernelParams.push('agent.log=debug');
   if (config.agent.katats.debug_console_enabled) kernelParams.push('agent.debug_console');
@@ -134,6 +146,7 @@ export function prepareLaunch(config: KatatsConfig, kind: HypervisorKind, p: { s
     virtiofsSocket: path.join(p.stateDir, 'vfs.sock'),
     launchData: p.launchData,
     launchDataFile,
+    ...(initdataFile ? { initdataFile } : {}),
     runDir: path.join(p.stateDir, 'vm'),
     agentSocket: path.join(p.stateDir, 'agent.sock'),
     // Kept in the log dir: the agent's and the console's words outlive the sandbox for post-mortems.

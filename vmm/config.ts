@@ -90,6 +90,8 @@ export interface VmConfig {
   launchDataFile?: string;
   /** the bytes launchDataFile holds, when the caller has them (saves the factory a read) */
   launchData?: Buffer;
+  /** the pod's initdata document exposed as fw_cfg opt/katats/initdata (the agent checks it against the launch data) */
+  initdataFile?: string;
   accel: AccelChoice;
   machine?: MachineType;
   /** directory for this VM's QMP socket, console log and QEMU stderr (created if missing) */

@@ -127,6 +127,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   });
   if (machine !== 'microvm') a.push('-device', `pvpanic-pci,${slot()}`);
   if (c.launchDataFile) a.push('-fw_cfg', `name=opt/katats/host_data,file=${qemuEscape(c.launchDataFile)}`);
+  if (c.initdataFile) a.push('-fw_cfg', `name=opt/katats/initdata,file=${qemuEscape(c.initdataFile)}`);
 
   // Hotplug: q35 needs a PCIe root port per hotpluggable device; pc hotplugs into pci.0 (ACPI).
   const hotplugBuses: string[] = [];
