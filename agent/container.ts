@@ -13,7 +13,7 @@ import { ContainerCgroup, removeCgroupParents } from './cgroups.js';
 import { watchOomV1, watchOomV2, type OomWatcher } from './oom.js';
 import { umount, isMounted } from '../sys/mount.js';
 import { bindRootfs, bundleDir } from './places.js';
-import { unsealSpec } from './unseal.js';
+import { unsealEnv, unsealSpec } from './unseal.js';
 import { removeCopies } from './copy-file.js';
 import { applyDevices } from './devices.js';
 import { specToOci, processToOci, resourcesToOci, type OciSpec } from './spec.js';
@@ -245,6 +245,8 @@ export class Container {
     this.execs.set(eid, p);
     const io = path.join(this.bundle, 'io', `exec-${eid}`);
     try {
+      // The host builds an exec's env from the container's spec: its sealed values too, unsealed as at create.
+      if (proc.env?.length) proc.env = (await unsealEnv(proc.env, cfg.cdh?.resourceSource(), `ExecProcess ${this.id}/${eid}`)).env;
       fs.mkdirSync(io, { recursive: true, mode: 0o700 });
       fs.writeFileSync(path.join(io, 'process.json'), JSON.stringify(proc));
       const sock = p.tty ? consoleSocketPath(cfg.stateDir, this.id, eid) : undefined;

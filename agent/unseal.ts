@@ -1,5 +1,6 @@
 // Sealed secrets (attestation/sealed-secret.ts) in a container's spec, unsealed by the agent at
-// CreateContainer before the container is made: each env value `sealed.…` is replaced by the KBS
+// CreateContainer before the container is made (and in an ExecProcess's env, which the host builds
+// from the container's spec): each env value `sealed.…` is replaced by the KBS
 // resource it names, and each file `sealed.…` in a bind-mounted volume (a Kubernetes secret or config
 // map the host shares or copies into the guest) is replaced in a guest-private copy of that volume,
 // which the container binds instead; the host's copy keeps the sealed text, the plaintext never
@@ -52,8 +53,8 @@ async function unsealOne(what: string, value: string, kbs: ResourceSource | unde
   }
 }
 
-/** The env with each sealed value unsealed; the names of the variables unsealed. */
-export async function unsealEnv(env: string[], kbs: ResourceSource | undefined, cid: string): Promise<{ env: string[]; unsealed: string[] }> {
+/** The env with each sealed value unsealed; the names of the variables unsealed. `context` starts each error ("CreateContainer <id>"). */
+export async function unsealEnv(env: string[], kbs: ResourceSource | undefined, context: string): Promise<{ env: string[]; unsealed: string[] }> {
   const unsealed: string[] = [];
   const out: string[] = [];
   for (const kv of env) {
@@ -64,7 +65,7 @@ export async function unsealEnv(env: string[], kbs: ResourceSource | undefined, 
       out.push(kv);
       continue;
     }
-    const what = `CreateContainer ${cid}: env ${name}`;
+    const what = `${context}: env ${name}`;
     const bytes = await unsealOne(what, value, kbs);
     if (bytes.length > MAX_ENV_VALUE || bytes.includes(0)) throw new TtrpcError(Code.InvalidArgument, `${what}: the unsealed secret (${bytes.length} bytes) is not an environment value (NUL bytes, or larger than ${MAX_ENV_VALUE})`);
     out.push(`${name}=${bytes.toString('utf8')}`);
@@ -175,7 +176,7 @@ export async function unsealSpec(
 ): Promise<void> {
   try {
     if (spec.process?.env?.length) {
-      const { env, unsealed } = await unsealEnv(spec.process.env, o.kbs, o.cid);
+      const { env, unsealed } = await unsealEnv(spec.process.env, o.kbs, `CreateContainer ${o.cid}`);
       if (unsealed.length) {
         spec.process.env = env;
         o.log.info({ container: o.cid, env: unsealed }, 'sealed env values unsealed');
