@@ -22,9 +22,13 @@ export const CDH_PORT = 8006;
 export const CDH_HOST = '127.0.0.1';
 const MAX_URL = 1024;
 const MAX_IN_FLIGHT = 4;
-/** One request's whole life: the RCAR exchange over TCG and a slow KBS fit well within it. */
-export const CDH_REQUEST_TIMEOUT_MS = 60_000;
-const KBS_CALL_TIMEOUT_MS = 20_000;
+/** One request's whole life: the RCAR exchange (three KBS calls) over TCG and a slow KBS fit within it. */
+export const CDH_REQUEST_TIMEOUT_MS = 150_000;
+/**
+ * One KBS call. A TCG guest on a loaded host (2 cores, several guests) saw a call pass 20 s: the
+ * KBS answered 403 to the same pod on the next run. Generous, since a refusal must come as such.
+ */
+const KBS_CALL_TIMEOUT_MS = 45_000;
 const COMPONENT = /^[A-Za-z0-9._-]{1,128}$/;
 
 export interface CdhOptions {

@@ -1,10 +1,20 @@
 // Secure key release through CRI on TCG (bookworm's containerd 1.6, CNI bridge): the KBS listens on
 // the bridge's address (the pods' gateway), the SNP daemon is the node's firmware, the shim registers
-// each pod's VM with HOST_DATA = its policy's digest. A pod whose policy digest the KBS's attestation
-// policy names gets its key from 127.0.0.1:8006 in the pod and prints its digest; the same pod with a
-// one-line policy change (another HOST_DATA) gets the KBS's 403 and no secret. The pod's evidence
-// (GET /aa/evidence in the pod) verifies against the daemon's chain with HOST_DATA = the policy's
-// sha256 and the MEASUREMENT of the files the VM booted with its command line.
+// each pod's VM with HOST_DATA = its policy's (or its initdata's) digest and the MEASUREMENT of what
+// it boots. The KBS's attestation policy names the measurement of the default handler's guest and
+// two HOST_DATA values: the policy POLICY_A's digest and the initdata document's.
+//   - a pod with POLICY_A gets its key from 127.0.0.1:8006 in the pod and prints its digest; its
+//     evidence verifies (HOST_DATA = the policy's sha256, MEASUREMENT = the booted files and command line);
+//   - the same pod with a one-line policy change (another HOST_DATA) gets the KBS's 403 and no
+//     secret, and a container whose env holds a sealed secret is not created: the error names the
+//     env var and the KBS's answer;
+//   - a pod with initdata (no policy or KBS annotation): the KBS comes from its cdh.toml, the policy
+//     in force is its policy.rego (which refuses one env value, proven by a refused container), the
+//     report's HOST_DATA is the document's sha384 cut to 32 bytes, and its container's sealed env
+//     value and sealed volume file are unsealed before it starts (the host's file keeps the sealed text);
+//   - a pod of a second runtime handler whose configuration adds a kernel parameter: another command
+//     line, so (in this emulation, where MEASUREMENT covers the command line) another measurement;
+//     the KBS refuses it with 403 and its container sees no secret.
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -26,6 +36,8 @@ import { CRI_NAMESPACE, startContainerd, type Containerd } from '../../harness/c
 import type { CriClient } from '../../harness/cri.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
 import { allowAllPolicy } from '../../policy/allow-all.js';
+import { encodeInitdataAnnotation, hostDataOf, INITDATA_ANNOTATION } from '../../attestation/initdata.js';
+import { sealSecret } from '../../attestation/sealed-secret.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
 import { katatsEnv, type KatatsEnv } from './katats-env.js';
@@ -36,6 +48,14 @@ const SECRET = Buffer.from('the disk key of the attested pod\n');
 const POLICY_A = `${allowAllPolicy()}\n# pod attest\n`;
 const POLICY_B = `${POLICY_A}# one line more\n`;
 const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');
+const SEALED = sealSecret('kbs:///default/key/disk');
+/** initdata's policy: allow-all but for containers carrying FORBIDDEN=1 (so that it is seen to be the policy in force). */
+const INIT_POLICY = allowAllPolicy().replace('package agent_policy\n', 'package agent_policy\n\nimport rego.v1\n').replace(
+  'default CreateContainerRequest := true',
+  'default CreateContainerRequest := false\n\nCreateContainerRequest if {\n  not "FORBIDDEN=1" in input.OCI.Process.Env\n}',
+);
+const initdataDoc = (kbs: string) =>
+  `algorithm = "sha384"\nversion = "0.1.0"\n\n[data]\n"cdh.toml" = '''\nsocket = 'unix:///run/confidential-containers/cdh.sock'\ncredentials = []\n\n[kbc]\nname = 'cc_kbc'\nurl = '${kbs}'\n'''\n\n"policy.rego" = '''\n${INIT_POLICY}'''\n`;
 
 let env: KatatsEnv;
 let cd: Containerd;
@@ -46,27 +66,73 @@ let daemon: SnpDaemon;
 let kbs: Kbs;
 let kbsUrl: string;
 let dir: string;
+let initdata: string;
+/** The default handler's guest measurement (its files and command line), hex. */
+let measurement: Buffer;
 const pods: string[] = [];
 
-async function podWith(key: string, policy: string): Promise<{ pod: string; container: string }> {
+interface PodOptions {
+  annotations: Record<string, string>;
+  handler?: string;
+  /** The app container's env and volumes. */
+  envs?: { key: string; value: string }[];
+  mounts?: Init<runtime.v1.Mount>[];
+  command?: string[];
+}
+
+async function podWith(key: string, o: PodOptions): Promise<{ pod: string; container: string; config: Init<runtime.v1.PodSandboxConfig> }> {
   const config: Init<runtime.v1.PodSandboxConfig> = {
     metadata: { name: `attest-${key}`, uid: `uid-attest-${key}-${process.pid}`, namespace: 'default' },
     hostname: `attest-${key}`,
-    annotations: { 'io.katacontainers.config.agent.policy': Buffer.from(policy).toString('base64'), 'io.katats.attestation.kbs_url': kbsUrl },
+    annotations: o.annotations,
     linux: { security_context: { namespace_options: { network: POD, pid: CONTAINER, ipc: POD } } },
   };
-  const { pod_sandbox_id: pod } = await cri.runtime.RunPodSandbox({ config, runtime_handler: 'katats' }, { timeoutMs: 300_000 });
+  const { pod_sandbox_id: pod } = await cri.runtime.RunPodSandbox({ config, runtime_handler: o.handler ?? 'katats' }, { timeoutMs: 300_000 });
   pods.push(pod);
-  const { container_id: container } = await cri.runtime.CreateContainer(
-    { pod_sandbox_id: pod, sandbox_config: config, config: { metadata: { name: 'app' }, image: { image }, command: ['sleep', '3600'], linux: { security_context: { namespace_options: { network: POD, pid: CONTAINER, ipc: POD } } } } },
+  const container = await containerIn(pod, config, 'app', { envs: o.envs ?? [], mounts: o.mounts ?? [], ...(o.command ? { command: o.command } : {}) });
+  await cri.runtime.StartContainer({ container_id: container }, { timeoutMs: 180_000 });
+  return { pod, container, config };
+}
+
+async function containerIn(
+  pod: string,
+  config: Init<runtime.v1.PodSandboxConfig>,
+  name: string,
+  c: { envs: { key: string; value: string }[]; mounts: Init<runtime.v1.Mount>[]; command?: string[] },
+): Promise<string> {
+  const { container_id } = await cri.runtime.CreateContainer(
+    {
+      pod_sandbox_id: pod,
+      sandbox_config: config,
+      config: { metadata: { name }, image: { image }, command: c.command ?? ['sleep', '3600'], envs: c.envs, mounts: c.mounts, linux: { security_context: { namespace_options: { network: POD, pid: CONTAINER, ipc: POD } } } },
+    },
     { timeoutMs: 180_000 },
   );
-  await cri.runtime.StartContainer({ container_id: container }, { timeoutMs: 180_000 });
-  return { pod, container };
+  return container_id;
+}
+
+/** StartContainer's error message (the agent's CreateContainer runs there); undefined if it started. */
+function startRefused(container: string): Promise<string | undefined> {
+  return cri.runtime.StartContainer({ container_id: container }, { timeoutMs: 300_000 }).then(
+    () => undefined,
+    (e: Error) => e.message,
+  );
+}
+
+const policyAnnotations = (policy: string) => ({ 'io.katacontainers.config.agent.policy': Buffer.from(policy).toString('base64'), 'io.katats.attestation.kbs_url': kbsUrl });
+
+/** The default handler's MEASUREMENT as a verifier computes it: the image's files and the command line QEMU is given. */
+async function defaultMeasurement(): Promise<Buffer> {
+  const cfg = loadConfig(env.configFile);
+  const files = resolveGuestFiles(cfg.hypervisor.qemu);
+  const params = cfg.hypervisor.qemu.kernel_params.split(/\s+/).filter(Boolean);
+  if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
+  const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params } as VmConfig, cfg.hypervisor.qemu.machine_type);
+  return snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline);
 }
 
 async function exec(container: string, script: string): Promise<{ code: number; out: string }> {
-  const r = await cri.runtime.ExecSync({ container_id: container, cmd: ['sh', '-c', script], timeout: 120 }, { timeoutMs: 150_000 });
+  const r = await cri.runtime.ExecSync({ container_id: container, cmd: ['sh', '-c', script], timeout: 240 }, { timeoutMs: 270_000 });
   return { code: r.exit_code, out: Buffer.from(r.stdout).toString() + Buffer.from(r.stderr).toString() };
 }
 
@@ -77,7 +143,21 @@ beforeAll(async () => {
   daemon = new SnpDaemon(fw, path.join(dir, 'vms'), log);
   await daemon.listen(path.join(dir, 'snp.sock'));
   env = await katatsEnv({ extraToml: `[attestation]\nsnp_socket = "${path.join(dir, 'snp.sock')}"` });
-  cd = await startContainerd({ cri: true, cni: true, flavor: 'bookworm', runtimes: [{ ...env.runtime, podAnnotations: ['io.katacontainers.*', 'io.katats.*'] }] });
+  // A second handler (Kata's way: its own configuration file) whose guests boot with one more kernel parameter.
+  const altConfig = path.join(env.dir, 'configuration-alt.toml');
+  const base = fs.readFileSync(env.configFile, 'utf8');
+  expect(base).toContain('[hypervisor.qemu]\n');
+  fs.writeFileSync(altConfig, base.replace('[hypervisor.qemu]\n', '[hypervisor.qemu]\nkernel_params = "katats.variant=alt"\n'));
+  const annotations = ['io.katacontainers.*', 'io.katats.*'];
+  cd = await startContainerd({
+    cri: true,
+    cni: true,
+    flavor: 'bookworm',
+    runtimes: [
+      { ...env.runtime, podAnnotations: annotations },
+      { ...env.runtime, name: 'katats-alt', options: { ConfigPath: altConfig }, podAnnotations: annotations },
+    ],
+  });
   const img = await busyboxImage();
   await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
   image = img.name;
@@ -88,7 +168,10 @@ beforeAll(async () => {
   const adminKey = kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   kbs = await buildKbs({ trustedArks: [Buffer.from(fw.chain.ark.rawData)], adminPublicKey: kp.publicKey, resourcesDir: path.join(dir, 'resources'), logger: log });
   kbsUrl = await kbs.app.listen({ host: cd.cniNetwork!.gateway, port: 0 });
-  const policy = `package kbs\n\ndefault allow := false\n\nallow if {\n  input.snp.host_data == "${sha256(POLICY_A)}"\n  input.resource.repository == "default"\n}\n`;
+  initdata = initdataDoc(kbsUrl);
+  measurement = await defaultMeasurement();
+  const initHostData = hostDataOf(createHash('sha384').update(initdata).digest()).toString('hex');
+  const policy = `package kbs\n\ndefault allow := false\n\nallowed_host_data := {"${sha256(POLICY_A)}", "${initHostData}"}\n\nallow if {\n  input.snp.measurement == "${measurement.toString('hex')}"\n  input.snp.host_data in allowed_host_data\n  input.resource.repository == "default"\n}\n`;
   const admin = async (p: string, body: Buffer, type: string) => {
     const r = await fetch(kbsUrl + p, { method: 'POST', headers: { 'content-type': type, authorization: `Bearer ${await adminToken(adminKey)}` }, body });
     await r.arrayBuffer();
@@ -114,7 +197,7 @@ afterAll(async () => {
 
 describe('secure key release to an attested pod, through CRI', () => {
   it('the pod whose policy digest the KBS allows fetches its key and prints its digest', async () => {
-    const { pod, container } = await podWith('a', POLICY_A);
+    const { pod, container } = await podWith('a', { annotations: policyAnnotations(POLICY_A) });
     const logs = () => helpers.logsOf(env.logDir, pod, cd.logFile, 30);
     const r = await exec(container, 'wget -qO- http://127.0.0.1:8006/cdh/resource/default/key/disk | sha256sum');
     expect(r, logs()).toMatchObject({ code: 0 });
@@ -127,22 +210,69 @@ describe('secure key release to an attested pod, through CRI', () => {
     expect(rep.hostData.toString('hex')).toBe(sha256(POLICY_A));
     expect(rep.reportData.subarray(0, 17).toString()).toBe('katats-guest-test');
     // The measurement the shim stated: the image's files and the command line QEMU was given.
-    const cfg = loadConfig(env.configFile);
-    const files = resolveGuestFiles(cfg.hypervisor.qemu);
-    const params = cfg.hypervisor.qemu.kernel_params.split(/\s+/).filter(Boolean);
-    if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
-    const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params } as VmConfig, cfg.hypervisor.qemu.machine_type);
-    expect(rep.measurement).toEqual(snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline));
+    expect(rep.measurement).toEqual(measurement);
   }, 600_000);
 
-  it('the same pod with a one-line policy change gets 403 and no secret', async () => {
-    const { pod, container } = await podWith('b', POLICY_B);
+  it('the same pod with a one-line policy change gets 403 and no secret; a container with a sealed env value is not created', async () => {
+    const { pod, container, config } = await podWith('b', { annotations: policyAnnotations(POLICY_B) });
     const logs = () => helpers.logsOf(env.logDir, pod, cd.logFile, 30);
     const r = await exec(container, 'wget -O /tmp/key http://127.0.0.1:8006/cdh/resource/default/key/disk; echo "exit $?"; ls /tmp/key 2>&1; true');
     expect(r.out, logs()).toMatch(/403 Forbidden/);
     expect(r.out).toMatch(/exit 1/);
     expect(r.out).not.toContain(SECRET.toString().trim());
     expect(fs.readFileSync(path.join(env.logDir, `${pod}-agent.log`), 'utf8')).toMatch(/PolicyDeny/);
+    // The agent unseals before the container exists: the KBS's refusal is the agent's CreateContainer's,
+    // which containerd's CRI makes at StartContainer.
+    const sealed = await containerIn(pod, config, 'sealed', { envs: [{ key: 'DISK_KEY', value: SEALED }], mounts: [] });
+    const err = await startRefused(sealed);
+    expect(err, logs()).toMatch(/env DISK_KEY: sealed secret kbs:\/\/\/default\/key\/disk: the KBS answered 403: PolicyDeny/);
+    const { status } = await cri.runtime.ContainerStatus({ container_id: sealed });
+    expect(status?.state).not.toBe(runtime.v1.ContainerState.CONTAINER_RUNNING);
+  }, 600_000);
+
+  it('a pod with initdata: its KBS, its policy, HOST_DATA = its digest; sealed env and volume unsealed before the container starts', async () => {
+    const vol = path.join(dir, 'sealed-volume');
+    fs.mkdirSync(vol);
+    fs.writeFileSync(path.join(vol, 'disk-key'), `${SEALED}\n`);
+    fs.writeFileSync(path.join(vol, 'plain'), 'not sealed\n');
+    const { pod, container, config } = await podWith('init', {
+      annotations: { [INITDATA_ANNOTATION]: await encodeInitdataAnnotation(initdata) },
+      envs: [{ key: 'DISK_KEY', value: SEALED }],
+      mounts: [{ container_path: '/secrets', host_path: vol, readonly: true }],
+      // What the container's own process saw, written before anything else runs in it.
+      command: ['sh', '-c', 'printf %s "$DISK_KEY" | sha256sum > /tmp/init-env.sum; exec sleep 3600'],
+    });
+    const logs = () => helpers.logsOf(env.logDir, pod, cd.logFile, 30);
+    // The env of an exec is built by the host from the container's spec: unsealed as well.
+    const r = await exec(container, 'cat /tmp/init-env.sum; printf %s "$DISK_KEY" | sha256sum; sha256sum /secrets/disk-key; cat /secrets/plain');
+    expect(r, logs()).toMatchObject({ code: 0 });
+    const lines = r.out.trim().split('\n');
+    expect(lines[0]!.split(/\s+/)[0], logs()).toBe(sha256(SECRET));
+    expect(lines[1]!.split(/\s+/)[0]).toBe(sha256(SECRET));
+    expect(lines[2]!.split(/\s+/)[0]).toBe(sha256(SECRET));
+    expect(lines[3]).toBe('not sealed');
+    // The host's copy keeps the sealed text: the plaintext stayed in the guest.
+    expect(fs.readFileSync(path.join(vol, 'disk-key'), 'utf8')).toBe(`${SEALED}\n`);
+    const ev = await exec(container, 'wget -qO- "http://127.0.0.1:8006/aa/evidence?runtime_data=initdata"');
+    const rep = decodeReport(Buffer.from((JSON.parse(ev.out) as { attestation_report: string }).attestation_report, 'base64'));
+    expect(rep.hostData).toEqual(createHash('sha384').update(initdata).digest().subarray(0, 32));
+    // initdata's policy.rego is in force: the one env value it refuses.
+    const forbidden = await containerIn(pod, config, 'forbidden', { envs: [{ key: 'FORBIDDEN', value: '1' }], mounts: [] });
+    expect(await startRefused(forbidden), logs()).toMatch(/CreateContainerRequest is blocked by policy/);
+  }, 600_000);
+
+  it('a pod whose guest boots another command line (a second runtime handler) has another measurement: 403, no secret', async () => {
+    const { pod, container } = await podWith('alt', { annotations: policyAnnotations(POLICY_A), handler: 'katats-alt' });
+    const logs = () => helpers.logsOf(env.logDir, pod, cd.logFile, 30);
+    const r = await exec(container, 'cat /proc/cmdline; wget -O /tmp/key http://127.0.0.1:8006/cdh/resource/default/key/disk; echo "exit $?"; ls /tmp/key 2>&1; true');
+    expect(r.out, logs()).toContain('katats.variant=alt');
+    expect(r.out, logs()).toMatch(/403 Forbidden/);
+    expect(r.out).toMatch(/exit 1/);
+    expect(r.out).not.toContain(SECRET.toString().trim());
+    const ev = await exec(container, 'wget -qO- "http://127.0.0.1:8006/aa/evidence?runtime_data=alt"');
+    const rep = decodeReport(Buffer.from((JSON.parse(ev.out) as { attestation_report: string }).attestation_report, 'base64'));
+    expect(rep.hostData.toString('hex')).toBe(sha256(POLICY_A));
+    expect(rep.measurement).not.toEqual(measurement);
   }, 600_000);
 
   it('removing the pods releases their VMs from the SNP firmware', async () => {
