@@ -18,6 +18,7 @@ import { hasExited, signalWithGroup } from '../sys/proc.js';
 import { PodSteps, shimStartedAt } from './pod-steps.js';
 import { serveMonitorEndpoint, type MonitorEndpoint } from './monitor/endpoint.js';
 import { MONITOR_SOCKET } from './monitor/report.js';
+import type { EarlySocket } from './daemon-socket.js';
 
 /** The shim's logger, and a flush of its file (pino's multistream cannot flush with a callback). */
 function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: boolean): { log: Logger; flushFile: (cb: (err?: Error) => void) => void } {
@@ -41,8 +42,8 @@ function shimLogger(logDir: string, sandboxId: string, bundle: string, debug: bo
   return { log, flushFile: (cb) => file.flush(cb) };
 }
 
-export async function serveShim(args: ShimArgs): Promise<void> {
-  if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
+/** Serves the pod on `early`, the socket main.ts bound before this module loaded. */
+export async function serveShim(args: ShimArgs, early: EarlySocket): Promise<void> {
   const cfg = loadConfig();
   const sandboxId = args.id;
   const { log, flushFile } = shimLogger(cfg.runtime.log_dir, sandboxId, args.bundle, args.debug || cfg.runtime.enable_debug);
@@ -112,8 +113,12 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   // `start` announced version 3: the messages are the same, so is the implementation.
   registerService(server, 'containerd.task.v2.Task', service.impl);
   registerService(server, 'containerd.task.v3.Task', service.impl);
-  // Refuses a live socket (EADDRINUSE): a second daemon for this pod ends here, never serving.
-  await server.listen(args.socket);
+  // Connections containerd made while this daemon loaded are served from here on.
+  server.adopt(early.listener);
+  early.handOver((sock) => {
+    server.serve(sock);
+    sock.resume();
+  });
   own.socket = fs.statSync(args.socket);
   writeRecord(cfg.runtime.state_dir, { sandboxId, namespace: args.namespace, shimPid: process.pid, socket: args.socket });
   // A bug must not leave a VM without its shim: say what it was and take the sandbox down cleanly.
@@ -126,8 +131,7 @@ export async function serveShim(args: ShimArgs): Promise<void> {
   const servingMs = steps.done('shim_serving', Date.now() - shimStartedAt());
   // startupMs: since this daemon process began (its module loading included), for bench/factory-steps.ts.
   log.info({ socket: args.socket, config: cfg.source, maxShimVersion: process.env.MAX_SHIM_VERSION ?? null, ms: servingMs, startupMs: Math.round(performance.now()) }, 'shim serving');
-  process.stdout.write('ready\n');
-  // After `ready`: containerd's wait for the shim does not include the monitor's socket.
+  // containerd's calls do not wait for the monitor's socket.
   const monitorSocket = path.join(sandboxDir(cfg.runtime.state_dir, sandboxId), MONITOR_SOCKET);
   try {
     monitor = await serveMonitorEndpoint({ socket: monitorSocket, sandboxId, namespace: args.namespace, view: () => service.monitorView(), log });

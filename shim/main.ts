@@ -2,10 +2,14 @@
 //   start  -> start (or find) the pod's shim daemon and print its address (containerd 1.6) or
 //             bootstrap params {"version","address","protocol"} (1.7, 2.x: they pass MAX_SHIM_VERSION)
 //   delete -> clean up after a task whose shim is gone, print a DeleteResponse
-//   (none) -> the daemon: serve containerd.task.v2.Task and containerd.task.v3.Task on the socket
-// Each action loads only its own modules (the bundle keeps them lazy): `start` runs on every pod's
-// start path and needs neither the codecs nor the VM drivers the daemon loads.
+//   (none) -> the daemon: bind the socket, say "ready", load, serve containerd.task.v2.Task and
+//             containerd.task.v3.Task on the socket
+// Each action loads only its own modules (each is a bundle of its own, see scripts/build.ts):
+// `start` runs on every pod's start path and needs neither the codecs nor the VM drivers the
+// daemon loads.
 import { parseShimArgs } from './args.js';
+import { bindShimSocket, DAEMON_LOAD_TIMEOUT, DAEMON_LOAD_TIMEOUT_MS } from './daemon-socket.js';
+import { withTimeout } from '../sys/timeout.js';
 
 export const SHIM_VERSION = '0.1.0';
 
@@ -22,9 +26,22 @@ async function main(): Promise<void> {
     case 'delete':
       process.stdout.write(await (await import('./delete.js')).deleteShim(args));
       return;
-    case 'serve':
-      await (await import('./daemon.js')).serveShim(args);
+    case 'serve': {
+      if (!args.socket) throw new Error('the daemon needs -socket (it is started by `start`)');
+      // Bound before the daemon's code loads; "ready" lets `start` (and so containerd) go on.
+      const early = await bindShimSocket(args.socket);
+      process.stdout.write('ready\n');
+      try {
+        const daemon = await withTimeout(import('./daemon.js'), DAEMON_LOAD_TIMEOUT_MS, { code: DAEMON_LOAD_TIMEOUT, what: 'loading the shim daemon' });
+        await daemon.serveShim(args, early);
+      } catch (e) {
+        // Callers queued on the socket get it closed (their call fails) instead of waiting on
+        // a daemon that will never serve; the file goes with it (ours: we bound it).
+        early.listener.close();
+        throw e;
+      }
       return;
+    }
   }
 }
 

@@ -82,7 +82,9 @@ async function spawnDaemon(args: ShimArgs, grouping: string, sock: string, logDi
   } finally {
     fs.closeSync(errFd);
   }
-  // The daemon says "ready" once its socket listens; anything else means it failed to start.
+  // The daemon says "ready" once its socket listens, before it loads the rest of its code (containerd's
+  // dial and first call queue on the socket meanwhile); anything else means it failed to start. A
+  // daemon that fails later closes the socket, which fails the queued call.
   const ready = await new Promise<boolean>((resolve) => {
     let out = '';
     const t = setTimeout(() => resolve(false), 30_000);

@@ -134,6 +134,15 @@ export class Server {
     return srv;
   }
 
+  /**
+   * Makes a listener bound elsewhere this server's own, closed with it (the shim's daemon binds its
+   * socket before it loads this code); its connections come in through serve().
+   */
+  adopt(listener: net.Server): void {
+    listener.on('error', (e) => this.log.error({ err: e }, 'ttrpc listener error'));
+    this.listeners.add(listener);
+  }
+
   get connectionCount(): number {
     return this.connections.size;
   }

@@ -20,7 +20,7 @@ export interface ShimHost {
   shim: string;
   /** A bundle dir with a config.json carrying `annotations`. */
   bundle(name: string, annotations?: Record<string, string>): string;
-  run(action: 'start' | 'delete', id: string, bundle: string, extra?: { namespace?: string; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  run(action: 'start' | 'delete', id: string, bundle: string, extra?: { namespace?: string; env?: NodeJS.ProcessEnv; shim?: string }): Promise<{ code: number | null; stdout: string; stderr: string }>;
   /** Shim daemons of this host (their command line names its fake containerd address). */
   daemons(): number[];
   /** Asks the daemon at `address` (unix://...) to shut down, as containerd does after the last Delete. */
@@ -55,7 +55,7 @@ export async function shimHost(): Promise<ShimHost> {
     run(action, id, bundle, extra = {}) {
       return new Promise((resolve, reject) => {
         const args = ['-namespace', extra.namespace ?? 'sec', '-id', id, '-address', address, '-publish-binary', '/bin/false', '-bundle', bundle, action];
-        const child = spawn(shim, args, {
+        const child = spawn(extra.shim ?? shim, args, {
           cwd: bundle,
           env: { ...process.env, KATATS_CONF_FILE: configFile, TTRPC_ADDRESS: `${address}.ttrpc`, ...extra.env },
           stdio: ['ignore', 'pipe', 'pipe'],

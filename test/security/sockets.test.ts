@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Client, Server } from '../../proto/ttrpc/index.js';
+import { Client, dialUnix, Server } from '../../proto/ttrpc/index.js';
+import { serviceClient } from '../../proto/rpc.js';
 import { tempDir } from '../support/tmp.js';
 import { shimHost, until, type ShimHost } from './shim-host.js';
 
@@ -129,5 +130,32 @@ describe('shim start', () => {
     expect(h.daemons().length).toBe(1);
     await h.shutdown(address(r1.stdout));
     expect(await until(() => h.daemons(), (d) => d.length === 0)).toEqual([]);
+  }, 120_000);
+
+  it('a daemon that fails after "ready", while it loads, closes its socket: the call queued there fails at once', async () => {
+    // An install whose daemon bundle is broken: `start` succeeds (the socket is bound before the
+    // daemon's code loads), so the failure must reach containerd's first call, not leave it waiting.
+    const dist = path.join(h.dir, 'broken-dist');
+    fs.mkdirSync(path.join(dist, 'bin'), { recursive: true });
+    const built = path.dirname(path.dirname(h.shim));
+    for (const f of fs.readdirSync(built).filter((f) => f.startsWith('shim') && f.endsWith('.mjs'))) fs.copyFileSync(path.join(built, f), path.join(dist, f));
+    fs.writeFileSync(path.join(dist, 'shim-daemon.mjs'), "await new Promise((r) => setTimeout(r, 500));\nthrow new Error('the daemon bundle is broken');\n");
+    const shim = path.join(dist, 'bin', 'containerd-shim-katats-v2');
+    fs.writeFileSync(shim, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, 'shim.mjs')} "$@"\n`, { mode: 0o755 });
+    const r = await h.run('start', 'broken', h.bundle('broken'), { shim });
+    expect(r.code, r.stderr).toBe(0);
+    const sock = address(r.stdout).replace(/^unix:\/\//, '');
+    const client = new Client(() => dialUnix(sock));
+    const t0 = Date.now();
+    const err = (await serviceClient(client, 'containerd.task.v2.Task')
+      .Connect({ id: 'broken' }, { timeoutMs: 60_000 })
+      .catch((e: unknown) => e)) as Error;
+    await client.close();
+    expect(err).toBeInstanceOf(Error);
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    // The daemon is gone, said why in its log, and took its socket with it.
+    expect(await until(() => h.daemons(), (d) => d.length === 0)).toEqual([]);
+    expect(fs.readFileSync(path.join(h.logDir, 'broken.log'), 'utf8')).toContain('the daemon bundle is broken');
+    expect(fs.existsSync(sock)).toBe(false);
   }, 120_000);
 });
