@@ -41,6 +41,9 @@ function runStart(shim: string, id: string, bundle: string): Promise<{ code: num
 
 const exited: number[][] = shims.map(() => []);
 const answered: number[][] = shims.map(() => []);
+/** The daemon's own figures from its 'shim serving' line (startupCpuMs where the build logs it). */
+const daemonMs: number[][] = shims.map(() => []);
+const daemonCpuMs: number[][] = shims.map(() => []);
 try {
   for (let i = -2; i < runs; i++) {
     for (const [k, shim] of shims.entries()) {
@@ -69,6 +72,13 @@ try {
       }
       const end = Date.now() + 10_000;
       while (daemons().length > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      const serving = fs
+        .readFileSync(path.join(dir, 'log', `${id}.log`), 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"shim serving"'))
+        .map((l) => JSON.parse(l) as { startupMs?: number; startupCpuMs?: number })[0];
+      if (i >= 0 && serving?.startupMs !== undefined) daemonMs[k]!.push(serving.startupMs);
+      if (i >= 0 && serving?.startupCpuMs !== undefined) daemonCpuMs[k]!.push(serving.startupCpuMs);
     }
   }
 } finally {
@@ -79,12 +89,20 @@ const fmt = (v: number[]) => {
   const x = summarize(v);
   return { median_ms: round(x.median, 0), p95_ms: round(x.p95, 0), min_ms: round(x.min, 0) };
 };
-const results = shims.map((shim, k) => ({ shim, startExited: fmt(exited[k]!), firstCallAnswered: fmt(answered[k]!) }));
+const results = shims.map((shim, k) => ({
+  shim,
+  startExited: fmt(exited[k]!),
+  firstCallAnswered: fmt(answered[k]!),
+  daemonStartup: daemonMs[k]!.length ? fmt(daemonMs[k]!) : null,
+  daemonStartupCpu: daemonCpuMs[k]!.length ? fmt(daemonCpuMs[k]!) : null,
+}));
 console.log(`shim start, ${runs} runs each (load ${os.loadavg()[0]!.toFixed(1)} at the end): median / p95 / min ms`);
 for (const r of results) {
   console.log(r.shim);
   console.log(`  start exited          ${r.startExited.median_ms} / ${r.startExited.p95_ms} / ${r.startExited.min_ms}`);
   console.log(`  first call answered   ${r.firstCallAnswered.median_ms} / ${r.firstCallAnswered.p95_ms} / ${r.firstCallAnswered.min_ms}`);
+  if (r.daemonStartup) console.log(`  daemon until serving  ${r.daemonStartup.median_ms} / ${r.daemonStartup.p95_ms} / ${r.daemonStartup.min_ms}`);
+  if (r.daemonStartupCpu) console.log(`  of it CPU             ${r.daemonStartupCpu.median_ms} / ${r.daemonStartupCpu.p95_ms} / ${r.daemonStartupCpu.min_ms}`);
 }
 if (values.out) {
   fs.mkdirSync(path.dirname(values.out), { recursive: true });

@@ -6,10 +6,6 @@
 import net from 'node:net';
 import { removeStaleSocket } from '../proto/ttrpc/socket-probe.js';
 
-/** How long the daemon may take from "ready" to serving before it gives up (its callers are queued on the socket). */
-export const DAEMON_LOAD_TIMEOUT_MS = 60_000;
-export const DAEMON_LOAD_TIMEOUT = 'KATATS_SHIM_LOAD_TIMEOUT';
-
 export interface EarlySocket {
   listener: net.Server;
   /** Connections accepted before the server took over, oldest first, not read from yet. */

@@ -8,8 +8,10 @@
 // `start` runs on every pod's start path and needs neither the codecs nor the VM drivers the
 // daemon loads.
 import { parseShimArgs } from './args.js';
-import { bindShimSocket, DAEMON_LOAD_TIMEOUT, DAEMON_LOAD_TIMEOUT_MS } from './daemon-socket.js';
-import { withTimeout } from '../sys/timeout.js';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { bindShimSocket } from './daemon-socket.js';
+import { DAEMON_BUNDLE, loadBundle } from './daemon-load.js';
 
 export const SHIM_VERSION = '0.1.0';
 
@@ -32,8 +34,8 @@ async function main(): Promise<void> {
       const early = await bindShimSocket(args.socket);
       process.stdout.write('ready\n');
       try {
-        const daemon = await withTimeout(import('./daemon.js'), DAEMON_LOAD_TIMEOUT_MS, { code: DAEMON_LOAD_TIMEOUT, what: 'loading the shim daemon' });
-        await daemon.serveShim(args, early);
+        const { exports, codeCache } = loadBundle<typeof import('./daemon.js')>(path.join(path.dirname(fileURLToPath(import.meta.url)), DAEMON_BUNDLE));
+        await exports.serveShim(args, early, { codeCache });
       } catch (e) {
         // Callers queued on the socket get it closed (their call fails) instead of waiting on
         // a daemon that will never serve; the file goes with it (ours: we bound it).

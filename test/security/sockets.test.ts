@@ -138,8 +138,8 @@ describe('shim start', () => {
     const dist = path.join(h.dir, 'broken-dist');
     fs.mkdirSync(path.join(dist, 'bin'), { recursive: true });
     const built = path.dirname(path.dirname(h.shim));
-    for (const f of fs.readdirSync(built).filter((f) => f.startsWith('shim') && f.endsWith('.mjs'))) fs.copyFileSync(path.join(built, f), path.join(dist, f));
-    fs.writeFileSync(path.join(dist, 'shim-daemon.mjs'), "await new Promise((r) => setTimeout(r, 500));\nthrow new Error('the daemon bundle is broken');\n");
+    for (const f of fs.readdirSync(built).filter((f) => f.startsWith('shim'))) fs.copyFileSync(path.join(built, f), path.join(dist, f));
+    fs.writeFileSync(path.join(dist, 'shim-daemon.cjs'), "throw new Error('the daemon bundle is broken');\n");
     const shim = path.join(dist, 'bin', 'containerd-shim-katats-v2');
     fs.writeFileSync(shim, `#!/bin/sh\nexec ${process.execPath} ${path.join(dist, 'shim.mjs')} "$@"\n`, { mode: 0o755 });
     const r = await h.run('start', 'broken', h.bundle('broken'), { shim });
