@@ -1,7 +1,9 @@
 // Where a cloned pod's start goes: `ctr run --rm` of a pod cloned from a template, timed step by
 // step from the shim's log (each step ends at a line the shim writes) and closed by ctr's first
 // output byte, median and p95 over the runs.
-//   npx tsx bench/factory-steps.ts [--runs 8] [--out DIR]
+//   npx tsx bench/factory-steps.ts [--runs 8] [--out DIR] [--against OTHER_BUILD/bin/containerd-shim-katats-v2]
+// --against also runs pods through another build's shim (same configuration, templates and guest
+// image), taking turns run by run with this one's, so that both see the same load.
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -14,7 +16,7 @@ import { katatsEnv } from '../test/shim/katats-env.js';
 import { removePod } from './macro/pods.js';
 import { round, summarize } from './macro/stats.js';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '8' }, out: { type: 'string' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '8' }, out: { type: 'string' }, against: { type: 'string' } } });
 const runs = Number(values.runs);
 const t0 = performance.now();
 const say = (s: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${s}\n`);
@@ -64,31 +66,38 @@ function stepsOf(logFile: string, spawnedAt: number, firstOutputAt: number): Rec
 
 const templates = fs.mkdtempSync('/tmp/kbt-');
 const env = await katatsEnv({ onProgress: say, extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"\n` });
-const cd = await startContainerd({ runtimes: [env.runtime], onProgress: say });
-const samples: Record<string, number>[] = [];
-const totals: number[] = [];
+const shims = [{ name: 'katats', runtime: env.runtime }];
+if (values.against) {
+  const wrapper = path.join(env.dir, 'containerd-shim-katatsagainst-v2');
+  fs.writeFileSync(wrapper, `#!/bin/sh\nKATATS_CONF_FILE=${env.configFile} exec ${path.resolve(values.against)} "$@"\n`, { mode: 0o755 });
+  shims.push({ name: 'against', runtime: { name: 'against', runtimeType: 'io.containerd.katatsagainst.v2', shimBinary: wrapper } });
+}
+const cd = await startContainerd({ runtimes: shims.map((s) => s.runtime), onProgress: say });
+const samples: Record<string, number>[][] = shims.map(() => []);
+const totals: number[][] = shims.map(() => []);
 try {
   await factoryInit(loadConfig(env.configFile), pino({ level: 'warn' }, pino.destination(2)));
   const image = await busyboxImage({ onProgress: say });
   await cd.importImage(image.archive, BUSYBOX_INDEX);
   for (let i = -1; i < runs; i++) {
-    const id = i < 0 ? 'steps-warm' : `steps${i}`;
-    const spawnedAt = Date.now();
-    let firstOutputAt: number | undefined;
-    const child = cd.ctrSpawn(['run', '--rm', ...cd.runtimeArgs('katats'), image.name, id, 'sh', '-c', 'echo ready']);
-    child.stdout!.once('data', () => (firstOutputAt = Date.now()));
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-    if (code !== 0 || firstOutputAt === undefined) {
-      await removePod(cd, 'katats', id);
-      throw new Error(`ctr run ${id}: exit ${code}: ${stderr.trim().slice(-400)}`);
+    for (const [k, shim] of shims.entries()) {
+      const id = i < 0 ? `steps-warm${k}` : `steps${k}-${i}`;
+      const spawnedAt = Date.now();
+      let firstOutputAt: number | undefined;
+      const child = cd.ctrSpawn(['run', '--rm', ...cd.runtimeArgs(shim.name), image.name, id, 'sh', '-c', 'echo ready']);
+      child.stdout!.once('data', () => (firstOutputAt = Date.now()));
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      if (code !== 0 || firstOutputAt === undefined) {
+        await removePod(cd, shim.name, id);
+        throw new Error(`ctr run ${id}: exit ${code}: ${stderr.trim().slice(-400)}`);
+      }
+      if (i < 0) continue;
+      samples[k]!.push(stepsOf(path.join(env.logDir, `${id}.log`), spawnedAt, firstOutputAt));
+      totals[k]!.push(firstOutputAt - spawnedAt);
+      say(`run ${i + 1}/${runs} ${shim.name}: first output ${firstOutputAt - spawnedAt} ms`);
     }
-    if (i < 0) continue;
-    const steps = stepsOf(path.join(env.logDir, `${id}.log`), spawnedAt, firstOutputAt);
-    samples.push(steps);
-    totals.push(firstOutputAt - spawnedAt);
-    say(`run ${i + 1}/${runs}: first output ${firstOutputAt - spawnedAt} ms`);
   }
 } finally {
   await factoryDestroy(loadConfig(env.configFile)).catch((e: Error) => say(`factory destroy: ${e.message}`));
@@ -98,17 +107,23 @@ try {
   fs.rmSync(templates, { recursive: true, force: true });
 }
 
-const rows = STEPS.map(({ step }) => {
-  const v = samples.map((s) => s[step]).filter((x): x is number => x !== undefined);
-  const s = v.length ? summarize(v) : undefined;
-  return { step, n: v.length, median_ms: s ? round(s.median, 0) : null, p95_ms: s ? round(s.p95, 0) : null };
+const results = shims.map((shim, k) => {
+  const rows = STEPS.map(({ step }) => {
+    const v = samples[k]!.map((s) => s[step]).filter((x): x is number => x !== undefined);
+    const s = v.length ? summarize(v) : undefined;
+    return { step, n: v.length, median_ms: s ? round(s.median, 0) : null, p95_ms: s ? round(s.p95, 0) : null };
+  });
+  const total = summarize(totals[k]!);
+  return { shim: k === 0 ? 'this build' : values.against!, steps: rows, total: { median_ms: round(total.median, 0), p95_ms: round(total.p95, 0) } };
 });
-const total = summarize(totals);
-console.log(`cloned pod start by step (ctr run -> first output), ${env.accel.toUpperCase()}, ${runs} runs`);
-console.log('median    p95  step');
-for (const r of rows) console.log(`${String(r.median_ms ?? '-').padStart(6)} ${String(r.p95_ms ?? '-').padStart(6)}  ${r.step}${r.n < runs ? ` (in ${r.n} runs)` : ''}`);
-console.log(`${String(round(total.median, 0)).padStart(6)} ${String(round(total.p95, 0)).padStart(6)}  total (median and p95 of the totals)`);
+for (const r of results) {
+  console.log(`cloned pod start by step (ctr run -> first output), ${env.accel.toUpperCase()}, ${runs} runs, shim: ${r.shim}`);
+  console.log('median    p95  step');
+  for (const row of r.steps) console.log(`${String(row.median_ms ?? '-').padStart(6)} ${String(row.p95_ms ?? '-').padStart(6)}  ${row.step}${row.n < runs ? ` (in ${row.n} runs)` : ''}`);
+  console.log(`${String(r.total.median_ms).padStart(6)} ${String(r.total.p95_ms).padStart(6)}  total (median and p95 of the totals)`);
+}
 if (values.out) {
   fs.mkdirSync(values.out, { recursive: true });
-  fs.writeFileSync(path.join(values.out, 'factory-steps.json'), JSON.stringify({ accel: env.accel, runs, steps: rows, total: { median_ms: round(total.median, 0), p95_ms: round(total.p95, 0) }, at: new Date().toISOString() }, null, 2) + '\n');
+  const [mine, ...others] = results;
+  fs.writeFileSync(path.join(values.out, 'factory-steps.json'), JSON.stringify({ accel: env.accel, runs, steps: mine!.steps, total: mine!.total, against: others[0] ?? null, at: new Date().toISOString() }, null, 2) + '\n');
 }
