@@ -37,7 +37,7 @@ export interface AgentConfig {
   launchProblem?: string;
   /** SetGuestDateTime changes the clock and ReseedRandomDev the kernel's CRNG (guest) or only validate (local mode) */
   setClock: boolean;
-  /** the runner's keeper (guest): clock and entropy without spawning a process */
+  /** the runner's keeper: clock, entropy, mounts (guest), namespaces and container processes' runners without node spawning a process */
   keeper?: Keeper;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
   pciRescan: boolean;

@@ -166,6 +166,8 @@ export class Container {
         ioDir: io,
         pidFile: path.join(io, 'pid'),
         consoleSocket: sock,
+        monitorSocket: consoleSocketPath(cfg.stateDir, cid, 'runner:init'),
+        keeper: cfg.keeper,
         crunLog: path.join(io, 'crun.log'),
         consoleSize: spec.process?.consoleSize ? { rows: spec.process.consoleSize.height, cols: spec.process.consoleSize.width } : undefined,
       });
@@ -257,6 +259,8 @@ export class Container {
         ioDir: io,
         pidFile: path.join(io, 'pid'),
         consoleSocket: sock,
+        monitorSocket: consoleSocketPath(cfg.stateDir, this.id, `runner:exec:${eid}`),
+        keeper: cfg.keeper,
         crunLog: path.join(io, 'crun.log'),
         consoleSize: proc.consoleSize ? { rows: proc.consoleSize.height, cols: proc.consoleSize.width } : undefined,
       });

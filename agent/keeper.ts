@@ -4,7 +4,8 @@
 // clone's too), and a fork+exec per request costs ~0.5 s under TCG; the keeper was forked before
 // the template was saved, so a clone spawns nothing. It also makes the agent's mounts (one mount(2)
 // each instead of a mount(8) process) and the pod's shared namespaces (forked from the keeper, a
-// small process, rather than from node): what a pod's start needs.
+// small process, rather than from node), and forks the runner of each container process (run
+// mode, reaped by the keeper, which reports each end): what a pod's start needs.
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Logger } from './log.js';
 import { withTimeout } from '../sys/timeout.js';
@@ -15,7 +16,16 @@ const KEEPER_TIMEOUT_MS = 10_000;
 /** An answer is one short line; more than this unanswered is a broken keeper. */
 const MAX_ANSWER_BYTES = 4096;
 /** The longest request line the keeper reads (KEEPER_LINE in katats-runner.c, less its newline and NUL). */
-const MAX_REQUEST_BYTES = 2198;
+const MAX_REQUEST_BYTES = 16384;
+/**
+ * A mount request's bound, below the line's: mount(2) takes one page of options, and a longer
+ * overlay option list is mount(8)'s to split or refuse, as before the keeper mounted.
+ */
+const MAX_MOUNT_REQUEST_BYTES = 2198;
+/** What the keeper knows of a runner's end: its wait status, or undefined when the keeper died first. */
+export interface RunnerEnd {
+  waitStatus: number | undefined;
+}
 /** What RNDADDENTROPY takes from one request (the runner's bound). */
 export const MAX_SEED_BYTES = 512;
 
@@ -24,6 +34,8 @@ export class Keeper {
   private pending: { resolve: (l: string) => void; reject: (e: Error) => void } | undefined;
   private buf = '';
   private dead: Error | undefined;
+  /** runners' ends by pid, made by whichever comes first: the keeper's report or a waiter */
+  private readonly ends = new Map<number, { done: Promise<RunnerEnd>; resolve: (e: RunnerEnd) => void }>();
 
   private constructor(
     private readonly child: ChildProcess,
@@ -36,6 +48,11 @@ export class Keeper {
       this.dead ??= new Error(`keeper ${why}`);
       this.pending?.reject(this.dead);
       this.pending = undefined;
+      // Its runners live on (reparented) and still talk to the agent; only their wait status is lost.
+      for (const [pid, e] of this.ends) {
+        e.resolve({ waitStatus: undefined });
+        this.ends.delete(pid);
+      }
     };
     child.once('exit', (code, signal) => {
       gone(`exited (${signal ?? code})`);
@@ -53,25 +70,47 @@ export class Keeper {
     return !this.dead;
   }
 
+  /** The keeper's pid: its runners' parent. */
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   private onData(d: string): void {
     this.buf += d;
+    for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
+      const line = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      const ended = /^exited (\d+) (-?\d+)$/.exec(line);
+      if (ended) {
+        this.endOf(Number(ended[1])).resolve({ waitStatus: Number(ended[2]) });
+        continue;
+      }
+      const p = this.pending;
+      this.pending = undefined;
+      p?.resolve(line);
+    }
     if (this.buf.length > MAX_ANSWER_BYTES) {
       this.dead = new Error('keeper answered more than a line');
       this.child.kill('SIGKILL');
-      return;
     }
-    const nl = this.buf.indexOf('\n');
-    if (nl < 0) return;
-    const line = this.buf.slice(0, nl);
-    this.buf = this.buf.slice(nl + 1);
-    const p = this.pending;
-    this.pending = undefined;
-    p?.resolve(line);
   }
 
-  /** One request, answered in order; rejects with the keeper's error text. */
-  private request(line: string, timeoutMs = KEEPER_TIMEOUT_MS): Promise<void> {
-    const run = async (): Promise<void> => {
+  private endOf(pid: number): { done: Promise<RunnerEnd>; resolve: (e: RunnerEnd) => void } {
+    let e = this.ends.get(pid);
+    if (!e) {
+      let resolve!: (x: RunnerEnd) => void;
+      const done = new Promise<RunnerEnd>((r) => (resolve = r));
+      e = { done, resolve };
+      // A keeper that died has reported every end it will: this one is not known.
+      if (this.dead) resolve({ waitStatus: undefined });
+      else this.ends.set(pid, e);
+    }
+    return e;
+  }
+
+  /** One request, answered in order; resolves with what follows "ok", rejects with the keeper's error text. */
+  private request(line: string, timeoutMs = KEEPER_TIMEOUT_MS): Promise<string> {
+    const run = async (): Promise<string> => {
       if (this.dead) throw this.dead;
       const answer = new Promise<string>((resolve, reject) => (this.pending = { resolve, reject }));
       this.child.stdin!.write(`${line}\n`);
@@ -83,20 +122,21 @@ export class Keeper {
           this.child.kill('SIGKILL');
         },
       });
-      if (a !== 'ok') throw new Error(a.replace(/^error /, ''));
+      if (a !== 'ok' && !a.startsWith('ok ')) throw new Error(a.replace(/^error /, ''));
+      return a.slice(3);
     };
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => {});
     return p;
   }
 
-  setTime(sec: number, usec: number): Promise<void> {
-    return this.request(`time ${sec} ${usec}`);
+  async setTime(sec: number, usec: number): Promise<void> {
+    await this.request(`time ${sec} ${usec}`);
   }
 
-  seed(data: Uint8Array): Promise<void> {
-    if (!data.length || data.length > MAX_SEED_BYTES) return Promise.reject(new Error(`seed wants 1..${MAX_SEED_BYTES} bytes, got ${data.length}`));
-    return this.request(`seed ${Buffer.from(data).toString('hex')}`);
+  async seed(data: Uint8Array): Promise<void> {
+    if (!data.length || data.length > MAX_SEED_BYTES) throw new Error(`seed wants 1..${MAX_SEED_BYTES} bytes, got ${data.length}`);
+    await this.request(`seed ${Buffer.from(data).toString('hex')}`);
   }
 
   /**
@@ -106,7 +146,7 @@ export class Keeper {
   async mount(source: string, target: string, fstype: string | undefined, flags: number, data: string): Promise<boolean> {
     const hex = (s: string | undefined) => (s ? Buffer.from(s).toString('hex') : '-');
     const line = `mount ${hex(source)} ${hex(target)} ${hex(fstype)} ${flags} ${hex(data)}`;
-    if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
+    if (this.dead || line.length > MAX_MOUNT_REQUEST_BYTES) return false;
     // As long as mount(8) would have had: a layer's first read through dm-verity can be slow.
     await this.request(line, MOUNT_TIMEOUT_MS);
     return true;
@@ -118,6 +158,24 @@ export class Keeper {
     if (this.dead || line.length > MAX_REQUEST_BYTES) return false;
     await this.request(line, timeoutMs);
     return true;
+  }
+
+  /**
+   * The runner's run mode forked by the keeper (runner.ts): `args` after `run`, its fds 3 and 4 one
+   * connection to `socket`, its stderr into `errFile`. Resolves with its pid and its end as the
+   * keeper reports it; rejects when the keeper cannot take the request (dead, an argument it cannot
+   * carry, too long a line) or refuses it.
+   */
+  async run(socket: string, errFile: string, args: string[]): Promise<{ pid: number; ended: Promise<RunnerEnd> }> {
+    const words = [socket, errFile, ...args];
+    if (words.some((w) => !w || w.includes('\0'))) throw new Error('run: an empty argument or one with a NUL');
+    const line = `run ${words.map((w) => Buffer.from(w).toString('hex')).join(' ')}`;
+    if (line.length > MAX_REQUEST_BYTES) throw new Error(`run: request of ${line.length} bytes, more than the keeper reads`);
+    const pid = Number(await this.request(line));
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`run: keeper answered no pid`);
+    // The keeper forked it and answers first, so its end, when reported, comes after: the entry
+    // made here (or by an end already parsed in the same chunk) is the one the end resolves.
+    return { pid, ended: this.endOf(pid).done.finally(() => this.ends.delete(pid)) };
   }
 
   stop(): void {

@@ -91,7 +91,8 @@ async function main(): Promise<void> {
     ...(initdata && !initdata.ok ? { launchProblem: initdata.problem } : {}),
     defaultPolicy,
     setClock: !local,
-    ...(local ? {} : { keeper: Keeper.start(runner, log) }),
+    // Local mode too: its containers' runners are forked as in the guest (its mounts are not).
+    keeper: Keeper.start(runner, log),
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
     ...(local ? (values.netns ? { network: netnsTools(values.netns, runner), netnsPath: values.netns } : {}) : { network: guestNetworkTools(runner), netnsPath: `/proc/${process.pid}/ns/net` }),
@@ -101,7 +102,7 @@ async function main(): Promise<void> {
   const agent = createAgent(config);
   if (initdata?.ok) applyInitdata(initdata, agent.sandbox.policy, cdh, log);
   const keeper = config.keeper;
-  if (keeper) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
+  if (keeper && !local) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {

@@ -1,12 +1,11 @@
 // One container process (a container's init or an exec) under its katats-runner monitor: the
 // monitor runs crun, reports the pid and the wait status, relays the terminal and takes signals
 // and window sizes; stdio flows through FIFOs the agent reads and writes directly.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
-import type { Writable } from 'node:stream';
 import type { Logger } from './log.js';
+import type { Keeper } from './keeper.js';
+import { startMonitor, type Monitor } from './monitor.js';
 import { internal, TtrpcError } from './errors.js';
 import { lastLogError } from './runtime/crun.js';
 import { OutputBuffer, StdinWriter, openOutputFifo } from './stdio.js';
@@ -19,6 +18,10 @@ export interface LaunchOptions {
   ioDir: string;
   pidFile: string;
   consoleSocket: string | undefined;
+  /** where a keeper-forked runner connects (a short path, as the console socket's) */
+  monitorSocket: string;
+  /** forks the runner when alive; else node spawns it */
+  keeper: Keeper | undefined;
   crunLog: string;
   /** initial window size for a terminal */
   consoleSize?: { rows: number; cols: number };
@@ -47,8 +50,7 @@ export class ContainerProcess {
   readonly stdin: StdinWriter;
   readonly exited: Promise<number>;
   private resolveExit!: (code: number) => void;
-  private ctl: Writable | undefined;
-  private helperStderr = '';
+  private monitor: Monitor | undefined;
   private events: StatusEvent[] = [];
   private eventWaiters: Array<() => void> = [];
   private ioDir: string | undefined;
@@ -102,27 +104,25 @@ export class ContainerProcess {
   async launch(o: LaunchOptions): Promise<void> {
     this.ioDir = o.ioDir;
     fs.mkdirSync(o.ioDir, { recursive: true, mode: 0o700 });
-    const args = ['run', ...o.runnerFlags, '--pipe-size', String(PIPE_SIZE), '--io', o.ioDir, '--pid-file', o.pidFile];
+    const args = [...o.runnerFlags, '--pipe-size', String(PIPE_SIZE), '--io', o.ioDir, '--pid-file', o.pidFile];
     if (this.tty) args.push('--tty', '--console-socket', o.consoleSocket!);
     args.push('--', ...o.crunArgv);
-    const helper = spawn(o.runner, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] });
-    this.ctl = helper.stdio[4] as Writable;
-    this.ctl.on('error', () => undefined);
-    helper.stderr!.on('data', (b: Buffer) => {
-      if (this.helperStderr.length < 8192) this.helperStderr += b.toString();
-    });
-    const lines = createInterface({ input: helper.stdio[3] as NodeJS.ReadableStream });
-    lines.on('line', (l) => this.onStatus(l));
-    helper.on('error', (e) => this.push({ kind: 'error', text: `cannot run ${o.runner}: ${e.message}` }));
-    // 'close' comes after the status pipe is drained, so a final "exit" line is never lost.
-    helper.on('close', (code, sig) => {
-      if (this.pid > 0 && this.exitCode === undefined) {
-        this.log.warn({ code, sig, stderr: this.helperStderr }, 'runner ended without reporting the exit status');
-        this.push({ kind: 'exit', raw: 255 << 8 });
-      }
-      lines.close();
-      this.push({ kind: 'gone' });
-    });
+    const helper = await startMonitor(
+      { runner: o.runner, args, socket: o.monitorSocket, errFile: path.join(o.ioDir, 'runner.err'), keeper: o.keeper, log: this.log },
+      {
+        line: (l) => this.onStatus(l),
+        error: (text) => this.push({ kind: 'error', text }),
+        // After the last status line, so a final "exit" line is never lost.
+        close: ({ code, signal }) => {
+          if (this.pid > 0 && this.exitCode === undefined) {
+            this.log.warn({ code, sig: signal, stderr: helper.stderr() }, 'runner ended without reporting the exit status');
+            this.push({ kind: 'exit', raw: 255 << 8 });
+          }
+          this.push({ kind: 'gone' });
+        },
+      },
+    );
+    this.monitor = helper;
 
     let outFd = -1;
     let errFd = -1;
@@ -133,7 +133,7 @@ export class ContainerProcess {
       outFd = openOutputFifo(path.join(o.ioDir, 'stdout'));
       errFd = openOutputFifo(path.join(o.ioDir, 'stderr'));
       inFd = StdinWriter.openFifo(path.join(o.ioDir, 'stdin'));
-      this.ctl.write('go\n');
+      helper.send('go');
       const started = await this.next(['pid']);
       if (started.kind !== 'pid') throw this.launchError(started, o);
       this.pid = started.pid;
@@ -141,7 +141,7 @@ export class ContainerProcess {
       for (const fd of [outFd, errFd, inFd]) if (fd >= 0) fs.closeSync(fd);
       this.stdout.endNow();
       this.stderr.endNow();
-      helper.kill('SIGKILL');
+      helper.kill();
       this.cleanupIo();
       throw e;
     }
@@ -154,7 +154,12 @@ export class ContainerProcess {
       this.stderr.attachFifo(errFd);
     }
     this.stdin.attachFd(inFd);
-    this.log.info({ pid: this.pid, tty: this.tty }, 'process started');
+    this.log.info({ pid: this.pid, tty: this.tty, runner_pid: helper.pid, runner_by: helper.via }, 'process started');
+  }
+
+  /** The runner's pid and who started it (tests, logs). */
+  get runner(): { pid: number | undefined; via: 'keeper' | 'node' } | undefined {
+    return this.monitor && { pid: this.monitor.pid, via: this.monitor.via };
   }
 
   private launchError(e: StatusEvent, o: LaunchOptions): TtrpcError {
@@ -165,7 +170,7 @@ export class ContainerProcess {
       /* no log written */
     }
     const detail =
-      logged ?? (e.kind === 'error' ? e.text : `runner ended early${this.helperStderr ? `: ${this.helperStderr.trim()}` : ''}`);
+      logged ?? (e.kind === 'error' ? e.text : `runner ended early${this.monitor?.stderr() ? `: ${this.monitor.stderr().trim()}` : ''}`);
     return internal(`${this.label}: ${detail}`);
   }
 
@@ -194,11 +199,11 @@ export class ContainerProcess {
   /** Signals this process (race-free: the monitor knows whether it was already reaped). */
   signal(sig: number): void {
     if (this.exitCode !== undefined) return;
-    this.ctl?.write(`kill ${sig}\n`);
+    this.monitor?.send(`kill ${sig}`);
   }
 
   resize(rows: number, cols: number): void {
-    this.ctl?.write(`resize ${rows} ${cols}\n`);
+    this.monitor?.send(`resize ${rows} ${cols}`);
   }
 
   closeStdin(): Promise<void> {
@@ -210,7 +215,7 @@ export class ContainerProcess {
     this.stdin.abort();
     this.stdout.close();
     this.stderr.close();
-    this.ctl?.end();
+    this.monitor?.end();
     this.cleanupIo();
   }
 

@@ -49,9 +49,15 @@
  *                                           bytes to the kernel's pool (RNDADDENTROPY) and reseeds its
  *                                           CRNG (RNDRESEEDCRNG); "mount SRC TARGET FSTYPE FLAGS DATA"
  *                                           one mount(2), strings in hex ("-": none); "ns DIR HOST"
- *                                           the ns mode in a forked child. A VM restored
- *                                           from a template needs the first two at once, a pod start
- *                                           mounts its storages, and a fork+exec costs ~0.5 s under TCG.
+ *                                           the ns mode in a forked child; "run SOCK ERRFILE ARG..."
+ *                                           the run mode in a forked child (no exec), its fds 3 and 4
+ *                                           one connection to the agent's unix socket SOCK, its stderr
+ *                                           ERRFILE, answered "ok PID"; the keeper reaps its children
+ *                                           and reports each as "exited PID WAITSTATUS", a line that
+ *                                           may come between answers. A VM restored from a template
+ *                                           needs the first two at once, a pod start mounts its
+ *                                           storages and starts runners, and a fork+exec from node
+ *                                           costs ~0.5 s under TCG.
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
  *                                           can only wait for children it spawned), passes SIGTERM,
@@ -828,7 +834,7 @@ static int mode_tap_exec(int argc, char **argv) {
 
 /* ---------------------------------------------------------------- keeper */
 
-#define KEEPER_LINE 2200
+#define KEEPER_LINE 16386
 #define KEEPER_SEED_MAX 512
 
 static int hexval(int c) {
@@ -903,6 +909,18 @@ static void keeper_mount(char *args) {
   else printf("ok\n");
 }
 
+/* The keeper's signal mask before it blocked SIGCHLD, and its signalfd: what a forked child
+ * restores and closes before it becomes something else. */
+static sigset_t keeper_oldmask;
+static int keeper_sfd = -1;
+static char *keeper_argv0 = "katats-runner";
+
+/* A child of the keeper starts as the agent's own spawn would: no SIGCHLD blocked, no keeper fds. */
+static void keeper_child_reset(void) {
+  if (keeper_sfd >= 0) close(keeper_sfd);
+  sigprocmask(SIG_SETMASK, &keeper_oldmask, NULL);
+}
+
 /* ns DIR HOSTNAME: the ns mode in a child of the keeper, whose fork is cheap (a small static
  * process), where the agent's own spawn would fork node. Its errors go to the keeper's stderr. */
 static void keeper_ns(char *args) {
@@ -917,7 +935,10 @@ static void keeper_ns(char *args) {
   fflush(stdout);
   pid_t pid = fork();
   if (pid < 0) { printf("error ns: fork: %s\n", strerror(errno)); return; }
-  if (pid == 0) _exit(mode_ns(2, av));
+  if (pid == 0) {
+    keeper_child_reset();
+    _exit(mode_ns(2, av));
+  }
   int st = 0;
   while (waitpid(pid, &st, 0) < 0) {
     if (errno != EINTR) { printf("error ns: waitpid: %s\n", strerror(errno)); return; }
@@ -926,35 +947,136 @@ static void keeper_ns(char *args) {
   else printf("error ns failed (wait status %d)\n", st);
 }
 
+#define KEEPER_RUN_ARGS 128
+
+/* Moves fd above the numbers a child is about to fill (0-4), so no dup2 into place clobbers it. */
+static int keeper_high(int fd) {
+  if (fd < 0) return -1;
+  int h = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+  close(fd);
+  return h;
+}
+
+/* run SOCK ERRFILE ARG...: the run mode in a child of the keeper, with its status and control
+ * channel one unix stream connection to SOCK (the agent listens there) at fds 3 and 4, its stderr
+ * in ERRFILE, stdin and stdout /dev/null; all strings hex. Answers "ok PID" at once; the child's
+ * end comes later as an "exited PID WAITSTATUS" line. A spawn of the runner from node forks node,
+ * ~0.5 s under TCG; this forks the keeper, which is small. */
+static void keeper_run(char *args) {
+  char *tok[KEEPER_RUN_ARGS + 2], *str[KEEPER_RUN_ARGS + 3];
+  int n = 0;
+  char *save = NULL;
+  for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+    if (n == KEEPER_RUN_ARGS + 2) { printf("error run takes at most %d arguments\n", KEEPER_RUN_ARGS); return; }
+    tok[n++] = t;
+  }
+  if (n < 3) { printf("error run wants SOCK ERRFILE ARG...\n"); return; }
+  /* Decoding halves each token in place: hex is twice as long as what it encodes. */
+  for (int i = 0; i < n; i++) {
+    if (keeper_unhex(tok[i], tok[i], strlen(tok[i]) / 2 + 1, &str[i]) < 0 || !str[i]) { printf("error run: bad hex\n"); return; }
+  }
+  str[n] = NULL;
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  if (strlen(str[0]) >= sizeof sa.sun_path) { printf("error run: socket path too long\n"); return; }
+  strcpy(sa.sun_path, str[0]);
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid < 0) { printf("error run: fork: %s\n", strerror(errno)); return; }
+  if (pid == 0) {
+    keeper_child_reset();
+    int nul = keeper_high(open("/dev/null", O_RDWR | O_CLOEXEC));
+    int err = keeper_high(open(str[1], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (nul < 0 || err < 0) _exit(125);
+    dup2(err, 2);
+    int s = keeper_high(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    int r;
+    do r = s < 0 ? -1 : connect(s, (struct sockaddr *)&sa, sizeof sa); while (r < 0 && errno == EINTR);
+    if (r < 0) { fprintf(stderr, "katats-runner: connect %s: %s\n", str[0], strerror(errno)); _exit(125); }
+    dup2(nul, 0); dup2(nul, 1); dup2(s, STATUS_FD); dup2(s, CTL_FD);
+    close(nul); close(err); close(s);
+    /* Exec'd afresh (a small static binary: cheap) so that ps and /proc name it by what it
+       does, `katats-runner run ...`, as a runner spawned by the agent is named. */
+    str[0] = keeper_argv0;
+    str[1] = "run";
+    execv("/proc/self/exe", str);
+    exit(mode_run(n - 2, str + 2));
+  }
+  printf("ok %d\n", (int)pid);
+}
+
+/* One request line (without its newline), answered with one line on stdout. */
+static void keeper_request(char *line) {
+  long long sec; long usec; char extra;
+  if (!strncmp(line, "time ", 5)) {
+    if (sscanf(line + 5, "%lld %ld %c", &sec, &usec, &extra) != 2 || sec < 0 || usec < 0 || usec >= 1000000) { printf("error time wants SEC USEC\n"); return; }
+    struct timeval tv = { .tv_sec = (time_t)sec, .tv_usec = (suseconds_t)usec };
+    if (settimeofday(&tv, NULL) < 0) printf("error settimeofday: %s\n", strerror(errno));
+    else printf("ok\n");
+  } else if (!strncmp(line, "seed ", 5)) {
+    keeper_seed(line + 5);
+  } else if (!strncmp(line, "mount ", 6)) {
+    keeper_mount(line + 6);
+  } else if (!strncmp(line, "ns ", 3)) {
+    keeper_ns(line + 3);
+  } else if (!strncmp(line, "run ", 4)) {
+    keeper_run(line + 4);
+  } else {
+    printf("error unknown request\n");
+  }
+}
+
+/* Reaps every ended child (the runners; an ns child is waited for where it is forked) and says so. */
+static void keeper_reap(void) {
+  struct signalfd_siginfo si;
+  while (read(keeper_sfd, &si, sizeof si) > 0) {}
+  int st;
+  pid_t p;
+  while ((p = waitpid(-1, &st, WNOHANG)) > 0) printf("exited %d %d\n", (int)p, st);
+}
+
 static int mode_keeper(void) {
   static char line[KEEPER_LINE];
+  size_t len = 0;
+  int skipping = 0;
   setvbuf(stdout, NULL, _IOLBF, 0);
-  while (fgets(line, sizeof line, stdin)) {
-    size_t n = strlen(line);
-    if (n && line[n - 1] != '\n' && !feof(stdin)) {
-      /* over-long request: answered once, its rest skipped */
-      int c;
-      while ((c = getchar()) != EOF && c != '\n') {}
-      printf("error request longer than %d bytes\n", KEEPER_LINE - 2);
-      continue;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, &keeper_oldmask);
+  keeper_sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (keeper_sfd < 0) { fprintf(stderr, "katats-runner keeper: signalfd: %s\n", strerror(errno)); return 1; }
+  for (;;) {
+    struct pollfd pf[2] = { { 0, POLLIN, 0 }, { keeper_sfd, POLLIN, 0 } };
+    if (poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fprintf(stderr, "katats-runner keeper: poll: %s\n", strerror(errno));
+      return 1;
     }
-    if (n && line[n - 1] == '\n') line[--n] = 0;
-    long long sec; long usec; char extra;
-    if (!strncmp(line, "time ", 5)) {
-      if (sscanf(line + 5, "%lld %ld %c", &sec, &usec, &extra) != 2 || sec < 0 || usec < 0 || usec >= 1000000) { printf("error time wants SEC USEC\n"); continue; }
-      struct timeval tv = { .tv_sec = (time_t)sec, .tv_usec = (suseconds_t)usec };
-      if (settimeofday(&tv, NULL) < 0) printf("error settimeofday: %s\n", strerror(errno));
-      else printf("ok\n");
-    } else if (!strncmp(line, "seed ", 5)) {
-      keeper_seed(line + 5);
-    } else if (!strncmp(line, "mount ", 6)) {
-      keeper_mount(line + 6);
-    } else if (!strncmp(line, "ns ", 3)) {
-      keeper_ns(line + 3);
-    } else {
-      printf("error unknown request\n");
+    if (pf[1].revents & POLLIN) keeper_reap();
+    if (!(pf[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    char chunk[4096];
+    ssize_t got = read(0, chunk, sizeof chunk);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    for (ssize_t i = 0; i < got; i++) {
+      char c = chunk[i];
+      if (c == '\n') {
+        if (!skipping) { line[len] = 0; keeper_request(line); }
+        len = 0;
+        skipping = 0;
+      } else if (skipping) {
+        continue;
+      } else if (len == KEEPER_LINE - 2) {
+        /* over-long request: answered once, its rest skipped */
+        printf("error request longer than %d bytes\n", KEEPER_LINE - 2);
+        skipping = 1;
+      } else {
+        line[len++] = c;
+      }
     }
   }
+  /* A last request without its newline is still answered. */
+  if (len && !skipping) { line[len] = 0; keeper_request(line); }
   return 0;
 }
 
@@ -1075,7 +1197,10 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "oom-v1")) return mode_oom_v1(argc - 2, argv + 2);
   if (!strcmp(argv[1], "ns")) return mode_ns(argc - 2, argv + 2);
   if (!strcmp(argv[1], "settime")) return mode_settime(argc - 2, argv + 2);
-  if (!strcmp(argv[1], "keeper")) return mode_keeper();
+  if (!strcmp(argv[1], "keeper")) {
+    keeper_argv0 = argv[0];
+    return mode_keeper();
+  }
   if (!strcmp(argv[1], "init")) return mode_init(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-open")) return mode_verity_open(argc - 2, argv + 2);
   if (!strcmp(argv[1], "verity-close")) return mode_verity_close(argc - 2, argv + 2);

@@ -14,6 +14,7 @@ import { createAgent, type Agent } from '../../agent/server.js';
 import { detectCgroups } from '../../agent/cgroups.js';
 import { findRunner } from '../../agent/runtime/runner.js';
 import type { AgentConfig } from '../../agent/config.js';
+import { Keeper } from '../../agent/keeper.js';
 import { mountPoints } from '../../sys/mount.js';
 
 export const BUSYBOX = '/bin/busybox';
@@ -138,6 +139,8 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
     pciRescan: false,
     outputBufferBytes: 1 << 20,
     log,
+    // As in the guest, the runners are forked by a keeper, unless a test says otherwise.
+    ...('keeper' in over ? {} : { keeper: Keeper.start(runner(), log) }),
     ...over,
   };
   const agent = createAgent(config);
@@ -156,6 +159,7 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
     async close() {
       await client.close();
       await agent.shutdown();
+      config.keeper?.stop();
       for (const m of mountPoints().filter((m) => m.startsWith(dir)).sort((a, b) => b.length - a.length)) {
         try {
           execFileSync('umount', ['-l', m]);

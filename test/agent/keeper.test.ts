@@ -42,14 +42,14 @@ describe('katats-runner keeper', () => {
   });
 
   it('refuses malformed, unknown and over-long requests and keeps reading', async () => {
-    const out = await raw(`seed zz\nseed 123\nbogus\ntime 1 2 3\nseed ${'ab'.repeat(600)}\nseed ${'a'.repeat(3000)}\nseed 00ff\n`);
+    const out = await raw(`seed zz\nseed 123\nbogus\ntime 1 2 3\nseed ${'ab'.repeat(600)}\nseed ${'a'.repeat(17000)}\nseed 00ff\n`);
     expect(out.split('\n')).toEqual([
       'error seed is not hex',
       'error seed wants 1..512 bytes as hex',
       'error unknown request',
       'error time wants SEC USEC',
       'error seed wants 1..512 bytes as hex',
-      'error request longer than 2198 bytes',
+      'error request longer than 16384 bytes',
       'ok',
       '',
     ]);
