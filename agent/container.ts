@@ -142,11 +142,16 @@ export class Container {
     const bundle = bundleDir(cfg.stateDir, cid);
     const c = new Container(cid, sb, bundle, new ContainerCgroup(cfg.cgroups, cgPath), !usable, log);
     sb.creating.add(cid);
+    const t0 = performance.now();
+    const at: Record<string, number> = {};
+    const mark = (step: string) => (at[`${step}_ms`] = Math.round(performance.now() - t0));
     try {
       // After the policy decided the request (on the sealed text), before anything runs.
       await unsealSpec(spec, { sharedRoot: cfg.copyRoot, copyDir: path.join(bundle, 'sealed'), kbs: cfg.cdh?.resourceSource(), cid, log });
       await applyDevices(req.devices ?? [], spec, cfg.sysfsRoot, cfg.pciRescan);
+      mark('devices');
       c.storageMounts = await sb.addStorages(req.storages ?? [], cid);
+      mark('storages');
       // The overlay of the container's layers is a storage mounted on its rootfs already.
       const rootfs = path.join(bundle, 'rootfs');
       if (!(path.resolve(spec.root!.path) === rootfs && c.storageMounts.some((m) => path.resolve(m) === rootfs))) {
@@ -155,6 +160,7 @@ export class Container {
       }
       spec.root = { path: path.join(bundle, 'rootfs'), readonly: spec.root!.readonly };
       fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
+      mark('rootfs');
       const io = path.join(bundle, 'io', 'init');
       const tty = !!spec.process?.terminal;
       const p = new ContainerProcess(cid, '', tty, log, cfg.outputBufferBytes);
@@ -181,7 +187,9 @@ export class Container {
         .catch((err: unknown) => log.error({ err }, 'container exit bookkeeping failed'));
       if (!sb.pidnsPath && sb.containers.size === 0) sb.pidnsPath = `/proc/${p.pid}/ns/pid`;
       sb.containers.set(cid, c);
-      log.info({ bundle, pid: p.pid, cgroup: cgPath }, 'container created');
+      mark('launched');
+      // Milliseconds since the request reached the container's create, at the end of each step.
+      log.info({ bundle, pid: p.pid, cgroup: cgPath, ...at }, 'container created');
       return c;
     } catch (e) {
       log.warn({ err: e }, 'container create failed, cleaning up');

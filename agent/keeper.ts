@@ -166,13 +166,24 @@ export class Keeper {
    * keeper reports it; rejects when the keeper cannot take the request (dead, an argument it cannot
    * carry, too long a line) or refuses it.
    */
-  async run(socket: string, errFile: string, args: string[]): Promise<{ pid: number; ended: Promise<RunnerEnd> }> {
-    const words = [socket, errFile, ...args];
-    if (words.some((w) => !w || w.includes('\0'))) throw new Error('run: an empty argument or one with a NUL');
-    const line = `run ${words.map((w) => Buffer.from(w).toString('hex')).join(' ')}`;
-    if (line.length > MAX_REQUEST_BYTES) throw new Error(`run: request of ${line.length} bytes, more than the keeper reads`);
+  run(socket: string, errFile: string, args: string[]): Promise<{ pid: number; ended: Promise<RunnerEnd> }> {
+    return this.fork('run', [socket, errFile, ...args]);
+  }
+
+  /**
+   * The runner's exec mode (a one-shot command, crun's) forked by the keeper, its stdout and stderr
+   * into the files; as run() otherwise. The end's wait status is the command's own.
+   */
+  exec(outFile: string, errFile: string, args: string[]): Promise<{ pid: number; ended: Promise<RunnerEnd> }> {
+    return this.fork('exec', [outFile, errFile, ...args]);
+  }
+
+  private async fork(verb: 'run' | 'exec', words: string[]): Promise<{ pid: number; ended: Promise<RunnerEnd> }> {
+    if (words.some((w) => !w || w.includes('\0'))) throw new Error(`${verb}: an empty argument or one with a NUL`);
+    const line = `${verb} ${words.map((w) => Buffer.from(w).toString('hex')).join(' ')}`;
+    if (line.length > MAX_REQUEST_BYTES) throw new Error(`${verb}: request of ${line.length} bytes, more than the keeper reads`);
     const pid = Number(await this.request(line));
-    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`run: keeper answered no pid`);
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`${verb}: keeper answered no pid`);
     // The keeper forked it and answers first, so its end, when reported, comes after: the entry
     // made here (or by an end already parsed in the same chunk) is the one the end resolves.
     return { pid, ended: this.endOf(pid).done.finally(() => this.ends.delete(pid)) };

@@ -104,6 +104,7 @@ export class ContainerProcess {
   async launch(o: LaunchOptions): Promise<void> {
     this.ioDir = o.ioDir;
     fs.mkdirSync(o.ioDir, { recursive: true, mode: 0o700 });
+    const t0 = performance.now();
     const args = [...o.runnerFlags, '--pipe-size', String(PIPE_SIZE), '--io', o.ioDir, '--pid-file', o.pidFile];
     if (this.tty) args.push('--tty', '--console-socket', o.consoleSocket!);
     args.push('--', ...o.crunArgv);
@@ -123,6 +124,8 @@ export class ContainerProcess {
       },
     );
     this.monitor = helper;
+    const tForked = performance.now();
+    let tReady = tForked;
 
     let outFd = -1;
     let errFd = -1;
@@ -130,6 +133,7 @@ export class ContainerProcess {
     try {
       const ready = await this.next(['ready']);
       if (ready.kind !== 'ready') throw this.launchError(ready, o);
+      tReady = performance.now();
       outFd = openOutputFifo(path.join(o.ioDir, 'stdout'));
       errFd = openOutputFifo(path.join(o.ioDir, 'stderr'));
       inFd = StdinWriter.openFifo(path.join(o.ioDir, 'stdin'));
@@ -154,7 +158,10 @@ export class ContainerProcess {
       this.stderr.attachFifo(errFd);
     }
     this.stdin.attachFd(inFd);
-    this.log.info({ pid: this.pid, tty: this.tty, runner_pid: helper.pid, runner_by: helper.via }, 'process started');
+    // Where a start's time goes: starting the runner, the runner until its FIFOs are made, crun.
+    const ms = (a: number, b: number) => Math.round(b - a);
+    const timing = { runner_start_ms: ms(t0, tForked), runner_ready_ms: ms(tForked, tReady), crun_ms: ms(tReady, performance.now()) };
+    this.log.info({ pid: this.pid, tty: this.tty, runner_pid: helper.pid, runner_by: helper.via, ...timing }, 'process started');
   }
 
   /** The runner's pid and who started it (tests, logs). */

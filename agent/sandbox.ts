@@ -52,7 +52,14 @@ export class Sandbox {
 
   constructor(readonly config: AgentConfig) {
     this.log = config.log;
-    this.crun = new Crun({ crun: config.crun, runner: config.runner, root: config.crunRoot, hideUnified: config.cgroups.hideUnified });
+    this.crun = new Crun({
+      crun: config.crun,
+      runner: config.runner,
+      root: config.crunRoot,
+      hideUnified: config.cgroups.hideUnified,
+      ...(config.keeper ? { keeper: config.keeper, outputDir: path.join(config.stateDir, 'crun-output') } : {}),
+      log: config.log,
+    });
     this.policy = new PolicyGate({
       launchDigest: config.launchDigest,
       defaultPolicy: config.defaultPolicy ?? { text: allowAllPolicy(), source: 'built-in allow-all' },

@@ -52,7 +52,9 @@
  *                                           the ns mode in a forked child; "run SOCK ERRFILE ARG..."
  *                                           the run mode in a forked child (no exec), its fds 3 and 4
  *                                           one connection to the agent's unix socket SOCK, its stderr
- *                                           ERRFILE, answered "ok PID"; the keeper reaps its children
+ *                                           ERRFILE, answered "ok PID"; "exec OUTFILE ERRFILE ARG..."
+ *                                           the exec mode likewise, its output in the files; the
+ *                                           keeper reaps its children
  *                                           and reports each as "exited PID WAITSTATUS", a line that
  *                                           may come between answers. A VM restored from a template
  *                                           needs the first two at once, a pod start mounts its
@@ -959,35 +961,45 @@ static int keeper_high(int fd) {
 
 /* run SOCK ERRFILE ARG...: the run mode in a child of the keeper, with its status and control
  * channel one unix stream connection to SOCK (the agent listens there) at fds 3 and 4, its stderr
- * in ERRFILE, stdin and stdout /dev/null; all strings hex. Answers "ok PID" at once; the child's
- * end comes later as an "exited PID WAITSTATUS" line. A spawn of the runner from node forks node,
- * ~0.5 s under TCG; this forks the keeper, which is small. */
-static void keeper_run(char *args) {
+ * in ERRFILE, stdin and stdout /dev/null. exec OUTFILE ERRFILE ARG...: the exec mode (a one-shot
+ * crun command) in a child, its stdout and stderr in the files. All strings hex. Answers "ok PID"
+ * at once; the child's end comes later as an "exited PID WAITSTATUS" line. A spawn from node
+ * forks node, ~0.5 s under TCG; this forks the keeper, which is small. */
+static void keeper_fork(char *args, int exec_mode) {
+  const char *verb = exec_mode ? "exec" : "run";
   char *tok[KEEPER_RUN_ARGS + 2], *str[KEEPER_RUN_ARGS + 3];
   int n = 0;
   char *save = NULL;
   for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
-    if (n == KEEPER_RUN_ARGS + 2) { printf("error run takes at most %d arguments\n", KEEPER_RUN_ARGS); return; }
+    if (n == KEEPER_RUN_ARGS + 2) { printf("error %s takes at most %d arguments\n", verb, KEEPER_RUN_ARGS); return; }
     tok[n++] = t;
   }
-  if (n < 3) { printf("error run wants SOCK ERRFILE ARG...\n"); return; }
+  if (n < 3) { printf("error %s wants %s ERRFILE ARG...\n", verb, exec_mode ? "OUTFILE" : "SOCK"); return; }
   /* Decoding halves each token in place: hex is twice as long as what it encodes. */
   for (int i = 0; i < n; i++) {
-    if (keeper_unhex(tok[i], tok[i], strlen(tok[i]) / 2 + 1, &str[i]) < 0 || !str[i]) { printf("error run: bad hex\n"); return; }
+    if (keeper_unhex(tok[i], tok[i], strlen(tok[i]) / 2 + 1, &str[i]) < 0 || !str[i]) { printf("error %s: bad hex\n", verb); return; }
   }
   str[n] = NULL;
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
-  if (strlen(str[0]) >= sizeof sa.sun_path) { printf("error run: socket path too long\n"); return; }
-  strcpy(sa.sun_path, str[0]);
+  if (!exec_mode && strlen(str[0]) >= sizeof sa.sun_path) { printf("error run: socket path too long\n"); return; }
+  if (!exec_mode) strcpy(sa.sun_path, str[0]);
   fflush(stdout);
   pid_t pid = fork();
-  if (pid < 0) { printf("error run: fork: %s\n", strerror(errno)); return; }
+  if (pid < 0) { printf("error %s: fork: %s\n", verb, strerror(errno)); return; }
   if (pid == 0) {
     keeper_child_reset();
     int nul = keeper_high(open("/dev/null", O_RDWR | O_CLOEXEC));
     int err = keeper_high(open(str[1], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (nul < 0 || err < 0) _exit(125);
     dup2(err, 2);
+    if (exec_mode) {
+      int out = keeper_high(open(str[0], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+      if (out < 0) { fprintf(stderr, "katats-runner: open %s: %s\n", str[0], strerror(errno)); _exit(125); }
+      dup2(nul, 0); dup2(out, 1);
+      close(nul); close(err); close(out);
+      /* mode_exec execs the command in place: crun's own exit status is the child's. */
+      _exit(mode_exec(n - 2, str + 2));
+    }
     int s = keeper_high(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     int r;
     do r = s < 0 ? -1 : connect(s, (struct sockaddr *)&sa, sizeof sa); while (r < 0 && errno == EINTR);
@@ -1019,7 +1031,9 @@ static void keeper_request(char *line) {
   } else if (!strncmp(line, "ns ", 3)) {
     keeper_ns(line + 3);
   } else if (!strncmp(line, "run ", 4)) {
-    keeper_run(line + 4);
+    keeper_fork(line + 4, 0);
+  } else if (!strncmp(line, "exec ", 5)) {
+    keeper_fork(line + 5, 1);
   } else {
     printf("error unknown request\n");
   }

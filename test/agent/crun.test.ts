@@ -4,14 +4,22 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CRUN_TIMEOUT, Crun } from '../../agent/runtime/crun.js';
+import { Keeper } from '../../agent/keeper.js';
 import { findRunner } from '../../agent/runtime/runner.js';
 import { Code, TtrpcError } from '../../proto/ttrpc/index.js';
 import { withTimeout } from '../../sys/timeout.js';
 import { tempDir } from '../support/tmp.js';
 
 const tmp = tempDir('katats-crun-');
+
+/** The parent pid of a live process. */
+function parentOf(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
 
 function processesNaming(s: string): string[] {
   const out: string[] = [];
@@ -42,5 +50,35 @@ describe('crun with a time limit', () => {
     expect(Date.now() - t0).toBeLessThan(10_000);
     // Killed, not left behind.
     expect(processesNaming(root)).toEqual([]);
+  }, 30_000);
+
+  it('forked by the keeper, the same: crun is the keeper\'s child, killed past the limit and reaped', async () => {
+    const root = path.join(tmp.dir, 'root-keeper');
+    fs.mkdirSync(path.join(root, 'wedged'), { recursive: true });
+    execFileSync('mkfifo', [path.join(root, 'wedged', 'status')]);
+    const keeper = Keeper.start(findRunner(), pino({ level: 'silent' }));
+    try {
+      const crun = new Crun({ crun: 'crun', runner: findRunner(), root, hideUnified: false, timeoutMs: 3000, keeper, outputDir: path.join(tmp.dir, 'out') });
+      const killing = withTimeout(crun.kill('wedged', 9), 15_000, { code: 'TEST_GUARD', what: 'crun kill' }).catch((e: unknown) => e);
+      let parents: number[] = [];
+      for (let i = 0; i < 40 && !parents.length; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        parents = processesNaming(root).map((l) => parentOf(Number(l.split(' ')[0])));
+      }
+      expect(parents).toEqual([keeper.pid]);
+      const err = await killing;
+      expect((err as TtrpcError).code).toBe(Code.DeadlineExceeded);
+      expect((err as Error).message).toContain(CRUN_TIMEOUT);
+      expect(processesNaming(root)).toEqual([]);
+      // Its output comes back as a spawned one's does, and no output file is left.
+      expect(await crun.state('no-such-container')).toBeUndefined();
+      const r = await crun.run(['--version']);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^crun version/);
+      expect(fs.readdirSync(path.join(tmp.dir, 'out'))).toEqual([]);
+      expect(keeper.alive).toBe(true);
+    } finally {
+      keeper.stop();
+    }
   }, 30_000);
 });

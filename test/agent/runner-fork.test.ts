@@ -103,6 +103,7 @@ describe('runners forked by the keeper', () => {
     expect(procStat(r.pid!)?.ppid).toBe(process.pid);
     expect(lines.some((l) => l.includes('the keeper is dead: spawning the runner from node'))).toBe(true);
     await t.svc.StartContainer({ container_id: 'rf-new' });
+    expect(lines.some((l) => l.includes('the keeper is dead: spawning crun from node'))).toBe(true);
     expect((await readAll(t, 'rf-new')).toString()).toBe('from node\n');
     expect((await t.svc.WaitProcess({ container_id: 'rf-new', exec_id: '' })).status).toBe(2);
 
