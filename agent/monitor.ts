@@ -10,6 +10,11 @@ import { createInterface } from 'node:readline';
 import type { Writable } from 'node:stream';
 import type { Logger } from './log.js';
 import type { Keeper, RunnerEnd } from './keeper.js';
+import { withTimeout } from '../sys/timeout.js';
+
+/** A forked runner connects at once; one that neither connects nor ends within this is killed. */
+export const RUNNER_CONNECT_TIMEOUT = 'KATATS_RUNNER_CONNECT_TIMEOUT';
+const RUNNER_CONNECT_TIMEOUT_MS = 30_000;
 
 /** Bytes of the runner's stderr kept for error messages. */
 const MAX_STDERR = 8192;
@@ -148,8 +153,18 @@ async function forkedByKeeper(o: MonitorStart, keeper: Keeper, ev: MonitorEvents
   };
 
   let channelDone: Promise<void> = Promise.resolve();
-  const first = await Promise.race([connected, started.ended.then(() => undefined)]);
-  stopListening();
+  let first: net.Socket | undefined;
+  try {
+    first = await withTimeout(Promise.race([connected, started.ended.then(() => undefined)]), RUNNER_CONNECT_TIMEOUT_MS, {
+      code: RUNNER_CONNECT_TIMEOUT,
+      what: `runner ${pid} connecting to ${o.socket}`,
+      onTimeout: () => {
+        if (!reaped) process.kill(pid, 'SIGKILL');
+      },
+    });
+  } finally {
+    stopListening();
+  }
   if (!first) connected.then((s) => s.destroy()).catch(() => undefined);
   if (first) {
     sock = first;
