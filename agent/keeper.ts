@@ -189,6 +189,14 @@ export class Keeper {
     return { pid, ended: this.endOf(pid).done.finally(() => this.ends.delete(pid)) };
   }
 
+  /**
+   * A sealed memfd copy of crun (`name` as the crun commands name it) that the commands the keeper
+   * forks run from: crun then skips copying itself and re-executing from its copy on every command.
+   */
+  async loadCrun(name: string): Promise<void> {
+    await this.request(`crun ${Buffer.from(name).toString('hex')}`);
+  }
+
   stop(): void {
     this.child.stdin!.end();
     this.child.kill('SIGTERM');

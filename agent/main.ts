@@ -102,6 +102,8 @@ async function main(): Promise<void> {
   const agent = createAgent(config);
   if (initdata?.ok) applyInitdata(initdata, agent.sandbox.policy, cdh, log);
   const keeper = config.keeper;
+  // Before the template is saved: every clone's crun commands run from this one copy.
+  keeper?.loadCrun(config.crun).catch((err: unknown) => log.warn({ err }, 'no sealed copy of crun: each crun command copies itself'));
   if (keeper && !local) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);

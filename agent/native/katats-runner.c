@@ -53,7 +53,9 @@
  *                                           the run mode in a forked child (no exec), its fds 3 and 4
  *                                           one connection to the agent's unix socket SOCK, its stderr
  *                                           ERRFILE, answered "ok PID"; "exec OUTFILE ERRFILE ARG..."
- *                                           the exec mode likewise, its output in the files; the
+ *                                           the exec mode likewise, its output in the files; "crun
+ *                                           NAME" a sealed memfd copy of crun that every command of
+ *                                           theirs named NAME then runs from (--crun-fd); the
  *                                           keeper reaps its children
  *                                           and reports each as "exited PID WAITSTATUS", a line that
  *                                           may come between answers. A VM restored from a template
@@ -93,6 +95,8 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
+#include <sys/sendfile.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -163,10 +167,29 @@ static int set_nonblocking(int fd) {
 
 /* ---------------------------------------------------------------- exec */
 
+/* Execs cmd from the sealed copy at crun_fd (--crun-fd: the keeper's, see keeper_crun) when there is
+ * one: crun then finds itself a sealed memfd and skips making its own copy and re-executing from
+ * it (its CVE-2019-5736 defence, one more exec with a dozen libraries per command). Else execvp. */
+static void exec_command(int crun_fd, char **cmd) {
+  if (crun_fd >= 0) {
+    extern char **environ;
+    fexecve(crun_fd, cmd, environ);
+  }
+  execvp(cmd[0], cmd);
+}
+
+/* Parses --crun-fd N; the descriptor is made close-on-exec, so nothing crun runs inherits it. */
+static int crun_fd_arg(const char *v) {
+  int fd = atoi(v);
+  if (fd < 3 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) return -1;
+  return fd;
+}
+
 static int mode_exec(int argc, char **argv) {
-  int i = 0, hide = 0;
+  int i = 0, hide = 0, crun_fd = -1;
   for (; i < argc; i++) {
     if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--crun-fd") && i + 1 < argc) crun_fd = crun_fd_arg(argv[++i]);
     else if (!strcmp(argv[i], "--")) { i++; break; }
     else { fprintf(stderr, "katats-runner exec: unknown option %s\n", argv[i]); return 2; }
   }
@@ -181,7 +204,7 @@ static int mode_exec(int argc, char **argv) {
       return 125;
     }
   }
-  execvp(argv[i], argv + i);
+  exec_command(crun_fd, argv + i);
   fprintf(stderr, "katats-runner exec: %s: %s\n", argv[i], strerror(errno));
   return 127;
 }
@@ -235,9 +258,10 @@ static ssize_t read_line_eof(int fd, char *out, size_t cap, int *eof) {
 
 static int mode_run(int argc, char **argv) {
   const char *io = NULL, *pidfile = NULL, *csock = NULL;
-  int tty = 0, hide = 0, i = 0, pipe_size = 0;
+  int tty = 0, hide = 0, i = 0, pipe_size = 0, crun_fd = -1;
   for (; i < argc; i++) {
     if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--crun-fd") && i + 1 < argc) crun_fd = crun_fd_arg(argv[++i]);
     else if (!strcmp(argv[i], "--tty")) tty = 1;
     else if (!strcmp(argv[i], "--pipe-size") && i + 1 < argc) pipe_size = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--io") && i + 1 < argc) io = argv[++i];
@@ -313,7 +337,7 @@ static int mode_run(int argc, char **argv) {
       set_blocking(fin); set_blocking(fout); set_blocking(ferr);
       dup2(fin, 0); dup2(fout, 1); dup2(ferr, 2);
     }
-    execvp(cmd[0], cmd);
+    exec_command(crun_fd, cmd);
     _exit(127);
   }
   close(nul);
@@ -916,6 +940,12 @@ static void keeper_mount(char *args) {
 static sigset_t keeper_oldmask;
 static int keeper_sfd = -1;
 static char *keeper_argv0 = "katats-runner";
+/* The sealed copy of crun (keeper_crun) and the name it was asked for: a child whose command is
+ * that name runs the copy. */
+static int keeper_crun_fd = -1;
+static char keeper_crun_name[KEEPER_LINE / 2];
+/* Where a child finds the copy: above the fds 0-4 it is given, below the ones it moves high. */
+#define KEEPER_CRUN_CHILD_FD 5
 
 /* A child of the keeper starts as the agent's own spawn would: no SIGCHLD blocked, no keeper fds. */
 static void keeper_child_reset(void) {
@@ -959,6 +989,53 @@ static int keeper_high(int fd) {
   return h;
 }
 
+/* crun NAME: a sealed memfd copy of crun (NAME as execvp would find it), made once, before the
+ * template is saved; every crun the keeper's children start runs from it (exec_command). The four
+ * seals are the ones crun checks for, so the copy is as unwritable as the one crun would make. */
+static void keeper_crun(char *args) {
+  static char buf[KEEPER_LINE / 2];
+  char *name;
+  if (keeper_unhex(args, buf, sizeof buf, &name) < 0 || !name) { printf("error crun wants NAME\n"); return; }
+  char found[4096];
+  if (strchr(name, '/')) {
+    snprintf(found, sizeof found, "%s", name);
+  } else {
+    const char *path = getenv("PATH");
+    found[0] = 0;
+    for (const char *p = path ? path : "/usr/bin:/bin"; *p && !found[0];) {
+      size_t len = strcspn(p, ":");
+      snprintf(found, sizeof found, "%.*s/%s", (int)len, p, name);
+      if (access(found, X_OK) < 0) found[0] = 0;
+      p += len;
+      if (*p == ':') p++;
+    }
+    if (!found[0]) { printf("error crun: %s not found in PATH\n", name); return; }
+  }
+  int in = open(found, O_RDONLY | O_CLOEXEC);
+  if (in < 0) { printf("error crun: open %s: %s\n", found, strerror(errno)); return; }
+  struct stat st;
+  int fd = memfd_create("crun", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || fstat(in, &st) < 0) { printf("error crun: memfd: %s\n", strerror(errno)); close(in); if (fd >= 0) close(fd); return; }
+  off_t sent = 0;
+  while (sent < st.st_size) {
+    ssize_t w = sendfile(fd, in, NULL, st.st_size - sent);
+    if (w <= 0) { printf("error crun: copy %s: %s\n", found, w < 0 ? strerror(errno) : "short"); close(in); close(fd); return; }
+    sent += w;
+  }
+  close(in);
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+    printf("error crun: seal: %s\n", strerror(errno));
+    close(fd);
+    return;
+  }
+  if (keeper_crun_fd >= 0) close(keeper_crun_fd);
+  /* Above the numbers a child fills (0-5), so no dup2 of theirs clobbers it first. */
+  keeper_crun_fd = keeper_high(fd);
+  snprintf(keeper_crun_name, sizeof keeper_crun_name, "%s", name);
+  printf("ok\n");
+}
+
+
 /* run SOCK ERRFILE ARG...: the run mode in a child of the keeper, with its status and control
  * channel one unix stream connection to SOCK (the agent listens there) at fds 3 and 4, its stderr
  * in ERRFILE, stdin and stdout /dev/null. exec OUTFILE ERRFILE ARG...: the exec mode (a one-shot
@@ -967,7 +1044,7 @@ static int keeper_high(int fd) {
  * forks node, ~0.5 s under TCG; this forks the keeper, which is small. */
 static void keeper_fork(char *args, int exec_mode) {
   const char *verb = exec_mode ? "exec" : "run";
-  char *tok[KEEPER_RUN_ARGS + 2], *str[KEEPER_RUN_ARGS + 3];
+  char *tok[KEEPER_RUN_ARGS + 2], *str[KEEPER_RUN_ARGS + 5];
   int n = 0;
   char *save = NULL;
   for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
@@ -980,6 +1057,22 @@ static void keeper_fork(char *args, int exec_mode) {
     if (keeper_unhex(tok[i], tok[i], strlen(tok[i]) / 2 + 1, &str[i]) < 0 || !str[i]) { printf("error %s: bad hex\n", verb); return; }
   }
   str[n] = NULL;
+  /* A crun command runs from the sealed copy: "--crun-fd 5" goes in before the "--". */
+  static char crun_fd_num[8];
+  int use_crun = 0;
+  if (keeper_crun_fd >= 0) {
+    for (int i = 2; i + 1 < n; i++) {
+      if (strcmp(str[i], "--")) continue;
+      if (strcmp(str[i + 1], keeper_crun_name)) break;
+      memmove(str + i + 2, str + i, (size_t)(n - i + 1) * sizeof *str);
+      snprintf(crun_fd_num, sizeof crun_fd_num, "%d", KEEPER_CRUN_CHILD_FD);
+      str[i] = "--crun-fd";
+      str[i + 1] = crun_fd_num;
+      n += 2;
+      use_crun = 1;
+      break;
+    }
+  }
   struct sockaddr_un sa = { .sun_family = AF_UNIX };
   if (!exec_mode && strlen(str[0]) >= sizeof sa.sun_path) { printf("error run: socket path too long\n"); return; }
   if (!exec_mode) strcpy(sa.sun_path, str[0]);
@@ -992,6 +1085,8 @@ static void keeper_fork(char *args, int exec_mode) {
     int err = keeper_high(open(str[1], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (nul < 0 || err < 0) _exit(125);
     dup2(err, 2);
+    /* Kept open across the exec of the run mode (dup2 clears close-on-exec); the runner closes it on exec. */
+    if (use_crun && (dup2(keeper_crun_fd, KEEPER_CRUN_CHILD_FD) < 0 || fcntl(KEEPER_CRUN_CHILD_FD, F_SETFD, 0) < 0)) _exit(125);
     if (exec_mode) {
       int out = keeper_high(open(str[0], O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
       if (out < 0) { fprintf(stderr, "katats-runner: open %s: %s\n", str[0], strerror(errno)); _exit(125); }
@@ -1034,6 +1129,8 @@ static void keeper_request(char *line) {
     keeper_fork(line + 4, 0);
   } else if (!strncmp(line, "exec ", 5)) {
     keeper_fork(line + 5, 1);
+  } else if (!strncmp(line, "crun ", 5)) {
+    keeper_crun(line + 5);
   } else {
     printf("error unknown request\n");
   }

@@ -143,6 +143,8 @@ export async function startAgent(over: Partial<AgentConfig> = {}): Promise<TestA
     ...('keeper' in over ? {} : { keeper: Keeper.start(runner(), log) }),
     ...over,
   };
+  // As main.ts does: the keeper's crun commands run from its sealed copy.
+  if (!('keeper' in over)) await config.keeper?.loadCrun(config.crun);
   const agent = createAgent(config);
   const sock = path.join(dir, 'agent.sock');
   await agent.server.listen(sock);

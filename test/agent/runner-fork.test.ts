@@ -1,5 +1,6 @@
 // Container processes' runners forked by the keeper (the real binary, real crun): each runner's
-// parent is the keeper, which reaps it, requests at the same time are each served, and a dead
+// parent is the keeper, which reaps it, crun runs from the keeper's sealed copy of it, requests at
+// the same time are each served, and a dead
 // keeper leaves the agent spawning runners from node, logged, with the runners the keeper had
 // started still reporting their processes' exit statuses.
 import fs from 'node:fs';
@@ -54,6 +55,7 @@ describe('runners forked by the keeper', () => {
   const runnerOf = (cid: string, eid = '') => t.agent.sandbox.container(cid).process(eid).runner!;
 
   it('forks the runner of a container and of its execs, at the same time, and reaps each one', async () => {
+    await keeper.loadCrun('crun');
     // Two creates at once, then an exec into each at once, one of them with a terminal.
     await Promise.all([create('rf-a', ['sh', '-c', 'read x; echo "a got $x"; exit 4']), create('rf-b', ['sleep', '1000'])]);
     for (const cid of ['rf-a', 'rf-b']) {
@@ -62,6 +64,11 @@ describe('runners forked by the keeper', () => {
       expect(procStat(r.pid!)?.ppid).toBe(keeper.pid);
       expect(fs.readFileSync(`/proc/${r.pid}/cmdline`, 'utf8').split('\0').slice(1, 2)).toEqual(['run']);
     }
+    // Created, not started: the init is still crun's child, running from the keeper's sealed copy
+    // (crun did not make a copy of its own), which nobody can write.
+    const init = t.agent.sandbox.container('rf-b').init.pid;
+    expect(fs.readlinkSync(`/proc/${init}/exe`)).toBe('/memfd:crun (deleted)');
+    expect(() => fs.writeFileSync(`/proc/${init}/exe`, 'x')).toThrow(/ETXTBSY|EPERM/);
     await Promise.all([t.svc.StartContainer({ container_id: 'rf-a' }), t.svc.StartContainer({ container_id: 'rf-b' })]);
     await Promise.all([
       t.svc.ExecProcess({ container_id: 'rf-b', exec_id: 'x1', process: processSpec(['sh', '-c', 'echo exec says hi; exit 5']) }),
