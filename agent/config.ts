@@ -39,6 +39,12 @@ export interface AgentConfig {
   setClock: boolean;
   /** the runner's keeper: clock, entropy, mounts (guest), namespaces and container processes' runners without node spawning a process */
   keeper?: Keeper;
+  /**
+   * the keeper forks the runners (container processes' monitors, one-shot crun commands): the
+   * default; false (the guest's kernel parameter katats.runner_spawn=node) spawns them from node,
+   * for comparing the two in one guest image
+   */
+  runnersByKeeper?: boolean;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
   pciRescan: boolean;
   /** how UpdateInterface/UpdateRoutes/AddARPNeighbors reach the network; none: refused (local mode) */

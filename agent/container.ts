@@ -173,7 +173,7 @@ export class Container {
         pidFile: path.join(io, 'pid'),
         consoleSocket: sock,
         monitorSocket: consoleSocketPath(cfg.stateDir, cid, 'runner:init'),
-        keeper: cfg.keeper,
+        keeper: cfg.runnersByKeeper === false ? undefined : cfg.keeper,
         crunLog: path.join(io, 'crun.log'),
         consoleSize: spec.process?.consoleSize ? { rows: spec.process.consoleSize.height, cols: spec.process.consoleSize.width } : undefined,
       });
@@ -268,7 +268,7 @@ export class Container {
         pidFile: path.join(io, 'pid'),
         consoleSocket: sock,
         monitorSocket: consoleSocketPath(cfg.stateDir, this.id, `runner:exec:${eid}`),
-        keeper: cfg.keeper,
+        keeper: cfg.runnersByKeeper === false ? undefined : cfg.keeper,
         crunLog: path.join(io, 'crun.log'),
         consoleSize: proc.consoleSize ? { rows: proc.consoleSize.height, cols: proc.consoleSize.width } : undefined,
       });

@@ -77,6 +77,10 @@ async function main(): Promise<void> {
   const policyFile = values['policy-file'] ?? process.env.KATATS_POLICY_FILE ?? (local ? undefined : DEFAULT_POLICY_PATH);
   const defaultPolicy = policyFile ? { text: fs.readFileSync(policyFile, 'utf8'), source: policyFile } : { text: allowAllPolicy(), source: 'built-in allow-all' };
   const cdh = local ? undefined : await startCdh(log);
+  // Kernel parameters that turn the runner cuts off, to measure them in one guest image.
+  const cmdline = local ? [] : readCmdline();
+  const runnersByKeeper = !cmdline.includes('katats.runner_spawn=node');
+  const crunCopy = !cmdline.includes('katats.crun_copy=off');
   const config: AgentConfig = {
     ...(cdh ? { cdh } : {}),
     stateDir,
@@ -93,6 +97,7 @@ async function main(): Promise<void> {
     setClock: !local,
     // Local mode too: its containers' runners are forked as in the guest (its mounts are not).
     keeper: Keeper.start(runner, log),
+    runnersByKeeper,
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
     ...(local ? (values.netns ? { network: netnsTools(values.netns, runner), netnsPath: values.netns } : {}) : { network: guestNetworkTools(runner), netnsPath: `/proc/${process.pid}/ns/net` }),
@@ -103,7 +108,7 @@ async function main(): Promise<void> {
   if (initdata?.ok) applyInitdata(initdata, agent.sandbox.policy, cdh, log);
   const keeper = config.keeper;
   // Before the template is saved: every clone's crun commands run from this one copy.
-  keeper?.loadCrun(config.crun).catch((err: unknown) => log.warn({ err }, 'no sealed copy of crun: each crun command copies itself'));
+  if (crunCopy) keeper?.loadCrun(config.crun).catch((err: unknown) => log.warn({ err }, 'no sealed copy of crun: each crun command copies itself'));
   if (keeper && !local) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
   log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
@@ -127,6 +132,14 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function readCmdline(): string[] {
+  try {
+    return fs.readFileSync('/proc/cmdline', 'utf8').trim().split(/\s+/);
+  } catch {
+    return [];
+  }
 }
 
 /**

@@ -57,7 +57,7 @@ export class Sandbox {
       runner: config.runner,
       root: config.crunRoot,
       hideUnified: config.cgroups.hideUnified,
-      ...(config.keeper ? { keeper: config.keeper, outputDir: path.join(config.stateDir, 'crun-output') } : {}),
+      ...(config.keeper && config.runnersByKeeper !== false ? { keeper: config.keeper, outputDir: path.join(config.stateDir, 'crun-output') } : {}),
       log: config.log,
     });
     this.policy = new PolicyGate({

@@ -2,6 +2,7 @@
 // step from the shim's log (each step ends at a line the shim writes) and closed by ctr's first
 // output byte, median and p95 over the runs.
 //   npx tsx bench/factory-steps.ts [--runs 8] [--out DIR] [--against OTHER_BUILD/bin/containerd-shim-katats-v2]
+//     [--kernel-params "katats.runner_spawn=node ..."]
 // --against also runs pods through another build's shim (same configuration, templates and guest
 // image), taking turns run by run with this one's, so that both see the same load.
 import fs from 'node:fs';
@@ -16,7 +17,7 @@ import { katatsEnv } from '../test/shim/katats-env.js';
 import { removePod } from './macro/pods.js';
 import { round, summarize } from './macro/stats.js';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '8' }, out: { type: 'string' }, against: { type: 'string' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '8' }, out: { type: 'string' }, against: { type: 'string' }, 'kernel-params': { type: 'string' } } });
 const runs = Number(values.runs);
 const t0 = performance.now();
 const say = (s: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${s}\n`);
@@ -65,7 +66,11 @@ function stepsOf(logFile: string, spawnedAt: number, firstOutputAt: number): Rec
 }
 
 const templates = fs.mkdtempSync('/tmp/kbt-');
-const env = await katatsEnv({ onProgress: say, extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"\n` });
+const env = await katatsEnv({
+  onProgress: say,
+  extraToml: `[factory]\nenable_template = true\ntemplate_path = "${templates}"\n`,
+  ...(values['kernel-params'] ? { qemuToml: `kernel_params = ${JSON.stringify(values['kernel-params'])}` } : {}),
+});
 const shims = [{ name: 'katats', runtime: env.runtime }];
 if (values.against) {
   const wrapper = path.join(env.dir, 'containerd-shim-katatsagainst-v2');
