@@ -1036,6 +1036,21 @@ static void keeper_crun(char *args) {
 }
 
 
+/* Points the child's /proc/PID/cmdline at argv (a copy on its heap) with PR_SET_MM, which takes
+ * CAP_SYS_RESOURCE (the guest's agent has it; a host's container may not). 0 when done. */
+static int keeper_name_child(char **argv) {
+  size_t len = 0;
+  for (int i = 0; argv[i]; i++) len += strlen(argv[i]) + 1;
+  char *buf = malloc(len), *p = buf;
+  if (!buf) return -1;
+  for (int i = 0; argv[i]; i++) p = stpcpy(p, argv[i]) + 1;
+  /* The kernel keeps start below end at each step: which moves first depends on where buf is. */
+  if (prctl(PR_SET_MM, PR_SET_MM_ARG_START, (unsigned long)buf, 0, 0) == 0)
+    return prctl(PR_SET_MM, PR_SET_MM_ARG_END, (unsigned long)(buf + len), 0, 0);
+  if (prctl(PR_SET_MM, PR_SET_MM_ARG_END, (unsigned long)(buf + len), 0, 0) < 0) return -1;
+  return prctl(PR_SET_MM, PR_SET_MM_ARG_START, (unsigned long)buf, 0, 0);
+}
+
 /* run SOCK ERRFILE ARG...: the run mode in a child of the keeper, with its status and control
  * channel one unix stream connection to SOCK (the agent listens there) at fds 3 and 4, its stderr
  * in ERRFILE, stdin and stdout /dev/null. exec OUTFILE ERRFILE ARG...: the exec mode (a one-shot
@@ -1101,11 +1116,12 @@ static void keeper_fork(char *args, int exec_mode) {
     if (r < 0) { fprintf(stderr, "katats-runner: connect %s: %s\n", str[0], strerror(errno)); _exit(125); }
     dup2(nul, 0); dup2(nul, 1); dup2(s, STATUS_FD); dup2(s, CTL_FD);
     close(nul); close(err); close(s);
-    /* Exec'd afresh (a small static binary: cheap) so that ps and /proc name it by what it
-       does, `katats-runner run ...`, as a runner spawned by the agent is named. */
+    /* Named as a runner spawned by the agent is, `katats-runner run ...`, for ps and /proc; not
+       exec'd again where that can be done without (it is the runner binary already, and under
+       TCG an exec is what costs), else exec'd afresh from /proc/self/exe to get the name. */
     str[0] = keeper_argv0;
     str[1] = "run";
-    execv("/proc/self/exe", str);
+    if (keeper_name_child(str) < 0) execv("/proc/self/exe", str);
     exit(mode_run(n - 2, str + 2));
   }
   printf("ok %d\n", (int)pid);
