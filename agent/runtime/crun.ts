@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import type { Keeper } from '../keeper.js';
 import { internal, notFound, TtrpcError, Code } from '../errors.js';
 import { runTool } from '../../sys/exec.js';
-import { isTimeout, withTimeout } from '../../sys/timeout.js';
+import { isTimeout, settleWithin, withTimeout } from '../../sys/timeout.js';
 
 /** A one-shot crun command that did not finish in time (it is SIGKILLed). */
 export const CRUN_TIMEOUT = 'KATATS_CRUN_TIMEOUT';
@@ -32,6 +32,8 @@ export interface CrunOptions {
   log?: Logger;
 }
 
+/** How long a killed crun's reap is waited for before its request is answered anyway. */
+const REAP_WAIT_MS = 5000;
 /** What is kept of a one-shot command's stdout (`crun ps` lists every pid of a container) and stderr. */
 const MAX_OUTPUT_BYTES = 1 << 20;
 
@@ -117,8 +119,11 @@ export class Crun {
             if (!reaped) process.kill(pid, 'SIGKILL');
           },
         },
-      ).catch((e: Error) => {
-        throw isTimeout(e, CRUN_TIMEOUT) ? new TtrpcError(Code.DeadlineExceeded, `crun ${args[0] ?? ''}: ${e.message}`) : e;
+      ).catch(async (e: Error) => {
+        if (!isTimeout(e, CRUN_TIMEOUT)) throw e;
+        // Killed: answered once the keeper reaped it, as a spawned crun is answered after its exit.
+        await settleWithin(ended, REAP_WAIT_MS);
+        throw new TtrpcError(Code.DeadlineExceeded, `crun ${args[0] ?? ''}: ${e.message}`);
       });
       const ws = end.waitStatus;
       const sig = ws === undefined ? 0 : ws & 0x7f;
