@@ -163,7 +163,11 @@ describe('katats factory with containerd', () => {
         c.ctrOk(['run', '-d', ...c.runtimeArgs('katats'), image, 'mon-clone', 'sleep', '100000'], { timeoutMs: 300_000 }),
         c.ctrOk(['run', '-d', '--annotation', 'io.katacontainers.config.hypervisor.default_memory=640', ...c.runtimeArgs('katats'), image, 'mon-cold', 'sleep', '100000'], { timeoutMs: 300_000 }),
       ]);
-      const m = await mon.scrape();
+      // A guest that misses a scrape's deadlines (1.5 s Health, 1 s GetMetrics: a loaded TCG host
+      // has seen both) is reported without its round trip and memory: scrape until both answered.
+      const answered = (ms: Sample[]) =>
+        ['mon-clone', 'mon-cold'].every((id) => sample(ms, 'katats_sandbox_agent_rtt_seconds', { sandbox_id: id }) !== undefined && sample(ms, 'katats_sandbox_guest_memory_bytes', { sandbox_id: id, item: 'total' }) !== undefined);
+      const m = await helpers.until(() => mon.scrape(), answered, 60_000);
       expect(sample(m, 'katats_pods_running'), mon.text).toBe(2);
       const infoIn = (ms: Sample[], id: string) => ms.find((x) => x.name === 'katats_sandbox_info' && x.labels.sandbox_id === id)?.labels;
       const info = (id: string) => infoIn(m, id);
