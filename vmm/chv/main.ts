@@ -5,7 +5,8 @@
 //   --run-dir DIR (default: next to the API socket)  --accel auto|kvm|tcg  --qemu BINARY
 //   --agent-log FILE  --cache-dir DIR
 // The API socket is served by katats-fds' front (it accepts the TAP fds vm.add-net sends) relaying
-// to fastify on FILE.http; without the helper fastify serves FILE itself and fd passing is refused.
+// to fastify on NAME.http next to it (FILE less its .sock); without the helper fastify serves FILE
+// itself and fd passing is refused.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,6 +18,19 @@ import { findFdsHelper } from '../native.js';
 import { ChvServer } from './server.js';
 
 export const CHV_FRONT_TIMEOUT = 'KATATS_CHV_FRONT_TIMEOUT';
+export const CHV_LOG_TIMEOUT = 'KATATS_CHV_LOG_TIMEOUT';
+/** The longest unix socket path (sun_path less its NUL). */
+const SOCKET_PATH_MAX = 107;
+
+/** fastify's socket behind the front: next to the API's, no longer than it (api.sock -> api.http). */
+export function backendSocket(api: string): string {
+  return path.join(path.dirname(api), `${path.basename(api).replace(/\.sock$/, '')}.http`);
+}
+
+function checkSocketPath(p: string, what: string): void {
+  const n = Buffer.byteLength(p);
+  if (n > SOCKET_PATH_MAX) throw new Error(`${what} ${p} is ${n} bytes; a unix socket path takes at most ${SOCKET_PATH_MAX}`);
+}
 
 export interface ChvArgs {
   apiSocket: string;
@@ -113,6 +127,13 @@ export async function runChv(argv: string[]): Promise<void> {
   const args = parseChvArgs(argv);
   const dest = args.logFile ? pino.destination({ dest: args.logFile, mkdir: true }) : pino.destination(2);
   const log = pino({ level: process.env.KATATS_CHV_LOG ?? 'info', base: { vmm: 'katats-chv' } }, dest);
+  // Open before anything can fail: pino flushes at exit, and a file not open yet makes that throw
+  // over the error that said why katats-chv ended.
+  // (pino's file destination opens asynchronously: 'ready' comes after this line.)
+  if (args.logFile) {
+    await withTimeout(new Promise<void>((resolve, reject) => dest.once('ready', resolve).once('error', reject)), 10_000, { code: CHV_LOG_TIMEOUT, what: `katats-chv log ${args.logFile}` });
+  }
+  checkSocketPath(args.apiSocket, 'the API socket');
   const events = args.eventMonitor ? ('fd' in args.eventMonitor ? fs.createWriteStream('', { fd: args.eventMonitor.fd }) : fs.createWriteStream(args.eventMonitor.path, { flags: 'a', mode: 0o600 })) : undefined;
   events?.on('error', (err) => log.warn({ err }, 'event monitor write failed'));
   fs.mkdirSync(args.runDir, { recursive: true, mode: 0o700 });
@@ -120,10 +141,11 @@ export async function runChv(argv: string[]): Promise<void> {
   let listen = args.apiSocket;
   try {
     findFdsHelper();
-    listen = `${args.apiSocket}.http`;
+    listen = backendSocket(args.apiSocket);
   } catch (err) {
     log.warn({ err }, 'katats-fds is not available: serving the API without fd passing');
   }
+  checkSocketPath(listen, 'the API backend socket');
   const server = await ChvServer.start({
     listen,
     ...(events ? { events } : {}),
