@@ -27,17 +27,7 @@ const { POD, CONTAINER } = runtime.v1.NamespaceMode;
 const { SANDBOX_READY } = runtime.v1.PodSandboxState;
 
 /** Networked create/delete rounds the suite runs (KATATS_NET_CYCLES overrides `fallback`). */
-export function netCycles(fallback: number): number {
-  const v = process.env.KATATS_NET_CYCLES;
-  if (v === undefined || v === '') return fallback;
-  if (!/^\d{1,3}$/.test(v)) throw new Error(`KATATS_NET_CYCLES=${v}: expected a count (0-999)`);
-  return Number(v);
-}
-
-/** Host cgroup directories (any hierarchy, a few levels deep) whose name holds `id`. */
-function cgroupsNamed(id: string): string[] {
-  return execFileSync('find', ['/sys/fs/cgroup', '-maxdepth', '6', '-type', 'd', '-name', `*${id}*`], { encoding: 'utf8' }).split('\n').filter(Boolean);
-}
+export const netCycles = (fallback: number): number => helpers.countFromEnv('KATATS_NET_CYCLES', fallback);
 
 /** Our TAPs in the network namespace process `pid` is in. */
 function kataTaps(pid: number): string[] {
@@ -255,7 +245,7 @@ export function criNetworkSuite(FLAVOR: ContainerdFlavor, opts: { cycles: number
         expect(helpers.qemuProcs(env.stateDir, id), `cycle ${i}`).toEqual([]);
         expect(helpers.shimProcs(cd.address, id), `cycle ${i}`).toEqual([]);
         expect(listProcs().filter((p) => p.cmdline.includes(id)).map((p) => p.cmdline), `cycle ${i}`).toEqual([]);
-        expect(cgroupsNamed(id), `cycle ${i}`).toEqual([]);
+        expect(helpers.cgroupsNamed(id), `cycle ${i}`).toEqual([]);
         expect(fs.existsSync(`${env.stateDir}/sandboxes/${id}`), `cycle ${i}: the sandbox's state dir`).toBe(false);
         console.log(`networked pod cycle ${i + 1}/${opts.cycles}: clean at ${((Date.now() - t0) / 1000).toFixed(0)} s`);
       }

@@ -3,7 +3,9 @@
 // is the sandbox), two busybox containers join it; they share a host directory mounted into both
 // and the pod's /dev/shm, and nothing else. Host-network pods: no CNI plugin is involved.
 // The suite runs against a containerd flavor: cri.test.ts (bookworm's 1.6, with the VM factory on:
-// every pod is a clone of a template `katats factory init` built), cri2.test.ts (sid's 2.x, cold boots).
+// every pod is a clone of a template `katats factory init` built), cri17.test.ts (trixie's 1.7),
+// cri2.test.ts (sid's 2.x, cold boots); clh.test.ts runs it on 1.6 with hypervisor = "clh" and adds
+// its own cases on the suite's containerd and env (criSuite's answer).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,10 +14,12 @@ import { CRI_NAMESPACE, startContainerd, type Containerd, type ContainerdFlavor 
 import { CriError, type CriClient } from '../../harness/cri.js';
 import { mountsUnder } from '../../harness/mounts.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
+import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
+import { buildHostBinaries } from '../../scripts/build.js';
 import { tempDir } from '../support/tmp.js';
 import type { Init } from '../../proto/registry.js';
 import { runtime } from '../../proto/gen/types.js';
-import type { KatatsEnv } from './katats-env.js';
+import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { until } from './shim-helpers.js';
 
@@ -26,11 +30,31 @@ const { CONTAINER_RUNNING, CONTAINER_EXITED } = runtime.v1.ContainerState;
 export interface CriSuiteOptions {
   /** [factory] enable_template with a template built for the suite: the pods' VMs must be its clones. */
   factory?: boolean;
+  /** runtime.hypervisor of the suite's env (default qemu). */
+  hypervisor?: 'qemu' | 'clh';
+  /** The harness case (a second containerd's stop() takes down a pod left running); default on. */
+  harnessCase?: boolean;
+  /** The suite's containerd also serves the tardev snapshotter (a proxy plugin), for the caller's ctr pods. */
+  tardev?: boolean;
 }
 
-export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): void {
+/** The suite's parts, for cases a caller adds in the same file (set once its beforeAll ran). */
+export interface CriSuite {
+  readonly env: KatatsEnv;
+  readonly cd: Containerd;
+  /** the busybox image's name (imported into CRI's namespace) */
+  readonly image: string;
+  /** the suite's pod (its logs outlive it in env.logDir) */
+  readonly podId: string;
+  /** with `tardev` */
+  readonly snapshotter: SnapshotterProcess | undefined;
+}
+
+export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): CriSuite {
   let env: KatatsEnv;
   let endFactory: (() => Promise<void>) | undefined;
+  let sn: SnapshotterProcess | undefined;
+  const hypervisor = opts.hypervisor ?? 'qemu';
   const qemuProcs = () => helpers.qemuProcs(env.stateDir);
   const shimProcs = () => helpers.shimProcs(cd.address);
   let cd: Containerd;
@@ -72,8 +96,15 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
   }
 
   beforeAll(async () => {
-    ({ env, end: endFactory } = await helpers.factoryKatatsEnv(!!opts.factory));
-    cd = await startContainerd({ cri: true, flavor: FLAVOR, runtimes: [env.runtime] });
+    if (opts.factory && hypervisor !== 'qemu') throw new Error('the VM factory is QEMU\'s: no factory with hypervisor = "clh"');
+    if (opts.factory) ({ env, end: endFactory } = await helpers.factoryKatatsEnv(true));
+    else env = await katatsEnv({ hypervisor });
+    if (opts.tardev) sn = SnapshotterProcess.prepare({ katats: path.join((await buildHostBinaries(() => {})).binDir, 'katats') });
+    cd = await startContainerd({ cri: true, flavor: FLAVOR, runtimes: [env.runtime], ...(sn ? { proxyPlugins: [{ name: 'tardev', type: 'snapshot', address: sn.address }] } : {}) });
+    if (sn) {
+      await sn.start(30_000, cd.address);
+      await untilContainerdReaches(cd, 'tardev');
+    }
     const img = await busyboxImage();
     await cd.importImage(img.archive, BUSYBOX_INDEX, { namespace: CRI_NAMESPACE });
     image = img.name;
@@ -89,14 +120,17 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
   afterAll(async () => {
     try {
       await endFactory?.();
-      const report = await helpers.endKatatsSuite(cd, env);
+      // Before containerd: its stop would kill the snapshotter, which names it on its command line.
+      const unmounted = await sn?.stop();
+      const report = await helpers.endKatatsSuite(cd, env, () => (env ? helpers.vmmHelperProcs(env.stateDir) : []));
+      expect(unmounted ?? []).toEqual([]);
       expect(report?.podsRemoved ?? []).toEqual([]);
     } finally {
       shared?.cleanup();
     }
   }, 300_000);
 
-  describe(`a CRI pod with runtime handler katats (containerd ${FLAVOR})`, () => {
+  describe(`a CRI pod with runtime handler katats (containerd ${FLAVOR}, hypervisor ${hypervisor})`, () => {
     it('runs the pause container and two containers in one VM, sharing only the shared dir and the pod shm', async () => {
       const t0 = performance.now();
       ({ pod_sandbox_id: podId } = await cri.runtime.RunPodSandbox({ config: podConfig, runtime_handler: 'katats' }, { timeoutMs: 300_000 }));
@@ -158,7 +192,7 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
       await cri.runtime.RemoveContainer({ container_id: ids['c'] });
       expect(qemuProcs()).toEqual(vm);
       expect(await exec('a', ['echo', 'alive'])).toMatchObject({ code: 0, out: 'alive\n' });
-      console.log(`katats CRI pod (containerd ${cd.binaries.version}, ${opts.factory ? 'VM cloned from a template' : 'VM booted cold'}) on ${env.accel}: RunPodSandbox ${(podMs / 1000).toFixed(1)} s (VM boot included), first container create+start ${(aMs / 1000).toFixed(1)} s`);
+      console.log(`katats CRI pod (containerd ${cd.binaries.version}, hypervisor ${hypervisor}, ${opts.factory ? 'VM cloned from a template' : 'VM booted cold'}) on ${env.accel}: RunPodSandbox ${(podMs / 1000).toFixed(1)} s (VM boot included), first container create+start ${(aMs / 1000).toFixed(1)} s`);
     }, 900_000);
 
     it('refuses bad containers with clear errors and the pod keeps working', async () => {
@@ -239,6 +273,9 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
       await until(() => qemuProcs().length + shimProcs().length, (n) => n === 0, 60_000);
       expect(qemuProcs(), logs()).toEqual([]);
       expect(shimProcs()).toEqual([]);
+      // katats-chv and its front under clh, virtiofsd with a virtio-fs share: gone with the VM.
+      await until(() => helpers.vmmHelperProcs(env.stateDir).length, (n) => n === 0, 30_000);
+      expect(helpers.vmmHelperProcs(env.stateDir)).toEqual([]);
       expect(mountsUnder(env.stateDir)).toEqual([]);
       expect(mountsUnder(cd.dir)).toEqual([]);
       const ls = (d: string) => (fs.existsSync(d) ? fs.readdirSync(d) : []);
@@ -252,7 +289,7 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
     }, 600_000);
   });
 
-  describe('the harness', () => {
+  describe.runIf(opts.harnessCase ?? true)('the harness', () => {
     it('stop() takes down a katats pod left running: through CRI, nothing killed, nothing left', async () => {
       const other = await startContainerd({ cri: true, flavor: FLAVOR, runtimes: [env.runtime] });
       let report: Awaited<ReturnType<Containerd['stop']>> | undefined;
@@ -275,4 +312,22 @@ export function criSuite(FLAVOR: ContainerdFlavor, opts: CriSuiteOptions = {}): 
       expect(fs.existsSync(other.dir)).toBe(false);
     }, 600_000);
   });
+
+  return {
+    get env() {
+      return env;
+    },
+    get cd() {
+      return cd;
+    },
+    get image() {
+      return image;
+    },
+    get podId() {
+      return podId;
+    },
+    get snapshotter() {
+      return sn;
+    },
+  };
 }

@@ -1,6 +1,6 @@
 // Small helpers the katats shim suites share: polling, the shim's and agent's logs of a sandbox
 // for failure messages, and finding host processes by command line or environment.
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,11 +46,38 @@ export function sandboxCgroups(id: string, parent: string): string[] {
   return hostHierarchies().flatMap((h) => [path.join(h.mount, OVERHEAD_ROOT, id), path.join(h.mount, parent, id), path.join(h.mount, parent, `katats_${id}`)].filter((d) => fs.existsSync(d)));
 }
 
-/** QEMU processes whose command line names `stateDir` (a katats env's), optionally of one sandbox. */
+/** katats-chv's own process: its argv names QEMU (--qemu) and the sandbox's dirs too. */
+const isChv = (cmdline: string) => /\bchv(\.mjs|\/cli\.ts)\b/.test(cmdline);
+
+/**
+ * QEMU processes whose command line names `stateDir` (a katats env's), optionally of one sandbox;
+ * under hypervisor = "clh" the QEMU katats-chv runs, not katats-chv itself.
+ */
 export function qemuProcs(stateDir: string, sandbox?: string): number[] {
   return listProcs()
-    .filter((p) => p.cmdline.includes('qemu-system') && p.cmdline.includes(stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
+    .filter((p) => p.cmdline.includes('qemu-system') && !isChv(p.cmdline) && p.cmdline.includes(stateDir) && (!sandbox || p.cmdline.includes(`/sandboxes/${sandbox}/`)))
     .map((p) => p.pid);
+}
+
+/** What runs beside a VM of this env, QEMU aside: katats-chv, its katats-fds front, virtiofsd. */
+export function vmmHelperProcs(stateDir: string): number[] {
+  const helper = (argv0: string) => /(^|\/)(katats-fds|virtiofsd)$/.test(argv0);
+  return listProcs()
+    .filter((p) => p.cmdline.includes(stateDir) && !p.comm.startsWith('qemu-system') && (isChv(p.cmdline) || helper(p.cmdline.split(' ')[0] ?? '')))
+    .map((p) => p.pid);
+}
+
+/** Host cgroup directories (any hierarchy, a few levels deep) whose name holds `id`. */
+export function cgroupsNamed(id: string): string[] {
+  return execFileSync('find', ['/sys/fs/cgroup', '-maxdepth', '6', '-type', 'd', '-name', `*${id}*`], { encoding: 'utf8' }).split('\n').filter(Boolean);
+}
+
+/** A count of rounds from the environment variable `name` (0-999), `fallback` when it is unset. */
+export function countFromEnv(name: string, fallback: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return fallback;
+  if (!/^\d{1,3}$/.test(v)) throw new Error(`${name}=${v}: expected a count (0-999)`);
+  return Number(v);
 }
 
 /** Shim daemons serving the containerd at `address`, optionally only the one for sandbox `id`. */
