@@ -10,13 +10,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { mountsUnder } from '../../harness/mounts.js';
 import { listProcs } from '../../harness/procs.js';
 import { BUSYBOX_INDEX, busyboxImage } from '../../harness/images/busybox.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX } from '../../harness/images/layered.js';
 import { runtime } from '../../proto/gen/types.js';
 import { ClhClient } from '../../vmm/clh/client.js';
+import { logTailsOnFailure } from '../support/failure-logs.js';
 import { criSuite } from './cri-suite.js';
 import { cgroupsNamed, countFromEnv, logsOf, qemuProcs, shimProcs, until, vmmHelperProcs } from './shim-helpers.js';
 
@@ -26,6 +27,7 @@ const { POD, CONTAINER, NODE } = runtime.v1.NamespaceMode;
 // (cri.test.ts), it proves nothing about the hypervisor.
 const suite = criSuite('bookworm', { hypervisor: 'clh', harnessCase: false, tardev: true });
 const CYCLES = countFromEnv('KATATS_CLH_CYCLES', 2);
+const failures = logTailsOnFailure();
 
 
 /** Unix sockets below `dir` (a VM's API, vsock and virtiofsd sockets live below the state dir). */
@@ -34,18 +36,26 @@ function socketsUnder(dir: string): string[] {
   return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }) as fs.Dirent[]).filter((e) => e.isSocket()).map((e) => path.join(e.parentPath, e.name));
 }
 
-/** The logs of the sandbox that logged last (one whose id a failed RunPodSandbox did not give). */
-function newestSandboxLogs(): string {
-  const { env, cd } = suite;
-  const shimLogs = fs.readdirSync(env.logDir).filter((f) => /^[0-9a-f]{64}\.log$/.test(f));
-  const newest = shimLogs.sort((a, b) => fs.statSync(path.join(env.logDir, b)).mtimeMs - fs.statSync(path.join(env.logDir, a)).mtimeMs)[0];
-  if (!newest) return '(no sandbox log)';
-  const id = newest.slice(0, -'.log'.length);
-  const vmm = path.join(env.logDir, `${id}-vmm.log`);
-  const console = path.join(env.logDir, `${id}-console.log`);
-  const tail = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').slice(-15).join('\n') : '(none)');
-  return `${logsOf(env.logDir, id, cd.logFile, 30)}\n--- katats-chv log ---\n${tail(vmm)}\n--- console ---\n${tail(console)}`;
+/** The sandbox whose shim logged last (the one a failed RunPodSandbox gave no id of). */
+function newestSandbox(): string | undefined {
+  const dir = suite.env.logDir;
+  const mtime = (f: string) => fs.statSync(path.join(dir, f), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+  const newest = fs.readdirSync(dir).filter((f) => /^[0-9a-z-]+\.log$/.test(f) && !/-(agent|console|vmm|virtiofsd)\.log$/.test(f)).sort((a, b) => mtime(b) - mtime(a))[0];
+  return newest?.slice(0, -'.log'.length);
 }
+
+function newestSandboxLogs(): string {
+  const id = newestSandbox();
+  return id ? logsOf(suite.env.logDir, id, suite.cd.logFile, 30) : '(no sandbox log)';
+}
+
+// A pod stop that hangs (a guest that died) shows only a deadline: its logs go to stderr before the suite removes them.
+afterAll(() => {
+  if (!failures.failed || !suite.env) return;
+  const id = fs.existsSync(suite.env.logDir) ? newestSandbox() : undefined;
+  const log = (s: string) => (id ? path.join(suite.env.logDir, `${id}${s}.log`) : undefined);
+  failures.print({ containerd: suite.cd?.logFile, shim: log(''), agent: log('-agent'), console: log('-console'), 'katats-chv': log('-vmm') });
+});
 
 /** No process, mount, socket, state dir or cgroup of sandbox `id` is left. */
 async function expectNothingLeftOf(id: string, what: string): Promise<void> {
