@@ -5,6 +5,7 @@
 // until the ttrpc server takes them.
 import net from 'node:net';
 import { removeStaleSocket } from '../proto/ttrpc/socket-probe.js';
+import { listenOwnerOnly } from '../sys/listen.js';
 
 export interface EarlySocket {
   listener: net.Server;
@@ -26,19 +27,7 @@ export async function bindShimSocket(path: string): Promise<EarlySocket> {
     if (serve) serve(sock);
     else accepted.push(sock);
   });
-  await new Promise<void>((resolve, reject) => {
-    listener.once('error', reject);
-    // bind() creates the file with the process umask, synchronously inside listen().
-    const umask = process.umask(0o177);
-    try {
-      listener.listen(path, () => {
-        listener.off('error', reject);
-        resolve();
-      });
-    } finally {
-      process.umask(umask);
-    }
-  });
+  await listenOwnerOnly(listener, path);
   return {
     listener,
     accepted,

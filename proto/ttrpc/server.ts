@@ -10,6 +10,7 @@ import { type Metadata, decodeRequest, encodeResponse } from './envelope.js';
 import { Code, TtrpcError, toStatus } from './status.js';
 import { silentLogger } from './log.js';
 import { removeStaleSocket } from './socket-probe.js';
+import { listenOwnerOnly } from '../../sys/listen.js';
 
 export interface CallContext {
   readonly service: string;
@@ -115,20 +116,7 @@ export class Server {
   async listen(path: string): Promise<net.Server> {
     await removeStaleSocket(path);
     const srv = net.createServer((sock) => this.serve(sock));
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      // bind() creates the socket file with the process umask, synchronously inside listen():
-      // a umask of 0177 for that one call makes it 0600 from birth (a chmod after would leave a window).
-      const umask = process.umask(0o177);
-      try {
-        srv.listen(path, () => {
-          srv.off('error', reject);
-          resolve();
-        });
-      } finally {
-        process.umask(umask);
-      }
-    });
+    await listenOwnerOnly(srv, path);
     srv.on('error', (e) => this.log.error({ err: e, path }, 'ttrpc listener error'));
     this.listeners.add(srv);
     return srv;
