@@ -128,3 +128,24 @@ export async function untilContainerdReaches(
     await sleep(500);
   }
 }
+
+/**
+ * `ctr images import` into a proxy snapshotter, for a suite's setup. gRPC's UNAVAILABLE is the
+ * transient class a client may retry: on a loaded host containerd's connection to a live
+ * snapshotter has failed once ("connection refused", "timed out waiting for server handshake")
+ * while direct clients were served (cause not found yet). Retried once, said on stderr.
+ */
+export async function importIntoSnapshotter(
+  cd: { ctr(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<{ code: number | null; stdout: string; stderr: string }> },
+  args: string[],
+  opts: { namespace?: string; timeoutMs?: number } = {},
+): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const r = await cd.ctr(['images', 'import', ...args], opts);
+    if (r.code === 0) return;
+    const msg = `ctr images import ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim().slice(-1000)}`;
+    if (attempt >= 2 || !/: unavailable\s*$/.test(r.stderr.trim())) throw new Error(msg);
+    console.error(`retrying after gRPC UNAVAILABLE between containerd and the snapshotter: ${msg}`);
+    await sleep(2000);
+  }
+}

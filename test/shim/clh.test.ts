@@ -10,6 +10,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { importIntoSnapshotter } from '../../harness/snapshotter.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { mountsUnder } from '../../harness/mounts.js';
 import { listProcs } from '../../harness/procs.js';
@@ -89,8 +90,8 @@ describe('hypervisor = "clh": its own cases, on the CRI suite\'s containerd', ()
     const logs = () => logsOf(env.logDir, pod, cd.logFile, 30);
     const bb = await busyboxImage();
     const lay = await layeredImage();
-    await cd.ctrOk(['images', 'import', ...tardev, '--index-name', BUSYBOX_INDEX, bb.archive], { timeoutMs: 300_000 });
-    await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, lay.archive], { timeoutMs: 300_000 });
+    await importIntoSnapshotter(cd, [...tardev, '--index-name', BUSYBOX_INDEX, bb.archive], { timeoutMs: 300_000 });
+    await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, lay.archive], { timeoutMs: 300_000 });
     try {
       await cd.ctrOk(['run', '-d', ...tardev, ...cd.runtimeArgs('katats'), ...group, bb.name, pod, 'sh', '-c', 'while :; do sleep 1; done'], { timeoutMs: 300_000 });
       expect(qemuProcs(env.stateDir, pod).length, logs()).toBe(1);

@@ -14,7 +14,7 @@ import { CRI_NAMESPACE, RUNC_V2, startContainerd, type Containerd } from '../../
 import type { CriClient } from '../../harness/cri.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX } from '../../harness/images/layered.js';
 import { PAUSE_IMAGE } from '../../harness/images/pause.js';
-import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches, importIntoSnapshotter } from '../../harness/snapshotter.js';
 import { runtime } from '../../proto/gen/types.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { katatsEnv, type KatatsEnv } from '../shim/katats-env.js';
@@ -53,7 +53,7 @@ beforeAll(async () => {
   });
   await sn.start(30_000, cd.address);
   await untilContainerdReaches(cd, 'tardev');
-  await cd.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, ['--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
   cri = cd.criApi();
   await cri.waitForImage(image);
   let chain = '';

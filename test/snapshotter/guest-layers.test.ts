@@ -26,7 +26,7 @@ import { kubeletPod } from '../support/kubelet.js';
 import { RULES } from '../../policy/gen/rules.js';
 import { layeredImage, LAYERED_BIG, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
 import { listProcs } from '../../harness/procs.js';
-import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
+import { SnapshotterProcess, untilContainerdReaches, importIntoSnapshotter } from '../../harness/snapshotter.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
@@ -89,13 +89,13 @@ beforeAll(async () => {
   });
   await sn.start(30_000, cd.address);
   await untilContainerdReaches(cd, 'tardev');
-  await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
   const bb = await busyboxImage();
-  await cd.ctrOk(['images', 'import', ...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, [...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000 });
   busybox = bb.name;
   bbImage = bb;
   for (const [archive, index] of [[img.archive, LAYERED_INDEX], [bb.archive, 'katats.local/busybox:index']] as const) {
-    await cd.ctrOk(['images', 'import', ...tardev, '--index-name', index, archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+    await importIntoSnapshotter(cd, [...tardev, '--index-name', index, archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
   }
 }, 900_000);
 
