@@ -19,6 +19,7 @@ import { killMatching, openPaths, procsMatching, type ProcInfo } from './procs.j
 import { CriClient } from './cri.js';
 import { pauseImage, PAUSE_IMAGE, PAUSE_INDEX } from './images/pause.js';
 import { ociArch } from './images/oci.js';
+import { OVERHEAD_ROOT } from '../shim/sandbox-cgroups.js';
 
 /** Where the containerd binaries come from: the installed Debian package (bookworm), or a newer suite's .deb unpacked. */
 export type ContainerdFlavor = 'bookworm' | 'trixie' | 'sid';
@@ -492,6 +493,7 @@ export class Containerd {
     if (!(await removeNamespaceCgroups(this.namespace))) this.logger.warn({ namespace: this.namespace }, 'cgroups of the namespace could not all be removed');
     for (const s of shimSockets) fs.rmSync(s, { force: true });
     removeStaleFifos(ids);
+    removeOverheadCgroups(ids);
     fs.rmSync(path.join('/run/containerd/runc', this.namespace), { recursive: true, force: true });
     pruneRunDirs();
     this.logger.info(report.killed.length || report.unmounted.length ? 'stopped with leftovers' : 'stopped cleanly');
@@ -536,7 +538,7 @@ export function removeStaleFifos(ids: Iterable<string>, fifoRoot = '/run/contain
 }
 
 /** Container ids that have a bundle under the state dir (state/<runtime>/<ns>/<id>). */
-function bundleIds(stateDir: string): string[] {
+export function bundleIds(stateDir: string): string[] {
   const ids: string[] = [];
   try {
     for (const rt of fs.readdirSync(stateDir)) {
@@ -584,6 +586,31 @@ export function bundleShimSockets(stateDir: string): string[] {
   };
   walk(stateDir, 0);
   return out.filter((s) => s.startsWith('/run/containerd/s/'));
+}
+
+/**
+ * A katats shim keeps its pod's VMM in katats_overhead/<sandbox id> and removes it when the pod
+ * ends; a shim killed with its test (a run stopped by force) cannot. Removes those of these ids
+ * that are empty (a live pod's holds processes: rmdir refuses it).
+ */
+export function removeOverheadCgroups(ids: Iterable<string>): void {
+  let roots: string[];
+  try {
+    roots = fs.readdirSync('/sys/fs/cgroup').map((c) => path.join('/sys/fs/cgroup', c, OVERHEAD_ROOT));
+  } catch {
+    return;
+  }
+  roots.push(path.join('/sys/fs/cgroup', OVERHEAD_ROOT));
+  for (const id of ids) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(id)) continue;
+    for (const r of roots) {
+      try {
+        fs.rmdirSync(path.join(r, id));
+      } catch {
+        /* absent, or not empty */
+      }
+    }
+  }
 }
 
 /**
@@ -658,6 +685,7 @@ export async function reapStaleInstances(baseDir = os.tmpdir()): Promise<string[
     for (const s of sockets) fs.rmSync(s, { force: true });
     removeStaleFifos(ids);
     pruneRunDirs();
+    removeOverheadCgroups(ids);
     try {
       await removeNamespaceCgroups(fs.readFileSync(path.join(dir, 'namespace'), 'utf8').trim());
     } catch {
