@@ -3,6 +3,9 @@
 # Idempotent and quiet when everything is already present; safe to run before every test or demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# apt's output stays with the checkout (ignored by git), not in /tmp.
+mkdir -p .cache
+apt_log=.cache/apt.log
 
 # Debian packages by purpose. Each feature adds its own line; the union is installed once.
 DEB_PACKAGES=(
@@ -32,10 +35,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt_opts=(-o DPkg::Lock::Timeout=600 -qq)
   # A fresh machine has no package lists yet; refresh them once before the first install.
-  if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/tmp/katats-apt.log 2>&1; then
-    apt-get "${apt_opts[@]}" update >>/tmp/katats-apt.log 2>&1
-    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >>/tmp/katats-apt.log 2>&1 \
-      || { cat /tmp/katats-apt.log >&2; exit 1; }
+  if ! apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1; then
+    apt-get "${apt_opts[@]}" update >>"$apt_log" 2>&1
+    apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >>"$apt_log" 2>&1 \
+      || { cat "$apt_log" >&2; exit 1; }
   fi
 fi
 

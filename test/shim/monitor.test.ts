@@ -38,6 +38,16 @@ function sandboxSocket(id: string): string {
 }
 
 /** A peer on a sandbox's monitor socket that answers whatever `answer` writes. */
+/** A process whose argv names pod `id` as a running shim's does (the monitor tells a live shim by it). */
+async function liveShimOf(id: string): Promise<ReturnType<typeof spawn>> {
+  const live = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', '--', '-id', id], { stdio: 'ignore' });
+  closers.push(() => {
+    live.kill('SIGKILL');
+  });
+  await new Promise((res) => setTimeout(res, 200));
+  return live;
+}
+
 async function peer(id: string, answer: (s: net.Socket) => void): Promise<void> {
   const srv = net.createServer((s) => {
     s.on('error', () => undefined);
@@ -144,11 +154,7 @@ describe('katats monitor: finding and reading shims', () => {
     expect(sample(r.m, 'katats_pods_running')).toBe(0);
 
     // The same dead socket, but the record names a process that runs this pod's shim (by its argv): refused.
-    const live = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', '--', '-id', 'pod-dead'], { stdio: 'ignore' });
-    closers.push(() => {
-      live.kill('SIGKILL');
-    });
-    await new Promise((res) => setTimeout(res, 200));
+    const live = await liveShimOf('pod-dead');
     writeRecord(tmp.dir, { sandboxId: 'pod-dead', namespace: 'default', shimPid: live.pid!, socket: '/nonexistent' });
     r = await scrape();
     expect(r.s.failures.map((f) => f.reason)).toEqual(['refused']);
@@ -160,11 +166,7 @@ describe('katats monitor: finding and reading shims', () => {
     await peer('pod-reset', (s) => s.destroy());
     let r = await scrape();
     expect(r.s.failures, JSON.stringify(r.s.failures)).toEqual([]);
-    const live = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', '--', '-id', 'pod-reset'], { stdio: 'ignore' });
-    closers.push(() => {
-      live.kill('SIGKILL');
-    });
-    await new Promise((res) => setTimeout(res, 200));
+    const live = await liveShimOf('pod-reset');
     writeRecord(tmp.dir, { sandboxId: 'pod-reset', namespace: 'default', shimPid: live.pid!, socket: '/nonexistent' });
     r = await scrape();
     expect(r.s.failures.map((f) => f.reason)).toEqual(['io']);
