@@ -17,6 +17,7 @@ import { isSealed, parseSealedSecret, SealedSecretError, MAX_SEALED_BYTES } from
 import { resourceUri, type ResourcePath } from '../attestation/resource-uri.js';
 import { KbsClientError } from '../attestation/client.js';
 import { Code, TtrpcError } from './errors.js';
+import { type Dir, namesBelow, openChildDir, openDirBeneath, openLeaf } from './beneath.js';
 import type { Logger } from './log.js';
 
 /** What a volume may bring into the scan and the guest-private copy. */
@@ -92,30 +93,57 @@ interface Entry {
 
 class TooLarge extends Error {}
 
-/** The volume at `src` (a file or a directory tree), bounded; undefined when it holds no sealed file. */
-function scanVolume(src: string): Entry[] | undefined {
+/**
+ * The volume at `src` (a file or a directory tree below `root`), bounded; undefined when it holds no
+ * sealed file. The share is the host's to change at any moment: every step goes through a verified
+ * directory descriptor and never follows a symlink (agent/beneath.ts), so a component swapped for a
+ * symlink fails the scan instead of copying the guest's own files (another container's unsealed
+ * copies, say) into this container's volume.
+ */
+function scanVolume(root: string, src: string, what: string): Entry[] | undefined {
+  const names = namesBelow(root, src, what);
+  if (!names.length) return undefined;
   const entries: Entry[] = [];
   let bytes = 0;
   let sealed = false;
-  const visit = (rel: string): void => {
+  const visit = (dir: Dir, name: string, rel: string): void => {
     if (entries.length >= VOLUME_LIMITS.entries) throw new TooLarge(`more than ${VOLUME_LIMITS.entries} entries`);
-    const abs = rel ? path.join(src, rel) : src;
-    const st = fs.lstatSync(abs);
+    const leaf = openLeaf(dir, name);
+    fs.closeSync(leaf.fd);
+    const st = leaf.stat;
     if (st.isSymbolicLink()) {
-      entries.push({ rel, kind: 'link', mode: 0o777, link: fs.readlinkSync(abs) });
+      entries.push({ rel, kind: 'link', mode: 0o777, link: fs.readlinkSync(dir.at(name)) });
     } else if (st.isDirectory()) {
       entries.push({ rel, kind: 'dir', mode: st.mode & 0o7777 });
-      for (const name of fs.readdirSync(abs).sort()) visit(rel ? path.join(rel, name) : name);
+      const sub = openChildDir(dir, name, what).dir;
+      try {
+        for (const n of fs.readdirSync(sub.ref).sort()) visit(sub, n, rel ? path.join(rel, n) : n);
+      } finally {
+        sub.close();
+      }
     } else if (st.isFile()) {
       bytes += st.size;
       if (bytes > VOLUME_LIMITS.bytes) throw new TooLarge(`more than ${VOLUME_LIMITS.bytes} bytes`);
-      const data = fs.readFileSync(abs);
+      const fd = fs.openSync(dir.at(name), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+      let data: Buffer;
+      try {
+        if (!fs.fstatSync(fd).isFile()) throw new TtrpcError(Code.PermissionDenied, `${what}: ${dir.child(name)} changed while it was read`);
+        data = fs.readFileSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      if (data.length > st.size) throw new TooLarge(`${dir.child(name)} grew while it was read`);
       if (data.length <= MAX_SEALED_BYTES && isSealed(data.subarray(0, 7).toString('latin1'))) sealed = true;
       entries.push({ rel, kind: 'file', mode: st.mode & 0o7777, data });
     }
     // Devices, sockets, FIFOs: not part of a secret volume, and not copied.
   };
-  visit('');
+  const parent = openDirBeneath(root, path.dirname(src), what).dir;
+  try {
+    visit(parent, names[names.length - 1]!, '');
+  } finally {
+    parent.close();
+  }
   return sealed ? entries : undefined;
 }
 
@@ -144,7 +172,7 @@ export async function unsealMounts(
     const what = `CreateContainer ${cid}: volume ${m.destination}`;
     let entries: Entry[] | undefined;
     try {
-      entries = scanVolume(src);
+      entries = scanVolume(root, src, what);
     } catch (e) {
       if (!(e instanceof TooLarge)) throw e;
       log.warn({ container: cid, volume: m.destination, why: e.message }, 'volume too large to be a secret volume: not scanned for sealed secrets');

@@ -260,6 +260,26 @@ describe('sealed secrets unsealed by the agent (agent/unseal.ts) through the pod
     expect(fs.existsSync(copyDir)).toBe(false);
   });
 
+  it('never follows a symlink the host planted in a volume\'s path: the guest\'s own files are not copied into the container', async () => {
+    const cdh = new CdhServer({ device: await portDevice('pod-seal-l', HOST_DATA), log, kbsUrl });
+    servers.push(cdh);
+    const shared = fs.mkdtempSync(path.join(tmp.dir, 'shared-'));
+    // A guest-private dir (another container's unsealed copy, say) and a share entry pointing at it.
+    const privateDir = fs.mkdtempSync(path.join(tmp.dir, 'guest-private-'));
+    fs.mkdirSync(path.join(privateDir, 'vol'));
+    fs.writeFileSync(path.join(privateDir, 'vol', 'other-key'), 'plaintext of another container\n');
+    fs.writeFileSync(path.join(privateDir, 'vol', 'bait'), `${SEALED}\n`);
+    fs.symlinkSync(privateDir, path.join(shared, 'evil'));
+    const copyDir = path.join(tmp.dir, 'bundle-l', 'sealed');
+    // Through a symlinked directory on the way: refused, nothing read from where it points.
+    const s = { process: { env: ['PATH=/bin'] }, mounts: [{ destination: '/secrets', source: path.join(shared, 'evil', 'vol'), type: 'bind', options: ['rbind', 'ro'] }] };
+    const err = await unsealSpec(s, { sharedRoot: shared, copyDir, kbs: cdh.resourceSource(), cid: 'c4', log: silent }).catch((e: TtrpcError) => e);
+    expect(err).toBeInstanceOf(TtrpcError);
+    expect((err as TtrpcError).code).toBe(Code.PermissionDenied);
+    expect((err as TtrpcError).message).toMatch(/evil is a symlink/);
+    expect(fs.existsSync(copyDir)).toBe(false);
+  });
+
   it('refuses what is not a sealed secret it can unseal, and a VM with no KBS, with a clear error', async () => {
     const env = (v: string) => unsealEnv([`K=${v}`], undefined, 'c3').catch((e: TtrpcError) => e.message);
     expect(await env('sealed.a.b')).toMatch(/env K: not a sealed secret this guest unseals: want sealed.<header>.<payload>.<signature>/);
