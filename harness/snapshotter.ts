@@ -23,6 +23,10 @@ export interface SnapshotterProcessOptions {
 export class SnapshotterProcess {
   private proc: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
+  private stopping = false;
+  private stderrTail = '';
+  /** How the process ended when nobody asked it to (kill9/stop): a crash, with its stderr's tail. */
+  unexpectedExit: string | undefined;
 
   private constructor(
     readonly dir: string,
@@ -54,11 +58,19 @@ export class SnapshotterProcess {
     args.push('--containerd', containerd ?? '');
     const proc = spawn(this.o.katats, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
+    this.stopping = false;
+    this.unexpectedExit = undefined;
     proc.stderr!.on('data', (b: Buffer) => {
       if (stderr.length < 8192) stderr += b.toString();
+      this.stderrTail = (this.stderrTail + b.toString()).slice(-4096);
     });
     this.proc = proc;
-    this.exited = new Promise((r) => proc.once('exit', () => r()));
+    this.exited = new Promise((r) =>
+      proc.once('exit', (code, signal) => {
+        if (!this.stopping) this.unexpectedExit = `snapshotter pid ${proc.pid} exited unasked (${code ?? signal}); stderr: ${this.stderrTail.trim() || '(empty)'}; log: ${this.logFile}`;
+        r();
+      }),
+    );
     const client = new SnapshotsClient(this.address, 2_000);
     const deadline = Date.now() + timeoutMs;
     try {
@@ -81,6 +93,7 @@ export class SnapshotterProcess {
 
   /** SIGKILL, as a crash: the socket file and the layer mounts stay. */
   async kill9(): Promise<void> {
+    this.stopping = true;
     this.proc?.kill('SIGKILL');
     await this.exited;
   }
@@ -88,6 +101,7 @@ export class SnapshotterProcess {
   /** SIGTERM, then SIGKILL after 10 s. */
   async stopProcess(): Promise<void> {
     if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    this.stopping = true;
     this.proc.kill('SIGTERM');
     const t = setTimeout(() => this.proc?.kill('SIGKILL'), 10_000);
     await this.exited;
@@ -133,18 +147,21 @@ export async function untilContainerdReaches(
  * `ctr images import` into a proxy snapshotter, for a suite's setup. gRPC's UNAVAILABLE is the
  * transient class a client may retry: on a loaded host containerd's connection to a live
  * snapshotter has failed once ("connection refused", "timed out waiting for server handshake")
- * while direct clients were served (cause not found yet). Retried once, said on stderr.
+ * while direct clients were served (cause not found yet). Retried once, said on stderr; with
+ * `snapshotter`, a failure says whether that process still runs (a crash is not retried).
  */
 export async function importIntoSnapshotter(
   cd: { ctr(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<{ code: number | null; stdout: string; stderr: string }> },
   args: string[],
-  opts: { namespace?: string; timeoutMs?: number } = {},
+  opts: { namespace?: string; timeoutMs?: number; snapshotter?: SnapshotterProcess } = {},
 ): Promise<void> {
+  const { snapshotter, ...ctrOpts } = opts;
   for (let attempt = 1; ; attempt++) {
-    const r = await cd.ctr(['images', 'import', ...args], opts);
+    const r = await cd.ctr(['images', 'import', ...args], ctrOpts);
     if (r.code === 0) return;
-    const msg = `ctr images import ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim().slice(-1000)}`;
-    if (attempt >= 2 || !/: unavailable\s*$/.test(r.stderr.trim())) throw new Error(msg);
+    const crashed = snapshotter?.unexpectedExit;
+    const msg = `ctr images import ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim().slice(-1000)}${crashed ? `\n${crashed}` : ''}`;
+    if (crashed || attempt >= 2 || !/: unavailable\s*$/.test(r.stderr.trim())) throw new Error(msg);
     console.error(`retrying after gRPC UNAVAILABLE between containerd and the snapshotter: ${msg}`);
     await sleep(2000);
   }

@@ -36,6 +36,13 @@ export async function snapshotterCommand(args: string[], usage: string): Promise
     opts.set(k, v);
   }
   const log = logger(opts.get('--log'), opts.get('--log-level') ?? 'info');
+  // A crash's reason belongs in the log the operator reads, not only on a stderr nobody keeps.
+  const fatal = (kind: string) => (err: unknown) => {
+    log.fatal({ err }, kind);
+    process.exit(70);
+  };
+  process.on('uncaughtException', fatal('uncaught exception'));
+  process.on('unhandledRejection', fatal('unhandled rejection'));
   const running = await serveSnapshotter({
     root: path.resolve(opts.get('--root') ?? DEFAULTS.root),
     address: path.resolve(opts.get('--address') ?? DEFAULTS.address),

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CRI_NAMESPACE, startContainerd, type Containerd, type ContainerdFlavor } from '../../harness/containerd.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
-import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
+import { importIntoSnapshotter, SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
 import { buildHostBinaries } from '../../scripts/build.js';
 import { chainIdOf } from '../../snapshotter/resolve.js';
 import { layerName } from '../../snapshotter/store.js';
@@ -52,14 +52,16 @@ for (const flavor of ['trixie', 'sid'] as ContainerdFlavor[]) {
     afterAll(async () => {
       failures.print({ containerd: cd?.logFile, snapshotter: sn?.logFile });
       // The snapshotter first: containerd's stop would kill it, as it names containerd on its command line.
+      const crashed = sn?.unexpectedExit;
       const left = await sn?.stop();
       const report = env ? await helpers.endKatatsSuite(cd, env) : await cd?.stop();
       expect(report?.unmounted ?? []).toEqual([]);
       expect(left ?? []).toEqual([]);
+      expect(crashed).toBeUndefined();
     }, 300_000);
 
     it('imports into one layer file per chain id, runs with runc on its mounts, and removes them with the image', async () => {
-      await cd.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
+      await importIntoSnapshotter(cd, ['--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000, snapshotter: sn });
       let chain = '';
       const names = img.diffIds.map((d) => layerName((chain = chainIdOf(chain, d))));
       expect(fs.readdirSync(path.join(sn.root, 'layers')).filter((f) => !f.endsWith('.json')).sort()).toEqual(names.sort());
@@ -73,7 +75,7 @@ for (const flavor of ['trixie', 'sid'] as ContainerdFlavor[]) {
     });
 
     it.runIf(withCri)('CRI: a katats pod of the image with shared_fs = none, CRI\'s files copied in, its VM on the host\'s layer files', async () => {
-      await cd.ctrOk(['images', 'import', '--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+      await importIntoSnapshotter(cd, ['--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000, snapshotter: sn });
       const cri = cd.criApi();
       await cri.waitForImage(img.name);
       let chain = '';

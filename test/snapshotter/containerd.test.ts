@@ -14,7 +14,7 @@ import { startContainerd, type Containerd, removeNamespaceCgroups } from '../../
 import { buildOciImage } from '../../harness/images/oci.js';
 import { writeTar } from '../../harness/images/tar.js';
 import { layeredImage, LAYERED_EXPECT, LAYERED_INDEX, type LayeredImage } from '../../harness/images/layered.js';
-import { SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
+import { importIntoSnapshotter, SnapshotterProcess, untilContainerdReaches } from '../../harness/snapshotter.js';
 import { SnapshotsCallError, SnapshotsClient } from '../../harness/snapshots.js';
 import { ROOT_HASH_LABEL } from '../../proto/layer-mounts.js';
 import { buildHostBinaries } from '../../scripts/build.js';
@@ -59,7 +59,7 @@ const builtLines = () => fs.readFileSync(sn.logFile, 'utf8').split('\n').filter(
 describe('the tardev snapshotter in containerd 1.6', () => {
   it('ctr images import unpacks each layer into one layer file, the same bytes the builder makes from its tar', async () => {
     expect((await cd.ctrOk(['plugins', 'ls'])).stdout).toMatch(/io\.containerd\.snapshotter\.v1\s+tardev\s+.*ok/);
-    await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
+    await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000, snapshotter: sn });
     const snaps = await cd.ctrOk(['snapshots', ...tardev, 'ls']);
     for (const c of chains) expect(snaps.stdout).toMatch(new RegExp(`${c}\\s.*Committed`));
     const files = fs.readdirSync(path.join(sn.root, 'layers')).filter((f) => !f.endsWith('.json'));
@@ -114,7 +114,7 @@ describe('the tardev snapshotter in containerd 1.6', () => {
     const mtimes = chains.map((c) => fs.statSync(path.join(sn.root, 'layers', layerName(c))).mtimeMs);
     const ns = `${cd.namespace}-b`;
     try {
-      await cd.ctrOk(['images', 'import', ...tardev, '--index-name', LAYERED_INDEX, img.archive], { namespace: ns, timeoutMs: 300_000 });
+      await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, img.archive], { namespace: ns, timeoutMs: 300_000, snapshotter: sn });
       const r = await cd.ctrOk(['run', '--rm', ...tardev, ...cd.runtimeArgs('runc'), img.name, 'layered-b', 'cat', '/data/kept'], { namespace: ns });
       expect(r.stdout).toBe(LAYERED_EXPECT.files['/data/kept']);
       expect(builtLines()).toHaveLength(3);
