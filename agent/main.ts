@@ -110,7 +110,7 @@ async function main(): Promise<void> {
   // Before the template is saved: every clone's crun commands run from this one copy.
   if (crunCopy) keeper?.loadCrun(config.crun).catch((err: unknown) => log.warn({ err }, 'no sealed copy of crun: each crun command copies itself'));
   if (keeper && !local) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
-  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, node_flags: process.execArgv, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {
     void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {

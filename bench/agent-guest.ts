@@ -4,7 +4,7 @@
 // SetPolicy, the requests containerd and the shim sent for that pod replayed (their handlers may
 // fail here, after the check: the pod's files are not in this guest), and the agent's own timings
 // (GetMetrics: katats_agent_policy_check_seconds) read back.
-//   npx tsx bench/agent-guest.ts [--policy-rounds 20]
+//   npx tsx bench/agent-guest.ts [--policy-rounds 20] [--kernel-params "katats.node_opts=--jitless"]
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,8 @@ import { ImageResolver, LayerCache, OciArchive } from '../policy/gen/image.js';
 
 const ri = process.argv.indexOf('--policy-rounds');
 const policyRounds = ri >= 0 ? Number(process.argv[ri + 1]) : 20;
+const ki = process.argv.indexOf('--kernel-params');
+const kernelParams = ki >= 0 ? (process.argv[ki + 1] ?? '') : '';
 const fix = path.resolve(import.meta.dirname, '..', 'test', 'policy', 'fixtures', 'gen');
 const [busybox, pause] = [await busyboxImage(), await pauseImage()];
 // GetMetrics allowed on top (generated policies refuse it), so the agent's timings can be read back.
@@ -30,7 +32,7 @@ const methodOf = new Map(root.lookupService('grpc.AgentService').methodsArray.ma
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kb-'));
 const image = await buildFullGuestImage((m) => process.stderr.write(`guest: ${m}\n`));
-const cfg = parseConfig(`[hypervisor.qemu]\nguest_manifest = "${image.manifestPath}"\n[runtime]\nstate_dir = "${dir}/run"\nlog_dir = "${dir}/log"\n`);
+const cfg = parseConfig(`[hypervisor.qemu]\nguest_manifest = "${image.manifestPath}"\n${kernelParams ? `kernel_params = ${JSON.stringify(kernelParams)}\n` : ''}[runtime]\nstate_dir = "${dir}/run"\nlog_dir = "${dir}/log"\n`);
 process.stderr.write('booting a guest\n');
 const guest = await launchSandbox({ sandboxId: 'agentbench', config: cfg, launchData: Buffer.alloc(32), stateDir: path.join(dir, 'run', 'sb'), log: pino({ level: 'warn' }, pino.destination(2)) });
 try {

@@ -2,7 +2,7 @@
 // output byte, for runc, katats booting cold and katats cloning a template, taking turns run by run
 // in one private containerd (so a slow moment of the machine hits all three alike), with each
 // median's ratio to runc's from the same run.
-//   npx tsx bench/factory.ts [--runs 5] [--out DIR]
+//   npx tsx bench/factory.ts [--runs 5] [--qemu-toml 'tcg_tb_size = 32'] [--out DIR]
 // Then host memory of one idle pod of each katats kind: PSS of its shim and everything under it
 // (QEMU), 20 s after it started (a clone shares the template's untouched pages).
 // The katats configuration is rewritten between runs ([factory] enable_template false/true): each
@@ -21,14 +21,14 @@ import { pssKiB } from '../harness/procs.js';
 import { sleep } from '../sys/timeout.js';
 import { round, summarize } from './macro/stats.js';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, out: { type: 'string' } } });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, out: { type: 'string' }, 'qemu-toml': { type: 'string', default: '' } } });
 const runs = Number(values.runs);
 const t0 = performance.now();
 const say = (s: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${s}\n`);
 
 const templates = fs.mkdtempSync('/tmp/kbt-');
 const factoryToml = (on: boolean) => `[factory]\nenable_template = ${on}\ntemplate_path = "${templates}"\n`;
-const env = await katatsEnv({ onProgress: say, extraToml: factoryToml(true) });
+const env = await katatsEnv({ onProgress: say, qemuToml: values['qemu-toml'].replace(/\\n/g, '\n'), extraToml: factoryToml(true) });
 const baseToml = fs.readFileSync(env.configFile, 'utf8').replace(factoryToml(true), '');
 const setFactory = (on: boolean) => fs.writeFileSync(env.configFile, baseToml + factoryToml(on));
 const log = pino({ level: 'warn' }, pino.destination(2));

@@ -112,6 +112,12 @@ if [ -n "$LOGPORT" ]; then exec >"/newroot$LOGPORT" 2>&1; fi
 # The node startup snapshot made at build time (skips node's bootstrap: seconds under TCG). V8
 # takes it only on a CPU with the build machine's features (see guest/node-snapshot.ts).
 SNAP=/usr/lib/katats/node-snapshot.blob
+# Node refuses a snapshot made under other V8 flags (and exits): katats.node_opts (e.g. the
+# --jitless the host asks for under TCG) rules it out.
+if [ "$NODE_SNAPSHOT" != 0 ] && [ -n "$NODE_OPTS" ]; then
+  NODE_SNAPSHOT=0
+  echo "katats-init: node snapshot not used: node options '$NODE_OPTS' differ from the snapshot's" >&2
+fi
 if [ "$NODE_SNAPSHOT" != 0 ] && [ -f "/newroot$SNAP" ] && [ "$(cpu_sig)" != "$($B cat /newroot/usr/lib/katats/node-snapshot.cpu 2>/dev/null)" ]; then
   NODE_SNAPSHOT=0
   echo "katats-init: node snapshot not used: guest CPU features '$(cpu_sig)' differ from the build machine's" >&2

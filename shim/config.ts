@@ -34,6 +34,8 @@ export interface QemuConfig {
    * as code is translated: ~80 MiB by an idle clone's start). Unused under KVM. See bench/density.ts.
    */
   tcg_tb_size: number;
+  /** The guest agent's JIT: auto = off under TCG, on under KVM (VmConfig.guestNodeJit). */
+  node_jit: 'auto' | 'on' | 'off';
   /** Regexes of annotation keys (after the io.katacontainers.config.hypervisor. prefix) a pod may set. */
   enable_annotations: string[];
 }
@@ -122,6 +124,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       virtio_fs_daemon: '',
       accel: 'auto',
       tcg_tb_size: 64,
+      node_jit: 'auto',
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },
     clh: {
@@ -226,6 +229,7 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   const q = cfg.hypervisor.qemu;
   checkSharedFs(cfg, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
+  if (!['auto', 'on', 'off'].includes(q.node_jit)) throw new ConfigError(`${source}: hypervisor.qemu.node_jit must be auto, on or off`);
   if (!Number.isInteger(q.tcg_tb_size) || q.tcg_tb_size < 0) throw new ConfigError(`${source}: hypervisor.qemu.tcg_tb_size must be a non-negative integer (MiB; 0: QEMU's default)`);
   checkSizes(q, `${source}: hypervisor.qemu`);
   const clh = cfg.hypervisor.clh;

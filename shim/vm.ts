@@ -22,6 +22,7 @@ import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { takeRestoredAgent } from './factory.js';
 import { registerSnpVm, type SnpRegistration } from './snp-launch.js';
 import { kernelCmdline } from '../vmm/qemu-args.js';
+import { resolveAccel } from '../vmm/accel.js';
 import type { VmConfig } from '../vmm/config.js';
 
 export interface GuestFiles {
@@ -174,12 +175,19 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
   try {
     if (req.config.attestation.snp_socket) {
       if (kind !== 'qemu') throw precondition(`attestation.snp_socket is wired for QEMU only; sandbox ${req.sandboxId} runs on ${kind}`);
+      const q = req.config.hypervisor.qemu;
+      // The accelerator QEMU will get (the probe's cached answer): the command line depends on it.
+      const { accel } = await resolveAccel(q.accel, { cacheDir: plan.cacheDir, kernel: plan.files.kernel, qemuBinary: q.path });
       snp = await registerSnpVm({
         controlSocket: req.config.attestation.snp_socket,
         sandboxId: req.sandboxId,
         files: plan.files,
         // The command line QEMU passes, as the measurement covers it.
-        cmdline: kernelCmdline({ baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams } as VmConfig, req.config.hypervisor.qemu.machine_type),
+        cmdline: kernelCmdline(
+          { baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams, guestNodeJit: q.node_jit } as VmConfig,
+          q.machine_type,
+          accel,
+        ),
         hostData: req.launchData,
         cacheDir: plan.cacheDir,
         log: req.log,

@@ -103,6 +103,14 @@ export interface VmConfig {
    * clone translates its guest's code afresh into it, so it is most of an idle clone's own memory.
    */
   tcgTbSizeMiB?: number;
+  /**
+   * Whether the guest's node (the agent) may compile to machine code. Under TCG every JIT-compiled
+   * function is emulated compiler work plus fresh guest code for TCG to translate again, which costs
+   * more than it saves in an agent's short requests: 'auto' (the default) runs it `--jitless` there
+   * and leaves it compiling under KVM. Set through the command line (`katats.node_opts=`); a
+   * `katats.node_opts=` in kernelParams wins.
+   */
+  guestNodeJit?: 'auto' | 'on' | 'off';
   /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
   hotplugSlots?: number;
   qemuBinary?: string;
@@ -127,6 +135,7 @@ export function validateConfig(c: VmConfig): void {
   for (const k of ['kernel', 'initrd', 'rootfs', 'agentSocket', 'runDir'] as const) if (!c[k]) errs.push(`${k} is empty`);
   for (const d of c.disks ?? []) if (!ID_RE.test(d.id)) errs.push(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
+  if (c.guestNodeJit !== undefined && !['auto', 'on', 'off'].includes(c.guestNodeJit)) errs.push(`guestNodeJit ${String(c.guestNodeJit)} is not auto, on or off`);
   if (c.tcgTbSizeMiB !== undefined && (!Number.isInteger(c.tcgTbSizeMiB) || c.tcgTbSizeMiB < 1)) errs.push(`tcgTbSizeMiB ${c.tcgTbSizeMiB} is not a positive integer`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');

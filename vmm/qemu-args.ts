@@ -43,10 +43,12 @@ export function diskNodeName(id: string): string {
   return `${id}-blk`;
 }
 
-export function kernelCmdline(c: VmConfig, machine: string): string {
+export function kernelCmdline(c: VmConfig, machine: string, accel: Accel): string {
   const words = [c.baseCmdline, ...(c.kernelParams ?? [])];
   // microvm has no PIT/HPET to calibrate the TSC against under TCG; tell the kernel its rate.
   if (machine === 'microvm' && !words.some((w) => w.includes('tsc_early_khz='))) words.push('tsc_early_khz=2000000');
+  const jit = c.guestNodeJit ?? 'auto';
+  if ((jit === 'off' || (jit === 'auto' && accel === 'tcg')) && !words.some((w) => /(^|\s)katats\.node_opts=/.test(w))) words.push('katats.node_opts=--jitless');
   return words.join(' ').trim();
 }
 
@@ -54,7 +56,7 @@ export function buildQemuArgs(c: VmConfig, accel: Accel, opts: { firmware?: stri
   const machine = c.machine ?? DEFAULT_MACHINE;
   const qmpSocket = path.join(c.runDir, 'qmp.sock');
   const agentLogSocket = c.agentLogFile ? agentLogSocketPath(c) : undefined;
-  const cmdline = kernelCmdline(c, machine);
+  const cmdline = kernelCmdline(c, machine, accel);
   const a: string[] = [
     // Named threads ("CPU 0/KVM") let the shim put the vCPUs in a cgroup of their own.
     '-name', `katats-${qemuEscape(c.id)},debug-threads=on`,

@@ -38,6 +38,9 @@ sandbox_cgroup_only = true
     expect(parseConfig('[hypervisor.qemu]\ntcg_tb_size = 64').hypervisor.qemu.tcg_tb_size).toBe(64);
     expect(() => parseConfig('[hypervisor.qemu]\ntcg_tb_size = -1')).toThrow(/tcg_tb_size must be a non-negative integer/);
     expect(() => parseConfig('[hypervisor.qemu]\ntcg_tb_size = 1.5')).toThrow(/tcg_tb_size must be a non-negative integer/);
+    expect(parseConfig('').hypervisor.qemu.node_jit).toBe('auto');
+    expect(parseConfig('[hypervisor.qemu]\nnode_jit = "on"').hypervisor.qemu.node_jit).toBe('on');
+    expect(() => parseConfig('[hypervisor.qemu]\nnode_jit = "fast"')).toThrow(/node_jit must be auto, on or off/);
     expect(parseConfig('[agent.katats]\nkernel_modules = []').agent.katats.kernel_modules).toEqual([]);
     expect(parseConfig('').runtime.internetworking_model).toBe('tcfilter');
     expect(parseConfig('[runtime]\ninternetworking_model = "none"').runtime.internetworking_model).toBe('none');

@@ -29,6 +29,7 @@ import { loadConfig } from '../../shim/config.js';
 import { fileDigests, snpMeasurement } from '../../shim/snp-launch.js';
 import { resolveGuestFiles } from '../../shim/vm.js';
 import type { VmConfig } from '../../vmm/config.js';
+import { resolveAccel } from '../../vmm/accel.js';
 import { kernelCmdline } from '../../vmm/qemu-args.js';
 import { adminToken } from '../../attestation/kbs/cli.js';
 import { buildKbs, type Kbs } from '../../attestation/kbs/server.js';
@@ -127,7 +128,9 @@ async function defaultMeasurement(): Promise<Buffer> {
   const files = resolveGuestFiles(cfg.hypervisor.qemu);
   const params = cfg.hypervisor.qemu.kernel_params.split(/\s+/).filter(Boolean);
   if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
-  const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params } as VmConfig, cfg.hypervisor.qemu.machine_type);
+  const q = cfg.hypervisor.qemu;
+  const { accel } = await resolveAccel(q.accel, { cacheDir: path.join(cfg.runtime.state_dir, 'vmm'), kernel: files.kernel, qemuBinary: q.path });
+  const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params, guestNodeJit: q.node_jit } as VmConfig, q.machine_type, accel);
   return snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline);
 }
 

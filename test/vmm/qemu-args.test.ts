@@ -32,8 +32,8 @@ describe('VmConfig -> QEMU argv', () => {
     expect(opt(argv, '-accel')).toEqual(['tcg,thread=multi']);
     expect(opt(argv, '-smp')).toEqual(['2']);
     expect(opt(argv, '-m')).toEqual(['512M']);
-    expect(opt(argv, '-append')).toEqual(['console=ttyS0 quiet agent.log=debug']);
-    expect(layout.cmdline).toBe('console=ttyS0 quiet agent.log=debug');
+    expect(opt(argv, '-append')).toEqual(['console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless']);
+    expect(layout.cmdline).toBe('console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless');
     const devices = opt(argv, '-device');
     expect(devices.some((d) => d.startsWith('virtio-blk-pci,drive=rootfs-blk') && d.includes('serial=katats-root'))).toBe(true);
     expect(devices).toContain('virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0');
@@ -65,6 +65,16 @@ describe('VmConfig -> QEMU argv', () => {
     const pc = buildQemuArgs({ ...base, machine: 'pc', hotplugSlots: 2 }, 'tcg');
     expect(pc.layout.hotplugBuses).toEqual(['pci.0', 'pci.0']);
     expect(opt(pc.argv, '-device').filter((d) => d.startsWith('pcie-root-port'))).toHaveLength(0);
+  });
+
+  it('runs the guest agent --jitless on TCG only (auto), always (off) or never (on); a node_opts of the config wins', () => {
+    const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, ...c }, accel).layout.cmdline;
+    expect(cmdline({}, 'tcg')).toMatch(/ katats\.node_opts=--jitless$/);
+    expect(cmdline({}, 'kvm')).not.toContain('node_opts');
+    expect(cmdline({ guestNodeJit: 'on' }, 'tcg')).not.toContain('node_opts');
+    expect(cmdline({ guestNodeJit: 'off' }, 'kvm')).toMatch(/ katats\.node_opts=--jitless$/);
+    expect(cmdline({ kernelParams: ['katats.node_opts=--max-lazy'] }, 'tcg')).toBe('console=ttyS0 quiet katats.node_opts=--max-lazy');
+    expect(validateConfig.bind(null, { ...base, guestNodeJit: 'maybe' as never })).toThrow(/guestNodeJit maybe/);
   });
 
   it('exports 9p with security_model=none unless told otherwise', () => {

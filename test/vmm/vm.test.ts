@@ -143,6 +143,13 @@ describe('QEMU driver with the real guest image and agent', () => {
         // The agent's log came through its own port into the capped file the driver writes.
         expect(fs.readFileSync(cfg.agentLogFile!, 'utf8')).toMatch(/agent serving/);
         expect(fs.readFileSync(vm.consoleLogPath, 'utf8')).toMatch(/katats-init: exec agent/);
+        // Under TCG the agent's node compiles nothing (VmConfig.guestNodeJit auto), and the init
+        // left the startup snapshot, made under other V8 flags, alone.
+        const started = JSON.parse(fs.readFileSync(cfg.agentLogFile!, 'utf8').split('\n').find((l) => l.includes('"agent starting"'))!) as { node_flags: string[] };
+        if (vm.accel === 'tcg') {
+          expect(started.node_flags).toEqual(['--jitless']);
+          expect(fs.readFileSync(cfg.agentLogFile!, 'utf8')).toMatch(/node snapshot not used: node options '--jitless'/);
+        } else expect(started.node_flags).not.toContain('--jitless');
 
         // QEMU dies under us: the driver notices at once and says how.
         const t0 = Date.now();
