@@ -13,6 +13,7 @@ export interface MeasuredFootprint {
   /** the VM shape it was measured with */
   guestMemoryMiB: number;
   tcgTbSizeMiB: number;
+  nodeJit: 'auto' | 'on' | 'off';
   accel: 'TCG' | 'KVM';
   /** the report it comes from */
   source: string;
@@ -20,8 +21,8 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 141.8, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, accel: 'TCG', source: 'bench/results/2026-11-30_density/final/' },
-  cold: { pssMiB: 317.7, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, accel: 'TCG', source: 'bench/results/2026-11-30_density/factory-tb64/' },
+  template: { pssMiB: 100.1, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 32, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/density-d10-tb32/' },
+  cold: { pssMiB: 323.2, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 32, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/factory-tb32/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
@@ -44,6 +45,7 @@ export function podOverhead(config: Pick<KatatsConfig, 'factory' | 'hypervisor'>
   const differs = [
     ...(q.default_memory !== m.guestMemoryMiB ? [`default_memory ${q.default_memory} (measured with ${m.guestMemoryMiB})`] : []),
     ...(q.tcg_tb_size !== m.tcgTbSizeMiB ? [`tcg_tb_size ${q.tcg_tb_size} (measured with ${m.tcgTbSizeMiB})`] : []),
+    ...(q.node_jit !== m.nodeJit ? [`node_jit ${q.node_jit} (measured with ${m.nodeJit})`] : []),
   ];
   const why =
     `${kind === 'template' ? 'a factory clone' : 'a cold-booted VM (the factory is off)'}: ${m.pssMiB} MiB host PSS per idle pod ` +
