@@ -4,7 +4,8 @@
 // clone's too), and a fork+exec per request costs ~0.5 s under TCG; the keeper was forked before
 // the template was saved, so a clone spawns nothing. It also makes the agent's mounts (one mount(2)
 // each instead of a mount(8) process) and the pod's shared namespaces (forked from the keeper, a
-// small process, rather than from node), and forks the runner of each container process (run
+// small process, rather than from node), configures the pod's network through rtnetlink (where
+// busybox's ip was a process per change), and forks the runner of each container process (run
 // mode, reaped by the keeper, which reports each end): what a pod's start needs.
 import { type ChildProcess, spawn } from 'node:child_process';
 import type { Logger } from './log.js';
@@ -109,14 +110,14 @@ export class Keeper {
   }
 
   /** One request, answered in order; resolves with what follows "ok", rejects with the keeper's error text. */
-  private request(line: string, timeoutMs = KEEPER_TIMEOUT_MS): Promise<string> {
+  private request(line: string, timeoutMs = KEEPER_TIMEOUT_MS, code = KEEPER_TIMEOUT, what = line.split(' ')[0]!): Promise<string> {
     const run = async (): Promise<string> => {
       if (this.dead) throw this.dead;
       const answer = new Promise<string>((resolve, reject) => (this.pending = { resolve, reject }));
       this.child.stdin!.write(`${line}\n`);
       const a = await withTimeout(answer, timeoutMs, {
-        code: KEEPER_TIMEOUT,
-        what: `keeper answering ${line.split(' ')[0]}`,
+        code,
+        what: `keeper answering ${what}`,
         onTimeout: () => {
           this.dead = new Error('keeper did not answer in time');
           this.child.kill('SIGKILL');
@@ -128,6 +129,19 @@ export class Keeper {
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => {});
     return p;
+  }
+
+  /**
+   * One operation on a network through rtnetlink (agent/network.ts's KeeperNet): `words` after the
+   * namespace, each a plain word (names, addresses, numbers), in the namespace at `netns` (the
+   * keeper's own when undefined). Resolves with what follows "ok"; rejects with the operation and
+   * the kernel's message.
+   */
+  async net(netns: string | undefined, words: string[], timeoutMs: number, code: string): Promise<string> {
+    if (words.some((w) => !/^[\w.:/-]{1,64}$/.test(w))) throw new Error(`net: ${JSON.stringify(words.join(' '))}: a word the keeper cannot carry`);
+    const line = `net ${netns ? Buffer.from(netns).toString('hex') : '-'} ${words.join(' ')}`;
+    if (line.length > MAX_REQUEST_BYTES) throw new Error(`net: request of ${line.length} bytes, more than the keeper reads`);
+    return (await this.request(line, timeoutMs, code, `net ${words.slice(0, 3).join(' ')}`)).trim();
   }
 
   async setTime(sec: number, usec: number): Promise<void> {

@@ -1,25 +1,31 @@
 // The guest's side of the pod network: UpdateInterface, UpdateRoutes, AddARPNeighbors (Kata's
-// messages) applied with busybox's `ip` and katats-runner's `neigh-add`. Why those and not
-// netlink: node has no AF_NETLINK socket; the guest image carries busybox, whose `ip` applet does
-// interfaces and routes (the words and flags used here are the ones busybox and iproute2 share),
-// but busybox has no `ip neigh add` and its `arp -s` is IPv4 only: neighbours of both families go
-// through the runner's one rtnetlink call. Every request is checked
-// whole before anything changes, so bad input gets a clear error and the sandbox keeps its network.
+// messages). Each change reaches the kernel one of two ways (NetOps): the keeper's rtnetlink
+// requests while a keeper is alive (agent/keeper.ts, katats-runner's "net": no process at all),
+// else a tool per change, busybox's `ip` and the runner's `neigh-add` (node has no AF_NETLINK
+// socket, and busybox has no `ip neigh add`). A pod's ~15 changes cost ~15 node spawns under TCG,
+// most of a second of its start, which is why the keeper does them where it can; the tools stay
+// for a keeper that died and for comparing. Every request is checked whole before anything
+// changes, so bad input gets a clear error and the sandbox keeps its network.
 import fs from 'node:fs';
 import net from 'node:net';
 import type { types } from '../proto/gen/types.js';
 import { runTool } from '../sys/exec.js';
 import { sleep } from '../sys/timeout.js';
-import { invalid, internal, notFound, precondition } from './errors.js';
+import { TtrpcError, invalid, internal, notFound, precondition } from './errors.js';
+import type { Keeper } from './keeper.js';
+import type { Logger } from './log.js';
 
-/** How long one ip/arp call may take. */
+/** How long one ip call or one keeper net request may take. */
 export const NET_TOOL_TIMEOUT_MS = 15_000;
 export const NET_TOOL_TIMEOUT = 'KATATS_AGENT_NET_TOOL_TIMEOUT';
+export const NET_KEEPER_TIMEOUT = 'KATATS_AGENT_NET_KEEPER_TIMEOUT';
 
 /** How the agent reaches its network: the commands (argv prefixes) for ip and for adding a neighbour (DEV ADDRESS LLADDR). */
 export interface NetworkTools {
   ip: string[];
   neigh: string[];
+  /** the network namespace the keeper's rtnetlink requests go to (local mode's --netns); unset: the keeper's own (the guest's) */
+  netns?: string;
   /** the network namespace's /sys/class/net, where a NIC's appearance is seen without a process */
   sysClassNet?: string;
   /** how long UpdateInterface waits for a NIC that is not there yet; default NIC_WAIT_TIMEOUT_MS */
@@ -37,7 +43,7 @@ export const NIC_WAIT_TIMEOUT_MS = 20_000;
 /** Local mode with --netns: the same tools, in a network namespace a test made. */
 export function netnsTools(netns: string, runner: string): NetworkTools {
   const enter = ['nsenter', `--net=${netns}`, '--'];
-  return { ip: [...enter, 'busybox', 'ip'], neigh: [...enter, runner, 'neigh-add'] };
+  return { ip: [...enter, 'busybox', 'ip'], neigh: [...enter, runner, 'neigh-add'], netns };
 }
 
 const IFF_NOARP = 0x80;
@@ -60,12 +66,6 @@ export interface GuestLink {
   flags: string[];
 }
 
-async function tool(cmd: string[], args: string[]): Promise<string> {
-  const r = await runTool(cmd[0]!, [...cmd.slice(1), ...args], { timeoutMs: NET_TOOL_TIMEOUT_MS, timeoutCode: NET_TOOL_TIMEOUT, maxOutputBytes: 1 << 20 });
-  if (r.code !== 0) throw internal(`${cmd.at(-1)!} ${args.join(' ')}: ${(r.stderr || r.stdout).trim() || `exit ${r.code ?? r.signal}`}`);
-  return r.stdout;
-}
-
 /** `ip -o link show`, read: the shape busybox and iproute2 share ("2: eth0@if5: <UP,...> mtu 1500 ... link/ether MAC ..."). */
 export function parseLinks(out: string): GuestLink[] {
   const links: GuestLink[] = [];
@@ -84,6 +84,138 @@ export function parseAddresses(out: string): { cidr: string; scope: string }[] {
     if (m) r.push({ cidr: m[1]!, scope: m[2]! });
   }
   return r;
+}
+
+/** A link change, as `ip link set dev DEV ...` words. */
+type LinkChange = ['up'] | ['down'] | ['name', string] | ['mtu', number] | ['arp', 'on' | 'off'];
+
+/** One route, checked: created or replaced in the main table. */
+interface RouteChange {
+  v: 4 | 6;
+  /** "default" or ADDRESS[/PREFIX] */
+  dest: string;
+  gateway?: string;
+  source?: string;
+  /** rtnetlink's scope number; unset: link without a gateway, else global */
+  scope?: number;
+  mtu?: number;
+  onlink: boolean;
+  dev: string;
+}
+
+/** One change or listing of the network at a time, the way `ip` names them. */
+interface NetOps {
+  links(): Promise<GuestLink[]>;
+  addresses(dev: string): Promise<{ cidr: string; scope: string }[]>;
+  link(dev: string, change: LinkChange): Promise<void>;
+  address(op: 'add' | 'del', cidr: string, dev: string): Promise<void>;
+  route(r: RouteChange): Promise<void>;
+  neighbour(dev: string, address: string, lladdr: string): Promise<void>;
+}
+
+/** A process per change: busybox's ip (local mode: nsenter and the host's busybox) and the runner's neigh-add. */
+class ToolNet implements NetOps {
+  constructor(private readonly tools: NetworkTools) {}
+
+  private async run(cmd: string[], args: string[]): Promise<string> {
+    const r = await runTool(cmd[0]!, [...cmd.slice(1), ...args], { timeoutMs: NET_TOOL_TIMEOUT_MS, timeoutCode: NET_TOOL_TIMEOUT, maxOutputBytes: 1 << 20 });
+    if (r.code !== 0) throw internal(`${cmd.at(-1)!} ${args.join(' ')}: ${(r.stderr || r.stdout).trim() || `exit ${r.code ?? r.signal}`}`);
+    return r.stdout;
+  }
+
+  async links(): Promise<GuestLink[]> {
+    return parseLinks(await this.run(this.tools.ip, ['-o', 'link', 'show']));
+  }
+
+  async addresses(dev: string): Promise<{ cidr: string; scope: string }[]> {
+    return parseAddresses(await this.run(this.tools.ip, ['-o', 'addr', 'show', 'dev', dev]));
+  }
+
+  async link(dev: string, change: LinkChange): Promise<void> {
+    await this.run(this.tools.ip, ['link', 'set', 'dev', dev, ...change.map(String)]);
+  }
+
+  async address(op: 'add' | 'del', cidr: string, dev: string): Promise<void> {
+    await this.run(this.tools.ip, ['addr', op, cidr, 'dev', dev]);
+  }
+
+  async route(r: RouteChange): Promise<void> {
+    const args = ['route', 'replace', r.dest];
+    if (r.gateway) args.push('via', r.gateway);
+    args.push('dev', r.dev);
+    if (r.source) args.push('src', r.source);
+    if (r.scope !== undefined) args.push('scope', SCOPE_NAMES[r.scope]!);
+    if (r.mtu) args.push('mtu', String(r.mtu));
+    if (r.onlink) args.push('onlink');
+    await this.run(this.tools.ip, r.v === 6 ? ['-6', ...args] : args);
+  }
+
+  async neighbour(dev: string, address: string, lladdr: string): Promise<void> {
+    await this.run(this.tools.neigh, [dev, address, lladdr]);
+  }
+}
+
+/** Link flags by the names `ip` shows (only LOOPBACK decides anything here). */
+const LINK_FLAGS: [number, string][] = [
+  [0x1, 'UP'],
+  [0x2, 'BROADCAST'],
+  [0x8, 'LOOPBACK'],
+  [0x10, 'POINTOPOINT'],
+  [0x80, 'NOARP'],
+  [0x1000, 'MULTICAST'],
+  [0x10000, 'LOWER_UP'],
+];
+
+/** The keeper's rtnetlink requests (katats-runner's "net"): no process per change. */
+class KeeperNet implements NetOps {
+  constructor(
+    private readonly keeper: Keeper,
+    private readonly netns: string | undefined,
+  ) {}
+
+  private run(words: string[]): Promise<string> {
+    return this.keeper.net(this.netns, words, NET_TOOL_TIMEOUT_MS, NET_KEEPER_TIMEOUT);
+  }
+
+  async links(): Promise<GuestLink[]> {
+    return parseKeeperLinks(await this.run(['links']));
+  }
+
+  async addresses(dev: string): Promise<{ cidr: string; scope: string }[]> {
+    return (await this.run(['addrs', dev])).split(' ').filter(Boolean).map((item) => {
+      const cut = item.lastIndexOf('/');
+      const scope = Number(item.slice(cut + 1));
+      return { cidr: item.slice(0, cut), scope: SCOPE_NAMES[scope] ?? String(scope) };
+    });
+  }
+
+  async link(dev: string, change: LinkChange): Promise<void> {
+    await this.run(['link', dev, ...change.map(String)]);
+  }
+
+  async address(op: 'add' | 'del', cidr: string, dev: string): Promise<void> {
+    await this.run(['addr', op, cidr, dev]);
+  }
+
+  async route(r: RouteChange): Promise<void> {
+    await this.run(['route', String(r.v), r.dest, r.gateway || '-', r.source || '-', r.scope === undefined ? '-' : String(r.scope), String(r.mtu ?? 0), r.onlink ? '1' : '0', r.dev]);
+  }
+
+  async neighbour(dev: string, address: string, lladdr: string): Promise<void> {
+    await this.run(['neigh', dev, address, lladdr]);
+  }
+}
+
+/** The keeper's link listing: " INDEX/NAME/LLADDR/MTU/FLAGS" per link (flags in hex). */
+export function parseKeeperLinks(out: string): GuestLink[] {
+  return out
+    .split(' ')
+    .filter(Boolean)
+    .map((item) => {
+      const [index, name, mac, mtu, flags] = item.split('/');
+      const bits = parseInt(flags ?? '0', 16);
+      return { index: Number(index), name: name!, mac: mac === '-' ? '' : mac!, mtu: Number(mtu), flags: LINK_FLAGS.filter(([b]) => bits & b).map(([, n]) => n) };
+    });
 }
 
 const isZeroMac = (m: string) => /^(00:){5}00$/.test(m);
@@ -128,10 +260,43 @@ export class GuestNetwork {
   /** MACs of the links UpdateInterface has named: their names are the host's and are not taken away. */
   private readonly configured = new Set<string>();
 
-  constructor(private readonly tools: NetworkTools) {}
+  private readonly byTools: ToolNet;
+  private readonly byKeeper: KeeperNet | undefined;
 
-  async links(): Promise<GuestLink[]> {
-    return parseLinks(await tool(this.tools.ip, ['-o', 'link', 'show']));
+  constructor(
+    private readonly tools: NetworkTools,
+    private readonly keeper?: Keeper,
+    private readonly log?: Logger,
+  ) {
+    this.byTools = new ToolNet(tools);
+    this.byKeeper = keeper && new KeeperNet(keeper, tools.netns);
+  }
+
+  /** Which way the next change goes: the keeper while it lives. */
+  get via(): 'keeper' | 'tools' {
+    return this.byKeeper && this.keeper?.alive ? 'keeper' : 'tools';
+  }
+
+  /**
+   * One operation through the keeper while it lives, else through the tools. A keeper that dies
+   * under the operation leaves it to the tools; the kernel's refusal through a live one is the
+   * answer (the tools would be refused alike).
+   */
+  private async op<T>(f: (o: NetOps) => Promise<T>): Promise<T> {
+    if (this.byKeeper && this.keeper?.alive) {
+      try {
+        return await f(this.byKeeper);
+      } catch (e) {
+        // The keeper's refusal is a plain Error: an internal error naming the operation; a timeout keeps its code.
+        if (this.keeper.alive) throw e instanceof Error && !(e instanceof TtrpcError) && !('code' in e) ? internal(e.message) : e;
+        this.log?.warn({ err: e }, 'the keeper died under a network change: using ip');
+      }
+    }
+    return f(this.byTools);
+  }
+
+  links(): Promise<GuestLink[]> {
+    return this.op((o) => o.links());
   }
 
   /** UpdateInterface: the link with the request's MAC gets its name, MTU, ARP flag and addresses, and goes up. */
@@ -160,18 +325,18 @@ export class GuestNetwork {
       // add a pod's networks in parallel): the NIC holding the name is one the host has not named
       // yet, so it steps aside under a name of its own until its UpdateInterface comes.
       const aside = `ktaside${holder.index}`;
-      await tool(this.tools.ip, ['link', 'set', 'dev', holder.name, 'down']);
-      await tool(this.tools.ip, ['link', 'set', 'dev', holder.name, 'name', aside]);
+      await this.op((o) => o.link(holder.name, ['down']));
+      await this.op((o) => o.link(holder.name, ['name', aside]));
     }
     // Down while renamed (the kernel refuses to rename a running link), then set and up.
-    await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'down']);
-    if (name !== link.name) await tool(this.tools.ip, ['link', 'set', 'dev', link.name, 'name', name]);
-    if (iface.mtu) await tool(this.tools.ip, ['link', 'set', 'dev', name, 'mtu', String(iface.mtu)]);
-    await tool(this.tools.ip, ['link', 'set', 'dev', name, 'arp', iface.raw_flags & IFF_NOARP ? 'off' : 'on']);
-    const have = parseAddresses(await tool(this.tools.ip, ['-o', 'addr', 'show', 'dev', name])).filter((a) => a.scope === 'global');
-    for (const a of have) if (!wanted.includes(a.cidr)) await tool(this.tools.ip, ['addr', 'del', a.cidr, 'dev', name]);
-    for (const a of wanted) if (!have.some((h) => h.cidr === a)) await tool(this.tools.ip, ['addr', 'add', a, 'dev', name]);
-    await tool(this.tools.ip, ['link', 'set', 'dev', name, 'up']);
+    await this.op((o) => o.link(link.name, ['down']));
+    if (name !== link.name) await this.op((o) => o.link(link.name, ['name', name]));
+    if (iface.mtu) await this.op((o) => o.link(name, ['mtu', iface.mtu]));
+    await this.op((o) => o.link(name, ['arp', iface.raw_flags & IFF_NOARP ? 'off' : 'on']));
+    const have = (await this.op((o) => o.addresses(name))).filter((a) => a.scope === 'global');
+    for (const a of have) if (!wanted.includes(a.cidr)) await this.op((o) => o.address('del', a.cidr, name));
+    for (const a of wanted) if (!have.some((h) => h.cidr === a)) await this.op((o) => o.address('add', a, name));
+    await this.op((o) => o.link(name, ['up']));
     this.configured.add(mac);
     return { ...iface, name, device: name, hwAddr: mac };
   }
@@ -206,33 +371,28 @@ export class GuestNetwork {
   async updateRoutes(routes: types.Route[]): Promise<types.Route[]> {
     if (routes.length > MAX_ROUTES) throw invalid(`UpdateRoutes: ${routes.length} routes (at most ${MAX_ROUTES})`);
     const names = new Set((await this.links()).map((l) => l.name));
-    const cmds = routes.map((r, i) => {
+    const cmds = routes.map((r, i): RouteChange => {
       const what = `route ${i} (${r.dest || 'default'})`;
       const dev = checkName(r.device, `${what} device`);
       if (!names.has(dev)) throw notFound(`${what}: device ${dev}`);
       const dest = checkDest(r.dest, what);
       let v = dest.v ?? (r.family === 1 ? 6 : 4);
-      const args = ['route', 'replace', dest.arg];
-      if (r.gateway) {
-        v = checkIp(r.gateway, r.family, `${what} gateway`);
-        args.push('via', r.gateway);
-      }
-      args.push('dev', dev);
-      if (r.source) {
-        checkIp(r.source, r.family, `${what} source`);
-        args.push('src', r.source);
-      }
-      if (r.scope) {
-        const s = SCOPE_NAMES[r.scope];
-        if (!s) throw invalid(`${what}: scope ${r.scope} is not global, site, link or host`);
-        args.push('scope', s);
-      }
-      if (r.mtu) args.push('mtu', String(r.mtu));
+      if (r.gateway) v = checkIp(r.gateway, r.family, `${what} gateway`);
+      if (r.source) checkIp(r.source, r.family, `${what} source`);
+      if (r.scope && !SCOPE_NAMES[r.scope]) throw invalid(`${what}: scope ${r.scope} is not global, site, link or host`);
       if (r.flags & ~RTNH_F_ONLINK) throw invalid(`${what}: flags 0x${r.flags.toString(16)}: only onlink (0x4) is supported`);
-      if (r.flags & RTNH_F_ONLINK) args.push('onlink');
-      return { gw: !!r.gateway, args: v === 6 ? ['-6', ...args] : args };
+      return {
+        v,
+        dest: dest.arg,
+        dev,
+        onlink: !!(r.flags & RTNH_F_ONLINK),
+        ...(r.gateway ? { gateway: r.gateway } : {}),
+        ...(r.source ? { source: r.source } : {}),
+        ...(r.scope ? { scope: r.scope } : {}),
+        ...(r.mtu ? { mtu: r.mtu } : {}),
+      };
     });
-    for (const c of [...cmds.filter((c) => !c.gw), ...cmds.filter((c) => c.gw)]) await tool(this.tools.ip, c.args);
+    for (const c of [...cmds.filter((c) => !c.gateway), ...cmds.filter((c) => c.gateway)]) await this.op((o) => o.route(c));
     return routes;
   }
 
@@ -248,9 +408,9 @@ export class GuestNetwork {
       const dev = checkName(n.device, `${what} device`);
       if (!names.has(dev)) throw notFound(`${what}: device ${dev}`);
       if (n.state && !(n.state & NUD_PERMANENT)) throw invalid(`${what}: state 0x${n.state.toString(16)}: only permanent neighbours are added`);
-      return [dev, to, mac];
+      return { dev, to, mac };
     });
-    for (const c of cmds) await tool(this.tools.neigh, c);
+    for (const c of cmds) await this.op((o) => o.neighbour(c.dev, c.to, c.mac));
   }
 }
 

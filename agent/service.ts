@@ -48,7 +48,7 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     warn: (...a: Parameters<Sandbox['log']['warn']>) => sb.log.warn(...a),
   };
   const proc = (cid: string, eid: string) => sb.container(cid).process(eid);
-  const network = sb.config.network ? new GuestNetwork(sb.config.network) : undefined;
+  const network = sb.config.network ? new GuestNetwork(sb.config.network, sb.config.keeper, sb.config.log) : undefined;
 
   return {
     // ---- sandbox

@@ -55,12 +55,15 @@
  *                                           ERRFILE, answered "ok PID"; "exec OUTFILE ERRFILE ARG..."
  *                                           the exec mode likewise, its output in the files; "crun
  *                                           NAME" a sealed memfd copy of crun that every command of
- *                                           theirs named NAME then runs from (--crun-fd); the
- *                                           keeper reaps its children
+ *                                           theirs named NAME then runs from (--crun-fd); "net NS OP
+ *                                           ..." the pod network through rtnetlink (links and
+ *                                           addresses listed, link/addr/route/neigh changes as `ip`
+ *                                           makes them; see keeper_net); the keeper reaps its children
  *                                           and reports each as "exited PID WAITSTATUS", a line that
  *                                           may come between answers. A VM restored from a template
  *                                           needs the first two at once, a pod start mounts its
- *                                           storages and starts runners, and a fork+exec from node
+ *                                           storages, configures its network and starts runners,
+ *                                           and a fork+exec from node
  *                                           costs ~0.5 s under TCG.
  *   init    -- PROG ARGS                    the guest's PID 1: runs PROG (node with the agent) as its
  *                                           child, reaps every orphan the kernel hands to PID 1 (node
@@ -746,7 +749,19 @@ static int mode_verity_close(int argc, char **argv) {
   return 0;
 }
 
-/* ---------------------------------------------------------------- neigh-add */
+/* ---------------------------------------------------------------- rtnetlink */
+
+/* The pod network's changes and listings through rtnetlink: the keeper's "net" requests and the
+ * neigh-add mode. The guest's busybox `ip` did them, one fork+exec from node per change (tens of ms
+ * each under TCG, ~15 per pod); node has no netlink socket. A failure is named as `ip` would name
+ * the operation, with the kernel's errno text and its extended-ack message when it gives one. */
+
+#define NET_ERR 512
+/* An answer line's bound (the agent's is 4096): links and addresses beyond it are an error. */
+#define NET_ANSWER_MAX 3900
+static unsigned net_seq;
+/* One dump's reads: a guest has a handful of links. */
+static _Alignas(struct nlmsghdr) char net_buf[65536];
 
 /* Appends an attribute to the message in `buf` (`room` bytes). */
 static void nl_attr(char *buf, size_t room, unsigned short type, const void *data, size_t len) {
@@ -759,48 +774,379 @@ static void nl_attr(char *buf, size_t room, unsigned short type, const void *dat
   n->nlmsg_len = at + RTA_SPACE(len);
 }
 
-static int mode_neigh_add(int argc, char **argv) {
-  if (argc != 3) { fprintf(stderr, "usage: katats-runner neigh-add DEV ADDRESS LLADDR\n"); return 2; }
-  unsigned char addr[16], mac[6];
-  int family, alen;
-  if (inet_pton(AF_INET, argv[1], addr) == 1) { family = AF_INET; alen = 4; }
-  else if (inet_pton(AF_INET6, argv[1], addr) == 1) { family = AF_INET6; alen = 16; }
-  else { fprintf(stderr, "neigh-add: %s is not an IP address\n", argv[1]); return 2; }
-  char extra;
-  if (sscanf(argv[2], "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx%c", &mac[0], &mac[1], &mac[2], &mac[3], &mac[4], &mac[5], &extra) != 6) {
-    fprintf(stderr, "neigh-add: %s is not a MAC address\n", argv[2]);
-    return 2;
+static int net_fail(char *err, const char *what, int errnum, const char *detail) {
+  snprintf(err, NET_ERR, "%s: %s%s%s%s", what, strerror(errnum), detail ? " (" : "", detail ? detail : "", detail ? ")" : "");
+  for (char *c = err; *c; c++) if (*c == '\n' || *c == '\r') *c = ' ';
+  return -1;
+}
+
+/* A rtnetlink socket, in the network namespace at `ns` when given (local mode: a test's), else
+ * the keeper's own (the guest's). A socket stays in the namespace it was made in, so the keeper
+ * goes there for the socket() only. */
+static int net_open(const char *ns, char *err) {
+  int fd;
+  if (!ns) {
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  } else {
+    int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (self < 0) return net_fail(err, "open /proc/self/ns/net", errno, NULL);
+    int there = open(ns, O_RDONLY | O_CLOEXEC);
+    if (there < 0 || setns(there, CLONE_NEWNET) < 0) {
+      int e = errno;
+      close(self);
+      if (there >= 0) close(there);
+      snprintf(err, NET_ERR, "network namespace %s: %s", ns, strerror(e));
+      return -1;
+    }
+    close(there);
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    int e = errno;
+    /* Never serve on from a namespace not the keeper's own: its mounts and runners live there. */
+    if (setns(self, CLONE_NEWNET) < 0) { fprintf(stderr, "katats-runner: back to its network namespace: %s\n", strerror(errno)); _exit(1); }
+    close(self);
+    errno = e;
   }
-  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  if (fd < 0) { fprintf(stderr, "neigh-add: netlink socket: %s\n", strerror(errno)); return 1; }
-  struct ifreq ifr = { 0 };
-  if (strlen(argv[0]) >= IFNAMSIZ) { fprintf(stderr, "neigh-add: %s: name too long\n", argv[0]); return 2; }
-  strcpy(ifr.ifr_name, argv[0]);
-  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) { fprintf(stderr, "neigh-add: device %s: %s\n", argv[0], strerror(errno)); return 1; }
+  if (fd < 0) return net_fail(err, "netlink socket", errno, NULL);
+  int one = 1;
+  /* Best effort: without them an error is its errno only. */
+  setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+  setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
+  /* The agent's timeout kills a keeper that stops answering; a kernel that never answers should not come to that. */
+  struct timeval tv = { .tv_sec = 5 };
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+/* The kernel's extended-ack message in an error answer, or NULL. */
+static const char *nl_ext_msg(struct nlmsghdr *h) {
+  if (!(h->nlmsg_flags & NLM_F_ACK_TLVS)) return NULL;
+  struct nlmsgerr *e = NLMSG_DATA(h);
+  size_t off = sizeof *e;
+  if (!(h->nlmsg_flags & NLM_F_CAPPED)) off += e->msg.nlmsg_len - NLMSG_HDRLEN;
+  char *p = (char *)NLMSG_DATA(h) + NLMSG_ALIGN(off), *end = (char *)h + h->nlmsg_len;
+  while (p + NLA_HDRLEN <= end) {
+    struct nlattr *a = (struct nlattr *)p;
+    if (a->nla_len < NLA_HDRLEN || p + a->nla_len > end) break;
+    if ((a->nla_type & NLA_TYPE_MASK) == NLMSGERR_ATTR_MSG && a->nla_len > NLA_HDRLEN && p[a->nla_len - 1] == 0) return p + NLA_HDRLEN;
+    p += NLA_ALIGN(a->nla_len);
+  }
+  return NULL;
+}
+
+static int nl_send(int fd, struct nlmsghdr *n, const char *what, char *err) {
+  n->nlmsg_seq = ++net_seq;
+  struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+  ssize_t r;
+  do r = sendto(fd, n, n->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel); while (r < 0 && errno == EINTR);
+  return r < 0 ? net_fail(err, what, errno, "send") : 0;
+}
+
+/* Reads the kernel's answers to the request numbered `seq`: each message to `each` (a dump's),
+ * until its ack or the dump's end. 0, or -1 with the error in err. */
+static int nl_answers(int fd, unsigned seq, void (*each)(struct nlmsghdr *, void *), void *ctx, const char *what, char *err) {
+  for (int reads = 0; reads < 4096; reads++) {
+    ssize_t got;
+    do got = recv(fd, net_buf, sizeof net_buf, 0); while (got < 0 && errno == EINTR);
+    if (got < 0) return net_fail(err, what, errno == EAGAIN ? ETIMEDOUT : errno, "waiting for the kernel's answer");
+    int len = (int)got;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)net_buf; NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_seq != seq) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nlmsgerr))) return net_fail(err, what, EPROTO, "short answer");
+        int e = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+        return e ? net_fail(err, what, -e, nl_ext_msg(h)) : 0;
+      }
+      if (h->nlmsg_type == NLMSG_DONE) {
+        int e = h->nlmsg_len >= NLMSG_LENGTH(sizeof(int)) ? *(int *)NLMSG_DATA(h) : 0;
+        return e < 0 ? net_fail(err, what, -e, NULL) : 0;
+      }
+      if (each) each(h, ctx);
+    }
+  }
+  return net_fail(err, what, EMSGSIZE, "the kernel's answer did not end");
+}
+
+/* One change: 0 when the kernel acknowledged it. */
+static int nl_change(int fd, struct nlmsghdr *n, const char *what, char *err) {
+  n->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+  if (nl_send(fd, n, what, err) < 0) return -1;
+  return nl_answers(fd, n->nlmsg_seq, NULL, NULL, what, err);
+}
+
+/* A dump of links (RTM_GETLINK) or addresses (RTM_GETADDR), each message to `each`. */
+static int nl_dump(int fd, int type, void (*each)(struct nlmsghdr *, void *), void *ctx, const char *what, char *err) {
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifinfomsg))];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(type == RTM_GETLINK ? sizeof(struct ifinfomsg) : sizeof(struct ifaddrmsg));
+  n->nlmsg_type = type;
+  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  if (nl_send(fd, n, what, err) < 0) return -1;
+  return nl_answers(fd, n->nlmsg_seq, each, ctx, what, err);
+}
+
+static int net_index(int fd, const char *dev, const char *what, char *err) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  if (strlen(dev) >= IFNAMSIZ) return net_fail(err, what, ENAMETOOLONG, NULL);
+  strcpy(ifr.ifr_name, dev);
+  /* On the netlink socket: asks the namespace the socket was made in. */
+  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) return net_fail(err, what, errno, NULL);
+  return ifr.ifr_ifindex;
+}
+
+/* An IPv4 or IPv6 address of `family` (0: either); its length, or -1. */
+static int net_pton(const char *s, int *family, unsigned char *out) {
+  if (*family != AF_INET6 && inet_pton(AF_INET, s, out) == 1) { *family = AF_INET; return 4; }
+  if (*family != AF_INET && inet_pton(AF_INET6, s, out) == 1) { *family = AF_INET6; return 16; }
+  return -1;
+}
+
+/* ADDR/PREFIX (ADDR alone: the whole length) of `family` (0: either). The address's length, or -1. */
+static int net_cidr(char *s, int *family, unsigned char *out, unsigned *prefix) {
+  char *slash = strchr(s, '/');
+  if (slash) *slash = 0;
+  int alen = net_pton(s, family, out);
+  if (slash) *slash = '/';
+  if (alen < 0) return -1;
+  *prefix = (unsigned)alen * 8;
+  if (slash) {
+    char *end;
+    errno = 0;
+    unsigned long p = strtoul(slash + 1, &end, 10);
+    if (errno || *end || end == slash + 1 || p > (unsigned long)alen * 8) return -1;
+    *prefix = (unsigned)p;
+  }
+  return alen;
+}
+
+static int net_mac(const char *s, unsigned char mac[6]) {
+  char extra;
+  return sscanf(s, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx%c", &mac[0], &mac[1], &mac[2], &mac[3], &mac[4], &mac[5], &extra) == 6 ? 0 : -1;
+}
+
+/* A permanent neighbour (IPv4 or IPv6) on dev, created or replaced. */
+static int net_neigh(int fd, const char *dev, const char *addr, const char *lladdr, char *err) {
+  char what[160];
+  snprintf(what, sizeof what, "neigh replace %s lladdr %s dev %s nud permanent", addr, lladdr, dev);
+  unsigned char a[16], mac[6];
+  int family = 0, alen = net_pton(addr, &family, a);
+  if (alen < 0) return net_fail(err, what, EINVAL, "not an IP address");
+  if (net_mac(lladdr, mac) < 0) return net_fail(err, what, EINVAL, "not a MAC address");
+  int index = net_index(fd, dev, what, err);
+  if (index < 0) return -1;
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ndmsg)) + 2 * RTA_SPACE(16)];
   memset(req, 0, sizeof req);
   struct nlmsghdr *n = (struct nlmsghdr *)req;
   n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
   n->nlmsg_type = RTM_NEWNEIGH;
-  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-  n->nlmsg_seq = 1;
+  n->nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE;
   struct ndmsg *nd = NLMSG_DATA(n);
   nd->ndm_family = family;
-  nd->ndm_ifindex = ifr.ifr_ifindex;
+  nd->ndm_ifindex = index;
   nd->ndm_state = NUD_PERMANENT;
-  nl_attr(req, sizeof req, NDA_DST, addr, alen);
+  nl_attr(req, sizeof req, NDA_DST, a, alen);
   nl_attr(req, sizeof req, NDA_LLADDR, mac, sizeof mac);
-  struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-  if (sendto(fd, req, n->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) { fprintf(stderr, "neigh-add: send: %s\n", strerror(errno)); return 1; }
-  char buf[4096];
-  ssize_t got;
-  do got = recv(fd, buf, sizeof buf, 0); while (got < 0 && errno == EINTR);
-  if (got < (ssize_t)NLMSG_LENGTH(sizeof(struct nlmsgerr))) { fprintf(stderr, "neigh-add: no answer from the kernel\n"); return 1; }
-  struct nlmsghdr *h = (struct nlmsghdr *)buf;
-  if (h->nlmsg_type != NLMSG_ERROR) { fprintf(stderr, "neigh-add: unexpected answer type %u\n", h->nlmsg_type); return 1; }
-  int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
-  if (err) { fprintf(stderr, "neigh-add %s %s on %s: %s\n", argv[1], argv[2], argv[0], strerror(-err)); return 1; }
+  return nl_change(fd, n, what, err);
+}
+
+static int mode_neigh_add(int argc, char **argv) {
+  if (argc != 3) { fprintf(stderr, "usage: katats-runner neigh-add DEV ADDRESS LLADDR\n"); return 2; }
+  char err[NET_ERR];
+  int fd = net_open(NULL, err);
+  if (fd < 0 || net_neigh(fd, argv[0], argv[1], argv[2], err) < 0) { fprintf(stderr, "%s\n", err); return 1; }
   return 0;
+}
+
+/* An answer line being built: " ITEM" after " ITEM", bounded. */
+struct net_out {
+  char text[NET_ANSWER_MAX];
+  size_t len;
+  int over;
+  int index;
+};
+
+static void net_put(struct net_out *o, const char *fmt, ...) {
+  if (o->over) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(o->text + o->len, sizeof o->text - o->len, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= sizeof o->text - o->len) o->over = 1;
+  else o->len += (size_t)n;
+}
+
+/* " INDEX/NAME/LLADDR/MTU/FLAGS" per link: the kernel refuses '/' and spaces in a link's name. */
+static void net_link_item(struct nlmsghdr *h, void *ctx) {
+  struct net_out *o = ctx;
+  if (h->nlmsg_type != RTM_NEWLINK || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg))) return;
+  struct ifinfomsg *ifi = NLMSG_DATA(h);
+  const char *name = NULL;
+  const unsigned char *ll = NULL;
+  unsigned lllen = 0, mtu = 0;
+  int len = IFLA_PAYLOAD(h);
+  for (struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+    unsigned plen = RTA_PAYLOAD(a);
+    if (a->rta_type == IFLA_IFNAME && plen && ((char *)RTA_DATA(a))[plen - 1] == 0) name = RTA_DATA(a);
+    else if (a->rta_type == IFLA_ADDRESS && plen <= 32) { ll = RTA_DATA(a); lllen = plen; }
+    else if (a->rta_type == IFLA_MTU && plen >= 4) memcpy(&mtu, RTA_DATA(a), 4);
+  }
+  if (!name) return;
+  net_put(o, " %d/%s/", ifi->ifi_index, name);
+  if (!lllen) net_put(o, "-");
+  for (unsigned i = 0; i < lllen; i++) net_put(o, i ? ":%02x" : "%02x", ll[i]);
+  net_put(o, "/%u/%x", mtu, ifi->ifi_flags);
+}
+
+/* " ADDR/PREFIX/SCOPE" per address of the link o->index. */
+static void net_addr_item(struct nlmsghdr *h, void *ctx) {
+  struct net_out *o = ctx;
+  if (h->nlmsg_type != RTM_NEWADDR || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifaddrmsg))) return;
+  struct ifaddrmsg *ifa = NLMSG_DATA(h);
+  if ((int)ifa->ifa_index != o->index || (ifa->ifa_family != AF_INET && ifa->ifa_family != AF_INET6)) return;
+  const void *local = NULL, *address = NULL;
+  unsigned want = ifa->ifa_family == AF_INET ? 4 : 16;
+  int len = IFA_PAYLOAD(h);
+  for (struct rtattr *a = IFA_RTA(ifa); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+    if (RTA_PAYLOAD(a) != want) continue;
+    if (a->rta_type == IFA_LOCAL) local = RTA_DATA(a);
+    else if (a->rta_type == IFA_ADDRESS) address = RTA_DATA(a);
+  }
+  /* IFA_LOCAL is the interface's own (IFA_ADDRESS a peer's, on a point-to-point link); IPv6 has IFA_ADDRESS only. */
+  const void *own = local ? local : address;
+  char text[INET6_ADDRSTRLEN];
+  if (!own || !inet_ntop(ifa->ifa_family, own, text, sizeof text)) return;
+  net_put(o, " %s/%u/%u", text, ifa->ifa_prefixlen, ifa->ifa_scope);
+}
+
+/* link DEV up|down|arp on|off|mtu N|name NEW: one RTM_NEWLINK, as `ip link set dev DEV ...`. */
+static int net_link(int fd, char **w, int nw, char *err) {
+  char what[160];
+  snprintf(what, sizeof what, "link set dev %s %s%s%s", w[0], nw > 1 ? w[1] : "", nw > 2 ? " " : "", nw > 2 ? w[2] : "");
+  if (nw < 2 || nw > 3) return net_fail(err, what, EINVAL, "wants DEV up|down|arp on|off|mtu N|name NEW");
+  int index = net_index(fd, w[0], what, err);
+  if (index < 0) return -1;
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifinfomsg)) + RTA_SPACE(IFNAMSIZ)];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+  n->nlmsg_type = RTM_NEWLINK;
+  struct ifinfomsg *ifi = NLMSG_DATA(n);
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = index;
+  if (nw == 2 && !strcmp(w[1], "up")) { ifi->ifi_change = IFF_UP; ifi->ifi_flags = IFF_UP; }
+  else if (nw == 2 && !strcmp(w[1], "down")) { ifi->ifi_change = IFF_UP; }
+  else if (nw == 3 && !strcmp(w[1], "arp") && (!strcmp(w[2], "on") || !strcmp(w[2], "off"))) {
+    ifi->ifi_change = IFF_NOARP;
+    ifi->ifi_flags = strcmp(w[2], "on") ? IFF_NOARP : 0;
+  } else if (nw == 3 && !strcmp(w[1], "mtu")) {
+    char *end;
+    errno = 0;
+    unsigned long mtu = strtoul(w[2], &end, 10);
+    if (errno || *end || !*w[2] || mtu > 65535) return net_fail(err, what, EINVAL, "MTU");
+    uint32_t m = (uint32_t)mtu;
+    nl_attr(req, sizeof req, IFLA_MTU, &m, sizeof m);
+  } else if (nw == 3 && !strcmp(w[1], "name")) {
+    if (strlen(w[2]) >= IFNAMSIZ) return net_fail(err, what, ENAMETOOLONG, NULL);
+    nl_attr(req, sizeof req, IFLA_IFNAME, w[2], strlen(w[2]) + 1);
+  } else {
+    return net_fail(err, what, EINVAL, "wants DEV up|down|arp on|off|mtu N|name NEW");
+  }
+  return nl_change(fd, n, what, err);
+}
+
+/* addr add|del ADDR/PREFIX DEV, as `ip addr add|del ADDR/PREFIX dev DEV`. */
+static int net_addr(int fd, char **w, int nw, char *err) {
+  char what[160];
+  snprintf(what, sizeof what, "addr %s %s dev %s", nw > 0 ? w[0] : "", nw > 1 ? w[1] : "", nw > 2 ? w[2] : "");
+  if (nw != 3 || (strcmp(w[0], "add") && strcmp(w[0], "del"))) return net_fail(err, what, EINVAL, "wants add|del ADDR/PREFIX DEV");
+  unsigned char a[16];
+  unsigned prefix;
+  int family = 0, alen = net_cidr(w[1], &family, a, &prefix);
+  if (alen < 0) return net_fail(err, what, EINVAL, "not ADDRESS/PREFIX");
+  int index = net_index(fd, w[2], what, err);
+  if (index < 0) return -1;
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifaddrmsg)) + 2 * RTA_SPACE(16)];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+  int add = !strcmp(w[0], "add");
+  n->nlmsg_type = add ? RTM_NEWADDR : RTM_DELADDR;
+  n->nlmsg_flags = add ? NLM_F_CREATE | NLM_F_EXCL : 0;
+  struct ifaddrmsg *ifa = NLMSG_DATA(n);
+  ifa->ifa_family = family;
+  ifa->ifa_prefixlen = prefix;
+  ifa->ifa_index = index;
+  /* `ip`'s default scope: host for IPv4 loopback addresses, else global. */
+  ifa->ifa_scope = family == AF_INET && a[0] == 127 ? RT_SCOPE_HOST : RT_SCOPE_UNIVERSE;
+  nl_attr(req, sizeof req, IFA_LOCAL, a, alen);
+  nl_attr(req, sizeof req, IFA_ADDRESS, a, alen);
+  return nl_change(fd, n, what, err);
+}
+
+/* route 4|6 DEST|default GATEWAY|- SOURCE|- SCOPE|- MTU ONLINK(0|1) DEV: one route in the main
+ * table, created or replaced, as `ip route replace`. Without a scope: link for a route without a
+ * gateway, else global (`ip`'s default). */
+static int net_route(int fd, char **w, int nw, char *err) {
+  char what[320];
+  if (nw != 8) return net_fail(err, "route replace", EINVAL, "wants 4|6 DEST GATEWAY SOURCE SCOPE MTU ONLINK DEV");
+  snprintf(what, sizeof what, "route replace %s%s%s%s%s dev %s", w[1], strcmp(w[2], "-") ? " via " : "", strcmp(w[2], "-") ? w[2] : "", strcmp(w[3], "-") ? " src " : "", strcmp(w[3], "-") ? w[3] : "", w[7]);
+  int family = !strcmp(w[0], "6") ? AF_INET6 : !strcmp(w[0], "4") ? AF_INET : -1;
+  if (family < 0) return net_fail(err, what, EINVAL, "family");
+  unsigned char dst[16], gw[16], src[16];
+  unsigned prefix = 0;
+  int alen = family == AF_INET ? 4 : 16, gwlen = 0, srclen = 0;
+  if (strcmp(w[1], "default") && net_cidr(w[1], &family, dst, &prefix) != alen) return net_fail(err, what, EINVAL, "destination");
+  if (strcmp(w[2], "-")) {
+    /* An IPv6 route may go through an IPv4 gateway (RFC 5549), as `ip` allows; the kernel decides. */
+    int gfam = 0;
+    if ((gwlen = net_pton(w[2], &gfam, gw)) < 0) return net_fail(err, what, EINVAL, "gateway");
+    if (gfam != family) return net_fail(err, what, EINVAL, "the gateway's family is not the route's");
+  }
+  if (strcmp(w[3], "-") && (srclen = net_pton(w[3], &family, src)) != alen) return net_fail(err, what, EINVAL, "source");
+  char *end;
+  unsigned long scope = gwlen ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK, mtu;
+  if (strcmp(w[4], "-")) {
+    errno = 0;
+    scope = strtoul(w[4], &end, 10);
+    if (errno || *end || scope > 255) return net_fail(err, what, EINVAL, "scope");
+  }
+  errno = 0;
+  mtu = strtoul(w[5], &end, 10);
+  if (errno || *end || mtu > 65535) return net_fail(err, what, EINVAL, "MTU");
+  if (strcmp(w[6], "0") && strcmp(w[6], "1")) return net_fail(err, what, EINVAL, "onlink");
+  int index = net_index(fd, w[7], what, err);
+  if (index < 0) return -1;
+  _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct rtmsg)) + 4 * RTA_SPACE(16) + RTA_SPACE(RTA_SPACE(4))];
+  memset(req, 0, sizeof req);
+  struct nlmsghdr *n = (struct nlmsghdr *)req;
+  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+  n->nlmsg_type = RTM_NEWROUTE;
+  n->nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE;
+  struct rtmsg *rt = NLMSG_DATA(n);
+  rt->rtm_family = family;
+  rt->rtm_dst_len = prefix;
+  rt->rtm_table = RT_TABLE_MAIN;
+  rt->rtm_protocol = RTPROT_BOOT;
+  rt->rtm_scope = (unsigned char)scope;
+  rt->rtm_type = RTN_UNICAST;
+  rt->rtm_flags = !strcmp(w[6], "1") ? RTNH_F_ONLINK : 0;
+  if (prefix) nl_attr(req, sizeof req, RTA_DST, dst, alen);
+  if (gwlen) nl_attr(req, sizeof req, RTA_GATEWAY, gw, gwlen);
+  if (srclen) nl_attr(req, sizeof req, RTA_PREFSRC, src, srclen);
+  uint32_t oif = (uint32_t)index;
+  nl_attr(req, sizeof req, RTA_OIF, &oif, sizeof oif);
+  if (mtu) {
+    /* RTA_METRICS nests RTAX_MTU. */
+    _Alignas(struct rtattr) char m[RTA_SPACE(4)];
+    struct rtattr *x = (struct rtattr *)m;
+    x->rta_type = RTAX_MTU;
+    x->rta_len = RTA_LENGTH(4);
+    uint32_t v = (uint32_t)mtu;
+    memcpy(RTA_DATA(x), &v, 4);
+    nl_attr(req, sizeof req, RTA_METRICS, m, sizeof m);
+  }
+  return nl_change(fd, n, what, err);
 }
 
 /* ---------------------------------------------------------------- tap-exec */
@@ -1127,6 +1473,56 @@ static void keeper_fork(char *args, int exec_mode) {
   printf("ok %d\n", (int)pid);
 }
 
+/* net NS OP ARGS...: the pod network through rtnetlink (see the rtnetlink section), in the
+ * network namespace at NS (hex; "-": the keeper's own). OP: "links" answers "ok" and
+ * " INDEX/NAME/LLADDR/MTU/FLAGS" per link; "addrs DEV" " ADDR/PREFIX/SCOPE" per address; "link",
+ * "addr", "route", "neigh" one change each, answered "ok". */
+static void keeper_net(char *args) {
+  static char nsbuf[KEEPER_LINE / 2];
+  char *w[12], *ns, err[NET_ERR];
+  int nw = 0;
+  char *save = NULL;
+  for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+    if (nw == 12) { printf("error net: too many words\n"); return; }
+    w[nw++] = t;
+  }
+  if (nw < 2) { printf("error net wants NS OP ARGS...\n"); return; }
+  if (keeper_unhex(w[0], nsbuf, sizeof nsbuf, &ns) < 0) { printf("error net: bad hex\n"); return; }
+  const char *op = w[1];
+  char **rest = w + 2;
+  int nrest = nw - 2;
+  if (strcmp(op, "links") && strcmp(op, "addrs") && strcmp(op, "link") && strcmp(op, "addr") && strcmp(op, "route") && strcmp(op, "neigh")) {
+    printf("error net: unknown operation %s\n", op);
+    return;
+  }
+  int fd = net_open(ns, err);
+  if (fd < 0) { printf("error %s\n", err); return; }
+  static struct net_out out;
+  memset(&out, 0, sizeof out);
+  int r;
+  if (!strcmp(op, "links")) {
+    r = nrest ? net_fail(err, "link show", EINVAL, "takes no arguments") : nl_dump(fd, RTM_GETLINK, net_link_item, &out, "link show", err);
+    if (!r && out.over) r = net_fail(err, "link show", EMSGSIZE, "more links than an answer carries");
+  } else if (!strcmp(op, "addrs")) {
+    char what[64];
+    snprintf(what, sizeof what, "addr show dev %s", nrest == 1 ? rest[0] : "?");
+    r = nrest != 1 ? net_fail(err, what, EINVAL, "wants DEV") : (out.index = net_index(fd, rest[0], what, err));
+    if (r >= 0) r = nl_dump(fd, RTM_GETADDR, net_addr_item, &out, what, err);
+    if (!r && out.over) r = net_fail(err, what, EMSGSIZE, "more addresses than an answer carries");
+  } else if (!strcmp(op, "link")) {
+    r = net_link(fd, rest, nrest, err);
+  } else if (!strcmp(op, "addr")) {
+    r = net_addr(fd, rest, nrest, err);
+  } else if (!strcmp(op, "route")) {
+    r = net_route(fd, rest, nrest, err);
+  } else {
+    r = nrest != 3 ? net_fail(err, "neigh replace", EINVAL, "wants DEV ADDRESS LLADDR") : net_neigh(fd, rest[0], rest[1], rest[2], err);
+  }
+  close(fd);
+  if (r < 0) printf("error %s\n", err);
+  else printf("ok%s\n", out.text);
+}
+
 /* One request line (without its newline), answered with one line on stdout. */
 static void keeper_request(char *line) {
   long long sec; long usec; char extra;
@@ -1147,6 +1543,8 @@ static void keeper_request(char *line) {
     keeper_fork(line + 5, 1);
   } else if (!strncmp(line, "crun ", 5)) {
     keeper_crun(line + 5);
+  } else if (!strncmp(line, "net ", 4)) {
+    keeper_net(line + 4);
   } else {
     printf("error unknown request\n");
   }

@@ -1,23 +1,44 @@
 // The agent's network requests against a real kernel: a local agent configures a network
-// namespace this test makes (a veth whose peer stays outside, busybox's ip and arp as in the
-// guest), and what the kernel then holds is read back with iproute2. Bad input (lo, the zero MAC,
-// an unknown device) gets a clear error and leaves the namespace's network as it was.
+// namespace this test makes (a veth whose peer stays outside), and what the kernel then holds is
+// read back with iproute2. Twice: through the agent's keeper (rtnetlink, no process; the tools
+// it is given fail, so nothing may go through them) and, with the keeper dead, through busybox's
+// ip and the runner's neigh-add as before. Bad input (lo, the zero MAC, an unknown device) gets a
+// clear error and leaves the namespace's network as it was; the kernel's refusal names the
+// operation and the agent serves on.
 import { execFileSync } from 'node:child_process';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../../proto/ttrpc/index.js';
 import type { types } from '../../proto/gen/types.js';
-import { netnsTools } from '../../agent/network.js';
+import { Keeper } from '../../agent/keeper.js';
+import { NET_KEEPER_TIMEOUT, parseKeeperLinks, netnsTools } from '../../agent/network.js';
+import { sleep } from '../../sys/timeout.js';
 import { containerSpec, readAll, runner, startAgent, type TestAgent } from './helpers.js';
 
-const NS = `katats-agent-net-${process.pid}`;
-const OUTER = `kan${process.pid % 100000}o`;
-const INNER = `kan${process.pid % 100000}i`;
 const MAC = '02:4b:41:54:00:05';
+const log = pino({ level: 'silent' });
 
-const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
-const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
-// DAD may finish between two reads: a link-local address losing `tentative` is not a change.
-const snapshot = () => ({ addr: ip('-o', 'addr', 'show').replace(/ tentative/g, ''), route: ip('route', 'show'), neigh: ip('neigh', 'show', 'nud', 'permanent') });
+/** A network namespace with a veth's inner end (MAC) in it, its outer end up on the host. */
+function makeNetns(ns: string, outer: string, inner: string): void {
+  execFileSync('ip', ['netns', 'add', ns]);
+  execFileSync('ip', ['link', 'add', outer, 'type', 'veth', 'peer', 'name', inner]);
+  execFileSync('ip', ['link', 'set', inner, 'netns', ns, 'address', MAC]);
+  execFileSync('ip', ['link', 'set', outer, 'up']);
+}
+
+function removeNetns(ns: string, outer: string): void {
+  execFileSync('ip', ['link', 'del', outer], { stdio: 'ignore' });
+  execFileSync('ip', ['netns', 'del', ns]);
+}
+
+/** A keeper that has been started and has ended: what the agent has after its keeper crashed. */
+async function deadKeeper(): Promise<Keeper> {
+  const k = Keeper.start(runner(), log);
+  k.stop();
+  for (let i = 0; i < 200 && k.alive; i++) await sleep(25);
+  if (k.alive) throw new Error('the keeper did not end');
+  return k;
+}
 
 const iface = (over: Partial<types.Interface> = {}): types.Interface => ({
   device: 'eth0',
@@ -41,23 +62,34 @@ async function code(p: Promise<unknown>): Promise<{ code: number; message: strin
   throw new Error('the request succeeded');
 }
 
-describe('agent network requests (a private network namespace, busybox ip/arp)', () => {
+for (const via of ['keeper', 'ip'] as const) {
+describe(`agent network requests (a private network namespace, through ${via === 'keeper' ? "the keeper's rtnetlink" : 'busybox ip, the keeper dead'})`, () => {
+  const tag = `${via[0]}${process.pid % 100000}`;
+  const NS = `katats-agent-net-${via}-${process.pid}`;
+  const OUTER = `kan${tag}o`;
+  const INNER = `kan${tag}i`;
+  const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
+  const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
+  // DAD may finish between two reads: a link-local address losing `tentative` is not a change.
+  const snapshot = () => ({ addr: ip('-o', 'addr', 'show').replace(/ tentative/g, ''), route: ip('route', 'show'), neigh: ip('neigh', 'show', 'nud', 'permanent') });
   let t: TestAgent;
   let local: TestAgent;
   beforeAll(async () => {
-    execFileSync('ip', ['netns', 'add', NS]);
-    execFileSync('ip', ['link', 'add', OUTER, 'type', 'veth', 'peer', 'name', INNER]);
-    execFileSync('ip', ['link', 'set', INNER, 'netns', NS, 'address', MAC]);
-    execFileSync('ip', ['link', 'set', OUTER, 'up']);
+    makeNetns(NS, OUTER, INNER);
+    const tools = netnsTools(`/run/netns/${NS}`, runner());
     // A short wait for NICs that are not there (a hot-plugged one appears within it; an unknown MAC fails after it).
-    t = await startAgent({ network: { ...netnsTools(`/run/netns/${NS}`, runner()), nicWaitMs: 3000 }, netnsPath: `/run/netns/${NS}` });
+    t = await startAgent({
+      // Through the keeper, tools that always fail: a change that went through them would fail the test.
+      network: { ...tools, ...(via === 'keeper' ? { ip: ['false'], neigh: ['false'] } : {}), nicWaitMs: 3000 },
+      netnsPath: `/run/netns/${NS}`,
+      ...(via === 'ip' ? { keeper: await deadKeeper() } : {}),
+    });
     local = await startAgent();
   });
   afterAll(async () => {
     await t?.close();
     await local?.close();
-    execFileSync('ip', ['link', 'del', OUTER], { stdio: 'ignore' });
-    execFileSync('ip', ['netns', 'del', NS]);
+    removeNetns(NS, OUTER);
   });
 
   it('UpdateInterface finds the link by MAC, renames it, sets MTU and addresses, brings it up', async () => {
@@ -74,8 +106,8 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
   });
 
   it('UpdateInterface waits for a NIC that appears after the request (hot-plugged into a template clone)', async () => {
-    const outer = `kaw${process.pid % 100000}o`;
-    const inner = `kaw${process.pid % 100000}i`;
+    const outer = `kaw${tag}o`;
+    const inner = `kaw${tag}i`;
     const late = '02:4b:41:54:00:0a';
     execFileSync('ip', ['link', 'add', outer, 'type', 'veth', 'peer', 'name', inner]);
     try {
@@ -149,6 +181,15 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     await t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.251.9.1/32', scope: 253 })] } });
   });
 
+  it("the kernel's refusal names the operation and the kernel's reason, and the next request is served", async () => {
+    const e = await code(t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.240.0.0/16', gateway: '10.99.0.1' })] } }));
+    expect(e.code, e.message).toBe(Code.Internal);
+    expect(e.message).toMatch(/route replace 10\.240\.0\.0\/16 via 10\.99\.0\.1 dev eth0: .*Network is unreachable/);
+    expect(ip('route', 'show')).not.toContain('10.240.0.0');
+    await t.svc.UpdateRoutes({ routes: { Routes: [route({ dest: '10.240.0.0/16', gateway: '10.251.7.1' })] } });
+    expect(ip('route', 'show')).toContain('10.240.0.0/16 via 10.251.7.1 dev eth0');
+  });
+
   it('containers join the pod network, and its net.* sysctls (containerd 2.x sets one) apply there', async () => {
     const spec = containerSpec(t.rootfs, ['sh', '-c', 'cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ip -o addr show eth0']);
     spec.Linux!.Sysctl = { 'net.ipv4.ip_unprivileged_port_start': '0' };
@@ -190,5 +231,73 @@ describe('agent network requests (a private network namespace, busybox ip/arp)',
     const e = await code(local.svc.UpdateInterface({ interface: iface() }));
     expect(e.code).toBe(Code.FailedPrecondition);
     expect(e.message).toMatch(/local mode/);
+  });
+});
+}
+
+describe("the keeper's rtnetlink requests (a keeper started as the agent starts it, in a namespace the test makes)", () => {
+  const NS = `katats-keeper-net-${process.pid}`;
+  const OUTER = `kkn${process.pid % 100000}o`;
+  const INNER = `kkn${process.pid % 100000}i`;
+  const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
+  const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
+  let k: Keeper;
+  const net = (...words: string[]) => k.net(`/run/netns/${NS}`, words, 10_000, NET_KEEPER_TIMEOUT);
+  beforeAll(() => {
+    makeNetns(NS, OUTER, INNER);
+    k = Keeper.start(runner(), log);
+  });
+  afterAll(() => {
+    k?.stop();
+    removeNetns(NS, OUTER);
+  });
+
+  it('lists links and addresses and makes the changes `ip` made, which the kernel then holds', async () => {
+    const links = parseKeeperLinks(await net('links'));
+    expect(links.find((l) => l.mac === MAC)).toMatchObject({ name: INNER, mtu: 1500 });
+    expect(links.find((l) => l.name === 'lo')!.flags).toContain('LOOPBACK');
+    await net('link', INNER, 'down');
+    await net('link', INNER, 'name', 'eth0');
+    await net('link', 'eth0', 'mtu', '1280');
+    await net('link', 'eth0', 'arp', 'off');
+    await net('addr', 'add', '10.250.3.5/24', 'eth0');
+    await net('addr', 'add', 'fd00:4c::5/64', 'eth0');
+    await net('link', 'eth0', 'up');
+    await net('route', '4', '10.250.8.0/24', '10.250.3.1', '10.250.3.5', '-', '1400', '0', 'eth0');
+    await net('route', '4', '10.250.9.1', '-', '-', '253', '0', '0', 'eth0');
+    await net('route', '6', 'default', 'fd00:4c::1', '-', '-', '0', '0', 'eth0');
+    await net('neigh', 'eth0', '10.250.3.1', '02:4b:41:54:00:01');
+    const [l] = ipJ<{ ifname: string; mtu: number; flags: string[]; addr_info: { local: string; prefixlen: number; scope: string }[] }>('addr', 'show', 'dev', 'eth0');
+    expect(l!.mtu).toBe(1280);
+    expect(l!.flags).toEqual(expect.arrayContaining(['UP', 'NOARP']));
+    expect(l!.addr_info.filter((a) => a.scope === 'global').map((a) => `${a.local}/${a.prefixlen}`).sort()).toEqual(['10.250.3.5/24', 'fd00:4c::5/64']);
+    expect(ip('-4', 'route', 'show')).toContain('10.250.8.0/24 via 10.250.3.1 dev eth0 src 10.250.3.5 mtu 1400');
+    expect(ip('-4', 'route', 'show')).toContain('10.250.9.1 dev eth0 scope link');
+    expect(ip('-6', 'route', 'show')).toContain('default via fd00:4c::1 dev eth0');
+    expect(ip('neigh', 'show', 'dev', 'eth0', 'nud', 'permanent')).toContain('10.250.3.1 lladdr 02:4b:41:54:00:01 PERMANENT');
+    expect((await net('addrs', 'eth0')).split(' ')).toEqual(expect.arrayContaining(['10.250.3.5/24/0', 'fd00:4c::5/64/0']));
+    await net('link', 'eth0', 'arp', 'on');
+    await net('addr', 'del', '10.250.3.5/24', 'eth0');
+    expect(ip('-o', 'addr', 'show', 'dev', 'eth0')).not.toContain('10.250.3.5');
+    expect(parseKeeperLinks(await net('links')).find((x) => x.name === 'eth0')!.flags).not.toContain('NOARP');
+  });
+
+  it('refuses what the kernel refuses or it cannot carry, naming the operation, and serves the next request', async () => {
+    // Thunks: each request is sent after the one before has been answered.
+    const cases: [() => Promise<unknown>, RegExp][] = [
+      [() => net('addr', 'add', '10.250.4.5/24', 'nosuch0'), /^addr add 10\.250\.4\.5\/24 dev nosuch0: No such device$/],
+      [() => net('route', '4', '10.250.10.0/24', '10.99.0.1', '-', '-', '0', '0', 'eth0'), /^route replace 10\.250\.10\.0\/24 via 10\.99\.0\.1 dev eth0: Network is unreachable/],
+      [() => net('addr', 'del', '10.250.77.7/24', 'eth0'), /^addr del 10\.250\.77\.7\/24 dev eth0: Cannot assign requested address/],
+      [() => net('link', 'eth0', 'mtu', '70000'), /^link set dev eth0 mtu 70000: Invalid argument/],
+      [() => net('route', '4', '10.250.11.0/24', 'fd00:4c::1', '-', '-', '0', '0', 'eth0'), /gateway's family is not the route's/],
+      [() => net('bogus'), /unknown operation bogus/],
+      [() => net('addr', 'add', '10.250.4.5/24 dev eth0'), /a word the keeper cannot carry/],
+      [() => k.net(`/run/netns/${NS}-missing`, ['links'], 10_000, NET_KEEPER_TIMEOUT), /network namespace .*-missing: No such file or directory/],
+    ];
+    for (const [p, m] of cases) await expect(p()).rejects.toThrow(m);
+    expect(k.alive).toBe(true);
+    expect(parseKeeperLinks(await net('links')).map((l) => l.name)).toContain('eth0');
+    // Back in its own namespace after each request: there it sees the host's end of the veth.
+    expect(parseKeeperLinks(await k.net(undefined, ['links'], 10_000, NET_KEEPER_TIMEOUT)).map((l) => l.name)).toContain(OUTER);
   });
 });
