@@ -312,7 +312,13 @@ export class GuestNetwork {
       return `${a.address}/${checkPrefix(a.mask || (v === 4 ? '32' : '128'), v, `interface ${name} address ${a.address}`)}`;
     });
     let links = await this.links();
-    if (!links.some((l) => l.mac === mac) && (await this.waitForMac(mac))) links = await this.links();
+    if (!links.some((l) => l.mac === mac)) {
+      // A hot-plugged NIC's probe: part of UpdateInterface's time that no change of ours costs.
+      const t0 = performance.now();
+      const came = await this.waitForMac(mac);
+      this.log?.info({ mac, came, ms: Math.round(performance.now() - t0) }, 'waited for the NIC');
+      if (came) links = await this.links();
+    }
     const link = links.find((l) => l.mac === mac);
     if (!link) throw notFound(`interface with MAC ${mac}, waited ${((this.tools.nicWaitMs ?? NIC_WAIT_TIMEOUT_MS) / 1000).toFixed(1)} s for it (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
     if (link.flags.includes('LOOPBACK') || link.name === 'lo') throw invalid(`interface ${mac}: the loopback interface is not configured by the host`);

@@ -142,23 +142,26 @@ export function agentService(sb: Sandbox): Partial<ServiceImpl<'grpc.AgentServic
     // ---- network (Kata's order: after SetPolicy, before CreateSandbox)
     UpdateInterface: (req) =>
       guard('UpdateInterface', async () => {
+        const t0 = performance.now();
         const r = await (network ?? noGuestNetwork('UpdateInterface')).updateInterface(req.interface);
-        log.info({ interface: r.name, mac: r.hwAddr, addresses: r.IPAddresses.map((a) => `${a.address}/${a.mask}`), mtu: r.mtu }, 'interface configured');
+        log.info({ interface: r.name, mac: r.hwAddr, addresses: r.IPAddresses.map((a) => `${a.address}/${a.mask}`), mtu: r.mtu, via: network?.via, ms: Math.round(performance.now() - t0) }, 'interface configured');
         return r;
       }),
 
     UpdateRoutes: (req) =>
       guard('UpdateRoutes', async () => {
+        const t0 = performance.now();
         const routes = await (network ?? noGuestNetwork('UpdateRoutes')).updateRoutes(req.routes?.Routes ?? []);
-        log.info({ routes: routes.map((r) => `${r.dest || 'default'}${r.gateway ? ` via ${r.gateway}` : ''} dev ${r.device}`) }, 'routes configured');
+        log.info({ routes: routes.map((r) => `${r.dest || 'default'}${r.gateway ? ` via ${r.gateway}` : ''} dev ${r.device}`), via: network?.via, ms: Math.round(performance.now() - t0) }, 'routes configured');
         return { Routes: routes };
       }),
 
     AddARPNeighbors: (req) =>
       guard('AddARPNeighbors', async () => {
         const list = req.neighbors?.ARPNeighbors ?? [];
+        const t0 = performance.now();
         await (network ?? noGuestNetwork('AddARPNeighbors')).addNeighbours(list);
-        log.info({ neighbours: list.map((n) => `${n.toIPAddress?.address ?? ''} ${n.lladdr} dev ${n.device}`) }, 'neighbours added');
+        log.info({ neighbours: list.map((n) => `${n.toIPAddress?.address ?? ''} ${n.lladdr} dev ${n.device}`), via: network?.via, ms: Math.round(performance.now() - t0) }, 'neighbours added');
         return {};
       }),
 
