@@ -132,16 +132,26 @@ export class Keeper {
   }
 
   /**
-   * One operation on a network through rtnetlink (agent/network.ts's KeeperNet): `words` after the
-   * namespace, each a plain word (names, addresses, numbers), in the namespace at `netns` (the
-   * keeper's own when undefined). Resolves with what follows "ok"; rejects with the operation and
-   * the kernel's message.
+   * Operations on a network through rtnetlink (agent/network.ts's KeeperNet), made in order until
+   * the first that fails: each a list of plain words (names, addresses, numbers), in the namespace
+   * at `netns` (the keeper's own when undefined). As few requests as the line's bound allows.
+   * Resolves with what the listings found; rejects with the failed operation and the kernel's
+   * message (the operations before it stay done).
    */
-  async net(netns: string | undefined, words: string[], timeoutMs: number, code: string): Promise<string> {
-    if (words.some((w) => !/^[\w.:/-]{1,64}$/.test(w))) throw new Error(`net: ${JSON.stringify(words.join(' '))}: a word the keeper cannot carry`);
-    const line = `net ${netns ? Buffer.from(netns).toString('hex') : '-'} ${words.join(' ')}`;
-    if (line.length > MAX_REQUEST_BYTES) throw new Error(`net: request of ${line.length} bytes, more than the keeper reads`);
-    return (await this.request(line, timeoutMs, code, `net ${words.slice(0, 3).join(' ')}`)).trim();
+  async net(netns: string | undefined, ops: string[][], timeoutMs: number, code: string): Promise<string> {
+    const bad = ops.find((op) => !op.length || op.some((w) => !/^[\w.:/-]{1,64}$/.test(w)));
+    if (bad) throw new Error(`net: ${JSON.stringify(bad.join(' '))}: an operation the keeper cannot carry`);
+    const head = `net ${netns ? Buffer.from(netns).toString('hex') : '-'}`;
+    const lines: string[] = [];
+    for (const op of ops.map((o) => o.join(' '))) {
+      const last = lines.length ? lines[lines.length - 1]! : undefined;
+      if (last !== undefined && last.length + 3 + op.length <= MAX_REQUEST_BYTES) lines[lines.length - 1] = `${last} ; ${op}`;
+      else if (head.length + 1 + op.length <= MAX_REQUEST_BYTES) lines.push(`${head} ${op}`);
+      else throw new Error(`net: ${op.split(' ')[0]}: request of more than ${MAX_REQUEST_BYTES} bytes, more than the keeper reads`);
+    }
+    let found = '';
+    for (const line of lines) found += ` ${(await this.request(line, timeoutMs, code, `net ${[...new Set(ops.map((o) => o[0]))].join(',')}`)).trim()}`;
+    return found.trim();
   }
 
   async setTime(sec: number, usec: number): Promise<void> {

@@ -103,14 +103,18 @@ interface RouteChange {
   dev: string;
 }
 
-/** One change or listing of the network at a time, the way `ip` names them. */
+/** One change, the way `ip` names it. */
+type NetChange =
+  | { kind: 'link'; dev: string; change: LinkChange }
+  | { kind: 'addr'; op: 'add' | 'del'; cidr: string; dev: string }
+  | { kind: 'route'; route: RouteChange }
+  | { kind: 'neigh'; dev: string; address: string; lladdr: string };
+
+/** Listings, and changes made in order until the first that fails (whose error is the answer). */
 interface NetOps {
   links(): Promise<GuestLink[]>;
   addresses(dev: string): Promise<{ cidr: string; scope: string }[]>;
-  link(dev: string, change: LinkChange): Promise<void>;
-  address(op: 'add' | 'del', cidr: string, dev: string): Promise<void>;
-  route(r: RouteChange): Promise<void>;
-  neighbour(dev: string, address: string, lladdr: string): Promise<void>;
+  apply(changes: NetChange[]): Promise<void>;
 }
 
 /** A process per change: busybox's ip (local mode: nsenter and the host's busybox) and the runner's neigh-add. */
@@ -131,15 +135,16 @@ class ToolNet implements NetOps {
     return parseAddresses(await this.run(this.tools.ip, ['-o', 'addr', 'show', 'dev', dev]));
   }
 
-  async link(dev: string, change: LinkChange): Promise<void> {
-    await this.run(this.tools.ip, ['link', 'set', 'dev', dev, ...change.map(String)]);
+  async apply(changes: NetChange[]): Promise<void> {
+    for (const c of changes) {
+      if (c.kind === 'link') await this.run(this.tools.ip, ['link', 'set', 'dev', c.dev, ...c.change.map(String)]);
+      else if (c.kind === 'addr') await this.run(this.tools.ip, ['addr', c.op, c.cidr, 'dev', c.dev]);
+      else if (c.kind === 'route') await this.route(c.route);
+      else await this.run(this.tools.neigh, [c.dev, c.address, c.lladdr]);
+    }
   }
 
-  async address(op: 'add' | 'del', cidr: string, dev: string): Promise<void> {
-    await this.run(this.tools.ip, ['addr', op, cidr, 'dev', dev]);
-  }
-
-  async route(r: RouteChange): Promise<void> {
+  private async route(r: RouteChange): Promise<void> {
     const args = ['route', 'replace', r.dest];
     if (r.gateway) args.push('via', r.gateway);
     args.push('dev', r.dev);
@@ -148,10 +153,6 @@ class ToolNet implements NetOps {
     if (r.mtu) args.push('mtu', String(r.mtu));
     if (r.onlink) args.push('onlink');
     await this.run(this.tools.ip, r.v === 6 ? ['-6', ...args] : args);
-  }
-
-  async neighbour(dev: string, address: string, lladdr: string): Promise<void> {
-    await this.run(this.tools.neigh, [dev, address, lladdr]);
   }
 }
 
@@ -166,43 +167,43 @@ const LINK_FLAGS: [number, string][] = [
   [0x10000, 'LOWER_UP'],
 ];
 
-/** The keeper's rtnetlink requests (katats-runner's "net"): no process per change. */
+/**
+ * The keeper's rtnetlink requests (katats-runner's "net"): no process per change, and a step's
+ * changes in one request (each request is a round trip through node, tens of ms under TCG).
+ */
 class KeeperNet implements NetOps {
   constructor(
     private readonly keeper: Keeper,
     private readonly netns: string | undefined,
   ) {}
 
-  private run(words: string[]): Promise<string> {
-    return this.keeper.net(this.netns, words, NET_TOOL_TIMEOUT_MS, NET_KEEPER_TIMEOUT);
+  private run(ops: string[][]): Promise<string> {
+    return this.keeper.net(this.netns, ops, NET_TOOL_TIMEOUT_MS, NET_KEEPER_TIMEOUT);
   }
 
   async links(): Promise<GuestLink[]> {
-    return parseKeeperLinks(await this.run(['links']));
+    return parseKeeperLinks(await this.run([['links']]));
   }
 
   async addresses(dev: string): Promise<{ cidr: string; scope: string }[]> {
-    return (await this.run(['addrs', dev])).split(' ').filter(Boolean).map((item) => {
+    return (await this.run([['addrs', dev]])).split(' ').filter(Boolean).map((item) => {
       const cut = item.lastIndexOf('/');
       const scope = Number(item.slice(cut + 1));
       return { cidr: item.slice(0, cut), scope: SCOPE_NAMES[scope] ?? String(scope) };
     });
   }
 
-  async link(dev: string, change: LinkChange): Promise<void> {
-    await this.run(['link', dev, ...change.map(String)]);
-  }
-
-  async address(op: 'add' | 'del', cidr: string, dev: string): Promise<void> {
-    await this.run(['addr', op, cidr, dev]);
-  }
-
-  async route(r: RouteChange): Promise<void> {
-    await this.run(['route', String(r.v), r.dest, r.gateway || '-', r.source || '-', r.scope === undefined ? '-' : String(r.scope), String(r.mtu ?? 0), r.onlink ? '1' : '0', r.dev]);
-  }
-
-  async neighbour(dev: string, address: string, lladdr: string): Promise<void> {
-    await this.run(['neigh', dev, address, lladdr]);
+  async apply(changes: NetChange[]): Promise<void> {
+    if (!changes.length) return;
+    await this.run(
+      changes.map((c) => {
+        if (c.kind === 'link') return ['link', c.dev, ...c.change.map(String)];
+        if (c.kind === 'addr') return ['addr', c.op, c.cidr, c.dev];
+        if (c.kind === 'neigh') return ['neigh', c.dev, c.address, c.lladdr];
+        const r = c.route;
+        return ['route', String(r.v), r.dest, r.gateway || '-', r.source || '-', r.scope === undefined ? '-' : String(r.scope), String(r.mtu ?? 0), r.onlink ? '1' : '0', r.dev];
+      }),
+    );
   }
 }
 
@@ -278,9 +279,10 @@ export class GuestNetwork {
   }
 
   /**
-   * One operation through the keeper while it lives, else through the tools. A keeper that dies
-   * under the operation leaves it to the tools; the kernel's refusal through a live one is the
-   * answer (the tools would be refused alike).
+   * One step (a listing, or changes in order) through the keeper while it lives, else through the
+   * tools. A keeper that dies under the step leaves it to the tools, which do it whole again (a
+   * change the keeper had made may then be refused as existing: an error, not a wrong network);
+   * the kernel's refusal through a live one is the answer (the tools would be refused alike).
    */
   private async op<T>(f: (o: NetOps) => Promise<T>): Promise<T> {
     if (this.byKeeper && this.keeper?.alive) {
@@ -323,6 +325,7 @@ export class GuestNetwork {
     if (!link) throw notFound(`interface with MAC ${mac}, waited ${((this.tools.nicWaitMs ?? NIC_WAIT_TIMEOUT_MS) / 1000).toFixed(1)} s for it (the guest has ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
     if (link.flags.includes('LOOPBACK') || link.name === 'lo') throw invalid(`interface ${mac}: the loopback interface is not configured by the host`);
     const holder = name !== link.name ? links.find((l) => l.name === name) : undefined;
+    const linkChanges: NetChange[] = [];
     if (holder && (holder.flags.includes('LOOPBACK') || this.configured.has(holder.mac))) {
       throw invalid(`interface ${link.name}: cannot rename to ${name}: interface ${holder.mac} already has that name`);
     }
@@ -331,18 +334,21 @@ export class GuestNetwork {
       // add a pod's networks in parallel): the NIC holding the name is one the host has not named
       // yet, so it steps aside under a name of its own until its UpdateInterface comes.
       const aside = `ktaside${holder.index}`;
-      await this.op((o) => o.link(holder.name, ['down']));
-      await this.op((o) => o.link(holder.name, ['name', aside]));
+      linkChanges.push({ kind: 'link', dev: holder.name, change: ['down'] }, { kind: 'link', dev: holder.name, change: ['name', aside] });
     }
     // Down while renamed (the kernel refuses to rename a running link), then set and up.
-    await this.op((o) => o.link(link.name, ['down']));
-    if (name !== link.name) await this.op((o) => o.link(link.name, ['name', name]));
-    if (iface.mtu) await this.op((o) => o.link(name, ['mtu', iface.mtu]));
-    await this.op((o) => o.link(name, ['arp', iface.raw_flags & IFF_NOARP ? 'off' : 'on']));
+    linkChanges.push({ kind: 'link', dev: link.name, change: ['down'] });
+    if (name !== link.name) linkChanges.push({ kind: 'link', dev: link.name, change: ['name', name] });
+    if (iface.mtu) linkChanges.push({ kind: 'link', dev: name, change: ['mtu', iface.mtu] });
+    linkChanges.push({ kind: 'link', dev: name, change: ['arp', iface.raw_flags & IFF_NOARP ? 'off' : 'on'] });
+    await this.op((o) => o.apply(linkChanges));
     const have = (await this.op((o) => o.addresses(name))).filter((a) => a.scope === 'global');
-    for (const a of have) if (!wanted.includes(a.cidr)) await this.op((o) => o.address('del', a.cidr, name));
-    for (const a of wanted) if (!have.some((h) => h.cidr === a)) await this.op((o) => o.address('add', a, name));
-    await this.op((o) => o.link(name, ['up']));
+    const addrChanges: NetChange[] = [
+      ...have.filter((a) => !wanted.includes(a.cidr)).map((a): NetChange => ({ kind: 'addr', op: 'del', cidr: a.cidr, dev: name })),
+      ...wanted.filter((a) => !have.some((h) => h.cidr === a)).map((a): NetChange => ({ kind: 'addr', op: 'add', cidr: a, dev: name })),
+      { kind: 'link', dev: name, change: ['up'] },
+    ];
+    await this.op((o) => o.apply(addrChanges));
     this.configured.add(mac);
     return { ...iface, name, device: name, hwAddr: mac };
   }
@@ -398,7 +404,8 @@ export class GuestNetwork {
         ...(r.mtu ? { mtu: r.mtu } : {}),
       };
     });
-    for (const c of [...cmds.filter((c) => !c.gateway), ...cmds.filter((c) => c.gateway)]) await this.op((o) => o.route(c));
+    const ordered = [...cmds.filter((c) => !c.gateway), ...cmds.filter((c) => c.gateway)];
+    await this.op((o) => o.apply(ordered.map((route): NetChange => ({ kind: 'route', route }))));
     return routes;
   }
 
@@ -416,7 +423,7 @@ export class GuestNetwork {
       if (n.state && !(n.state & NUD_PERMANENT)) throw invalid(`${what}: state 0x${n.state.toString(16)}: only permanent neighbours are added`);
       return { dev, to, mac };
     });
-    for (const c of cmds) await this.op((o) => o.neighbour(c.dev, c.to, c.mac));
+    await this.op((o) => o.apply(cmds.map((c): NetChange => ({ kind: 'neigh', dev: c.dev, address: c.to, lladdr: c.mac }))));
   }
 }
 

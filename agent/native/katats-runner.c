@@ -56,9 +56,9 @@
  *                                           the exec mode likewise, its output in the files; "crun
  *                                           NAME" a sealed memfd copy of crun that every command of
  *                                           theirs named NAME then runs from (--crun-fd); "net NS OP
- *                                           ..." the pod network through rtnetlink (links and
- *                                           addresses listed, link/addr/route/neigh changes as `ip`
- *                                           makes them; see keeper_net); the keeper reaps its children
+ *                                           ... [; OP ...]" the pod network through rtnetlink (links
+ *                                           and addresses listed, link/addr/route/neigh changes as
+ *                                           `ip` makes them, in order; see keeper_net); the keeper reaps its children
  *                                           and reports each as "exited PID WAITSTATUS", a line that
  *                                           may come between answers. A VM restored from a template
  *                                           needs the first two at once, a pod start mounts its
@@ -1473,50 +1473,79 @@ static void keeper_fork(char *args, int exec_mode) {
   printf("ok %d\n", (int)pid);
 }
 
-/* net NS OP ARGS...: the pod network through rtnetlink (see the rtnetlink section), in the
- * network namespace at NS (hex; "-": the keeper's own). OP: "links" answers "ok" and
- * " INDEX/NAME/LLADDR/MTU/FLAGS" per link; "addrs DEV" " ADDR/PREFIX/SCOPE" per address; "link",
- * "addr", "route", "neigh" one change each, answered "ok". */
-static void keeper_net(char *args) {
-  static char nsbuf[KEEPER_LINE / 2];
-  char *w[12], *ns, err[NET_ERR];
-  int nw = 0;
-  char *save = NULL;
-  for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
-    if (nw == 12) { printf("error net: too many words\n"); return; }
-    w[nw++] = t;
-  }
-  if (nw < 2) { printf("error net wants NS OP ARGS...\n"); return; }
-  if (keeper_unhex(w[0], nsbuf, sizeof nsbuf, &ns) < 0) { printf("error net: bad hex\n"); return; }
-  const char *op = w[1];
-  char **rest = w + 2;
-  int nrest = nw - 2;
-  if (strcmp(op, "links") && strcmp(op, "addrs") && strcmp(op, "link") && strcmp(op, "addr") && strcmp(op, "route") && strcmp(op, "neigh")) {
-    printf("error net: unknown operation %s\n", op);
-    return;
-  }
-  int fd = net_open(ns, err);
-  if (fd < 0) { printf("error %s\n", err); return; }
-  static struct net_out out;
-  memset(&out, 0, sizeof out);
-  int r;
+/* One operation of a net request on the rtnetlink socket fd: 0, or -1 with its error in err. */
+static int net_op(int fd, char **w, int nw, struct net_out *out, char *err) {
+  const char *op = w[0];
+  char **rest = w + 1;
+  int nrest = nw - 1, r;
   if (!strcmp(op, "links")) {
-    r = nrest ? net_fail(err, "link show", EINVAL, "takes no arguments") : nl_dump(fd, RTM_GETLINK, net_link_item, &out, "link show", err);
-    if (!r && out.over) r = net_fail(err, "link show", EMSGSIZE, "more links than an answer carries");
+    r = nrest ? net_fail(err, "link show", EINVAL, "takes no arguments") : nl_dump(fd, RTM_GETLINK, net_link_item, out, "link show", err);
+    if (!r && out->over) r = net_fail(err, "link show", EMSGSIZE, "more links than an answer carries");
   } else if (!strcmp(op, "addrs")) {
     char what[64];
     snprintf(what, sizeof what, "addr show dev %s", nrest == 1 ? rest[0] : "?");
-    r = nrest != 1 ? net_fail(err, what, EINVAL, "wants DEV") : (out.index = net_index(fd, rest[0], what, err));
-    if (r >= 0) r = nl_dump(fd, RTM_GETADDR, net_addr_item, &out, what, err);
-    if (!r && out.over) r = net_fail(err, what, EMSGSIZE, "more addresses than an answer carries");
+    r = nrest != 1 ? net_fail(err, what, EINVAL, "wants DEV") : (out->index = net_index(fd, rest[0], what, err));
+    if (r >= 0) r = nl_dump(fd, RTM_GETADDR, net_addr_item, out, what, err);
+    if (!r && out->over) r = net_fail(err, what, EMSGSIZE, "more addresses than an answer carries");
   } else if (!strcmp(op, "link")) {
     r = net_link(fd, rest, nrest, err);
   } else if (!strcmp(op, "addr")) {
     r = net_addr(fd, rest, nrest, err);
   } else if (!strcmp(op, "route")) {
     r = net_route(fd, rest, nrest, err);
-  } else {
+  } else if (!strcmp(op, "neigh")) {
     r = nrest != 3 ? net_fail(err, "neigh replace", EINVAL, "wants DEV ADDRESS LLADDR") : net_neigh(fd, rest[0], rest[1], rest[2], err);
+  } else {
+    snprintf(err, NET_ERR, "net: unknown operation %s", op);
+    r = -1;
+  }
+  return r < 0 ? -1 : 0;
+}
+
+/* A net request's words: the line's bound allows no more. */
+#define NET_WORDS (KEEPER_LINE / 2)
+/* The words of one operation (a route's are the most). */
+#define NET_OP_WORDS 12
+
+/* net NS OP ARGS... [; OP ARGS...]...: the pod network through rtnetlink (see the rtnetlink
+ * section), in the network namespace at NS (hex; "-": the keeper's own). The operations run in
+ * order on one socket; the first that fails ends the request, answered with its error (those
+ * before it stay done); else "ok" and what the listings found. OP: "links", " INDEX/NAME/LLADDR/
+ * MTU/FLAGS" per link; "addrs DEV", " ADDR/PREFIX/SCOPE" per address; "link", "addr", "route",
+ * "neigh" one change each. One request per step of a pod's configuration, not one per change:
+ * each request is a round trip through node, slow under TCG. */
+static void keeper_net(char *args) {
+  static char nsbuf[KEEPER_LINE / 2];
+  static char *w[NET_WORDS];
+  char *ns, err[NET_ERR];
+  int nw = 0;
+  char *save = NULL;
+  for (char *t = strtok_r(args, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+    if (nw == NET_WORDS) { printf("error net: too many words\n"); return; }
+    w[nw++] = t;
+  }
+  if (nw < 2) { printf("error net wants NS OP ARGS...\n"); return; }
+  if (keeper_unhex(w[0], nsbuf, sizeof nsbuf, &ns) < 0) { printf("error net: bad hex\n"); return; }
+  /* Each operation checked for its shape before any runs. */
+  for (int i = 1, start = 1; i <= nw; i++) {
+    if (i < nw && strcmp(w[i], ";")) continue;
+    if (i == start || i - start > NET_OP_WORDS) { printf("error net: an empty operation or one of more than %d words\n", NET_OP_WORDS); return; }
+    const char *op = w[start];
+    if (strcmp(op, "links") && strcmp(op, "addrs") && strcmp(op, "link") && strcmp(op, "addr") && strcmp(op, "route") && strcmp(op, "neigh")) {
+      printf("error net: unknown operation %s\n", op);
+      return;
+    }
+    start = i + 1;
+  }
+  int fd = net_open(ns, err);
+  if (fd < 0) { printf("error %s\n", err); return; }
+  static struct net_out out;
+  memset(&out, 0, sizeof out);
+  int r = 0;
+  for (int i = 1, start = 1; i <= nw && !r; i++) {
+    if (i < nw && strcmp(w[i], ";")) continue;
+    r = net_op(fd, w + start, i - start, &out, err);
+    start = i + 1;
   }
   close(fd);
   if (r < 0) printf("error %s\n", err);

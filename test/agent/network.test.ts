@@ -242,7 +242,7 @@ describe("the keeper's rtnetlink requests (a keeper started as the agent starts 
   const ip = (...args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8' });
   const ipJ = <T>(...args: string[]) => JSON.parse(ip('-j', ...args)) as T[];
   let k: Keeper;
-  const net = (...words: string[]) => k.net(`/run/netns/${NS}`, words, 10_000, NET_KEEPER_TIMEOUT);
+  const net = (...words: string[]) => k.net(`/run/netns/${NS}`, [words], 10_000, NET_KEEPER_TIMEOUT);
   beforeAll(() => {
     makeNetns(NS, OUTER, INNER);
     k = Keeper.start(runner(), log);
@@ -291,13 +291,23 @@ describe("the keeper's rtnetlink requests (a keeper started as the agent starts 
       [() => net('link', 'eth0', 'mtu', '70000'), /^link set dev eth0 mtu 70000: Invalid argument/],
       [() => net('route', '4', '10.250.11.0/24', 'fd00:4c::1', '-', '-', '0', '0', 'eth0'), /gateway's family is not the route's/],
       [() => net('bogus'), /unknown operation bogus/],
-      [() => net('addr', 'add', '10.250.4.5/24 dev eth0'), /a word the keeper cannot carry/],
-      [() => k.net(`/run/netns/${NS}-missing`, ['links'], 10_000, NET_KEEPER_TIMEOUT), /network namespace .*-missing: No such file or directory/],
+      [() => net('addr', 'add', '10.250.4.5/24 dev eth0'), /an operation the keeper cannot carry/],
+      [() => k.net(`/run/netns/${NS}-missing`, [['links']], 10_000, NET_KEEPER_TIMEOUT), /network namespace .*-missing: No such file or directory/],
     ];
     for (const [p, m] of cases) await expect(p()).rejects.toThrow(m);
+    // Several in one request: made in order up to the first the kernel refuses, which is the error; none after it.
+    await expect(
+      k.net(`/run/netns/${NS}`, [['addr', 'add', '10.250.5.5/24', 'eth0'], ['route', '4', '10.250.12.0/24', '10.99.0.1', '-', '-', '0', '0', 'eth0'], ['addr', 'add', '10.250.6.5/24', 'eth0']], 10_000, NET_KEEPER_TIMEOUT),
+    ).rejects.toThrow(/^route replace 10\.250\.12\.0\/24 via 10\.99\.0\.1 dev eth0: Network is unreachable/);
+    expect(ip('-o', 'addr', 'show', 'dev', 'eth0')).toContain('10.250.5.5/24');
+    expect(ip('-o', 'addr', 'show', 'dev', 'eth0')).not.toContain('10.250.6.5');
+    // More than one line holds: split over requests, every listing's answer kept.
+    const many = Array.from({ length: 400 }, (_, i) => ['route', '4', `10.${200 + (i >> 8)}.${i & 255}.0/24`, '10.250.5.1', '-', '-', '0', '0', 'eth0']);
+    expect(await k.net(`/run/netns/${NS}`, [['addrs', 'eth0'], ...many, ['addrs', 'eth0']], 10_000, NET_KEEPER_TIMEOUT)).toMatch(/^10\.250\.5\.5\/24\/0 .*10\.250\.5\.5\/24\/0/);
+    expect(ip('-4', 'route', 'show').split('\n').filter((l) => l.includes('via 10.250.5.1'))).toHaveLength(400);
     expect(k.alive).toBe(true);
     expect(parseKeeperLinks(await net('links')).map((l) => l.name)).toContain('eth0');
     // Back in its own namespace after each request: there it sees the host's end of the veth.
-    expect(parseKeeperLinks(await k.net(undefined, ['links'], 10_000, NET_KEEPER_TIMEOUT)).map((l) => l.name)).toContain(OUTER);
+    expect(parseKeeperLinks(await k.net(undefined, [['links']], 10_000, NET_KEEPER_TIMEOUT)).map((l) => l.name)).toContain(OUTER);
   });
 });
