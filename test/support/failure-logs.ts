@@ -2,7 +2,8 @@
 // test of the file failed, the tails of the daemon logs it names go to stderr (and so into CI's
 // output) before afterAll removes them.
 import fs from 'node:fs';
-import { afterEach } from 'vitest';
+import { afterEach, beforeAll } from 'vitest';
+import type { RunnerTask } from 'vitest';
 
 const TAIL_LINES = 60;
 const TAIL_BYTES = 64 * 1024;
@@ -16,19 +17,31 @@ export interface FailureLogs {
 
 /** Call at the top of a test file: it registers the afterEach that notices a failed test. */
 export function logTailsOnFailure(): FailureLogs {
-  let failed = false;
-  afterEach((ctx) => {
-    if (ctx.task.result?.state === 'fail') failed = true;
+  let failedTest = false;
+  // A failed beforeAll runs no test (so no afterEach sees it) but marks its suite: the file's
+  // tasks are walked when asked.
+  let file: RunnerTask | undefined;
+  beforeAll(({}, suite) => {
+    file = suite.file ?? suite;
   });
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === 'fail') failedTest = true;
+  });
+  const failed = () => failedTest || (file !== undefined && anyFailed(file));
   return {
     get failed() {
-      return failed;
+      return failed();
     },
     print(logs) {
-      if (!failed) return;
+      if (!failed()) return;
       for (const [name, file] of Object.entries(logs)) console.error(`--- ${name} (${file ?? 'no file'}), last ${TAIL_LINES} lines ---\n${tailOf(file)}`);
     },
   };
+}
+
+function anyFailed(t: RunnerTask): boolean {
+  if (t.result?.state === 'fail') return true;
+  return 'tasks' in t && t.tasks.some(anyFailed);
 }
 
 export function tailOf(file: string | undefined): string {
