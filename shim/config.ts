@@ -123,7 +123,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       virtio_9p_security_model: 'none',
       virtio_fs_daemon: '',
       accel: 'auto',
-      tcg_tb_size: 32,
+      tcg_tb_size: 64,
       node_jit: 'auto',
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },

@@ -21,8 +21,8 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 100.1, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 32, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/density-d10-tb32/' },
-  cold: { pssMiB: 323.2, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 32, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/factory-tb32/' },
+  template: { pssMiB: 121.1, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/density-jitless/' },
+  cold: { pssMiB: 359.7, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/factory-tb64/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
