@@ -71,6 +71,13 @@ if [ -r "$HD" ]; then
   $B cat "$HD" >/run/katats/host_data && $B chmod 0444 /run/katats/host_data
 fi
 
+# An image variant: a cpio member appended to the initrd (guest/variant.ts) carries a label, said on
+# the console, so that a host can see which variant really booted (the initramfs is gone after
+# switch_root).
+if [ -f /etc/katats-variant ]; then
+  say "image variant $($B head -c 64 /etc/katats-variant | $B tr -cd 'A-Za-z0-9._-')"
+fi
+
 # The rootfs disk: a read-only virtio-blk device, found by its serial (katats.root=serial:NAME,
 # the default) or named (katats.root=/dev/vdX).
 $B mkdir -p /newroot

@@ -14,7 +14,11 @@
 //     value and sealed volume file are unsealed before it starts (the host's file keeps the sealed text);
 //   - a pod of a second runtime handler whose configuration adds a kernel parameter: another command
 //     line, so (in this emulation, where MEASUREMENT covers the command line) another measurement;
-//     the KBS refuses it with 403 and its container sees no secret.
+//     the KBS refuses it with 403 and its container sees no secret;
+//   - a pod of a third handler whose configuration names another initrd (the image's own followed by
+//     a cpio archive with /etc/katats-variant: other booted files, the same command line): its guest's
+//     init finds the file and says its label on the console, its evidence shows the measurement of
+//     those files (not the default's), and the KBS refuses it with 403: no secret.
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -31,6 +35,7 @@ import { resolveGuestFiles } from '../../shim/vm.js';
 import type { VmConfig } from '../../vmm/config.js';
 import { resolveAccel } from '../../vmm/accel.js';
 import { kernelCmdline } from '../../vmm/qemu-args.js';
+import { writeVariantInitrd } from '../../guest/variant.js';
 import { adminToken } from '../../attestation/kbs/cli.js';
 import { buildKbs, type Kbs } from '../../attestation/kbs/server.js';
 import { CRI_NAMESPACE, startContainerd, type Containerd } from '../../harness/containerd.js';
@@ -70,6 +75,9 @@ let dir: string;
 let initdata: string;
 /** The default handler's guest measurement (its files and command line), hex. */
 let measurement: Buffer;
+/** The configuration of the handler whose initrd carries one more file, and that file's label. */
+let variantConfig: string;
+const VARIANT = 'katats-test-variant';
 const pods: string[] = [];
 
 interface PodOptions {
@@ -122,9 +130,9 @@ function startRefused(container: string): Promise<string | undefined> {
 
 const policyAnnotations = (policy: string) => ({ 'io.katacontainers.config.agent.policy': Buffer.from(policy).toString('base64'), 'io.katats.attestation.kbs_url': kbsUrl });
 
-/** The default handler's MEASUREMENT as a verifier computes it: the image's files and the command line QEMU is given. */
-async function defaultMeasurement(): Promise<Buffer> {
-  const cfg = loadConfig(env.configFile);
+/** A handler's MEASUREMENT as a verifier computes it: the image's files and the command line QEMU is given. */
+async function measurementOf(configFile: string): Promise<Buffer> {
+  const cfg = loadConfig(configFile);
   const files = resolveGuestFiles(cfg.hypervisor.qemu);
   const params = cfg.hypervisor.qemu.kernel_params.split(/\s+/).filter(Boolean);
   if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
@@ -151,6 +159,11 @@ beforeAll(async () => {
   const base = fs.readFileSync(env.configFile, 'utf8');
   expect(base).toContain('[hypervisor.qemu]\n');
   fs.writeFileSync(altConfig, base.replace('[hypervisor.qemu]\n', '[hypervisor.qemu]\nkernel_params = "katats.variant=alt"\n'));
+  // A third handler boots another guest image: the same kernel and rootfs, the initrd with one more file.
+  const variantInitrd = path.join(env.dir, 'initrd-variant.img');
+  writeVariantInitrd(resolveGuestFiles(loadConfig(env.configFile).hypervisor.qemu).initrd, VARIANT, variantInitrd);
+  variantConfig = path.join(env.dir, 'configuration-variant.toml');
+  fs.writeFileSync(variantConfig, base.replace('[hypervisor.qemu]\n', `[hypervisor.qemu]\ninitrd = "${variantInitrd}"\n`));
   const annotations = ['io.katacontainers.*', 'io.katats.*'];
   cd = await startContainerd({
     cri: true,
@@ -159,6 +172,7 @@ beforeAll(async () => {
     runtimes: [
       { ...env.runtime, podAnnotations: annotations },
       { ...env.runtime, name: 'katats-alt', options: { ConfigPath: altConfig }, podAnnotations: annotations },
+      { ...env.runtime, name: 'katats-variant', options: { ConfigPath: variantConfig }, podAnnotations: annotations },
     ],
   });
   const img = await busyboxImage();
@@ -172,7 +186,7 @@ beforeAll(async () => {
   kbs = await buildKbs({ trustedArks: [Buffer.from(fw.chain.ark.rawData)], adminPublicKey: kp.publicKey, resourcesDir: path.join(dir, 'resources'), logger: log });
   kbsUrl = await kbs.app.listen({ host: cd.cniNetwork!.gateway, port: 0 });
   initdata = initdataDoc(kbsUrl);
-  measurement = await defaultMeasurement();
+  measurement = await measurementOf(env.configFile);
   const initHostData = hostDataOf(createHash('sha384').update(initdata).digest()).toString('hex');
   const policy = `package kbs\n\ndefault allow := false\n\nallowed_host_data := {"${sha256(POLICY_A)}", "${initHostData}"}\n\nallow if {\n  input.snp.measurement == "${measurement.toString('hex')}"\n  input.snp.host_data in allowed_host_data\n  input.resource.repository == "default"\n}\n`;
   const admin = async (p: string, body: Buffer, type: string) => {
@@ -275,6 +289,26 @@ describe('secure key release to an attested pod, through CRI', () => {
     const ev = await exec(container, 'wget -qO- "http://127.0.0.1:8006/aa/evidence?runtime_data=alt"');
     const rep = decodeReport(Buffer.from((JSON.parse(ev.out) as { attestation_report: string }).attestation_report, 'base64'));
     expect(rep.hostData.toString('hex')).toBe(sha256(POLICY_A));
+    expect(rep.measurement).not.toEqual(measurement);
+  }, 600_000);
+
+  it('a pod of another guest image (its initrd holds one more file) boots that image, has its measurement: 403, no secret', async () => {
+    const { pod, container } = await podWith('variant', { annotations: policyAnnotations(POLICY_A), handler: 'katats-variant' });
+    const logs = () => helpers.logsOf(env.logDir, pod, cd.logFile, 30);
+    // The initramfs is gone once the guest switched to its rootfs: its init said what it found there.
+    expect(fs.readFileSync(path.join(env.logDir, `${pod}-console.log`), 'utf8'), logs()).toContain(`katats-init: image variant ${VARIANT}`);
+    const r = await exec(container, 'cat /proc/cmdline; wget -O /tmp/key http://127.0.0.1:8006/cdh/resource/default/key/disk; echo "exit $?"; ls /tmp/key 2>&1; true');
+    expect(r.out, logs()).not.toContain('katats.variant=');
+    expect(r.out, logs()).toMatch(/403 Forbidden/);
+    expect(r.out).toMatch(/exit 1/);
+    expect(r.out).not.toContain(SECRET.toString().trim());
+    const ev = await exec(container, 'wget -qO- "http://127.0.0.1:8006/aa/evidence?runtime_data=variant"');
+    const bytes = Buffer.from((JSON.parse(ev.out) as { attestation_report: string }).attestation_report, 'base64');
+    await verifyReport(bytes, fw.chain);
+    const rep = decodeReport(bytes);
+    expect(rep.hostData.toString('hex')).toBe(sha256(POLICY_A));
+    // The same command line as the default handler's; the initrd's bytes make the difference.
+    expect(rep.measurement).toEqual(await measurementOf(variantConfig));
     expect(rep.measurement).not.toEqual(measurement);
   }, 600_000);
 
