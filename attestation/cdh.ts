@@ -129,8 +129,12 @@ export class CdhServer {
       if (!this.kbs) return this.send(res, 503, `the pod names no KBS (annotation ${KBS_URL_ANNOTATION})\n`);
       const [repo, type, tag] = parts as [string, string, string];
       try {
+        // How long the pod waited and whether this request paid for an RCAR exchange (bench/attest-pod.ts reads both).
+        const t0 = performance.now();
+        const before = this.kbs.attestations;
         const bytes = await this.kbs.getResource(repo, type, tag);
-        this.o.log.info({ resource: `${repo}/${type}/${tag}`, bytes: bytes.length }, 'CDH: resource released by the KBS');
+        const ms = Math.round((performance.now() - t0) * 1000) / 1000;
+        this.o.log.info({ resource: `${repo}/${type}/${tag}`, bytes: bytes.length, ms, attested: this.kbs.attestations > before }, 'CDH: resource released by the KBS');
         return this.send(res, 200, bytes, 'application/octet-stream');
       } catch (e) {
         return this.refused(res, e, `${repo}/${type}/${tag}`);
