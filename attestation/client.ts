@@ -7,6 +7,7 @@ import type { ReportDevice } from './device.js';
 import { reportDataFor, type RuntimeData, type TeePubKey } from './runtime-data.js';
 import type { ErrorInformation } from './kbs/errors.js';
 import type { SnpEvidence } from './kbs/evidence.js';
+import { AnswerTooLarge, httpRequest, type HttpAnswer } from './http-request.js';
 
 
 export const PROTOCOL_VERSION = '0.4.0';
@@ -40,21 +41,6 @@ interface Attested {
   privateKey: CryptoKey;
 }
 
-async function readBounded(res: Response): Promise<Buffer> {
-  const len = Number(res.headers.get('content-length') ?? '0');
-  if (len > MAX_RESPONSE) throw new KbsClientError(res.status, undefined, `KBS answer of ${len} bytes is larger than ${MAX_RESPONSE}`);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  if (res.body) {
-    for await (const c of res.body as unknown as AsyncIterable<Uint8Array>) {
-      total += c.length;
-      if (total > MAX_RESPONSE) throw new KbsClientError(res.status, undefined, `KBS answer is larger than ${MAX_RESPONSE} bytes`);
-      chunks.push(Buffer.from(c));
-    }
-  }
-  return Buffer.concat(chunks);
-}
-
 export class KbsClient {
   private attested?: Attested;
   /** Exchanges made (for tests and the bench: a cached token makes none). */
@@ -62,36 +48,39 @@ export class KbsClient {
 
   constructor(private readonly o: KbsClientOptions) {}
 
-  private async call(method: string, p: string, init: { body?: unknown; cookie?: string; token?: string } = {}): Promise<{ res: Response; body: Buffer }> {
+  private async call(method: string, p: string, init: { body?: unknown; cookie?: string; token?: string } = {}): Promise<HttpAnswer> {
     const headers: Record<string, string> = {};
     if (init.body !== undefined) headers['content-type'] = 'application/json';
     if (init.cookie) headers.cookie = init.cookie;
     if (init.token) headers.authorization = `Bearer ${init.token}`;
-    const res = await fetch(new URL(p, this.o.url), {
+    const res = await httpRequest(new URL(p, this.o.url), {
       method,
       headers,
       ...(init.body !== undefined ? { body: JSON.stringify(init.body) } : {}),
-      signal: AbortSignal.timeout(this.o.timeoutMs ?? 30_000),
+      timeoutMs: this.o.timeoutMs ?? 30_000,
+      timeoutCode: 'KATATS_KBS_CALL_TIMEOUT',
+      maxBytes: MAX_RESPONSE,
+    }).catch((e: unknown) => {
+      throw e instanceof AnswerTooLarge ? new KbsClientError(e.status, undefined, `${method} ${p}: KBS answer is larger than ${MAX_RESPONSE} bytes`) : e;
     });
-    const body = await readBounded(res);
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       let info: ErrorInformation | undefined;
       try {
-        info = JSON.parse(body.toString('utf8')) as ErrorInformation;
+        info = JSON.parse(res.body.toString('utf8')) as ErrorInformation;
       } catch {
         info = undefined;
       }
       throw new KbsClientError(res.status, info, `${method} ${p}: ${res.status}${info ? ` ${info.type.split('/').pop()}: ${info.detail}` : ''}`);
     }
-    return { res, body };
+    return res;
   }
 
   /** The whole RCAR exchange; returns the attestation token. */
   async attest(): Promise<string> {
     const auth = await this.call('POST', '/kbs/v0/auth', { body: { version: PROTOCOL_VERSION, tee: 'snp', 'extra-params': {} } });
-    const setCookie = auth.res.headers.get('set-cookie') ?? '';
+    const setCookie = (auth.headers['set-cookie'] ?? []).join(', ');
     const m = /kbs-session-id=([^;,\s]+)/.exec(setCookie);
-    if (!m) throw new KbsClientError(auth.res.status, undefined, 'the KBS set no kbs-session-id cookie');
+    if (!m) throw new KbsClientError(auth.status, undefined, 'the KBS set no kbs-session-id cookie');
     const cookie = `kbs-session-id=${m[1]}`;
     const { nonce } = JSON.parse(auth.body.toString('utf8')) as { nonce: string };
     const { publicKey, privateKey } = await generateKeyPair(TEE_KEY_ALG, { crv: 'P-256', extractable: false });
