@@ -21,8 +21,8 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 121.1, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/density-jitless/' },
-  cold: { pssMiB: 359.7, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_jitless/factory-tb64/' },
+  template: { pssMiB: 124.5, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-jitless/density/' },
+  cold: { pssMiB: 366.5, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-jitless/factory/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
