@@ -68,19 +68,28 @@ async function cdhFor(device: ReportDevice, withKbs = true): Promise<string> {
   return `http://127.0.0.1:${port}`;
 }
 
-/** A request sent byte for byte (fetch would resolve dot segments). */
-function get(base: string, p: string): Promise<{ status: number; body: Buffer }> {
+/**
+ * A request sent byte for byte (fetch would resolve dot segments). node:http also because this file
+ * runs under node --jitless too (the guest agent's node on TCG), where fetch has no WebAssembly.
+ */
+interface RequestOptions {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: Buffer;
+}
+function request(base: string, p: string, o: RequestOptions = {}): Promise<{ status: number; body: Buffer }> {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, path: p, method: 'GET' }, (res) => {
+    const req = http.request({ host: u.hostname, port: u.port, path: p, method: o.method ?? 'GET', headers: o.headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
     });
     req.on('error', reject);
-    req.end();
+    req.end(o.body);
   });
 }
+const get = (base: string, p: string) => request(base, p);
 
 beforeAll(async () => {
   fw = await SnpFirmware.open(path.join(tmp.dir, 'fw'), { rsaBits: 2048 });
@@ -91,8 +100,7 @@ beforeAll(async () => {
   kbs = await buildKbs({ trustedArks: [Buffer.from(fw.chain.ark.rawData)], adminPublicKey: kp.publicKey, resourcesDir: path.join(tmp.dir, 'resources'), logger: log });
   kbsUrl = await kbs.app.listen({ host: '127.0.0.1', port: 0 });
   const admin = async (p: string, body: Buffer, type: string) => {
-    const r = await fetch(kbsUrl + p, { method: 'POST', headers: { 'content-type': type, authorization: `Bearer ${await adminToken(adminKey)}` }, body });
-    await r.arrayBuffer();
+    const r = await request(kbsUrl, p, { method: 'POST', headers: { 'content-type': type, authorization: `Bearer ${await adminToken(adminKey)}` }, body });
     return r.status;
   };
   expect(await admin('/kbs/v0/resource/default/key/disk', SECRET, 'application/octet-stream')).toBe(200);
@@ -131,7 +139,7 @@ describe('GET /cdh/resource', () => {
     expect((await get(base, '/cdh/resource/default/key/a%2Fb')).status).toBe(400);
     expect((await get(base, '/cdh/resource/default/key/.')).status).toBe(404);
     expect((await get(base, `/cdh/resource/default/key/${'x'.repeat(129)}`)).status).toBe(400);
-    expect((await fetch(`${base}/cdh/resource/default/key/disk`, { method: 'POST' })).status).toBe(405);
+    expect((await request(base, '/cdh/resource/default/key/disk', { method: 'POST' })).status).toBe(405);
     expect((await get(base, '/cdh/resource/default/key/disk')).body).toEqual(SECRET);
   });
 
