@@ -81,6 +81,8 @@ function spawnedByNode(o: MonitorStart, ev: MonitorEvents): Monitor {
     if (stderr.length < MAX_STDERR) stderr += b.toString();
   });
   const lines = createInterface({ input: helper.stdio[3] as NodeJS.ReadableStream });
+  // readline emits its input's errors again on itself: unheard, one ends the agent.
+  lines.on('error', (err) => o.log.debug({ err }, 'runner status pipe error'));
   lines.on('line', (l) => ev.line(l));
   helper.on('error', (e) => ev.error(`cannot run ${o.runner}: ${e.message}`));
   // 'close' comes after the status pipe is drained, so a final "exit" line is never lost.
@@ -170,6 +172,9 @@ async function forkedByKeeper(o: MonitorStart, keeper: Keeper, ev: MonitorEvents
     sock = first;
     sock.on('error', (err) => o.log.debug({ err }, 'runner channel error'));
     const lines = createInterface({ input: sock });
+    // readline emits the socket's errors (a runner gone with lines unread: ECONNRESET, EPIPE) again
+    // on itself: unheard, one ends the agent, although the socket's own are heard above.
+    lines.on('error', (err) => o.log.debug({ err }, 'runner channel error'));
     lines.on('line', (l) => ev.line(l));
     channelDone = new Promise((resolve) => sock!.once('close', () => resolve()));
     for (const l of queued) sock.write(`${l}\n`);

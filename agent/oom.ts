@@ -23,6 +23,8 @@ export function watchOomV1(runner: string, memcgDir: string, onOom: () => void, 
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const ready = new Promise<void>((resolve, reject) => {
     const lines = createInterface({ input: child.stdout! });
+    // readline emits its input's errors again on itself: unheard, one ends the agent.
+    lines.on('error', (e) => log.debug({ err: e }, 'cgroup v1 OOM watcher pipe error'));
     lines.on('line', (l) => {
       if (l === 'armed') resolve();
       else if (l === 'oom') onOom();

@@ -96,6 +96,35 @@ describe('runners forked by the keeper', () => {
     expect(keeper.alive).toBe(true);
   });
 
+  it('a runner killed with control lines unread resets its channel, and the agent lives on', async () => {
+    await create('rf-c', ['sleep', '1000']);
+    await t.svc.StartContainer({ container_id: 'rf-c' });
+    const proc = t.agent.sandbox.container('rf-c').init;
+    const pid = runnerOf('rf-c').pid!;
+    const initPid = proc.pid;
+    // Stopped, the runner reads nothing; killed then, its socket goes with lines unread and the
+    // agent's end reads ECONNRESET (readline re-emits it: unheard, it ended the agent).
+    process.kill(pid, 'SIGSTOP');
+    for (let i = 0; i < 2000; i++) proc.resize(24, 80);
+    await sleep(200);
+    process.kill(pid, 'SIGKILL');
+    await until('the runner is gone', () => procStat(pid) === undefined || procStat(pid)!.state === 'Z');
+    await sleep(500);
+    expect(lines.some((l) => l.includes('runner channel error') && l.includes('ECONNRESET'))).toBe(true);
+    // The agent serves on: another container runs and ends.
+    await create('rf-d', ['sh', '-c', 'exit 3']);
+    await t.svc.StartContainer({ container_id: 'rf-d' });
+    expect((await t.svc.WaitProcess({ container_id: 'rf-d', exec_id: '' })).status).toBe(3);
+    try {
+      if (initPid) process.kill(initPid, 'SIGKILL');
+    } catch {
+      /* gone with its runner */
+    }
+    await t.svc.WaitProcess({ container_id: 'rf-c', exec_id: '' });
+    await Promise.all(['rf-c', 'rf-d'].map((c) => t.svc.RemoveContainer({ container_id: c })));
+    expect(keeper.alive).toBe(true);
+  });
+
   it('spawns runners from node, and says so, once the keeper is dead; the runners it forked still report', async () => {
     await create('rf-old', ['sh', '-c', 'read x; exit 9']);
     await t.svc.StartContainer({ container_id: 'rf-old' });
