@@ -764,6 +764,16 @@ static unsigned net_seq;
 static _Alignas(struct nlmsghdr) char net_buf[65536];
 
 /* Appends an attribute to the message in `buf` (`room` bytes). */
+/* A request of `type` with a zeroed `body`-byte header in buf (room bytes, zeroed); attributes follow by nl_attr. */
+static struct nlmsghdr *nl_begin(char *buf, size_t room, unsigned short type, unsigned short flags, size_t body) {
+  memset(buf, 0, room);
+  struct nlmsghdr *n = (struct nlmsghdr *)buf;
+  n->nlmsg_len = NLMSG_LENGTH(body);
+  n->nlmsg_type = type;
+  n->nlmsg_flags = flags;
+  return n;
+}
+
 static void nl_attr(char *buf, size_t room, unsigned short type, const void *data, size_t len) {
   struct nlmsghdr *n = (struct nlmsghdr *)buf;
   size_t at = NLMSG_ALIGN(n->nlmsg_len);
@@ -876,11 +886,7 @@ static int nl_change(int fd, struct nlmsghdr *n, const char *what, char *err) {
 /* A dump of links (RTM_GETLINK) or addresses (RTM_GETADDR), each message to `each`. */
 static int nl_dump(int fd, int type, void (*each)(struct nlmsghdr *, void *), void *ctx, const char *what, char *err) {
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifinfomsg))];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(type == RTM_GETLINK ? sizeof(struct ifinfomsg) : sizeof(struct ifaddrmsg));
-  n->nlmsg_type = type;
-  n->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  struct nlmsghdr *n = nl_begin(req, sizeof req, type, NLM_F_REQUEST | NLM_F_DUMP, type == RTM_GETLINK ? sizeof(struct ifinfomsg) : sizeof(struct ifaddrmsg));
   if (nl_send(fd, n, what, err) < 0) return -1;
   return nl_answers(fd, n->nlmsg_seq, each, ctx, what, err);
 }
@@ -936,11 +942,7 @@ static int net_neigh(int fd, const char *dev, const char *addr, const char *llad
   int index = net_index(fd, dev, what, err);
   if (index < 0) return -1;
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ndmsg)) + 2 * RTA_SPACE(16)];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
-  n->nlmsg_type = RTM_NEWNEIGH;
-  n->nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE;
+  struct nlmsghdr *n = nl_begin(req, sizeof req, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, sizeof(struct ndmsg));
   struct ndmsg *nd = NLMSG_DATA(n);
   nd->ndm_family = family;
   nd->ndm_ifindex = index;
@@ -1027,10 +1029,7 @@ static int net_link(int fd, char **w, int nw, char *err) {
   int index = net_index(fd, w[0], what, err);
   if (index < 0) return -1;
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifinfomsg)) + RTA_SPACE(IFNAMSIZ)];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-  n->nlmsg_type = RTM_NEWLINK;
+  struct nlmsghdr *n = nl_begin(req, sizeof req, RTM_NEWLINK, 0, sizeof(struct ifinfomsg));
   struct ifinfomsg *ifi = NLMSG_DATA(n);
   ifi->ifi_family = AF_UNSPEC;
   ifi->ifi_index = index;
@@ -1067,12 +1066,8 @@ static int net_addr(int fd, char **w, int nw, char *err) {
   int index = net_index(fd, w[2], what, err);
   if (index < 0) return -1;
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct ifaddrmsg)) + 2 * RTA_SPACE(16)];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
   int add = !strcmp(w[0], "add");
-  n->nlmsg_type = add ? RTM_NEWADDR : RTM_DELADDR;
-  n->nlmsg_flags = add ? NLM_F_CREATE | NLM_F_EXCL : 0;
+  struct nlmsghdr *n = nl_begin(req, sizeof req, add ? RTM_NEWADDR : RTM_DELADDR, add ? NLM_F_CREATE | NLM_F_EXCL : 0, sizeof(struct ifaddrmsg));
   struct ifaddrmsg *ifa = NLMSG_DATA(n);
   ifa->ifa_family = family;
   ifa->ifa_prefixlen = prefix;
@@ -1118,11 +1113,7 @@ static int net_route(int fd, char **w, int nw, char *err) {
   int index = net_index(fd, w[7], what, err);
   if (index < 0) return -1;
   _Alignas(struct nlmsghdr) char req[NLMSG_SPACE(sizeof(struct rtmsg)) + 4 * RTA_SPACE(16) + RTA_SPACE(RTA_SPACE(4))];
-  memset(req, 0, sizeof req);
-  struct nlmsghdr *n = (struct nlmsghdr *)req;
-  n->nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
-  n->nlmsg_type = RTM_NEWROUTE;
-  n->nlmsg_flags = NLM_F_CREATE | NLM_F_REPLACE;
+  struct nlmsghdr *n = nl_begin(req, sizeof req, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, sizeof(struct rtmsg));
   struct rtmsg *rt = NLMSG_DATA(n);
   rt->rtm_family = family;
   rt->rtm_dst_len = prefix;
