@@ -108,11 +108,23 @@ export async function setGuestPolicy(o: SandboxBootOptions, guest: GuestHandle, 
   o.log.info({ policy_sha256: digest }, 'pod policy set in the guest');
 }
 
+/**
+ * The pod's interfaces, routes and neighbours in the guest, or undefined for a pod without a network.
+ * Not awaited by the boot: most of it is the guest probing a hot-plugged NIC, time in which
+ * CreateSandbox and the sandbox container's create go on (neither reads the network); the sandbox
+ * container's Create waits for it before it answers, so nothing of the pod runs before its network.
+ * The promise is handled from the start: a failure is thrown where it is awaited, never unhandled.
+ */
+export function startGuestNetwork(o: SandboxBootOptions, guest: GuestHandle, ctx: CallContext): Promise<void> | undefined {
+  if (!guest.podNetwork) return undefined;
+  const done = configureGuestNetwork(guest.agent, guest.podNetwork, setupCall(ctx), o.log);
+  done.catch(() => {});
+  return done;
+}
+
 /** CreateSandbox in the guest. Returns whether the guest now holds the pod's own /dev/shm. */
 export async function createGuestSandbox(o: SandboxBootOptions, guest: GuestHandle, spec: grpc.Spec, ctx: CallContext): Promise<boolean> {
   const shmBytes = podShmBytes(spec);
-  // Kata's order: the network before CreateSandbox (after SetPolicy, where a pod has a policy).
-  if (guest.podNetwork) await configureGuestNetwork(guest.agent, guest.podNetwork, setupCall(ctx), o.log);
   const dns = sandboxDns(spec, o.log);
   await guest.agent.CreateSandbox(
     {

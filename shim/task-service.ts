@@ -18,7 +18,7 @@ import { ShimProcess, type ExitInfo, type StdioPaths } from './process.js';
 import { metricsAny } from './metrics.js';
 import { SandboxVm } from './sandbox-vm.js';
 import type { ProcessLifecycle, Transition } from './process-state.js';
-import { createGuestSandbox, launchSandboxVm, setGuestPolicy } from './sandbox-boot.js';
+import { createGuestSandbox, launchSandboxVm, setGuestPolicy, startGuestNetwork } from './sandbox-boot.js';
 import { POLICY_ANNOTATION, takePodPolicy, type PodPolicy } from './pod-policy.js';
 import { takePodInitdata } from './pod-initdata.js';
 import { INITDATA_ANNOTATION, type Initdata } from '../attestation/initdata.js';
@@ -65,6 +65,8 @@ export class TaskService {
   private readonly log: Logger;
   /** Whether the guest holds the pod's /dev/shm (the sandbox had a private one). */
   private podShm = false;
+  /** The guest's pod network being configured (startGuestNetwork); the pod's Creates answer after it. */
+  private podNetwork: Promise<void> | undefined;
   /** How the pod's start went, step by step (pod-steps.ts). */
   readonly steps: PodSteps;
   /** The Kubernetes pod this sandbox is, from CRI's annotations on the sandbox container. */
@@ -135,6 +137,8 @@ export class TaskService {
       (guest) =>
         this.steps.time('create_sandbox', async () => {
           if (policy) await setGuestPolicy(boot, guest, policy, ctx);
+          this.podNetwork = startGuestNetwork(boot, guest, ctx);
+          if (this.podNetwork) void this.steps.time('network', () => this.podNetwork!).catch(() => {});
           this.podShm = await createGuestSandbox(boot, guest, spec, ctx);
         }),
     );
@@ -180,6 +184,9 @@ export class TaskService {
         log,
         newInit: () => this.newProcess(req.id, '', stdio, guest, log),
       });
+      // The sandbox container was created while the guest configured the network: the pod is not
+      // created until that is done, and a failure there fails this Create (the VM goes with it).
+      if (this.podNetwork) await this.podNetwork;
       this.containers.set(req.id, new ShimContainer(req.id, req.bundle, init, sharedDir, sandboxPidns, (p, e) => this.publishExit(p, e), log));
       this.o.events.publish('TaskCreate', { container_id: req.id, bundle: req.bundle, rootfs: req.rootfs, io: stdio, pid: init.pid });
       log.info({ sandbox: isSandbox, type, sandboxPidns, ms: this.steps.done('create_container', performance.now() - t0) }, 'container created');

@@ -186,6 +186,40 @@ describe('the sandbox boot', () => {
   });
 });
 
+describe('a pod network the guest refuses', () => {
+  let h: TaskHarness;
+  // The guest configures the pod's network while the sandbox container is created (nothing there
+  // reads it); the local agent, given no network namespace, refuses UpdateInterface.
+  let withNetwork = true;
+  const iface = { device: 'eth0', name: 'eth0', hwAddr: '02:00:00:00:00:01', mtu: 1500, IPAddresses: [{ family: 0, address: '10.9.0.2', mask: '24' }] };
+  const harness = useHarness('ts-net', {
+    onGuest: (g) => {
+      if (!withNetwork) return;
+      g.handle.podNetwork = {
+        netns: '/proc/self/ns/net',
+        plan: { endpoints: [{ link: 'eth0', tap: 'tap0_kt', mac: iface.hwAddr, mtu: 1500, iface: iface as never }], routes: [], neighbours: [], skipped: [] },
+        nics: [],
+        teardown: () => Promise.resolve(),
+      };
+    },
+  });
+  beforeAll(() => {
+    h = harness();
+  });
+
+  it("fails the sandbox Create with the guest's refusal once the container is created, stops the guest, and the next boot works", async () => {
+    const e = await failure(h.call('Create', { id: 'ts-net', bundle: h.bundle('ts-net', ['true']) }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.message).toMatch(/UpdateInterface: this agent runs in local mode without a network namespace/);
+    await h.launcher.guests[0]!.handle.exited;
+    expect(await h.topics('ts-net')).toEqual([]);
+    withNetwork = false;
+    const io = await h.run('ts-net', ['echo', 'fresh']);
+    await io.out.waitFor('fresh\n');
+    await h.remove('ts-net');
+  });
+});
+
 describe('Kill', () => {
   let h: TaskHarness;
   const harness = useHarness('ts-kill');
