@@ -45,6 +45,11 @@ export interface AgentConfig {
    * for comparing the two in one guest image
    */
   runnersByKeeper?: boolean;
+  /**
+   * crun's one-shot commands that start no process run without ASLR (the guest's kernel parameter
+   * katats.crun_aslr=off, which the host sets under TCG): see CrunOptions.fixedAddresses
+   */
+  crunFixedAddresses?: boolean;
   /** rescan the PCI bus before looking for hot-plugged disks (guest only) */
   pciRescan: boolean;
   /** how UpdateInterface/UpdateRoutes/AddARPNeighbors reach the network; none: refused (local mode) */

@@ -75,6 +75,9 @@ function netStats(pid: number): Init<grpc.NetworkStats>[] {
   return out;
 }
 
+/** The hooks `crun create` runs, or the container's init runs before its exec (OCI runtime spec). */
+const CREATE_HOOKS = ['prestart', 'createRuntime', 'createContainer', 'startContainer'] as const;
+
 export class Container {
   status: ContainerStatus = 'created';
   readonly execs = new Map<string, ContainerProcess>();
@@ -82,6 +85,8 @@ export class Container {
   private oom: OomWatcher | undefined;
   private rootfsMounted = false;
   private crunCreated = false;
+  /** The spec runs hooks at start (poststart) or delete (poststop): crun's own ASLR stays on for those. */
+  private hooks = { poststart: false, poststop: false };
   storageMounts: string[] = [];
   removing: Promise<void> | undefined;
 
@@ -141,6 +146,7 @@ export class Container {
 
     const bundle = bundleDir(cfg.stateDir, cid);
     const c = new Container(cid, sb, bundle, new ContainerCgroup(cfg.cgroups, cgPath), !usable, log);
+    c.hooks = { poststart: !!spec.hooks?.poststart?.length, poststop: !!spec.hooks?.poststop?.length };
     sb.creating.add(cid);
     const t0 = performance.now();
     const at: Record<string, number> = {};
@@ -159,6 +165,7 @@ export class Container {
         c.rootfsMounted = true;
       }
       spec.root = { path: path.join(bundle, 'rootfs'), readonly: spec.root!.readonly };
+      const createFlags = c.crun.createFlags(spec, { runsHooks: CREATE_HOOKS.some((k) => spec.hooks?.[k]?.length) });
       fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify(spec, null, 2));
       mark('rootfs');
       const io = path.join(bundle, 'io', 'init');
@@ -167,7 +174,7 @@ export class Container {
       const sock = tty ? consoleSocketPath(cfg.stateDir, cid, 'init') : undefined;
       await p.launch({
         runner: cfg.runner,
-        runnerFlags: c.crun.runnerPrefix(),
+        runnerFlags: createFlags,
         crunArgv: c.crun.createArgs(cid, bundle, path.join(io, 'pid'), sock, path.join(io, 'crun.log')),
         ioDir: io,
         pidFile: path.join(io, 'pid'),
@@ -202,7 +209,7 @@ export class Container {
 
   async start(): Promise<void> {
     if (this.status !== 'created') throw precondition(`container ${this.id} is ${this.status}, not created`);
-    await this.crun.start(this.id);
+    await this.crun.start(this.id, { runsHooks: this.hooks.poststart });
     this.status = 'running';
     if (this.id !== this.sandbox.id) await this.startOom();
     this.log.info('container started');
@@ -357,11 +364,12 @@ export class Container {
   remove(): Promise<void> {
     this.removing ??= (async () => {
       if (this.crunCreated) {
-        await this.crun.delete(this.id, true).catch(async (e: TtrpcError) => {
+        const runsHooks = { runsHooks: this.hooks.poststop };
+        await this.crun.delete(this.id, true, runsHooks).catch(async (e: TtrpcError) => {
           // Already gone is fine; anything else is worth one more try after a kill.
           if (e.code === Code.NotFound) return;
           this.init.signal(SIGKILL);
-          await this.crun.delete(this.id, true);
+          await this.crun.delete(this.id, true, runsHooks);
         });
         await Promise.race([this.init.exited, new Promise((r) => setTimeout(r, 10_000))]);
       }

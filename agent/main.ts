@@ -81,6 +81,7 @@ async function main(): Promise<void> {
   const cmdline = local ? [] : readCmdline();
   const runnersByKeeper = !cmdline.includes('katats.runner_spawn=node');
   const crunCopy = !cmdline.includes('katats.crun_copy=off');
+  const crunFixedAddresses = cmdline.includes('katats.crun_aslr=off');
   const config: AgentConfig = {
     ...(cdh ? { cdh } : {}),
     stateDir,
@@ -98,6 +99,7 @@ async function main(): Promise<void> {
     // Local mode too: its containers' runners are forked as in the guest (its mounts are not).
     keeper: Keeper.start(runner, log),
     runnersByKeeper,
+    crunFixedAddresses,
     pciRescan: !local,
     // Local mode configures a network only in a namespace it is given: never the host's.
     ...(local ? (values.netns ? { network: netnsTools(values.netns, runner), netnsPath: values.netns } : {}) : { network: guestNetworkTools(runner), netnsPath: `/proc/${process.pid}/ns/net` }),
@@ -110,7 +112,7 @@ async function main(): Promise<void> {
   // Before the template is saved: every clone's crun commands run from this one copy.
   if (crunCopy) keeper?.loadCrun(config.crun).catch((err: unknown) => log.warn({ err }, 'no sealed copy of crun: each crun command copies itself'));
   if (keeper && !local) mountThrough((source, target, fstype, flags, data) => keeper.mount(source, target, fstype, flags, data));
-  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, node_flags: process.execArgv, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
+  log.info({ mode: local ? 'local' : 'guest', state_dir: stateDir, cgroups: config.cgroups.mode, runner: config.runner, node_flags: process.execArgv, crun_aslr: !crunFixedAddresses, launch_data: agent.sandbox.policy.launchDigest ?? null }, 'agent starting');
   if (values.listen) await agent.server.listen(values.listen);
   if (channel) {
     void new AgentPort(channel, (stream) => agent.server.serve(stream), log).run().catch((e: unknown) => {

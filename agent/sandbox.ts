@@ -57,6 +57,7 @@ export class Sandbox {
       runner: config.runner,
       root: config.crunRoot,
       hideUnified: config.cgroups.hideUnified,
+      ...(config.crunFixedAddresses ? { fixedAddresses: true } : {}),
       ...(config.keeper && config.runnersByKeeper !== false ? { keeper: config.keeper, outputDir: path.join(config.stateDir, 'crun-output') } : {}),
       log: config.log,
     });

@@ -67,6 +67,8 @@ export interface OciLinux {
   readonlyPaths?: string[];
   mountLabel?: string;
   intelRdt?: { l3CacheSchema?: string };
+  /** Never from the host (Kata's grpc.Spec has no such field): set by the agent, see Crun.createFlags. */
+  personality?: { domain: 'LINUX' | 'LINUX32'; flags?: string[] };
 }
 export type OciResources = Record<string, unknown> & {
   devices?: { allow: boolean; type?: string; major?: number; minor?: number; access?: string }[];

@@ -36,6 +36,8 @@ export interface QemuConfig {
   tcg_tb_size: number;
   /** The guest agent's JIT: auto = off under TCG, on under KVM (VmConfig.guestNodeJit). */
   node_jit: 'auto' | 'on' | 'off';
+  /** ASLR of the guest's crun commands that start no process: auto = off under TCG (VmConfig.guestCrunAslr). */
+  crun_aslr: 'auto' | 'on' | 'off';
   /** Regexes of annotation keys (after the io.katacontainers.config.hypervisor. prefix) a pod may set. */
   enable_annotations: string[];
 }
@@ -125,6 +127,7 @@ export const DEFAULTS: Omit<KatatsConfig, 'source'> = {
       accel: 'auto',
       tcg_tb_size: 64,
       node_jit: 'auto',
+      crun_aslr: 'auto',
       enable_annotations: ['default_vcpus', 'default_memory', 'kernel_params'],
     },
     clh: {
@@ -230,6 +233,7 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   checkSharedFs(cfg, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
   if (!['auto', 'on', 'off'].includes(q.node_jit)) throw new ConfigError(`${source}: hypervisor.qemu.node_jit must be auto, on or off`);
+  if (!['auto', 'on', 'off'].includes(q.crun_aslr)) throw new ConfigError(`${source}: hypervisor.qemu.crun_aslr must be auto, on or off`);
   if (!Number.isInteger(q.tcg_tb_size) || q.tcg_tb_size < 0) throw new ConfigError(`${source}: hypervisor.qemu.tcg_tb_size must be a non-negative integer (MiB; 0: QEMU's default)`);
   checkSizes(q, `${source}: hypervisor.qemu`);
   const clh = cfg.hypervisor.clh;

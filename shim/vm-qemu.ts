@@ -42,6 +42,7 @@ export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestN
     accel: q.accel,
     ...(q.tcg_tb_size ? { tcgTbSizeMiB: q.tcg_tb_size } : {}),
     guestNodeJit: q.node_jit,
+    guestCrunAslr: q.crun_aslr,
     machine: q.machine_type as VmConfig['machine'],
     runDir: p.runDir,
     qemuBinary: q.path,

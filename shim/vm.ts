@@ -184,7 +184,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
         files: plan.files,
         // The command line QEMU passes, as the measurement covers it.
         cmdline: kernelCmdline(
-          { baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams, guestNodeJit: q.node_jit } as VmConfig,
+          { baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams, guestNodeJit: q.node_jit, guestCrunAslr: q.crun_aslr } as VmConfig,
           q.machine_type,
           accel,
         ),

@@ -111,6 +111,15 @@ export interface VmConfig {
    * `katats.node_opts=` in kernelParams wins.
    */
   guestNodeJit?: 'auto' | 'on' | 'off';
+  /**
+   * ASLR for the guest's crun commands that start no process (start, kill, delete, state...). Under
+   * TCG a randomized exec puts crun, its libraries and the loader at new addresses, and TCG
+   * translates them all again (a translation is keyed by address); at fixed addresses the next
+   * crun reuses the last one's. 'auto' (the default) turns it off under TCG only
+   * (`katats.crun_aslr=off` on the command line; one in kernelParams wins). Container processes,
+   * execs and hooks keep ASLR whatever this says.
+   */
+  guestCrunAslr?: 'auto' | 'on' | 'off';
   /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
   hotplugSlots?: number;
   qemuBinary?: string;
@@ -136,6 +145,7 @@ export function validateConfig(c: VmConfig): void {
   for (const d of c.disks ?? []) if (!ID_RE.test(d.id)) errs.push(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
   if (c.guestNodeJit !== undefined && !['auto', 'on', 'off'].includes(c.guestNodeJit)) errs.push(`guestNodeJit ${String(c.guestNodeJit)} is not auto, on or off`);
+  if (c.guestCrunAslr !== undefined && !['auto', 'on', 'off'].includes(c.guestCrunAslr)) errs.push(`guestCrunAslr ${String(c.guestCrunAslr)} is not auto, on or off`);
   if (c.tcgTbSizeMiB !== undefined && (!Number.isInteger(c.tcgTbSizeMiB) || c.tcgTbSizeMiB < 1)) errs.push(`tcgTbSizeMiB ${c.tcgTbSizeMiB} is not a positive integer`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');

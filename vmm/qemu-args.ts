@@ -49,6 +49,8 @@ export function kernelCmdline(c: VmConfig, machine: string, accel: Accel): strin
   if (machine === 'microvm' && !words.some((w) => w.includes('tsc_early_khz='))) words.push('tsc_early_khz=2000000');
   const jit = c.guestNodeJit ?? 'auto';
   if ((jit === 'off' || (jit === 'auto' && accel === 'tcg')) && !words.some((w) => /(^|\s)katats\.node_opts=/.test(w))) words.push('katats.node_opts=--jitless');
+  const aslr = c.guestCrunAslr ?? 'auto';
+  if ((aslr === 'off' || (aslr === 'auto' && accel === 'tcg')) && !words.some((w) => /(^|\s)katats\.crun_aslr=/.test(w))) words.push('katats.crun_aslr=off');
   return words.join(' ').trim();
 }
 

@@ -5,7 +5,7 @@
  * eventfd, call ioctl(TIOCSWINSZ), settimeofday(2) or unshare(2). Everything the agent needs
  * of those lives here, one mode per job:
  *
- *   run     [--hide-unified] [--pipe-size N] --io DIR --pid-file FILE [--tty --console-socket SOCK] -- crun ARGS
+ *   run     [--hide-unified] [--no-aslr] [--pipe-size N] --io DIR --pid-file FILE [--tty --console-socket SOCK] -- crun ARGS
  *           Monitors one container process (a container's init from `crun create`, or an exec
  *           from `crun exec --detach`). It is a child subreaper, so the process that crun leaves
  *           behind becomes its child and its wait status is known. Stdio goes through three FIFOs
@@ -14,7 +14,11 @@
  *           fd 3 (status, to the agent): "ready", "pid N", "exit RAWSTATUS", "error TEXT".
  *           fd 4 (control, from the agent): "go", "kill SIG", "resize ROWS COLS".
  *           EOF on fd 4 means the agent is gone: the process is killed.
- *   exec    [--hide-unified] -- PROG ARGS   one-shot command (crun kill/delete/...), same mount trick
+ *   exec    [--hide-unified] [--no-aslr] -- PROG ARGS
+ *                                           one-shot command (crun kill/delete/...), same mount trick;
+ *                                           --no-aslr: PROG at fixed addresses (for commands that
+ *                                           start no process: under TCG each randomized exec makes
+ *                                           the emulator translate the same code again)
  *   oom-v1  MEMCG_DIR                       cgroup v1 OOM notifications (eventfd on memory.oom_control);
  *                                           prints "oom" per event, exits when the cgroup goes away
  *   ns      DIR HOSTNAME                    persistent IPC and UTS namespaces bind-mounted at DIR/ipc and
@@ -96,6 +100,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/sendfile.h>
@@ -181,6 +186,14 @@ static void exec_command(int crun_fd, char **cmd) {
   execvp(cmd[0], cmd);
 }
 
+/* ASLR off for the next exec (the persona is read with 0xffffffff, then ADDR_NO_RANDOMIZE added):
+ * under TCG a command exec'd at the addresses of the last one reuses its translated code. */
+static int no_aslr_for_exec(void) {
+  int persona = personality(0xffffffff);
+  if (persona < 0 || personality((unsigned long)persona | ADDR_NO_RANDOMIZE) < 0) return -1;
+  return 0;
+}
+
 /* Parses --crun-fd N; the descriptor is made close-on-exec, so nothing crun runs inherits it. */
 static int crun_fd_arg(const char *v) {
   int fd = atoi(v);
@@ -189,9 +202,10 @@ static int crun_fd_arg(const char *v) {
 }
 
 static int mode_exec(int argc, char **argv) {
-  int i = 0, hide = 0, crun_fd = -1;
+  int i = 0, hide = 0, crun_fd = -1, no_aslr = 0;
   for (; i < argc; i++) {
     if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--no-aslr")) no_aslr = 1;
     else if (!strcmp(argv[i], "--crun-fd") && i + 1 < argc) crun_fd = crun_fd_arg(argv[++i]);
     else if (!strcmp(argv[i], "--")) { i++; break; }
     else { fprintf(stderr, "katats-runner exec: unknown option %s\n", argv[i]); return 2; }
@@ -206,6 +220,10 @@ static int mode_exec(int argc, char **argv) {
       fprintf(stderr, "katats-runner exec: umount unified: %s\n", strerror(errno));
       return 125;
     }
+  }
+  if (no_aslr && no_aslr_for_exec() < 0) {
+    fprintf(stderr, "katats-runner exec: personality: %s\n", strerror(errno));
+    return 125;
   }
   exec_command(crun_fd, argv + i);
   fprintf(stderr, "katats-runner exec: %s: %s\n", argv[i], strerror(errno));
@@ -261,9 +279,10 @@ static ssize_t read_line_eof(int fd, char *out, size_t cap, int *eof) {
 
 static int mode_run(int argc, char **argv) {
   const char *io = NULL, *pidfile = NULL, *csock = NULL;
-  int tty = 0, hide = 0, i = 0, pipe_size = 0, crun_fd = -1;
+  int tty = 0, hide = 0, i = 0, pipe_size = 0, crun_fd = -1, no_aslr = 0;
   for (; i < argc; i++) {
     if (!strcmp(argv[i], "--hide-unified")) hide = 1;
+    else if (!strcmp(argv[i], "--no-aslr")) no_aslr = 1;
     else if (!strcmp(argv[i], "--crun-fd") && i + 1 < argc) crun_fd = crun_fd_arg(argv[++i]);
     else if (!strcmp(argv[i], "--tty")) tty = 1;
     else if (!strcmp(argv[i], "--pipe-size") && i + 1 < argc) pipe_size = atoi(argv[++i]);
@@ -340,6 +359,9 @@ static int mode_run(int argc, char **argv) {
       set_blocking(fin); set_blocking(fout); set_blocking(ferr);
       dup2(fin, 0); dup2(fout, 1); dup2(ferr, 2);
     }
+    /* The container's init is crun's child and inherits the persona: the agent gives crun create
+     * this only with a spec whose linux.personality crun applies in the init before the exec. */
+    if (no_aslr && no_aslr_for_exec() < 0) _exit(125);
     exec_command(crun_fd, cmd);
     _exit(127);
   }

@@ -10,6 +10,7 @@ import type { Logger } from '../log.js';
 import type { Keeper } from '../keeper.js';
 import { internal, notFound, TtrpcError, Code } from '../errors.js';
 import { runTool } from '../../sys/exec.js';
+import type { OciSpec } from '../spec.js';
 import { isTimeout, settleWithin, withTimeout } from '../../sys/timeout.js';
 
 /** A one-shot crun command that did not finish in time (it is SIGKILLed). */
@@ -30,6 +31,20 @@ export interface CrunOptions {
   keeper?: Keeper;
   outputDir?: string;
   log?: Logger;
+  /**
+   * crun runs at fixed addresses (katats-runner --no-aslr): under TCG every randomized exec of crun
+   * makes the emulator translate crun, its libraries and the loader again, at fixed addresses the
+   * next crun reuses the last one's code. The one-shot commands start no process; create gives the
+   * container's init a linux.personality that turns ASLR back on before its exec (createFlags);
+   * exec, and any command that runs hooks, keep ASLR.
+   */
+  fixedAddresses?: boolean;
+}
+
+/** A one-shot command's view of what it may start: a hook is a process like any other. */
+export interface OneShotOptions {
+  /** The command runs hooks (a start's poststart, a delete's poststop): ASLR stays on. */
+  runsHooks?: boolean;
 }
 
 /** How long a killed crun's reap is waited for before its request is answered anyway. */
@@ -66,14 +81,33 @@ export class Crun {
     return this.opts.hideUnified ? ['--hide-unified'] : [];
   }
 
+  /**
+   * `katats-runner run`'s options for `crun create`, and the spec change they need. At fixed
+   * addresses the next crun create reuses this one's translated code; the container's init is
+   * crun's child and would inherit the persona, so the spec gets a linux.personality (the host
+   * never sends one), which crun applies in the init before it execs the container's process:
+   * that process, and all it starts, has ASLR. Hooks run by create keep it on for crun too.
+   */
+  createFlags(spec: OciSpec, o: OneShotOptions = {}): string[] {
+    if (!this.opts.fixedAddresses || o.runsHooks) return this.runnerPrefix();
+    spec.linux ??= {};
+    spec.linux.personality ??= { domain: 'LINUX' };
+    return [...this.runnerPrefix(), '--no-aslr'];
+  }
+
+  /** `katats-runner exec`'s options for a one-shot command. */
+  private oneShotPrefix(o: OneShotOptions): string[] {
+    return [...this.runnerPrefix(), ...(this.opts.fixedAddresses && !o.runsHooks ? ['--no-aslr'] : [])];
+  }
+
   private outputs = 0;
 
-  async run(args: string[], input?: string): Promise<RunResult> {
+  async run(args: string[], input?: string, o: OneShotOptions = {}): Promise<RunResult> {
     const k = this.opts.keeper;
     if (k && input === undefined && this.opts.outputDir) {
       if (k.alive) {
         try {
-          return await this.runByKeeper(k, this.opts.outputDir, args);
+          return await this.runByKeeper(k, this.opts.outputDir, args, o);
         } catch (e) {
           // A deadline passed is crun's answer; a keeper that could not take the request is not.
           if (e instanceof TtrpcError) throw e;
@@ -83,7 +117,7 @@ export class Crun {
         this.opts.log?.warn({ command: args[0] }, 'the keeper is dead: spawning crun from node');
       }
     }
-    const argv = ['exec', ...this.runnerPrefix(), '--', ...this.argv(args)];
+    const argv = ['exec', ...this.oneShotPrefix(o), '--', ...this.argv(args)];
     try {
       // katats-runner exec execs crun, so the SIGKILL past the limit reaches crun itself.
       const r = await runTool(this.opts.runner, argv, {
@@ -101,12 +135,12 @@ export class Crun {
   }
 
   /** One command forked by the keeper; its output read back from files, bounded. */
-  private async runByKeeper(k: Keeper, dir: string, args: string[]): Promise<RunResult> {
+  private async runByKeeper(k: Keeper, dir: string, args: string[], o: OneShotOptions): Promise<RunResult> {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const base = path.join(dir, `crun-${++this.outputs}`);
     const [outFile, errFile] = [`${base}.out`, `${base}.err`];
     try {
-      const { pid, ended } = await k.exec(outFile, errFile, [...this.runnerPrefix(), '--', ...this.argv(args)]);
+      const { pid, ended } = await k.exec(outFile, errFile, [...this.oneShotPrefix(o), '--', ...this.argv(args)]);
       let reaped = false;
       const end = await withTimeout(
         ended.finally(() => (reaped = true)),
@@ -137,22 +171,22 @@ export class Crun {
     }
   }
 
-  private async must(what: string, args: string[], input?: string): Promise<RunResult> {
-    const r = await this.run(args, input);
+  private async must(what: string, args: string[], input?: string, o: OneShotOptions = {}): Promise<RunResult> {
+    const r = await this.run(args, input, o);
     if (r.code !== 0) throw crunError(what, r.stderr || `crun exited with status ${r.code}`);
     return r;
   }
 
-  start(id: string): Promise<RunResult> {
-    return this.must(`start container ${id}`, ['start', id]);
+  start(id: string, o: OneShotOptions = {}): Promise<RunResult> {
+    return this.must(`start container ${id}`, ['start', id], undefined, o);
   }
 
   kill(id: string, signal: number, all = false): Promise<RunResult> {
     return this.must(`signal container ${id}`, ['kill', ...(all ? ['--all'] : []), id, String(signal)]);
   }
 
-  delete(id: string, force = true): Promise<RunResult> {
-    return this.must(`delete container ${id}`, ['delete', ...(force ? ['--force'] : []), id]);
+  delete(id: string, force = true, o: OneShotOptions = {}): Promise<RunResult> {
+    return this.must(`delete container ${id}`, ['delete', ...(force ? ['--force'] : []), id], undefined, o);
   }
 
   pause(id: string): Promise<RunResult> {

@@ -8,6 +8,7 @@ import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CRUN_TIMEOUT, Crun } from '../../agent/runtime/crun.js';
 import { Keeper } from '../../agent/keeper.js';
+import type { OciSpec } from '../../agent/spec.js';
 import { findRunner } from '../../agent/runtime/runner.js';
 import { Code, TtrpcError } from '../../proto/ttrpc/index.js';
 import { withTimeout } from '../../sys/timeout.js';
@@ -81,4 +82,41 @@ describe('crun with a time limit', () => {
       keeper.stop();
     }
   }, 30_000);
+});
+
+describe('crun at fixed addresses (fixedAddresses: TCG translates code again at every new address)', () => {
+  // A stand-in for crun that says which persona it was exec'd with: ADDR_NO_RANDOMIZE is 0x0040000.
+  const fake = path.join(tmp.dir, 'persona-crun');
+  fs.writeFileSync(fake, '#!/bin/sh\necho "persona $(cat /proc/$$/personality)" >&2\nexit 3\n', { mode: 0o755 });
+  const persona = async (p: Promise<unknown>) => /persona (\w+)/.exec(String(await p.then(() => 'no error', (e: Error) => e.message)))?.[1];
+
+  for (const how of ['spawned', 'forked by the keeper'] as const) {
+    it(`${how}: start, kill and delete without hooks run with ASLR off; with hooks, or without the option, with it on`, async () => {
+      const keeper = how === 'spawned' ? undefined : Keeper.start(findRunner(), pino({ level: 'silent' }));
+      try {
+        const byKeeper = keeper ? { keeper, outputDir: path.join(tmp.dir, `out-${how.length}`) } : {};
+        const fixed = new Crun({ crun: fake, runner: findRunner(), hideUnified: false, fixedAddresses: true, ...byKeeper });
+        expect(await persona(fixed.start('c1'))).toBe('00040000');
+        expect(await persona(fixed.kill('c1', 15))).toBe('00040000');
+        expect(await persona(fixed.delete('c1'))).toBe('00040000');
+        // A poststart or poststop hook is a process crun starts: it keeps ASLR, so crun does.
+        expect(await persona(fixed.start('c1', { runsHooks: true }))).toBe('00000000');
+        expect(await persona(fixed.delete('c1', true, { runsHooks: true }))).toBe('00000000');
+        const randomized = new Crun({ crun: fake, runner: findRunner(), hideUnified: false, ...byKeeper });
+        expect(await persona(randomized.start('c1'))).toBe('00000000');
+        // create too, with a persona for the container's init to apply before its exec (the host
+        // never sends one); not with a hook create runs, nor for exec (runnerPrefix).
+        const spec = { ociVersion: '1.0.2' } as OciSpec;
+        expect(fixed.createFlags(spec)).toEqual(['--no-aslr']);
+        expect(spec.linux?.personality).toEqual({ domain: 'LINUX' });
+        const hooked = { ociVersion: '1.0.2' } as OciSpec;
+        expect(fixed.createFlags(hooked, { runsHooks: true })).toEqual([]);
+        expect(hooked.linux?.personality).toBeUndefined();
+        expect(randomized.createFlags(hooked)).toEqual([]);
+        expect(fixed.runnerPrefix()).toEqual([]);
+      } finally {
+        keeper?.stop();
+      }
+    }, 30_000);
+  }
 });

@@ -41,6 +41,9 @@ sandbox_cgroup_only = true
     expect(parseConfig('').hypervisor.qemu.node_jit).toBe('auto');
     expect(parseConfig('[hypervisor.qemu]\nnode_jit = "on"').hypervisor.qemu.node_jit).toBe('on');
     expect(() => parseConfig('[hypervisor.qemu]\nnode_jit = "fast"')).toThrow(/node_jit must be auto, on or off/);
+    expect(parseConfig('').hypervisor.qemu.crun_aslr).toBe('auto');
+    expect(parseConfig('[hypervisor.qemu]\ncrun_aslr = "on"').hypervisor.qemu.crun_aslr).toBe('on');
+    expect(() => parseConfig('[hypervisor.qemu]\ncrun_aslr = "no"')).toThrow(/crun_aslr must be auto, on or off/);
     expect(parseConfig('[agent.katats]\nkernel_modules = []').agent.katats.kernel_modules).toEqual([]);
     expect(parseConfig('').runtime.internetworking_model).toBe('tcfilter');
     expect(parseConfig('[runtime]\ninternetworking_model = "none"').runtime.internetworking_model).toBe('none');

@@ -138,7 +138,8 @@ async function measurementOf(configFile: string): Promise<Buffer> {
   if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
   const q = cfg.hypervisor.qemu;
   const { accel } = await resolveAccel(q.accel, { cacheDir: path.join(cfg.runtime.state_dir, 'vmm'), kernel: files.kernel, qemuBinary: q.path });
-  const cmdline = kernelCmdline({ baseCmdline: files.cmdline, kernelParams: params, guestNodeJit: q.node_jit } as VmConfig, q.machine_type, accel);
+  const shape = { baseCmdline: files.cmdline, kernelParams: params, guestNodeJit: q.node_jit, guestCrunAslr: q.crun_aslr } as VmConfig;
+  const cmdline = kernelCmdline(shape, q.machine_type, accel);
   return snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline);
 }
 

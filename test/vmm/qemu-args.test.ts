@@ -32,8 +32,8 @@ describe('VmConfig -> QEMU argv', () => {
     expect(opt(argv, '-accel')).toEqual(['tcg,thread=multi']);
     expect(opt(argv, '-smp')).toEqual(['2']);
     expect(opt(argv, '-m')).toEqual(['512M']);
-    expect(opt(argv, '-append')).toEqual(['console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless']);
-    expect(layout.cmdline).toBe('console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless');
+    expect(opt(argv, '-append')).toEqual(['console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless katats.crun_aslr=off']);
+    expect(layout.cmdline).toBe('console=ttyS0 quiet agent.log=debug katats.node_opts=--jitless katats.crun_aslr=off');
     const devices = opt(argv, '-device');
     expect(devices.some((d) => d.startsWith('virtio-blk-pci,drive=rootfs-blk') && d.includes('serial=katats-root'))).toBe(true);
     expect(devices).toContain('virtserialport,bus=vser0.0,chardev=agent,name=agent.channel.0');
@@ -68,13 +68,23 @@ describe('VmConfig -> QEMU argv', () => {
   });
 
   it('runs the guest agent --jitless on TCG only (auto), always (off) or never (on); a node_opts of the config wins', () => {
-    const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, ...c }, accel).layout.cmdline;
+    const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, guestCrunAslr: 'on', ...c }, accel).layout.cmdline;
     expect(cmdline({}, 'tcg')).toMatch(/ katats\.node_opts=--jitless$/);
     expect(cmdline({}, 'kvm')).not.toContain('node_opts');
     expect(cmdline({ guestNodeJit: 'on' }, 'tcg')).not.toContain('node_opts');
     expect(cmdline({ guestNodeJit: 'off' }, 'kvm')).toMatch(/ katats\.node_opts=--jitless$/);
     expect(cmdline({ kernelParams: ['katats.node_opts=--max-lazy'] }, 'tcg')).toBe('console=ttyS0 quiet katats.node_opts=--max-lazy');
     expect(validateConfig.bind(null, { ...base, guestNodeJit: 'maybe' as never })).toThrow(/guestNodeJit maybe/);
+  });
+
+  it('turns ASLR off for the guest crun commands that start no process on TCG only (auto), always (off) or never (on); the config\'s own word wins', () => {
+    const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, guestNodeJit: 'on', ...c }, accel).layout.cmdline;
+    expect(cmdline({}, 'tcg')).toMatch(/ katats\.crun_aslr=off$/);
+    expect(cmdline({}, 'kvm')).not.toContain('crun_aslr');
+    expect(cmdline({ guestCrunAslr: 'on' }, 'tcg')).not.toContain('crun_aslr');
+    expect(cmdline({ guestCrunAslr: 'off' }, 'kvm')).toMatch(/ katats\.crun_aslr=off$/);
+    expect(cmdline({ kernelParams: ['katats.crun_aslr=on'] }, 'tcg')).toBe('console=ttyS0 quiet katats.crun_aslr=on');
+    expect(validateConfig.bind(null, { ...base, guestCrunAslr: 'never' as never })).toThrow(/guestCrunAslr never/);
   });
 
   it('exports 9p with security_model=none unless told otherwise', () => {

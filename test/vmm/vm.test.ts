@@ -117,7 +117,8 @@ describe('QEMU driver with the real guest image and agent', () => {
           },
           { timeoutMs: 60_000 },
         );
-        const spec = containerSpec(`${GUEST_SHARED}/c1/rootfs`, ['head', '-c', String(payload.length), '/dev/hp1'], {
+        // Then its persona: crun's start ran at fixed addresses on TCG, the container keeps ASLR.
+        const spec = containerSpec(`${GUEST_SHARED}/c1/rootfs`, ['sh', '-c', `head -c ${payload.length} /dev/hp1 && cat /proc/self/personality`], {
           devices: [{ Path: '/dev/hp1', Type: 'b', Major: 0, Minor: 0, FileMode: 0o440, UID: 0, GID: 0 }],
         });
         spec.Linux!.Resources = { Devices: [{ Allow: true, Type: 'b', Major: 0, Minor: 0, Access: 'r' }] };
@@ -135,7 +136,7 @@ describe('QEMU driver with the real guest image and agent', () => {
           }
           out.push(Buffer.from(r.data));
         }
-        expect(Buffer.concat(out).toString()).toBe(payload);
+        expect(Buffer.concat(out).toString()).toBe(`${payload}00000000\n`);
         expect((await agent.WaitProcess({ container_id: 'c1', exec_id: '' }, { timeoutMs: 60_000 })).status).toBe(0);
         await agent.RemoveContainer({ container_id: 'c1' }, { timeoutMs: 60_000 });
         await vm.unplugDisk('disk1');
@@ -145,7 +146,9 @@ describe('QEMU driver with the real guest image and agent', () => {
         expect(fs.readFileSync(vm.consoleLogPath, 'utf8')).toMatch(/katats-init: exec agent/);
         // Under TCG the agent's node compiles nothing (VmConfig.guestNodeJit auto), and the init
         // left the startup snapshot, made under other V8 flags, alone.
-        const started = JSON.parse(fs.readFileSync(cfg.agentLogFile!, 'utf8').split('\n').find((l) => l.includes('"agent starting"'))!) as { node_flags: string[] };
+        const started = JSON.parse(fs.readFileSync(cfg.agentLogFile!, 'utf8').split('\n').find((l) => l.includes('"agent starting"'))!) as { node_flags: string[]; crun_aslr: boolean };
+        // and crun's one-shot commands run at fixed addresses (VmConfig.guestCrunAslr auto).
+        expect(started.crun_aslr).toBe(vm.accel !== 'tcg');
         if (vm.accel === 'tcg') {
           expect(started.node_flags).toEqual(['--jitless']);
           expect(fs.readFileSync(cfg.agentLogFile!, 'utf8')).toMatch(/node snapshot not used: node options '--jitless'/);
