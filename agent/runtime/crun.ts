@@ -47,6 +47,9 @@ export interface OneShotOptions {
   runsHooks?: boolean;
 }
 
+/** crun's commands that start no process of their own (hooks aside: OneShotOptions.runsHooks). */
+const PROCESSLESS = new Set(['start', 'kill', 'delete', 'state', 'pause', 'resume', 'update', 'ps']);
+
 /** How long a killed crun's reap is waited for before its request is answered anyway. */
 const REAP_WAIT_MS = 5000;
 /** What is kept of a one-shot command's stdout (`crun ps` lists every pid of a container) and stderr. */
@@ -95,9 +98,10 @@ export class Crun {
     return [...this.runnerPrefix(), '--no-aslr'];
   }
 
-  /** `katats-runner exec`'s options for a one-shot command. */
-  private oneShotPrefix(o: OneShotOptions): string[] {
-    return [...this.runnerPrefix(), ...(this.opts.fixedAddresses && !o.runsHooks ? ['--no-aslr'] : [])];
+  /** `katats-runner exec`'s options for a one-shot command: fixed addresses only for one that starts no process. */
+  private oneShotPrefix(args: string[], o: OneShotOptions): string[] {
+    const fixed = this.opts.fixedAddresses && !o.runsHooks && PROCESSLESS.has(args[0] ?? '');
+    return [...this.runnerPrefix(), ...(fixed ? ['--no-aslr'] : [])];
   }
 
   private outputs = 0;
@@ -117,7 +121,7 @@ export class Crun {
         this.opts.log?.warn({ command: args[0] }, 'the keeper is dead: spawning crun from node');
       }
     }
-    const argv = ['exec', ...this.oneShotPrefix(o), '--', ...this.argv(args)];
+    const argv = ['exec', ...this.oneShotPrefix(args, o), '--', ...this.argv(args)];
     try {
       // katats-runner exec execs crun, so the SIGKILL past the limit reaches crun itself.
       const r = await runTool(this.opts.runner, argv, {
@@ -140,7 +144,7 @@ export class Crun {
     const base = path.join(dir, `crun-${++this.outputs}`);
     const [outFile, errFile] = [`${base}.out`, `${base}.err`];
     try {
-      const { pid, ended } = await k.exec(outFile, errFile, [...this.oneShotPrefix(o), '--', ...this.argv(args)]);
+      const { pid, ended } = await k.exec(outFile, errFile, [...this.oneShotPrefix(args, o), '--', ...this.argv(args)]);
       let reaped = false;
       const end = await withTimeout(
         ended.finally(() => (reaped = true)),

@@ -102,6 +102,8 @@ describe('crun at fixed addresses (fixedAddresses: TCG translates code again at 
         // A poststart or poststop hook is a process crun starts: it keeps ASLR, so crun does.
         expect(await persona(fixed.start('c1', { runsHooks: true }))).toBe('00000000');
         expect(await persona(fixed.delete('c1', true, { runsHooks: true }))).toBe('00000000');
+        // A command that starts a process never runs fixed, whoever asks.
+        expect((await fixed.run(['exec', 'c1'])).stderr).toBe('persona 00000000');
         const randomized = new Crun({ crun: fake, runner: findRunner(), hideUnified: false, ...byKeeper });
         expect(await persona(randomized.start('c1'))).toBe('00000000');
         // create too, with a persona for the container's init to apply before its exec (the host
