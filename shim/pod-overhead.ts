@@ -14,6 +14,7 @@ export interface MeasuredFootprint {
   guestMemoryMiB: number;
   tcgTbSizeMiB: number;
   nodeJit: 'auto' | 'on' | 'off';
+  crunAslr: 'auto' | 'on' | 'off';
   accel: 'TCG' | 'KVM';
   /** the report it comes from */
   source: string;
@@ -21,8 +22,8 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 124.5, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-jitless/density/' },
-  cold: { pssMiB: 366.5, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-jitless/factory/' },
+  template: { pssMiB: 120.3, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-crun-fixed/density/' },
+  cold: { pssMiB: 363, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-crun-fixed/factory/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
@@ -46,6 +47,7 @@ export function podOverhead(config: Pick<KatatsConfig, 'factory' | 'hypervisor'>
     ...(q.default_memory !== m.guestMemoryMiB ? [`default_memory ${q.default_memory} (measured with ${m.guestMemoryMiB})`] : []),
     ...(q.tcg_tb_size !== m.tcgTbSizeMiB ? [`tcg_tb_size ${q.tcg_tb_size} (measured with ${m.tcgTbSizeMiB})`] : []),
     ...(q.node_jit !== m.nodeJit ? [`node_jit ${q.node_jit} (measured with ${m.nodeJit})`] : []),
+    ...(q.crun_aslr !== m.crunAslr ? [`crun_aslr ${q.crun_aslr} (measured with ${m.crunAslr})`] : []),
   ];
   const why =
     `${kind === 'template' ? 'a factory clone' : 'a cold-booted VM (the factory is off)'}: ${m.pssMiB} MiB host PSS per idle pod ` +

@@ -24,6 +24,7 @@ describe('pod overhead', () => {
     const o = podOverhead(parseConfig(`[hypervisor.qemu]\ndefault_memory = 2048\n[factory]\nenable_template = true\n`));
     expect(o.why).toContain('default_memory 2048 (measured with 512)');
     expect(podOverhead(parseConfig('[hypervisor.qemu]\nnode_jit = "on"\n[factory]\nenable_template = true\n')).why).toContain('node_jit on (measured with auto)');
+    expect(podOverhead(parseConfig('[hypervisor.qemu]\ncrun_aslr = "on"\n[factory]\nenable_template = true\n')).why).toContain('crun_aslr on (measured with auto)');
     expect(podOverhead(parseConfig('[factory]\nenable_template = true\n')).why).not.toContain('differs');
   });
 
