@@ -290,7 +290,7 @@ export function densityJson(r: DensityReport): Record<string, unknown> {
       const sum = (k: keyof PodMemory) => m.perPod.reduce((a, p) => a + (p[k] as number), 0);
       const base = runcMem(m.pods);
       const split = (b: PssBreakdown | undefined) =>
-        b && Object.fromEntries(Object.entries(b).map(([k, v]) => [k, { pss_mib: mib(v.pssKiB, n), private_dirty_mib: mib(v.privateDirtyKiB, n) }]));
+        b && Object.fromEntries(Object.entries(b).map(([k, v]) => [k, { pss_mib: mib(v.pssKiB, n), written_mib: mib(v.writtenKiB, n) }]));
       return {
         runtime: m.runtime,
         pods: m.pods,
@@ -361,7 +361,7 @@ export function densityMarkdown(r: DensityReport): string {
   }
   const split = j.memory.filter((m) => m.vmm_mappings_per_pod);
   if (split.length) {
-    lines.push('', "Where a katats pod's PSS is (mean per pod, MiB; PSS / private dirty):", '');
+    lines.push('', "Where a katats pod's PSS is (mean per pod, MiB; PSS / written by it):", '');
     lines.push('| idle pods | QEMU guest RAM | QEMU TCG code | QEMU other anon | QEMU files | shim anon (heap) | shim files |', '|---|---|---|---|---|---|---|');
     for (const m of split) {
       const c = (b: MappingsJson | undefined, k: string) => (b?.[k] ? `${b[k].pss_mib} / ${b[k].private_dirty_mib}` : '-');

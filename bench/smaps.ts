@@ -7,7 +7,7 @@ import fs from 'node:fs';
 
 export interface MappingSums {
   pssKiB: number;
-  privateDirtyKiB: number;
+  writtenKiB: number;
 }
 
 export type MappingKind = 'guestRam' | 'tcgCode' | 'anon' | 'file';
@@ -44,21 +44,23 @@ export function pssBreakdown(pid: number, guestRamBytes?: number): PssBreakdown 
       continue;
     }
     if (!cur) continue;
-    const m = /^(Pss|Private_Dirty):\s+(\d+) kB/.exec(line);
+    // Anonymous: pages this process wrote (a private file mapping's copy-on-write ones too).
+    // Not Private_Dirty, which also counts the template's tmpfs pages while one clone alone maps them.
+    const m = /^(Pss|Anonymous):\s+(\d+) kB/.exec(line);
     if (m) {
       if (m[1] === 'Pss') cur.pssKiB += Number(m[2]);
-      else cur.privateDirtyKiB += Number(m[2]);
+      else cur.writtenKiB += Number(m[2]);
     }
   }
   return out;
 }
 
 function zero(): MappingSums {
-  return { pssKiB: 0, privateDirtyKiB: 0 };
+  return { pssKiB: 0, writtenKiB: 0 };
 }
 
 export function addBreakdown(a: PssBreakdown, b: PssBreakdown): PssBreakdown {
-  const sum = (k: MappingKind) => ({ pssKiB: a[k].pssKiB + b[k].pssKiB, privateDirtyKiB: a[k].privateDirtyKiB + b[k].privateDirtyKiB });
+  const sum = (k: MappingKind) => ({ pssKiB: a[k].pssKiB + b[k].pssKiB, writtenKiB: a[k].writtenKiB + b[k].writtenKiB });
   return { guestRam: sum('guestRam'), tcgCode: sum('tcgCode'), anon: sum('anon'), file: sum('file') };
 }
 
