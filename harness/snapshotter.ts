@@ -4,6 +4,7 @@
 // nothing behind: no process, no layer mount (and so no loop device), no directory.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { mountsUnder, unmountAll } from '../sys/mount.js';
@@ -27,6 +28,8 @@ export class SnapshotterProcess {
   private stderrTail = '';
   /** How the process ended when nobody asked it to (kill9/stop): a crash, with its stderr's tail. */
   unexpectedExit: string | undefined;
+  /** The socket's inode once the process answered on it: a probe tells a replaced socket from the same one. */
+  private socketIno: number | undefined;
 
   private constructor(
     readonly dir: string,
@@ -80,7 +83,11 @@ export class SnapshotterProcess {
           try {
             await client.stat('katats-harness-probe');
           } catch (e) {
-            if (e instanceof SnapshotsCallError && e.code === 5) return; // NotFound: it answers
+            if (e instanceof SnapshotsCallError && e.code === 5) {
+              // NotFound: it answers
+              this.socketIno = fs.statSync(this.address).ino;
+              return;
+            }
           }
         }
         if (Date.now() > deadline) throw new Error(`snapshotter did not answer within ${timeoutMs} ms: ${stderr}`);
@@ -89,6 +96,51 @@ export class SnapshotterProcess {
     } finally {
       client.close();
     }
+  }
+
+  /**
+   * One line on how the snapshotter looks from here right now, for a failure between containerd
+   * and it: alive or not, its socket (the same inode it answered on at start, or another, or none),
+   * a plain connect, and a gRPC call of our own, each with its time.
+   */
+  async probe(): Promise<string> {
+    const parts = [this.unexpectedExit ?? `pid ${this.pid} ${this.proc && this.proc.exitCode === null && this.proc.signalCode === null ? 'running' : 'gone'}`];
+    let ino: number | undefined;
+    try {
+      ino = fs.statSync(this.address).ino;
+      parts.push(`socket inode ${ino}${ino === this.socketIno ? ' (the one it answered on at start)' : ` (at start: ${this.socketIno ?? '?'})`}`);
+    } catch (e) {
+      parts.push(`no socket (${(e as NodeJS.ErrnoException).code})`);
+    }
+    const t0 = Date.now();
+    const connected = await new Promise<string>((resolve) => {
+      const s = net.connect(this.address);
+      const timer = setTimeout(() => {
+        s.destroy();
+        resolve('connect: no answer within 5 s');
+      }, 5_000);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(`connect ok in ${Date.now() - t0} ms`);
+      });
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        resolve(`connect: ${e.code ?? e.message}`);
+      });
+    });
+    parts.push(connected);
+    const client = new SnapshotsClient(this.address, 5_000);
+    const t1 = Date.now();
+    try {
+      await client.stat('katats-harness-probe');
+      parts.push('gRPC stat answered');
+    } catch (e) {
+      parts.push(e instanceof SnapshotsCallError && e.code === 5 ? `gRPC stat answered in ${Date.now() - t1} ms` : `gRPC stat failed: ${(e as Error).message}`);
+    } finally {
+      client.close();
+    }
+    return parts.join('; ');
   }
 
   /** SIGKILL, as a crash: the socket file and the layer mounts stay. */
@@ -148,7 +200,8 @@ export async function untilContainerdReaches(
  * transient class a client may retry: on a loaded host containerd's connection to a live
  * snapshotter has failed once ("connection refused", "timed out waiting for server handshake")
  * while direct clients were served (cause not found yet). Retried once, said on stderr; with
- * `snapshotter`, a failure says whether that process still runs (a crash is not retried).
+ * `snapshotter`, a failure says whether that process still runs (a crash is not retried) and how
+ * it looks from here at that moment (probe): the evidence the next occurrence should bring.
  */
 export async function importIntoSnapshotter(
   cd: { ctr(args: string[], opts?: { namespace?: string; timeoutMs?: number }): Promise<{ code: number | null; stdout: string; stderr: string }> },
@@ -160,7 +213,9 @@ export async function importIntoSnapshotter(
     const r = await cd.ctr(['images', 'import', ...args], ctrOpts);
     if (r.code === 0) return;
     const crashed = snapshotter?.unexpectedExit;
-    const msg = `ctr images import ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim().slice(-1000)}${crashed ? `\n${crashed}` : ''}`;
+    // Looked at at once, while whatever made containerd fail may still hold.
+    const seen = snapshotter && !crashed ? await snapshotter.probe() : undefined;
+    const msg = `ctr images import ${args.join(' ')}: exit ${r.code}: ${r.stderr.trim().slice(-1000)}${crashed ? `\n${crashed}` : ''}${seen ? `\nthe snapshotter from here: ${seen}` : ''}`;
     if (crashed || attempt >= 2 || !/: unavailable\s*$/.test(r.stderr.trim())) throw new Error(msg);
     console.error(`retrying after gRPC UNAVAILABLE between containerd and the snapshotter: ${msg}`);
     await sleep(2000);

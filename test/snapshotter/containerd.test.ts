@@ -93,7 +93,10 @@ describe('the tardev snapshotter in containerd 1.6', () => {
   it('killed with SIGKILL and started again while a container runs: the container keeps working, new ones start', async () => {
     await cd.ctrOk(['run', '-d', ...tardev, ...cd.runtimeArgs('runc'), img.name, 'layered-long', 'sleep', '1000']);
     try {
+      // What a failed import reports about the snapshotter (importIntoSnapshotter), alive and killed.
+      expect(await sn.probe()).toMatch(/^pid \d+ running; socket inode \d+ \(the one it answered on at start\); connect ok in \d+ ms; gRPC stat answered in \d+ ms$/);
       await sn.kill9();
+      expect(await sn.probe()).toMatch(/^pid \d+ gone; socket inode \d+ \(the one it answered on at start\); connect: ECONNREFUSED; gRPC stat failed: /);
       const during = await cd.ctr(['task', 'exec', '--exec-id', 'e1', 'layered-long', 'cat', '/data/kept']);
       expect(during.stdout).toBe(LAYERED_EXPECT.files['/data/kept']);
       expect((await cd.ctr(['snapshots', ...tardev, 'ls'], { timeoutMs: 30_000 })).code).not.toBe(0);

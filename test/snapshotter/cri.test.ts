@@ -53,7 +53,7 @@ beforeAll(async () => {
   });
   await sn.start(30_000, cd.address);
   await untilContainerdReaches(cd, 'tardev');
-  await importIntoSnapshotter(cd, ['--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, ['--snapshotter', 'tardev', '--index-name', LAYERED_INDEX, img.archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000, snapshotter: sn });
   cri = cd.criApi();
   await cri.waitForImage(image);
   let chain = '';

@@ -89,13 +89,13 @@ beforeAll(async () => {
   });
   await sn.start(30_000, cd.address);
   await untilContainerdReaches(cd, 'tardev');
-  await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, [...tardev, '--index-name', LAYERED_INDEX, img.archive], { timeoutMs: 300_000, snapshotter: sn });
   const bb = await busyboxImage();
-  await importIntoSnapshotter(cd, [...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000 });
+  await importIntoSnapshotter(cd, [...tardev, '--index-name', 'katats.local/busybox:index', bb.archive], { timeoutMs: 300_000, snapshotter: sn });
   busybox = bb.name;
   bbImage = bb;
   for (const [archive, index] of [[img.archive, LAYERED_INDEX], [bb.archive, 'katats.local/busybox:index']] as const) {
-    await importIntoSnapshotter(cd, [...tardev, '--index-name', index, archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000 });
+    await importIntoSnapshotter(cd, [...tardev, '--index-name', index, archive], { namespace: CRI_NAMESPACE, timeoutMs: 300_000, snapshotter: sn });
   }
 }, 900_000);
 
