@@ -1,15 +1,18 @@
-// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--no-network] [--no-density] [--out DIR]`
+// `npm run bench [-- --quick] [--containerd bookworm|sid|trixie] [--no-ttrpc] [--no-macro] [--no-network] [--no-density] [--no-cri-start] [--out DIR]`
 // Runs the ttrpc micro-benchmark, the macro benchmark (runc, gVisor and the katats slot through one
 // private containerd) and the pod network benchmark (runc, gVisor and katats pods on a CNI bridge,
 // CRI on trixie's containerd 1.7 whatever --containerd says: the line the network suites prove), the
 // density benchmark (10 pods at once with the VM factory, then host memory per idle pod at 10 and 5,
-// runc beside it; bench/density.ts) and writes results.json, README.md and SVG charts to bench/results/<date>/.
+// runc beside it; bench/density.ts), the CRI pod start (RunPodSandbox + first container, runc and
+// katats clones, CNI and host network; bench/cri-start.ts) and writes results.json, README.md and
+// SVG charts to bench/results/<date>/.
 import os from 'node:os';
 import path from 'node:path';
 import { runTtrpcBench, ttrpcTable } from './ttrpc.js';
 import { runMacroBench } from './macro/index.js';
 import { networkTable, runNetworkBench } from './network.js';
 import { densityMarkdown, runDensityBench } from './density.js';
+import { criStartMarkdown, runCriStartBench } from './cri-start.js';
 import { ratioSummary } from './report/markdown.js';
 import { writeReports, type BenchRun } from './report/write.js';
 import type { ContainerdFlavor } from '../harness/containerd.js';
@@ -71,10 +74,21 @@ if (!process.argv.includes('--no-density')) {
     log(`bench: density benchmark failed: ${(err as Error).message}`);
   }
 }
+if (!process.argv.includes('--no-cri-start')) {
+  try {
+    log(`bench: CRI pod start benchmark${quick ? ' (quick: 2 pods each)' : ''}`);
+    run.criStart = await runCriStartBench({ pods: quick ? 2 : 5, logsDir: path.join(outDir, 'logs', 'cri-start'), log });
+    if (run.criStart.failures.length) run.criStartError = `${run.criStart.failures.length} pods failed`;
+  } catch (err) {
+    run.criStartError = (err as Error).stack ?? String(err);
+    log(`bench: CRI pod start benchmark failed: ${(err as Error).message}`);
+  }
+}
 const files = writeReports(outDir, run);
 if (run.ttrpc) process.stdout.write('\n' + ttrpcTable(run.ttrpc) + '\n');
 if (run.macro) process.stdout.write('\n' + ratioSummary(run.macro) + '\n\n');
 process.stdout.write(`bench: reports in ${path.relative(process.cwd(), outDir) || outDir}: ${files.map((f) => path.basename(f)).join(', ')}\n`);
 if (run.network) process.stdout.write(networkTable(run.network) + '\n\n');
 if (run.density) process.stdout.write(densityMarkdown(run.density) + '\n\n');
-if (run.macroError || run.ttrpcError || run.networkError || run.densityError) process.exitCode = 1;
+if (run.criStart) process.stdout.write(criStartMarkdown(run.criStart) + '\n\n');
+if (run.macroError || run.ttrpcError || run.networkError || run.densityError || run.criStartError) process.exitCode = 1;

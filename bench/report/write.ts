@@ -10,6 +10,7 @@ import { barChartSvg, type ChartSpec } from './svg.js';
 import type { NetworkReport } from '../network.js';
 import { networkCharts, networkJson, networkMarkdown } from './network.js';
 import { densityJson, densityMarkdown, type DensityReport } from '../density.js';
+import { criStartMarkdown, type CriStartReport } from '../cri-start.js';
 
 export interface BenchRun {
   quick: boolean;
@@ -21,6 +22,8 @@ export interface BenchRun {
   networkError?: string;
   density?: DensityReport;
   densityError?: string;
+  criStart?: CriStartReport;
+  criStartError?: string;
 }
 
 function ttrpcChart(rows: TtrpcFigure[]): ChartSpec {
@@ -51,6 +54,7 @@ export function writeReports(dir: string, run: BenchRun): string[] {
   json.ttrpc = run.ttrpc ?? { error: run.ttrpcError ?? 'not run' };
   json.network = run.network ? networkJson(run.network) : { error: run.networkError ?? 'not run' };
   json.density = run.density ? densityJson(run.density) : { error: run.densityError ?? 'not run' };
+  json.cri_start = run.criStart ?? { error: run.criStartError ?? 'not run' };
   put('results.json', JSON.stringify(json, null, 2) + '\n');
 
   const md: string[] = [`# katats benchmark ${run.macro?.environment.date ?? new Date().toISOString()}${run.quick ? ' (quick)' : ''}`, ''];
@@ -65,6 +69,8 @@ export function writeReports(dir: string, run: BenchRun): string[] {
   else md.push(`Not run: ${run.networkError ?? 'skipped'}`, '');
   md.push('## Density (VM factory)', '');
   md.push(run.density ? densityMarkdown(run.density) : `Not run: ${run.densityError ?? 'skipped'}`, '');
+  md.push('## CRI pod start (VM factory)', '');
+  md.push(run.criStart ? criStartMarkdown(run.criStart) : `Not run: ${run.criStartError ?? 'skipped'}`, '');
   md.push('## ttrpc micro-benchmark', '');
   md.push(run.ttrpc ? ttrpcTable(run.ttrpc) : `Not run: ${run.ttrpcError ?? 'skipped'}`, '');
   put('README.md', md.join('\n'));
