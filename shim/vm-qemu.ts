@@ -1,5 +1,6 @@
 // The QEMU launcher: [hypervisor.qemu] and the launch plan as a QemuVm configuration.
-import type { VmConfig } from '../vmm/config.js';
+import type { Accel, VmConfig } from '../vmm/config.js';
+import { kernelCmdline } from '../vmm/qemu-args.js';
 import type { Hypervisor } from '../vmm/hypervisor.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { SHARED_FS_TAG, type LaunchRequest } from './guest.js';
@@ -15,6 +16,16 @@ const TAP_FIRST_FD = 3;
 /** The helper that enters the pod's namespace, opens its TAPs at 3, 4, ... and execs QEMU in place. */
 function tapExec(netns: string, taps: string[]): string[] {
   return [findRunner(), 'tap-exec', '--netns', netns, ...taps.flatMap((t) => ['--tap', t]), '--'];
+}
+
+/** The [hypervisor.qemu] keys that shape the guest's command line beyond kernel_params. */
+function guestCmdlineKeys(q: QemuConfig): Pick<VmConfig, 'guestNodeJit' | 'guestCrunAslr'> {
+  return { guestNodeJit: q.node_jit, guestCrunAslr: q.crun_aslr };
+}
+
+/** The command line QEMU gets for this configuration: what an SEV-SNP launch measures, from the one place the VM's comes from. */
+export function qemuCmdline(q: QemuConfig, baseCmdline: string, kernelParams: string[], accel: Accel): string {
+  return kernelCmdline({ baseCmdline, kernelParams, ...guestCmdlineKeys(q) } as VmConfig, q.machine_type, accel);
 }
 
 /** A pod's QEMU VM (or the factory's template, which has no NICs) from [hypervisor.qemu] and its launch plan. */
@@ -41,8 +52,7 @@ export function qemuVmConfig(q: QemuConfig, p: LaunchPlan, nics: readonly GuestN
     ...(nics.length ? { netdevs: nics.map((n, i) => ({ id: `net${i}`, fd: TAP_FIRST_FD + i, mac: n.mac, mtu: n.mtu })) } : {}),
     accel: q.accel,
     ...(q.tcg_tb_size ? { tcgTbSizeMiB: q.tcg_tb_size } : {}),
-    guestNodeJit: q.node_jit,
-    guestCrunAslr: q.crun_aslr,
+    ...guestCmdlineKeys(q),
     machine: q.machine_type as VmConfig['machine'],
     runDir: p.runDir,
     qemuBinary: q.path,

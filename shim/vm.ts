@@ -15,15 +15,13 @@ import { removeTree } from '../sys/mount.js';
 import { SandboxCgroups } from './sandbox-cgroups.js';
 import { DEFAULT_VIRTIOFSD, startVirtiofsd, type Virtiofsd } from './virtiofsd.js';
 import { privateDir } from './layout.js';
-import { qemuHypervisor } from './vm-qemu.js';
+import { qemuCmdline, qemuHypervisor } from './vm-qemu.js';
 import { PodLayers, type DiskHotplug } from './layer-disks.js';
 import { precondition } from './errdefs.js';
 import { QemuHypervisor } from '../vmm/qemu-hypervisor.js';
 import { takeRestoredAgent } from './factory.js';
 import { registerSnpVm, type SnpRegistration } from './snp-launch.js';
-import { kernelCmdline } from '../vmm/qemu-args.js';
 import { resolveAccel } from '../vmm/accel.js';
-import type { VmConfig } from '../vmm/config.js';
 
 export interface GuestFiles {
   kernel: string;
@@ -183,11 +181,7 @@ export async function launchSandbox(req: LaunchRequest): Promise<GuestHandle> {
         sandboxId: req.sandboxId,
         files: plan.files,
         // The command line QEMU passes, as the measurement covers it.
-        cmdline: kernelCmdline(
-          { baseCmdline: plan.files.cmdline, kernelParams: plan.kernelParams, guestNodeJit: q.node_jit, guestCrunAslr: q.crun_aslr } as VmConfig,
-          q.machine_type,
-          accel,
-        ),
+        cmdline: qemuCmdline(q, plan.files.cmdline, plan.kernelParams, accel),
         hostData: req.launchData,
         cacheDir: plan.cacheDir,
         log: req.log,

@@ -47,10 +47,13 @@ export function kernelCmdline(c: VmConfig, machine: string, accel: Accel): strin
   const words = [c.baseCmdline, ...(c.kernelParams ?? [])];
   // microvm has no PIT/HPET to calibrate the TSC against under TCG; tell the kernel its rate.
   if (machine === 'microvm' && !words.some((w) => w.includes('tsc_early_khz='))) words.push('tsc_early_khz=2000000');
-  const jit = c.guestNodeJit ?? 'auto';
-  if ((jit === 'off' || (jit === 'auto' && accel === 'tcg')) && !words.some((w) => /(^|\s)katats\.node_opts=/.test(w))) words.push('katats.node_opts=--jitless');
-  const aslr = c.guestCrunAslr ?? 'auto';
-  if ((aslr === 'off' || (aslr === 'auto' && accel === 'tcg')) && !words.some((w) => /(^|\s)katats\.crun_aslr=/.test(w))) words.push('katats.crun_aslr=off');
+  // Cuts that pay only under TCG ('auto'), forced off or on; a word of the same key in kernelParams wins.
+  const tcgCut = (setting: 'auto' | 'on' | 'off' | undefined, key: string, word: string) => {
+    const off = setting === 'off' || ((setting ?? 'auto') === 'auto' && accel === 'tcg');
+    if (off && !words.some((w) => ` ${w}`.includes(` ${key}=`))) words.push(word);
+  };
+  tcgCut(c.guestNodeJit, 'katats.node_opts', 'katats.node_opts=--jitless');
+  tcgCut(c.guestCrunAslr, 'katats.crun_aslr', 'katats.crun_aslr=off');
   return words.join(' ').trim();
 }
 

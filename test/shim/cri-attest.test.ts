@@ -32,9 +32,8 @@ import { verifyReport } from '../../attestation/verify.js';
 import { loadConfig } from '../../shim/config.js';
 import { fileDigests, snpMeasurement } from '../../shim/snp-launch.js';
 import { resolveGuestFiles } from '../../shim/vm.js';
-import type { VmConfig } from '../../vmm/config.js';
 import { resolveAccel } from '../../vmm/accel.js';
-import { kernelCmdline } from '../../vmm/qemu-args.js';
+import { qemuCmdline } from '../../shim/vm-qemu.js';
 import { writeVariantInitrd } from '../../guest/variant.js';
 import { adminToken } from '../../attestation/kbs/cli.js';
 import { buildKbs, type Kbs } from '../../attestation/kbs/server.js';
@@ -138,8 +137,7 @@ async function measurementOf(configFile: string): Promise<Buffer> {
   if (cfg.runtime.enable_debug && !params.some((p) => p.startsWith('agent.log='))) params.push('agent.log=debug');
   const q = cfg.hypervisor.qemu;
   const { accel } = await resolveAccel(q.accel, { cacheDir: path.join(cfg.runtime.state_dir, 'vmm'), kernel: files.kernel, qemuBinary: q.path });
-  const shape = { baseCmdline: files.cmdline, kernelParams: params, guestNodeJit: q.node_jit, guestCrunAslr: q.crun_aslr } as VmConfig;
-  const cmdline = kernelCmdline(shape, q.machine_type, accel);
+  const cmdline = qemuCmdline(q, files.cmdline, params, accel);
   return snpMeasurement(await fileDigests(files, path.join(dir, 'digests')), cmdline);
 }
 
