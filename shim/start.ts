@@ -53,9 +53,21 @@ export async function startShim(args: ShimArgs): Promise<string> {
   });
 }
 
+/**
+ * Node flags for the daemon, which idles beside its pod for the pod's whole life: one V8 worker
+ * thread instead of four (each keeps its own stack and malloc arena). An idle daemon's anonymous
+ * memory is ~3 MiB smaller per pod; its requests are short and few. The flags node was started
+ * with come after these, so an operator's own win.
+ */
+export const DAEMON_V8_FLAGS = ['--v8-pool-size=1'];
+
+export function daemonNodeArgs(execArgv: readonly string[]): string[] {
+  return [...DAEMON_V8_FLAGS, ...execArgv];
+}
+
 async function spawnDaemon(args: ShimArgs, grouping: string, sock: string, logDir: string): Promise<void> {
   const daemonArgs = [
-    ...process.execArgv,
+    ...daemonNodeArgs(process.execArgv),
     process.argv[1]!,
     '-namespace', args.namespace,
     '-id', grouping,

@@ -11,6 +11,7 @@ import { katatsEnv, type KatatsEnv } from './katats-env.js';
 import * as helpers from './shim-helpers.js';
 import { sandboxCgroups, startEvents, until } from './shim-helpers.js';
 import { describePodSurface } from '../security/pod-surface.js';
+import { DAEMON_V8_FLAGS } from '../../shim/start.js';
 
 const INDEX = 'katats.local/busybox:index';
 const CYCLES = 8;
@@ -125,6 +126,9 @@ describe('ctr run with io.containerd.katats.v2', () => {
     const shims = shimProcs('orphan');
     expect(shims.length).toBe(1);
     expect(qemuProcs('orphan').length).toBe(1);
+    // The daemon runs with the V8 flags that keep an idle one small (shim/start.ts).
+    const daemonArgv = fs.readFileSync(`/proc/${shims[0]}/cmdline`, 'utf8').split('\0');
+    expect(daemonArgv.slice(1, 1 + DAEMON_V8_FLAGS.length)).toEqual(DAEMON_V8_FLAGS);
     process.kill(shims[0]!, 'SIGKILL');
     // containerd notices the dead shim, runs `shim delete` and marks the task stopped.
     await until(() => qemuProcs(), (p) => p.length === 0, 60_000);
