@@ -67,6 +67,8 @@ export interface MemoryFigure {
   /** katats: the sum over its pods, by kind of mapping (QEMU and shim apart). */
   vmm?: PssBreakdown;
   shim?: PssBreakdown;
+  /** katats: KiB the template's RAM file holds in its tmpfs (once per node, whoever maps it). */
+  templateFileKiB?: number;
 }
 
 export interface DensityReport {
@@ -145,7 +147,7 @@ function cpuSeconds(pid: number): number {
 }
 
 /** PSS of each pod's processes, split into shim, VMM and the rest; for katats the mappings too. */
-function measureMemory(cd: Containerd, runtime: string, ids: string[], guestRamBytes: number): MemoryFigure {
+function measureMemory(cd: Containerd, runtime: string, ids: string[], guestRamBytes: number, templateFile?: string): MemoryFigure {
   const perPod: PodMemory[] = [];
   let vmm: PssBreakdown | undefined;
   let shim: PssBreakdown | undefined;
@@ -170,7 +172,17 @@ function measureMemory(cd: Containerd, runtime: string, ids: string[], guestRamB
     }
     perPod.push(m);
   }
-  return { runtime, pods: ids.length, perPodMiB: summarize(perPod.map((p) => p.totalKiB / 1024)), perPod, ...(vmm ? { vmm } : {}), ...(shim ? { shim } : {}) };
+  // A tmpfs file's allocated blocks are its memory; clones may have added pages to it since the build.
+  const templateFileKiB = runtime === 'katats' && templateFile ? fs.statSync(templateFile).blocks / 2 : undefined;
+  return {
+    runtime,
+    pods: ids.length,
+    perPodMiB: summarize(perPod.map((p) => p.totalKiB / 1024)),
+    perPod,
+    ...(vmm ? { vmm } : {}),
+    ...(shim ? { shim } : {}),
+    ...(templateFileKiB !== undefined ? { templateFileKiB } : {}),
+  };
 }
 
 export async function runDensityBench(o: DensityOptions = {}): Promise<DensityReport> {
@@ -224,7 +236,7 @@ export async function runDensityBench(o: DensityOptions = {}): Promise<DensityRe
           for (const id of running.slice(keep)) await removePod(cd, rt, id);
           say(`density ${rt}: ${keep} idle pods, reading memory in ${settleS} s`);
           await sleep(settleS * 1000);
-          const m = measureMemory(cd, rt, running.slice(0, keep), guestMemoryMiB << 20);
+          const m = measureMemory(cd, rt, running.slice(0, keep), guestMemoryMiB << 20, template.memoryFile);
           memory.push(m);
           say(`density ${rt}: ${keep} idle pods: ${m.perPodMiB.median.toFixed(1)} MiB PSS per pod (median; load ${os.loadavg()[0]!.toFixed(2)})`);
         }
@@ -300,13 +312,25 @@ export function densityJson(r: DensityReport): Record<string, unknown> {
         processes: [...new Set(m.perPod.map((p) => p.processes.join('+')))],
         ...(m.vmm ? { vmm_mappings_per_pod: split(m.vmm) } : {}),
         ...(m.shim ? { shim_mappings_per_pod: split(m.shim) } : {}),
+        ...(m.templateFileKiB !== undefined ? templateJson(m.templateFileKiB, m.vmm, n) : {}),
       };
     }),
   };
 }
 
+/**
+ * The template's RAM file is memory no pod's PSS holds in full: PSS gives each page a clone maps
+ * to its mappers in shares, and the pages no clone maps to nobody. Summed over the pods, guest
+ * RAM's PSS less what the clones wrote is the number of template pages mapped (each page's shares
+ * add up to one); the rest of the file is the node's cost of keeping the template.
+ */
+function templateJson(fileKiB: number, vmm: PssBreakdown | undefined, pods: number): { template_ram_file_mib: number; template_unmapped_per_pod_mib: number } {
+  const mappedKiB = vmm ? vmm.guestRam.pssKiB - vmm.guestRam.writtenKiB : 0;
+  return { template_ram_file_mib: mib(fileKiB), template_unmapped_per_pod_mib: mib(Math.max(0, fileKiB - mappedKiB), pods) };
+}
+
 interface MappingsJson {
-  [kind: string]: { pss_mib: number; private_dirty_mib: number };
+  [kind: string]: { pss_mib: number; written_mib: number };
 }
 interface MemoryJson {
   runtime: string;
@@ -316,6 +340,8 @@ interface MemoryJson {
   mean_per_pod_mib: { shim: number; vmm: number; other: number };
   vmm_mappings_per_pod?: MappingsJson;
   shim_mappings_per_pod?: MappingsJson;
+  template_ram_file_mib?: number;
+  template_unmapped_per_pod_mib?: number;
 }
 interface StartJson {
   loadavg_at_start: number;
@@ -364,11 +390,23 @@ export function densityMarkdown(r: DensityReport): string {
     lines.push('', "Where a katats pod's PSS is (mean per pod, MiB; PSS / written by it):", '');
     lines.push('| idle pods | QEMU guest RAM | QEMU TCG code | QEMU other anon | QEMU files | shim anon (heap) | shim files |', '|---|---|---|---|---|---|---|');
     for (const m of split) {
-      const c = (b: MappingsJson | undefined, k: string) => (b?.[k] ? `${b[k].pss_mib} / ${b[k].private_dirty_mib}` : '-');
+      const c = (b: MappingsJson | undefined, k: string) => (b?.[k] ? `${b[k].pss_mib} / ${b[k].written_mib}` : '-');
       const v = m.vmm_mappings_per_pod;
       const s = m.shim_mappings_per_pod;
       lines.push(`| ${m.pods} | ${c(v, 'guestRam')} | ${c(v, 'tcgCode')} | ${c(v, 'anon')} | ${c(v, 'file')} | ${c(s, 'anon')} | ${c(s, 'file')} |`);
     }
+  }
+  const withTemplate = j.memory.filter((m) => m.template_ram_file_mib !== undefined);
+  if (withTemplate.length) {
+    lines.push(
+      '',
+      "Beside the pods, once per node: the template's RAM file in its tmpfs. The clones' guest RAM above holds shares of the pages they map; " +
+        'the pages no clone maps are in no PSS:',
+      '',
+      '| idle pods | template RAM file | of it mapped by no clone, per pod |',
+      '|---|---|---|',
+      ...withTemplate.map((m) => `| ${m.pods} | ${m.template_ram_file_mib} MiB | ${m.template_unmapped_per_pod_mib} MiB |`),
+    );
   }
   const failed = j.start.flatMap((s) => s.failures.map((f) => `${s.runtime}: ${f}`));
   if (failed.length) lines.push('', 'Failures:', '', ...failed.map((f) => `- ${f}`));
