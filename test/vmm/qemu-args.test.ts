@@ -77,6 +77,15 @@ describe('VmConfig -> QEMU argv', () => {
     expect(validateConfig.bind(null, { ...base, guestNodeJit: 'maybe' as never })).toThrow(/guestNodeJit maybe/);
   });
 
+  it("compiles a template's agent eagerly, on KVM too; a clone's command line and a cold VM's keep lazy compilation", () => {
+    const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, guestCrunAslr: 'on', ...c }, accel).layout.cmdline;
+    const template = { memoryFile: { path: '/t/memory', shared: true } };
+    expect(cmdline(template, 'tcg')).toMatch(/ katats\.node_opts=--jitless,--no-lazy,--no-flush-bytecode$/);
+    expect(cmdline(template, 'kvm')).toMatch(/ katats\.node_opts=--no-lazy,--no-flush-bytecode$/);
+    expect(cmdline({ memoryFile: { path: '/t/memory', shared: false }, incoming: true }, 'tcg')).toMatch(/ katats\.node_opts=--jitless$/);
+    expect(cmdline({ ...template, kernelParams: ['katats.node_opts=--max-lazy'] }, 'tcg')).toBe('console=ttyS0 quiet katats.node_opts=--max-lazy');
+  });
+
   it('turns ASLR off for the guest crun commands that start no process on TCG only (auto), always (off) or never (on); the config\'s own word wins', () => {
     const cmdline = (c: Partial<VmConfig>, accel: 'tcg' | 'kvm') => buildQemuArgs({ ...base, guestNodeJit: 'on', ...c }, accel).layout.cmdline;
     expect(cmdline({}, 'tcg')).toMatch(/ katats\.crun_aslr=off$/);

@@ -85,9 +85,9 @@ describe('VM templates', () => {
     expect('reason' in r && r.reason).toMatch(/^key mismatch: .*template "512M", pod "640M"$/);
     const otherParams = templateKeyInput({ ...config('params', Buffer.alloc(32)), kernelParams: ['agent.log=debug'] }, 'tcg', digests());
     const p = store.lookup(otherParams);
-    // On TCG both command lines end with the agent's --jitless and crun's fixed addresses
-    // (VmConfig.guestNodeJit and guestCrunAslr auto).
-    expect('reason' in p && p.reason).toMatch(/^key mismatch: .*argv\[\d+\]: template "[^"]*", pod "[^"]* agent\.log=debug katats\.node_opts=--jitless katats\.crun_aslr=off"$/);
+    // On TCG both command lines end with the agent's --jitless and a template's eager compilation,
+    // and crun's fixed addresses (VmConfig.guestNodeJit and guestCrunAslr auto).
+    expect('reason' in p && p.reason).toMatch(/^key mismatch: .*argv\[\d+\]: template "[^"]*", pod "[^"]* agent\.log=debug katats\.node_opts=--jitless,--no-lazy,--no-flush-bytecode katats\.crun_aslr=off"$/);
   });
 
   it('clones run side by side, each with its own launch data, and outlive the removed template', async () => {
