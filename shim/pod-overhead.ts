@@ -22,8 +22,8 @@ export interface MeasuredFootprint {
 
 /** A factory clone (bench/density.ts) and a cold boot (bench/factory.ts), with tcg_tb_size's default, on this project's CI machine kind. */
 export const MEASURED: { template: MeasuredFootprint; cold: MeasuredFootprint } = {
-  template: { pssMiB: 120.3, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-crun-fixed/density/' },
-  cold: { pssMiB: 363, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_quiet-crun-fixed/factory/' },
+  template: { pssMiB: 103.8, pods: 5, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_warm-spec/density/' },
+  cold: { pssMiB: 365.3, pods: 1, guestMemoryMiB: 512, tcgTbSizeMiB: 64, nodeJit: 'auto', crunAslr: 'auto', accel: 'TCG', source: 'bench/results/2026-11-30_warm-spec/factory/' },
 };
 
 /** Headroom over the measured figure: a pod's shim and QEMU grow with its containers' I/O and calls. */
