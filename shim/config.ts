@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { INTERNETWORKING_MODELS, type InternetworkingModel } from './network/pod-network.js';
+import { TCG_CUTS, type TcgCut } from '../vmm/config.js';
 
 export interface QemuConfig {
   path: string;
@@ -35,9 +36,9 @@ export interface QemuConfig {
    */
   tcg_tb_size: number;
   /** The guest agent's JIT: auto = off under TCG, on under KVM (VmConfig.guestNodeJit). */
-  node_jit: 'auto' | 'on' | 'off';
+  node_jit: TcgCut;
   /** ASLR of the guest's crun commands that start no process: auto = off under TCG (VmConfig.guestCrunAslr). */
-  crun_aslr: 'auto' | 'on' | 'off';
+  crun_aslr: TcgCut;
   /** Regexes of annotation keys (after the io.katacontainers.config.hypervisor. prefix) a pod may set. */
   enable_annotations: string[];
 }
@@ -232,8 +233,7 @@ function parseDoc(doc: Section, source: string): KatatsConfig {
   const q = cfg.hypervisor.qemu;
   checkSharedFs(cfg, source);
   if (!['auto', 'kvm', 'tcg'].includes(q.accel)) throw new ConfigError(`${source}: hypervisor.qemu.accel must be auto, kvm or tcg`);
-  if (!['auto', 'on', 'off'].includes(q.node_jit)) throw new ConfigError(`${source}: hypervisor.qemu.node_jit must be auto, on or off`);
-  if (!['auto', 'on', 'off'].includes(q.crun_aslr)) throw new ConfigError(`${source}: hypervisor.qemu.crun_aslr must be auto, on or off`);
+  for (const k of ['node_jit', 'crun_aslr'] as const) if (!TCG_CUTS.includes(q[k])) throw new ConfigError(`${source}: hypervisor.qemu.${k} must be auto, on or off`);
   if (!Number.isInteger(q.tcg_tb_size) || q.tcg_tb_size < 0) throw new ConfigError(`${source}: hypervisor.qemu.tcg_tb_size must be a non-negative integer (MiB; 0: QEMU's default)`);
   checkSizes(q, `${source}: hypervisor.qemu`);
   const clh = cfg.hypervisor.clh;

@@ -4,6 +4,7 @@
 // the scheduler and the kubelet's eviction see the VM. The template's RAM file (a tmpfs file of up
 // to default_memory, written once by `katats factory init`) is a cost per node, not per pod.
 import type { KatatsConfig } from './config.js';
+import type { TcgCut } from '../vmm/config.js';
 
 export interface MeasuredFootprint {
   /** host PSS per idle pod, MiB */
@@ -13,8 +14,8 @@ export interface MeasuredFootprint {
   /** the VM shape it was measured with */
   guestMemoryMiB: number;
   tcgTbSizeMiB: number;
-  nodeJit: 'auto' | 'on' | 'off';
-  crunAslr: 'auto' | 'on' | 'off';
+  nodeJit: TcgCut;
+  crunAslr: TcgCut;
   accel: 'TCG' | 'KVM';
   /** the report it comes from */
   source: string;

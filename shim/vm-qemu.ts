@@ -25,7 +25,7 @@ function guestCmdlineKeys(q: QemuConfig): Pick<VmConfig, 'guestNodeJit' | 'guest
 
 /** The command line QEMU gets for this configuration: what an SEV-SNP launch measures, from the one place the VM's comes from. */
 export function qemuCmdline(q: QemuConfig, baseCmdline: string, kernelParams: string[], accel: Accel): string {
-  return kernelCmdline({ baseCmdline, kernelParams, ...guestCmdlineKeys(q) } as VmConfig, q.machine_type, accel);
+  return kernelCmdline({ baseCmdline, kernelParams, ...guestCmdlineKeys(q) }, q.machine_type, accel);
 }
 
 /** A pod's QEMU VM (or the factory's template, which has no NICs) from [hypervisor.qemu] and its launch plan. */

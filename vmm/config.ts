@@ -52,6 +52,10 @@ export interface NetdevConfig {
   mtu?: number;
 }
 
+/** A guest setting that pays only under TCG: 'auto' = off under TCG, on under KVM; or forced. */
+export type TcgCut = 'auto' | 'on' | 'off';
+export const TCG_CUTS: readonly TcgCut[] = ['auto', 'on', 'off'];
+
 export interface VmConfig {
   /** sandbox id: names the log lines and files */
   id: string;
@@ -110,7 +114,7 @@ export interface VmConfig {
    * and leaves it compiling under KVM. Set through the command line (`katats.node_opts=`); a
    * `katats.node_opts=` in kernelParams wins.
    */
-  guestNodeJit?: 'auto' | 'on' | 'off';
+  guestNodeJit?: TcgCut;
   /**
    * ASLR for the guest's crun commands that start no process (start, kill, delete, state...). Under
    * TCG a randomized exec puts crun, its libraries and the loader at new addresses, and TCG
@@ -119,7 +123,7 @@ export interface VmConfig {
    * (`katats.crun_aslr=off` on the command line; one in kernelParams wins). Container processes,
    * execs and hooks keep ASLR whatever this says.
    */
-  guestCrunAslr?: 'auto' | 'on' | 'off';
+  guestCrunAslr?: TcgCut;
   /** number of empty hotplug slots (q35 PCIe root ports); default 4 */
   hotplugSlots?: number;
   qemuBinary?: string;
@@ -144,8 +148,7 @@ export function validateConfig(c: VmConfig): void {
   for (const k of ['kernel', 'initrd', 'rootfs', 'agentSocket', 'runDir'] as const) if (!c[k]) errs.push(`${k} is empty`);
   for (const d of c.disks ?? []) if (!ID_RE.test(d.id)) errs.push(`disk id ${JSON.stringify(d.id)} is not a valid QEMU id`);
   if (!['auto', 'kvm', 'tcg'].includes(c.accel)) errs.push(`accel ${c.accel} is not auto|kvm|tcg`);
-  if (c.guestNodeJit !== undefined && !['auto', 'on', 'off'].includes(c.guestNodeJit)) errs.push(`guestNodeJit ${String(c.guestNodeJit)} is not auto, on or off`);
-  if (c.guestCrunAslr !== undefined && !['auto', 'on', 'off'].includes(c.guestCrunAslr)) errs.push(`guestCrunAslr ${String(c.guestCrunAslr)} is not auto, on or off`);
+  for (const k of ['guestNodeJit', 'guestCrunAslr'] as const) if (c[k] !== undefined && !TCG_CUTS.includes(c[k])) errs.push(`${k} ${String(c[k])} is not auto, on or off`);
   if (c.tcgTbSizeMiB !== undefined && (!Number.isInteger(c.tcgTbSizeMiB) || c.tcgTbSizeMiB < 1)) errs.push(`tcgTbSizeMiB ${c.tcgTbSizeMiB} is not a positive integer`);
   if (c.machine && !['q35', 'pc', 'microvm'].includes(c.machine)) errs.push(`machine ${c.machine} is not q35|pc|microvm`);
   if (c.agentSocket && Buffer.byteLength(c.agentSocket) > 107) errs.push('agentSocket path longer than a unix socket allows');

@@ -1,7 +1,7 @@
 // VmConfig -> qemu-system-x86_64 argv.
 import path from 'node:path';
 import { KVM_CPU } from './accel.js';
-import { type Accel, type DiskConfig, DEFAULT_MACHINE, type VmConfig } from './config.js';
+import { type Accel, type DiskConfig, DEFAULT_MACHINE, type TcgCut, type VmConfig } from './config.js';
 
 /** QEMU's key=value option syntax doubles commas inside values. */
 export function qemuEscape(v: string): string {
@@ -53,14 +53,17 @@ export function diskNodeName(id: string): string {
  */
 export const TEMPLATE_NODE_OPTS = ['--no-lazy', '--no-flush-bytecode'];
 
-export function kernelCmdline(c: VmConfig, machine: string, accel: Accel): string {
+/** The parts of a VM's config its kernel command line comes from. */
+export type CmdlineInput = Pick<VmConfig, 'baseCmdline' | 'kernelParams' | 'guestNodeJit' | 'guestCrunAslr' | 'memoryFile'>;
+
+export function kernelCmdline(c: CmdlineInput, machine: string, accel: Accel): string {
   const words = [c.baseCmdline, ...(c.kernelParams ?? [])];
   // microvm has no PIT/HPET to calibrate the TSC against under TCG; tell the kernel its rate.
   if (machine === 'microvm' && !words.some((w) => w.includes('tsc_early_khz='))) words.push('tsc_early_khz=2000000');
   // A word of the same key in kernelParams wins over any set here.
   const given = (key: string) => words.some((w) => ` ${w}`.includes(` ${key}=`));
   // Cuts that pay only under TCG ('auto'), forced off or on.
-  const tcgCut = (setting: 'auto' | 'on' | 'off' | undefined) => setting === 'off' || ((setting ?? 'auto') === 'auto' && accel === 'tcg');
+  const tcgCut = (setting: TcgCut | undefined) => setting === 'off' || ((setting ?? 'auto') === 'auto' && accel === 'tcg');
   const nodeOpts = [...(tcgCut(c.guestNodeJit) ? ['--jitless'] : []), ...(c.memoryFile?.shared ? TEMPLATE_NODE_OPTS : [])];
   if (nodeOpts.length && !given('katats.node_opts')) words.push(`katats.node_opts=${nodeOpts.join(',')}`);
   if (tcgCut(c.guestCrunAslr) && !given('katats.crun_aslr')) words.push('katats.crun_aslr=off');
